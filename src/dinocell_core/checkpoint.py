@@ -1,0 +1,181 @@
+"""Self-verifying checkpoint files: safetensors tensors + JSON metadata + a digest of every tensor byte.
+
+Nothing here unpickles. A nested training state (model, optimizer, scheduler scalars, RNG) is split into flat
+tensors and a JSON skeleton; the sha256 over all tensor bytes is stored in the header, so a truncated, corrupted
+or foreign file is refused with a message that names it instead of being silently loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from dinocell_core.fsutil import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dinocell-state/1"
+_META_KEY = "dinocell"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or bundle cannot be trusted (truncated, corrupted, tampered with, or not ours)."""
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors by references and encode containers so int keys and tuples survive JSON."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, Mapping):
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint keys must be str or int, got {type(k).__name__} at {prefix!r}")
+            items.append([k, _flatten(v, f"{prefix}/{k}" if prefix else str(k), tensors)])
+        return {"__dict__": items}
+    if isinstance(obj, (list, tuple)):
+        kind = "__tuple__" if isinstance(obj, tuple) else "__list__"
+        return {kind: [_flatten(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def _unflatten(node: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
+        if "__list__" in node:
+            return [_unflatten(v, tensors) for v in node["__list__"]]
+        if "__tuple__" in node:
+            return tuple(_unflatten(v, tensors) for v in node["__tuple__"])
+    return node
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Write flat tensors + JSON-able ``meta`` atomically, with the digest in the header."""
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {_META_KEY: json.dumps({"meta": meta, "sha256": _digest(clean)}, default=str)}
+    atomic_write_bytes(path, st_save(clean, metadata=header))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a file written by :func:`save_tensors`; raise :class:`CheckpointError` otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: file does not exist")
+    data = p.read_bytes()
+    if data[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{p}: this is a pickle/torch.save file; DINOCell only loads safetensors files it can verify "
+            "(pickles can run arbitrary code)"
+        )
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as exc:
+        raise CheckpointError(f"{p}: not a readable safetensors file (truncated or corrupted?): {exc}") from exc
+    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    if raw is None:
+        raise CheckpointError(f"{p}: safetensors file without DINOCell metadata (not written by DINOCell)")
+    info = json.loads(raw)
+    if _digest(tensors) != info.get("sha256"):
+        raise CheckpointError(f"{p}: tensor data does not match its recorded sha256 digest (corrupted or tampered)")
+    return tensors, info["meta"]
+
+
+def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """Save a nested training state (dicts/lists of tensors and JSON scalars)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    save_tensors(path, tensors, {"format": FORMAT, "skeleton": skeleton})
+
+
+def load_state(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a DINOCell training state (format {meta.get('format')!r})")
+    device = torch.device(map_location)
+    if device.type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return _unflatten(meta["skeleton"], tensors)
+
+
+_STEP_RE = re.compile(r"^step_(\d{8,})\.safetensors$")
+
+
+class CheckpointManager:
+    """``checkpoints/step_XXXXXXXX.safetensors``: keep the last N, plus every ``keep_every`` steps."""
+
+    def __init__(self, directory: str | os.PathLike[str], keep_last: int = 3, keep_every: int | None = None) -> None:
+        if keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+        self.dir = Path(directory)
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+
+    def path_for(self, step: int) -> Path:
+        return self.dir / f"step_{step:08d}.safetensors"
+
+    def steps(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))
+
+    def save(self, step: int, state: Mapping[str, Any]) -> Path:
+        path = self.path_for(step)
+        save_state(path, state)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        for step in steps[: -self.keep_last]:
+            if self.keep_every and step % self.keep_every == 0:
+                continue
+            self.path_for(step).unlink(missing_ok=True)
+
+    def latest(self) -> Path | None:
+        """Newest checkpoint that verifies; a broken newest file (e.g. disk full) falls back to the previous."""
+        for step in reversed(self.steps()):
+            path = self.path_for(step)
+            try:
+                load_tensors(path)
+            except CheckpointError as exc:
+                log.warning("skipping unusable checkpoint: %s", exc)
+                continue
+            return path
+        return None
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        path = self.latest()
+        return None if path is None else load_state(path, map_location)

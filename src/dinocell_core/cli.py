@@ -1,0 +1,52 @@
+"""``dinocell-core``: every DINOCell job, headless.
+
+Subcommands live in ``dinocell_core.commands.*`` modules, each with a ``register(subparsers)`` function; heavy
+imports (torch) happen inside the handlers so ``dinocell-core --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from dinocell_core import __version__
+from dinocell_core.config import ConfigError
+
+COMMAND_MODULES = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dinocell-core",
+        description="DINOCell: DINOv3 pretraining on JUMP Cell Painting and distance-map cell segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"dinocell-core {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"dinocell-core: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        logging.getLogger("dinocell_core").debug("command failed", exc_info=True)
+        print(f"dinocell-core: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dinocell-core: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The run directory: the single contract between the trainers, the CLI and the napari plugin.
+
+Layout::
+
+    RUN/config.yaml        resolved config (defaults included)
+    RUN/metrics.jsonl      one JSON object per logged step, append-only
+    RUN/status.json        state, pid, host, step/total, last checkpoint, error (atomic rewrites)
+    RUN/run.log            the job's log
+    RUN/checkpoints/       step_XXXXXXXX.safetensors (see checkpoint.py)
+
+Readers never need the writer's process: a plugin on a laptop can watch a run written by a GPU server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from dinocell_core.config import save_config
+from dinocell_core.fsutil import atomic_write_json
+
+STATES = ("running", "finished", "failed", "stopped")
+
+
+class RunDir:
+    """Paths and atomic writers of one run directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.status_path = self.path / "status.json"
+        self.log_path = self.path / "run.log"
+        self.checkpoints_dir = self.path / "checkpoints"
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def create(self) -> None:
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, cfg: BaseModel) -> None:
+        self.create()
+        save_config(cfg, self.config_path)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one line; a single write() of a complete line keeps concurrent readers consistent."""
+        line = json.dumps(record, default=_json_default, allow_nan=True) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (a resumed run re-logs them, so the file has no duplicates)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [r for r in read_metrics(self.metrics_path) if int(r.get("step", -1)) <= step]
+        from dinocell_core.fsutil import atomic_write_text
+
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+
+    def read_status(self) -> dict[str, Any]:
+        if not self.status_path.exists():
+            return {}
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def update_status(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into status.json atomically; ``host``/``pid`` default to this process."""
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"unknown run state {fields['state']!r}; expected one of {STATES}")
+        status = self.read_status()
+        status.update(fields)
+        status["updated_at"] = time.time()
+        status.setdefault("host", socket.gethostname())
+        status.setdefault("pid", os.getpid())
+        atomic_write_json(self.status_path, status)
+        return status
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read every complete record (a torn last line from a killed writer is ignored)."""
+    return MetricsTail(path).read_new()
+
+
+class MetricsTail:
+    """Incremental reader of metrics.jsonl: each call returns only records appended since the last call."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self._inode: int | None = None
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if self._inode is not None and (st.st_ino != self._inode or st.st_size < self.offset):
+            self.offset = 0  # file was rewritten (resume truncation): start over
+        self._inode = st.st_ino
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read(st.st_size - self.offset)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        records = []
+        for raw in chunk[: end + 1].splitlines():
+            if raw.strip():
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    continue
+        return records
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    kind: str | None
+    state: str | None
+    step: int | None
+    total_steps: int | None
+    samples_per_s: float | None
+    eta_s: float | None
+    last_checkpoint: str | None
+    error: str | None
+    updated_at: float | None
+    pid: int | None
+    host: str | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def run_info(path: str | os.PathLike[str]) -> RunInfo:
+    status = RunDir(path).read_status()
+    return RunInfo(
+        path=Path(path),
+        kind=status.get("kind"),
+        state=status.get("state"),
+        step=status.get("step"),
+        total_steps=status.get("total_steps"),
+        samples_per_s=status.get("samples_per_s"),
+        eta_s=status.get("eta_s"),
+        last_checkpoint=status.get("last_checkpoint"),
+        error=status.get("error"),
+        updated_at=status.get("updated_at"),
+        pid=status.get("pid"),
+        host=status.get("host"),
+    )
+
+
+def list_runs(folder: str | os.PathLike[str]) -> list[RunInfo]:
+    """Runs directly inside ``folder`` (or ``folder`` itself if it is a run), newest first."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs folder {root} does not exist")
+    candidates = [root] if RunDir(root).exists() else sorted(p for p in root.iterdir() if p.is_dir())
+    runs = [run_info(p) for p in candidates if RunDir(p).exists()]
+    runs.sort(key=lambda r: r.updated_at or 0.0, reverse=True)
+    return runs
