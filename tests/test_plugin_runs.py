@@ -1,0 +1,79 @@
+"""Runs widget against the run-directory contract: table, incremental live plot, failed-run error."""
+
+from __future__ import annotations
+
+import os
+
+from dinocell_core.config import StrictModel
+from dinocell_core.runs import RunDir
+
+
+class _Cfg(StrictModel):
+    lr: float = 1e-3
+
+
+def _cell(widget, row: int, col: str) -> str:
+    from napari_dinocell.widgets.runs import COLUMNS
+
+    item = widget.table.item(row, COLUMNS.index(col))
+    return item.text() if item is not None else ""
+
+
+def test_runs_widget_table_plot_and_error(make_napari_viewer, qtbot, tmp_path):
+    run = RunDir(tmp_path / "run_a")
+    run.write_config(_Cfg())
+    run.update_status(state="running", kind="pretrain", step=2, total_steps=10, pid=os.getpid(),
+                      samples_per_s=12.5, eta_s=3725.0, last_checkpoint=str(run.checkpoints_dir / "step_2.st"))
+    for step in (1, 2):
+        run.append_metrics({"step": step, "loss": 5.0 - step, "dino_loss": 3.0 - step, "lr": 1e-3})
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.timer.setInterval(50)
+    widget.set_folder(tmp_path)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    assert _cell(widget, 0, "State") == "running"
+    assert _cell(widget, 0, "Step") == "2/10"
+    assert _cell(widget, 0, "Throughput") == "12.5 img/s"
+    assert _cell(widget, 0, "ETA") == "1:02:05"
+    assert _cell(widget, 0, "Last checkpoint") == "step_2.st"
+
+    widget.table.selectRow(0)
+    assert widget.selected == run.path
+    qtbot.waitUntil(lambda: len(widget.series.get("loss", ()).steps if "loss" in widget.series else []) == 2,
+                    timeout=5000)
+    assert set(widget.series) == {"loss", "dino_loss"}  # every loss term; lr is not a loss
+    first_offset = widget.tail.offset
+
+    # a torn (partial) last line is not read until it is complete; reads continue from the byte offset
+    run.append_metrics({"step": 3, "loss": 1.5, "dino_loss": 0.5})
+    with open(run.metrics_path, "a") as fh:
+        fh.write('{"step": 4, "loss": 1.2')
+    qtbot.waitUntil(lambda: len(widget.series["loss"].steps) == 3, timeout=5000)
+    assert widget.tail.offset > first_offset
+    with open(run.metrics_path, "a") as fh:
+        fh.write(', "dino_loss": 0.4}\n')
+    qtbot.waitUntil(lambda: len(widget.series["loss"].steps) == 4, timeout=5000)
+    assert widget.series["loss"].steps == [1.0, 2.0, 3.0, 4.0]
+    assert widget.series["loss"].values == [4.0, 3.0, 1.5, 1.2]
+    line = widget._lines["loss"]
+    assert list(line.get_xdata()) == [1.0, 2.0, 3.0, 4.0]
+    assert widget.stop_btn.isEnabled() and not widget.resume_btn.isEnabled()
+
+    run.update_status(state="failed", error="BadImageError: /data/x.tiff is truncated")
+    qtbot.waitUntil(lambda: "is truncated" in widget.log_view.toPlainText(), timeout=5000)
+    assert _cell(widget, 0, "State") == "failed"
+    assert widget.resume_btn.isEnabled() and not widget.stop_btn.isEnabled()
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+
+def test_runs_widget_missing_folder_is_a_notification(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.set_folder(tmp_path / "nope")
+    qtbot.waitUntil(lambda: widget._last_error is not None, timeout=5000)
+    assert "does not exist" in widget._last_error
+    assert widget.table.rowCount() == 0
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
