@@ -63,7 +63,8 @@ def start_job(
         except Exception as exc:  # a failing result handler must not take the viewer down
             errored(exc)
             return
-        status.finish(f"{title}: done")
+        if status.busy:  # the handler may already have set a final message
+            status.finish(f"{title}: done")
 
     def errored(exc: BaseException) -> None:
         message = f"{title} failed: {exc}"

@@ -1,0 +1,127 @@
+"""Backbone features widget: PCA of a checkpoint's patch features on the current image, as an RGB layer.
+
+Shows what pretraining learned (cells vs background, nuclei vs cytoplasm…) and lets two checkpoints of a run be
+compared on the same field: each (image, checkpoint) pair gets its own layer, updated in place on re-run.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from dinocell_core.features import FeaturePCA, iter_feature_pca
+from napari_dinocell.jobs import Progress, start_job
+from napari_dinocell.status import JobStatus
+from napari_dinocell.widgets.common import LayerCombo, PathEdit
+from napari_dinocell.widgets.segment import resolve_device
+
+ARCHS = ("vit_small", "vit_test")
+
+
+def features_job(
+    image: np.ndarray, weights: str | None, arch: str, patch_size: int, device: str, tile: int
+) -> Generator[Progress, None, FeaturePCA | None]:
+    from dinocell_core.backbone import load_backbone
+
+    device = resolve_device(device)
+    backbone = load_backbone(arch, patch_size=patch_size, weights=weights)
+    result = None
+    for item in iter_feature_pca(image, backbone, device=device, tile=tile):
+        if isinstance(item, FeaturePCA):
+            result = item
+        else:
+            yield Progress(item[0], item[1], "tiles")
+    return result
+
+
+class FeaturesWidget(QWidget):
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.status = JobStatus()
+        self.worker: Any = None
+        self.layer_combo = LayerCombo(napari_viewer)
+        self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file")
+        self.arch = QComboBox()
+        self.arch.addItems(ARCHS)
+        self.patch = QSpinBox()
+        self.patch.setRange(4, 32)
+        self.patch.setValue(8)
+        self.tile = QSpinBox()
+        self.tile.setRange(64, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setValue(512)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.run_btn = QPushButton("Compute PCA features")
+        self.run_btn.clicked.connect(self.compute)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.clicked.connect(lambda: self.worker.quit() if self.worker is not None else None)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.status.events.message.connect(self.message.setText)
+
+        form = QFormLayout()
+        form.addRow("Image", self.layer_combo)
+        form.addRow("Checkpoint", self.weights)
+        form.addRow("Architecture", self.arch)
+        form.addRow("Patch size", self.patch)
+        form.addRow("Tile (px)", self.tile)
+        form.addRow("Device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+        self._update_enabled()
+
+    def compute(self) -> None:
+        layer = self.layer_combo.current_layer()
+        if layer is None:
+            show_error("choose an image layer first")
+            return
+        data = np.asarray(layer.data)
+        if data.ndim != 2 and not layer.rgb:
+            show_error(f"layer {layer.name!r} has shape {data.shape}; choose a 2-D image")
+            return
+        weights = self.weights.text() or None
+        source = weakref.ref(layer)
+        tag = Path(weights).name if weights else "random init"
+
+        def show(result: FeaturePCA) -> None:
+            src = source()
+            if src is None or src not in self.viewer.layers:
+                return
+            name = f"{src.name} PCA · {tag}"
+            p = result.patch_size
+            scale = np.asarray(src.scale[-2:]) * p
+            translate = np.asarray(src.translate[-2:]) + (p - 1) / 2 * np.asarray(src.scale[-2:])
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = result.rgb
+            else:
+                self.viewer.add_image(result.rgb, name=name, rgb=True, scale=scale, translate=translate,
+                                      blending="translucent", metadata={"dinocell_source": src.name})
+            ev = ", ".join(f"{v:.0%}" for v in result.explained)
+            self.status.finish(f"{name}: variance explained by PC1–3 {ev}")
+
+        self.worker = start_job(features_job, data, weights, self.arch.currentText(), self.patch.value(),
+                                self.device.currentText(), self.tile.value(), status=self.status,
+                                title="Backbone features", on_returned=show, on_finished=self._finished)
+        self._update_enabled()
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        self.run_btn.setEnabled(self.worker is None)
+        self.cancel_btn.setEnabled(self.worker is not None)

@@ -1,0 +1,201 @@
+"""JUMP browser: pick a CPJUMP1 root, then plate → well → site; the 8 channels are shown as named layers.
+
+Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.load_index`) and TIFF reads run in
+workers. Switching sites replaces each layer's data in place; a newer site request supersedes one still loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dinocell_core.jump import CHANNELS, FLUORESCENT, Field, load_index
+from dinocell_core.preprocess import normalize_percentile, read_field
+from napari_dinocell.jobs import start_job
+from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
+from napari_dinocell.status import JobStatus
+from napari_dinocell.widgets.common import PathEdit
+
+ALL_CHANNELS = sorted(CHANNELS)
+
+
+def index_cache_path(root: str | Path) -> Path:
+    """Per-root index cache under ~/.cache/dinocell (the data root may be read-only or on S3)."""
+    import hashlib
+
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "dinocell" / f"index_{digest}.csv"
+
+
+def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
+    """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""
+    stack = read_field(root, field, ALL_CHANNELS)
+    mean = None
+    if fluor_mean:
+        mean = np.mean([normalize_percentile(stack[ALL_CHANNELS.index(c)]) for c in FLUORESCENT], axis=0)
+        mean = mean.astype(np.float32)
+    return field, stack, mean
+
+
+class JumpBrowserWidget(QWidget):
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.index_status = JobStatus()
+        self.read_status = JobStatus()
+        self.fields: list[Field] = []
+        self.current: Field | None = None
+        self._pending: Field | None = None
+        self._reading = False
+
+        self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir")
+        self.load_btn = QPushButton("Load index")
+        self.load_btn.clicked.connect(lambda: self.load_root(self.root.text()))
+        self.refresh_box = QCheckBox("rescan")
+        self.refresh_box.setToolTip("ignore the cached index and scan the folder again")
+        root_row = QHBoxLayout()
+        root_row.addWidget(self.root, 1)
+        root_row.addWidget(self.refresh_box)
+        root_row.addWidget(self.load_btn)
+
+        self.plate = QComboBox()
+        self.well = QComboBox()
+        self.site = QComboBox()
+        self.plate.currentIndexChanged.connect(self._plate_changed)
+        self.well.currentIndexChanged.connect(self._well_changed)
+        self.site.currentIndexChanged.connect(self._site_changed)
+        self.prev_btn = QPushButton("◀ Previous")
+        self.next_btn = QPushButton("Next ▶")
+        self.prev_btn.clicked.connect(lambda: self.step(-1))
+        self.next_btn.clicked.connect(lambda: self.step(+1))
+        self.fluor_mean = QCheckBox("add fluorescent-mean layer")
+        self.fluor_mean.toggled.connect(lambda _: self.show_field(self.current))
+
+        form = QFormLayout()
+        form.addRow("Plate", self.plate)
+        form.addRow("Well", self.well)
+        form.addRow("Site", self.site)
+        nav = QHBoxLayout()
+        nav.addWidget(self.prev_btn)
+        nav.addWidget(self.next_btn)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.index_status.events.message.connect(self.message.setText)
+        self.read_status.events.message.connect(self.message.setText)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(root_row)
+        layout.addLayout(form)
+        layout.addLayout(nav)
+        layout.addWidget(self.fluor_mean)
+        layout.addWidget(self.message)
+        layout.addStretch(1)
+        self._update_enabled()
+
+    # ----------------------------------------------------------------------------- index
+    def load_root(self, root: str) -> None:
+        if not root:
+            self.message.setText("choose a CPJUMP1 root folder first")
+            return
+        self.root.setText(root)
+        self.load_btn.setEnabled(False)
+        start_job(load_index, root, cache=index_cache_path(root), refresh=self.refresh_box.isChecked(),
+                  status=self.index_status, title=f"Indexing {Path(root).name}",
+                  on_returned=self._index_loaded, on_finished=lambda: self.load_btn.setEnabled(True))
+
+    def _index_loaded(self, fields: Sequence[Field]) -> None:
+        if not fields:
+            raise ValueError(f"no complete CPJUMP1 field found under {self.root.text()}")
+        self.fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.key))
+        self._fill(self.plate, sorted({f.plate for f in self.fields}))
+        self.index_status.message = f"{len(self.fields)} fields on {self.plate.count()} plates"
+        self._update_enabled()
+
+    # ----------------------------------------------------------------------------- navigation
+    @staticmethod
+    def _fill(combo: QComboBox, items: Sequence[Any]) -> None:
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems([str(i) for i in items])
+        combo.blockSignals(False)
+        combo.setCurrentIndex(0 if items else -1)
+        combo.currentIndexChanged.emit(combo.currentIndex())
+
+    def _plate_changed(self, _: int) -> None:
+        plate = self.plate.currentText()
+        self._fill(self.well, sorted({f.well for f in self.fields if f.plate == plate}))
+
+    def _well_changed(self, _: int) -> None:
+        plate, well = self.plate.currentText(), self.well.currentText()
+        self._fill(self.site, sorted({f.site for f in self.fields if f.plate == plate and f.well == well}))
+
+    def _site_changed(self, _: int) -> None:
+        field = self.selected_field()
+        if field is not None:
+            self.show_field(field)
+
+    def selected_field(self) -> Field | None:
+        plate, well, site = self.plate.currentText(), self.well.currentText(), self.site.currentText()
+        return next((f for f in self.fields if f.plate == plate and f.well == well and str(f.site) == site), None)
+
+    def step(self, delta: int) -> None:
+        """Go to the previous/next field in plate → well → site order."""
+        if not self.fields:
+            return
+        i = self.fields.index(self.current) if self.current in self.fields else -1
+        self.select(self.fields[(i + delta) % len(self.fields)])
+
+    def select(self, field: Field) -> None:
+        for combo, value in ((self.plate, field.plate), (self.well, field.well), (self.site, str(field.site))):
+            idx = combo.findText(str(value))
+            if idx != combo.currentIndex():
+                combo.setCurrentIndex(idx)
+
+    # ----------------------------------------------------------------------------- loading
+    def show_field(self, field: Field | None) -> None:
+        if field is None:
+            return
+        if self._reading:
+            self._pending = field  # the newest request wins; intermediate sites are skipped
+            return
+        self._reading = True
+        self.current = field
+        start_job(read_field_job, self.root.text(), field, self.fluor_mean.isChecked(), status=self.read_status,
+                  title=f"Reading {field.plate} {field.well} site {field.site}",
+                  on_returned=self._show_stack, on_finished=self._read_finished)
+
+    def _read_finished(self) -> None:
+        self._reading = False
+        self._update_enabled()
+        pending, self._pending = self._pending, None
+        if pending is not None and pending != self.current:
+            self.show_field(pending)
+
+    def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
+        field, stack, mean = result
+        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site}
+        for i, ch in enumerate(ALL_CHANNELS):
+            upsert_image(self.viewer, stack[i], channel_layer_kwargs(ch, stack[i], meta))
+        if mean is not None:
+            upsert_image(self.viewer, mean, {"name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
+                                             "contrast_limits": contrast_limits(mean), "visible": False,
+                                             "metadata": {**meta, "channel": "fluorescent_mean"}})
+        self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
+
+    def _update_enabled(self) -> None:
+        has = bool(self.fields)
+        for w in (self.plate, self.well, self.site, self.prev_btn, self.next_btn):
+            w.setEnabled(has)
