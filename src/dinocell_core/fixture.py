@@ -1,0 +1,333 @@
+"""Synthetic CPJUMP1 plates in the exact bucket layout: the built-in data for tests, demo and benchmarks.
+
+Pixels follow the measured statistics of Broad Opera Phenix images (fluorescent sCMOS offset 100–400 + noise, cells
+up to thousands of counts, a few saturated pixels; brightfield ~20k ± 1k with three slightly different planes in
+which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); ground-truth
+instance masks are written outside ``Images/`` so segmentation can be trained and scored. Each well gets one of
+two phenotypes ("large_sparse", "small_dense") that differ in cell size, density and texture but not in mean
+brightness, so a learned representation can be checked with k-NN.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+from dinocell_core.fsutil import atomic_path, atomic_write_bytes
+from dinocell_core.jump import ALL_CHANNELS, CHANNELS, FLUORESCENT, Field, file_name, well_name
+from dinocell_core.tiffio import write_tiff
+
+PHENOTYPES = ("large_sparse", "small_dense")
+SOURCE = Path("cpg0000-jump-pilot") / "source_4"
+S3_SOURCE = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4"
+PIXEL_SIZE_M = 5.979760809567617e-07
+# (batch, plate folder, sk): real CPJUMP1 names; the 2nd is not Measurement1, the 3rd is a Bleaching re-imaging
+# whose files carry sk5.
+PLATES: tuple[tuple[str, str, int], ...] = (
+    ("2020_11_04_CPJUMP1", "BR00116991__2020-11-05T19_51_35-Measurement1", 1),
+    ("2020_11_04_CPJUMP1", "BR00117005__2020-11-05T12_53_34-Measurement2", 1),
+    ("2020_12_08_CPJUMP1_Bleaching", "BR00116992E__2020-11-12T01_22_40-Measurement1", 5),
+    ("2020_11_04_CPJUMP1", "BR00116996__2020-11-09T15_32_10-Measurement3", 1),
+)
+URL_ORDER = (5, 7, 6, 8, 1, 2, 4, 3)  # URL_OrigDNA, LowZBF, HighZBF, Brightfield, Mito, AGP, ER, RNA (ref. §5)
+GRID_UM = (-969.0, -323.0, 323.0, 969.0)
+_OFFSETS = {1: 210, 2: 160, 3: 130, 4: 180, 5: 110}  # sCMOS offset per fluorescent channel
+_GAINS = {1: 1400, 2: 900, 3: 700, 4: 1100, 5: 2600}  # peak signal counts per channel
+
+
+@dataclass
+class FixtureInfo:
+    root: Path
+    source_root: Path
+    n_fields: int
+    incomplete: list[str] = dc_field(default_factory=list)
+    plate_folders: list[str] = dc_field(default_factory=list)
+    size: int = 0
+
+
+def plate_spec(i: int) -> tuple[str, str, int]:
+    if i < len(PLATES):
+        return PLATES[i]
+    n = 117010 + i
+    return ("2020_11_04_CPJUMP1", f"BR00{n}__2020-11-{5 + i % 5:02d}T1{i % 10}_0{i % 6}_{10 + i % 50:02d}-"
+            "Measurement1", 1)
+
+
+def phenotype_of(plate_index: int, well_index: int) -> str:
+    return PHENOTYPES[(plate_index + well_index) % 2]
+
+
+# ------------------------------------------------------------------------------------------------ one field
+
+def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth random field in about [-1, 1] with ``cells`` bumps across the image (cheap: upsampled noise)."""
+    low = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+    return cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _layout(size: int, rng: np.random.Generator, phenotype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell/nucleus label images and the per-cell nucleus-distance map (0 at the nucleus centre, 1 at the edge)."""
+    if phenotype == "large_sparse":
+        cell_r, nuc_r, coverage = (26.0, 36.0), (9.0, 12.0), 0.35
+    elif phenotype == "small_dense":
+        cell_r, nuc_r, coverage = (10.0, 14.0), (5.0, 6.5), 0.75
+    else:
+        raise ValueError(f"unknown phenotype {phenotype!r}; use one of {PHENOTYPES}")
+    mean_r = sum(cell_r) / 2
+    n_target = max(1, int(coverage * size * size / (np.pi * mean_r * mean_r)))
+    centres: list[tuple[float, float, float]] = []
+    min_gap = 0.9 * cell_r[0] + nuc_r[1]
+    for _ in range(n_target * 6):
+        if len(centres) >= n_target:
+            break
+        y, x = rng.uniform(0, size, 2)
+        if all((y - cy) ** 2 + (x - cx) ** 2 >= min_gap ** 2 for cy, cx, _ in centres[-400:]):
+            centres.append((y, x, rng.uniform(*cell_r)))
+    seeds = np.zeros((size, size), dtype=np.int32)
+    for i, (y, x, _) in enumerate(centres, start=1):
+        seeds[min(int(y), size - 1), min(int(x), size - 1)] = i
+    dist, (iy, ix) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    owner = seeds[iy, ix]
+    radii = np.array([0.0] + [r for _, _, r in centres], dtype=np.float32)
+    wobble = 1.0 + 0.22 * _smooth(rng, size, max(2, size // 12))
+    cells = np.where(dist < radii[owner] * wobble, owner, 0).astype(np.int32)
+    nuclei = np.zeros_like(cells)
+    rel = np.zeros((size, size), dtype=np.float32)
+    rel[:] = np.float32(2.0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for i, (y, x, r) in enumerate(centres, start=1):
+        a = rng.uniform(*nuc_r)
+        b = a * rng.uniform(0.7, 1.0)
+        th = rng.uniform(0, np.pi)
+        y0, y1 = max(0, int(y - r - 2)), min(size, int(y + r + 3))
+        x0, x1 = max(0, int(x - r - 2)), min(size, int(x + r + 3))
+        dy, dx = yy[y0:y1, x0:x1] - y, xx[y0:y1, x0:x1] - x
+        u = (dx * np.cos(th) + dy * np.sin(th)) / a
+        v = (-dx * np.sin(th) + dy * np.cos(th)) / b
+        d = np.sqrt(u * u + v * v)
+        mine = cells[y0:y1, x0:x1] == i
+        nuclei[y0:y1, x0:x1][mine & (d < 1.0)] = i
+        rel[y0:y1, x0:x1] = np.where(mine, d * a / r, rel[y0:y1, x0:x1])
+    # Labels are renumbered 1..n so a cell whose nucleus fell outside its (clipped) body disappears cleanly.
+    keep = np.unique(nuclei)
+    keep = keep[keep > 0]
+    lut = np.zeros(len(centres) + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    return lut[cells], lut[nuclei], rel
+
+
+def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
+               vignette: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic field: (channels [8, H, W] uint16 in ch1..ch8 order, nuclei labels, cell labels) (int32).
+
+    ``vignette`` (H×W, max 1) multiplies the fluorescent signal, as the microscope's illumination does.
+    """
+    rng = np.random.default_rng(seed)
+    cells, nuclei, rel = _layout(size, rng, phenotype)
+    cell_mask = (cells > 0).astype(np.float32)
+    nuc_mask = (nuclei > 0).astype(np.float32)
+    cyto = cell_mask - nuc_mask
+    n_cells = int(cells.max())
+    per_cell = rng.uniform(0.6, 1.3, n_cells + 1).astype(np.float32)
+    per_cell[0] = 0.0
+    cell_gain = per_cell[cells]
+    # Coverage differs ~2x between phenotypes; scale so field-mean brightness does not give the phenotype away.
+    coverage = max(float(cell_mask.mean()), 1e-3)
+    level = np.float32(0.3 / coverage) * np.float32(rng.uniform(0.75, 1.3))
+    level = min(level, np.float32(1.6))
+    vig = vignette if vignette is not None else np.ones((size, size), np.float32)
+    blur = lambda img, s: cv2.GaussianBlur(img, (0, 0), s)  # noqa: E731
+    speckle = (rng.random((size, size), dtype=np.float32) > 0.93).astype(np.float32)
+    texture = 0.75 + 0.25 * _smooth(rng, size, max(2, size // 6))
+    near_nuc = np.clip(1.6 - rel, 0.0, 1.0)
+    edges = np.clip(cv2.morphologyEx(cells.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)),
+                    0, 1)
+    signal = {
+        1: cyto * cell_gain * (0.25 + 1.6 * blur(speckle, 1.2)),           # Mito: punctate cytoplasm
+        2: cell_gain * (0.25 * cyto + 0.9 * blur(edges, 1.0) * cell_mask),  # AGP: membrane + actin
+        3: cell_gain * (0.2 * cyto + nuc_mask * (0.3 + 1.2 * blur(speckle * nuc_mask, 1.5))),  # RNA: nucleoli
+        4: cyto * cell_gain * (0.3 + 0.7 * near_nuc) * texture,             # ER: perinuclear
+        5: nuc_mask * cell_gain * (0.7 + 0.3 * texture),                    # DNA: nuclei
+    }
+    out = np.empty((8, size, size), dtype=np.uint16)
+    for ch in FLUORESCENT:
+        sig = blur(signal[ch].astype(np.float32), 0.8) * np.float32(_GAINS[ch] * level) * vig
+        noisy = sig + _OFFSETS[ch] + rng.uniform(-40, 60)
+        noisy += rng.standard_normal((size, size), dtype=np.float32) * np.sqrt(np.maximum(sig, 0) * 1.5 + 36.0)
+        if ch in (1, 5):  # a few saturated pixels in the brightest structures, as in real Mito/DNA images
+            flat = np.argsort(sig, axis=None)[-3:]
+            noisy.flat[flat] = 65535
+        out[ch - 1] = np.clip(noisy + 0.5, 0, 65535).astype(np.uint16)
+    base = 20000.0 + 1000.0 * _smooth(rng, size, 3)
+    body = blur(cell_mask, 2.0)
+    nuc_b = blur(nuc_mask, 1.5)
+    rim = blur(edges, 1.5)
+    for ch, (a_body, a_nuc, a_rim) in {6: (350.0, 150.0, 500.0), 7: (-450.0, -200.0, -300.0),
+                                       8: (-250.0, -350.0, 250.0)}.items():
+        bf = base + a_body * body + a_nuc * nuc_b + a_rim * rim + rng.uniform(-150, 150)
+        bf += rng.standard_normal((size, size), dtype=np.float32) * 140.0
+        out[ch - 1] = np.clip(bf + 0.5, 0, 65535).astype(np.uint16)
+    return out, nuclei, cells
+
+
+def vignette_function(size: int, ch: int, seed: int = 0) -> np.ndarray:
+    """Smooth CellProfiler-style illumination function (float32, min ≈ 1, brighter at the centre)."""
+    rng = np.random.default_rng([seed, ch])
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1) - 0.5
+    cy, cx = rng.uniform(-0.08, 0.08, 2)
+    r2 = (y - cy) ** 2 + (x - cx) ** 2
+    illum = 1.0 + rng.uniform(0.35, 0.6) * np.exp(-r2 / 0.18)
+    return (illum / illum.min()).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- whole fixture
+
+def ground_truth_path(source_root: str | os.PathLike[str], field: Field, kind: str) -> Path:
+    """Ground-truth label TIFF of a field (outside ``Images/`` so indexers never see it as a channel)."""
+    if kind not in ("nuclei", "cells"):
+        raise ValueError(f"ground-truth kind must be 'nuclei' or 'cells', not {kind!r}")
+    r = ord(field.well[0].upper()) - ord("A") + 1
+    c = int(field.well[1:])
+    name = f"r{r:02d}c{c:02d}f{field.site:02d}_{kind}.tiff"
+    return Path(source_root) / "ground_truth" / field.batch / field.plate_folder / name
+
+
+def phenotype_table_path(source_root: str | os.PathLike[str]) -> Path:
+    return Path(source_root) / "workspace" / "metadata" / "fixture_phenotypes.csv"
+
+
+def phenotype_table(source_root: str | os.PathLike[str]) -> dict[tuple[str, str], str]:
+    """(plate barcode, well) → phenotype label, from the fixture's CSV."""
+    path = phenotype_table_path(source_root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {source_root} a DINOCell fixture source root?")
+    with open(path, encoding="utf-8", newline="") as fh:
+        return {(row["plate"], row["well"]): row["phenotype"] for row in csv.DictReader(fh)}
+
+
+def find_source_root(path: str | os.PathLike[str]) -> Path:
+    """The ``source_4`` folder of a fixture given the fixture root or the source root itself."""
+    p = Path(path)
+    for cand in (p, p / SOURCE):
+        if phenotype_table_path(cand).is_file():
+            return cand
+    raise FileNotFoundError(f"no fixture under {p} (expected {SOURCE}/workspace/metadata/fixture_phenotypes.csv)")
+
+
+def _site_position(site: int) -> tuple[float, float]:
+    order = [(1, 2), (0, 0), (2, 2), (0, 3), (3, 0), (1, 1), (2, 1), (1, 3), (3, 3),
+             (0, 1), (0, 2), (1, 0), (2, 0), (2, 3), (3, 1), (3, 2)]
+    gy, gx = order[(site - 1) % 16]
+    return GRID_UM[gx] * 1e-6, GRID_UM[3 - gy] * 1e-6
+
+
+def _metadata(barcode: str, well: str, row: int, col: int, site: int, size: int) -> dict[str, object]:
+    px, py = _site_position(site)
+    return {
+        "Metadata_Plate": barcode, "Metadata_Well": well, "Metadata_Site": site,
+        "Metadata_AbsPositionZ": 0.135, "Metadata_AbsTime": "2020-11-05T19:51:35.000-05:00",
+        "Metadata_BinningX": 2, "Metadata_BinningY": 2, "Metadata_ChannelID": 5,
+        "Metadata_ChannelName": "HOECHST 33342", "Metadata_Col": col, "Metadata_ExposureTime": 0.01,
+        "Metadata_FieldID": site, "Metadata_ImageResolutionX": PIXEL_SIZE_M,
+        "Metadata_ImageResolutionY": PIXEL_SIZE_M, "Metadata_ImageSizeX": size, "Metadata_ImageSizeY": size,
+        "Metadata_MainEmissionWavelength": 456, "Metadata_MainExcitationWavelength": 405,
+        "Metadata_MaxIntensity": 65535, "Metadata_ObjectiveMagnification": 20, "Metadata_ObjectiveNA": 1,
+        "Metadata_PlaneID": 1, "Metadata_PositionX": px, "Metadata_PositionY": py, "Metadata_PositionZ": 0.0,
+        "Metadata_Row": row,
+    }
+
+
+def _write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int = 4, sites: int = 2,
+                      size: int = 256, seed: int = 0, edge_cases: bool = True) -> FixtureInfo:
+    """Write a synthetic CPJUMP1 tree under ``out`` (see module docstring); returns what was written.
+
+    With ``edge_cases`` and at least 4 fields, the last field of the last plate lacks its ch3 file (an incomplete
+    field, left out of load_data as pe2loaddata does).
+    """
+    if plates < 1 or wells < 1 or sites < 1 or size < 32:
+        raise ValueError("need plates, wells, sites ≥ 1 and size ≥ 32")
+    if wells > 384 or sites > 16:
+        raise ValueError("CPJUMP1 plates have at most 384 wells and 16 sites per well")
+    root = Path(out)
+    src = root / SOURCE
+    info = FixtureInfo(root=root, source_root=src, n_fields=0, size=size)
+    pheno_rows: list[dict[str, object]] = []
+    total = plates * wells * sites
+    for p in range(plates):
+        batch, folder, sk = plate_spec(p)
+        barcode = folder.split("__")[0]
+        info.plate_folders.append(folder)
+        img_dir = src / "images" / batch / "images" / folder / "Images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        illum_dir = src / "images" / batch / "illum" / barcode
+        illum_dir.mkdir(parents=True, exist_ok=True)
+        vignettes = {}
+        for ch in ALL_CHANNELS:
+            illum = vignette_function(size, ch, seed + p)
+            vignettes[ch] = illum / illum.max()
+            with atomic_path(illum_dir / f"{barcode}_Illum{CHANNELS[ch]}.npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, illum)
+        url_rows: list[dict[str, object]] = []
+        illum_rows: list[dict[str, object]] = []
+        local_dir = f"/home/ubuntu/bucket/{SOURCE.as_posix()}/images/{batch}/images/{folder}/Images"
+        for w in range(wells):
+            row, col = w // 24 + 1, w % 24 + 1
+            well = well_name(row, col)
+            phenotype = phenotype_of(p, w)
+            pheno_rows.append({"plate": barcode, "plate_folder": folder, "well": well, "phenotype": phenotype})
+            for s in range(1, sites + 1):
+                fseed = int(np.random.SeedSequence([seed, p, w, s]).generate_state(1)[0])
+                stack, nuclei, cells = make_field(size, fseed, phenotype, vignette=vignettes[5])
+                drop = edge_cases and total >= 4 and p == plates - 1 and w == wells - 1 and s == sites
+                for ch in ALL_CHANNELS:
+                    if drop and ch == 3:
+                        continue
+                    write_tiff(img_dir / file_name(row, col, s, ch, sk), stack[ch - 1])
+                gt = Field(barcode, well, s, batch, folder, sk)
+                gt_dir = ground_truth_path(src, gt, "nuclei").parent
+                gt_dir.mkdir(parents=True, exist_ok=True)
+                write_tiff(ground_truth_path(src, gt, "nuclei"), nuclei.astype(np.uint16))
+                write_tiff(ground_truth_path(src, gt, "cells"), cells.astype(np.uint16))
+                if drop:
+                    info.incomplete.append(f"{folder}/{well}/{s}/{sk} (ch3 missing)")
+                    continue
+                info.n_fields += 1
+                meta = _metadata(barcode, well, row, col, s, size)
+                url = {f"URL_Orig{CHANNELS[ch]}": f"{S3_SOURCE}/images/{batch}/images/{folder}/Images/"
+                       f"{file_name(row, col, s, ch, sk)}" for ch in URL_ORDER}
+                url_rows.append({**url, **meta})
+                local: dict[str, object] = {}
+                for ch in URL_ORDER:
+                    local[f"FileName_Orig{CHANNELS[ch]}"] = file_name(row, col, s, ch, sk)
+                    local[f"PathName_Orig{CHANNELS[ch]}"] = local_dir
+                local.update(meta)
+                for ch in URL_ORDER:
+                    local[f"FileName_Illum{CHANNELS[ch]}"] = f"{barcode}_Illum{CHANNELS[ch]}.npy"
+                    local[f"PathName_Illum{CHANNELS[ch]}"] = (f"/home/ubuntu/bucket/{SOURCE.as_posix()}/images/"
+                                                             f"{batch}/illum/{barcode}")
+                illum_rows.append(local)
+        ld_dir = src / "workspace" / "load_data_csv" / batch / barcode
+        meta_cols = list(_metadata(barcode, "A01", 1, 1, 1, size))
+        _write_csv(ld_dir / "load_data.csv", [f"URL_Orig{CHANNELS[c]}" for c in URL_ORDER] + meta_cols, url_rows)
+        illum_header = [k for c in URL_ORDER for k in (f"FileName_Orig{CHANNELS[c]}", f"PathName_Orig{CHANNELS[c]}")]
+        illum_header += meta_cols
+        illum_header += [k for c in URL_ORDER for k in (f"FileName_Illum{CHANNELS[c]}", f"PathName_Illum{CHANNELS[c]}")]
+        _write_csv(ld_dir / "load_data_with_illum.csv", illum_header, illum_rows)
+    _write_csv(phenotype_table_path(src), ["plate", "plate_folder", "well", "phenotype"], pheno_rows)
+    return info

@@ -1,0 +1,391 @@
+"""DINO multi-crop SSL data: a deterministic, resumable, rank-sharded stream of crop sets from JUMP fields.
+
+Stream design (why it is reproducible): sample ``g`` of the global stream is fully determined by
+``(seed, g)`` and the field slot it is drawn from — never by worker ids or global RNG state — so the stream is
+identical for any ``num_workers``, and a run resumed at step ``s`` starts the sampler at ``s`` and sees exactly
+what an uninterrupted run would. Field slots walk a fresh seeded permutation of the index every epoch; each rank
+takes its own slots. ``crops_per_field`` consecutive samples of a batch share one decoded field (decoding 5 LZW
+TIFFs is the floor of the loader's cost). A bad file skips deterministically to the next field of the
+permutation; the failure (path, reason) travels with the batch and :class:`FailureBudget` stops the run when too
+many reads fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pydantic import Field as PField, field_validator, model_validator
+
+from dinocell_core.augment import AugmentConfig, MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
+from dinocell_core.config import StrictModel
+from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, channel_number, load_index
+from dinocell_core.preprocess import IlluminationCache, Preprocessor, parse_channel_mode
+from dinocell_core.tiffio import BadImageError, read_tiff
+
+log = logging.getLogger(__name__)
+
+FMEAN = "fluorescent_mean"
+
+
+class DataConfig(StrictModel):
+    """The ``data:`` section of a pretraining config."""
+
+    root: str | None = None
+    index: str | None = None
+    load_data: list[str] = []
+    refresh_index: bool = False
+    channel_mode: str = FMEAN
+    multiview_channels: list[int] = list(ALL_CHANNELS)
+    illumination: bool = False
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    clahe: bool = False
+    clahe_clip_limit: float = PField(2.0, gt=0)
+    global_size: int = PField(224, ge=8)
+    local_size: int = PField(96, ge=8)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    n_global: int = PField(2, ge=1, le=2)
+    n_local: int = PField(8, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    mask_probability: float = PField(0.5, ge=0, le=1)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_min_patches: int = PField(4, ge=1)
+    mask_min_aspect: float = PField(0.3, gt=0, le=1)
+    crops_per_field: int = PField(1, ge=1)
+    max_retries: int = PField(20, ge=1)
+    max_failure_fraction: float = PField(0.05, ge=0, le=1)
+    failure_min_samples: int = PField(200, ge=1)
+    num_workers: int = PField(4, ge=0)
+    prefetch_factor: int = PField(2, ge=1)
+    s3_endpoint_url: str | None = None
+    s3_anon: bool = True
+    s3_cache_dir: str | None = None
+    s3_cache_gb: float = PField(0.0, ge=0)
+
+    @field_validator("channel_mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        parse_channel_mode(v)
+        return v
+
+    @field_validator("multiview_channels")
+    @classmethod
+    def _mv(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("multiview_channels must name at least one channel")
+        return [channel_number(c) for c in v]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DataConfig":
+        for name in ("global_scale", "local_scale", "mask_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"{name} must be [low, high] with 0 ≤ low ≤ high ≤ 1")
+        lo, hi = self.norm_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("norm_percentiles must be [low, high] with 0 ≤ low < high ≤ 100")
+        return self
+
+    def preprocessor(self) -> Preprocessor:
+        return Preprocessor(low=self.norm_percentiles[0], high=self.norm_percentiles[1],
+                            illumination=self.illumination, clahe=self.clahe, clahe_clip_limit=self.clahe_clip_limit)
+
+    def storage(self) -> Any:
+        """An S3Storage when the data lives on S3 (settings only; the client is created in each process)."""
+        targets = [self.root or "", self.index or "", *self.load_data]
+        if not any(str(t).startswith("s3://") for t in targets) and not self.s3_endpoint_url:
+            return None
+        from dinocell_core.storage import S3Storage
+
+        return S3Storage(endpoint_url=self.s3_endpoint_url, anon=self.s3_anon, cache_dir=self.s3_cache_dir,
+                         cache_bytes=int(self.s3_cache_gb * 1e9))
+
+
+class NoFieldsError(ValueError):
+    """The data root holds no complete field: raised before training starts."""
+
+
+class TooManyFailures(RuntimeError):
+    """More reads failed than ``max_failure_fraction`` allows."""
+
+
+class FailureBudget:
+    """Counts good samples and failed field reads; raises :class:`TooManyFailures` above ``max_fraction``
+    (only after ``min_samples`` attempts, so one early bad file does not stop a run)."""
+
+    def __init__(self, max_fraction: float, min_samples: int = 200) -> None:
+        self.max_fraction = max_fraction
+        self.min_samples = min_samples
+        self.n_ok = 0
+        self.n_failed = 0
+        self.examples: list[tuple[str, str]] = []
+
+    def update(self, n_ok: int, n_failed: int, failures: Sequence[tuple[str, str]] = ()) -> None:
+        self.n_ok += n_ok
+        self.n_failed += n_failed
+        for f in failures:
+            if len(self.examples) < 5:
+                self.examples.append(tuple(f))  # type: ignore[arg-type]
+        total = self.n_ok + self.n_failed
+        if total >= self.min_samples and self.n_failed > self.max_fraction * total:
+            shown = "; ".join(f"{p}: {r}" for p, r in self.examples) or "none recorded"
+            raise TooManyFailures(
+                f"{self.n_failed} of {total} field reads failed ({self.n_failed / total:.1%}), more than "
+                f"data.max_failure_fraction={self.max_fraction:.1%}; check the data (first failures: {shown})")
+
+    @property
+    def fraction(self) -> float:
+        total = self.n_ok + self.n_failed
+        return self.n_failed / total if total else 0.0
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+
+class SSLFieldDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by ``(sample_id, field_slot)`` pairs from :class:`SSLStreamSampler`."""
+
+    def __init__(self, cfg: DataConfig, patch_size: int, seed: int, fields: Sequence[Field] | None = None) -> None:
+        if cfg.global_size % patch_size:
+            raise ValueError(f"data.global_size {cfg.global_size} must be a multiple of the patch size {patch_size}")
+        self.cfg = cfg
+        self.patch_size = patch_size
+        self.seed = int(seed)
+        self.kind, self.channel = parse_channel_mode(cfg.channel_mode)
+        self.pre = cfg.preprocessor()
+        self.storage = cfg.storage()
+        self.root = str(cfg.root) if cfg.root is not None else ""
+        if fields is None:
+            fields = load_ssl_fields(cfg, self.storage)
+        self.fields = list(fields)
+        if not self.fields:
+            raise NoFieldsError(f"no complete CPJUMP1 fields found under {cfg.root or cfg.index} (a field needs "
+                                "all 8 channel files r..c..f..p01-ch1..8sk..fk1fl1.tiff in one plate folder)")
+        self._cache_key: str | None = None
+        self._cache: dict[Any, np.ndarray] = {}
+        self._shape: tuple[int, ...] | None = None
+        self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._illum: IlluminationCache | None = None
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    # -- stream order
+    def field_for_slot(self, slot: int, attempt: int = 0) -> int:
+        n = len(self.fields)
+        epoch, pos = divmod(slot, n)
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, 0xF1E1D, epoch]).permutation(n)
+            self._perms[epoch] = perm
+            if len(self._perms) > 2:
+                self._perms.popitem(last=False)
+        return int(perm[(pos + attempt) % n])
+
+    # -- field views
+    def _view(self, field: Field, view: Any) -> np.ndarray:
+        if self._cache_key != field.key:
+            self._cache_key, self._cache, self._shape = field.key, {}, None
+        img = self._cache.get(view)
+        if img is None:
+            img = self._compute_view(field, view)
+            self._cache[view] = img
+        return img
+
+    def _compute_view(self, field: Field, view: Any) -> np.ndarray:
+        if view == FMEAN:
+            return self.pre.fluorescent_mean([self._view(field, ch) for ch in FLUORESCENT])
+        return self._channel(field, int(view))
+
+    def _channel(self, field: Field, ch: int) -> np.ndarray:
+        if ch not in field.paths:
+            raise BadImageError(f"{field.key} ch{ch}", "channel missing from the index")
+        raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=self._shape)
+        self._shape = raw.shape
+        inv = None
+        if self.pre.illumination:
+            if self._illum is None:
+                self._illum = IlluminationCache(storage=self.storage)
+            inv = self._illum.inverse(self.root, field, ch, raw.shape)
+        return self.pre.channel(raw, inv)
+
+    # -- crops
+    def _crop_views(self, rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
+        cfg = self.cfg
+        if self.kind == "channel":
+            return [self.channel] * cfg.n_global, [self.channel] * cfg.n_local
+        if self.kind == FMEAN:
+            return [FMEAN] * cfg.n_global, [FMEAN] * cfg.n_local
+        chans = cfg.multiview_channels
+        pick = lambda: int(chans[int(rng.integers(0, len(chans)))])  # noqa: E731
+        globals_ = [FMEAN] + [pick() for _ in range(cfg.n_global - 1)]
+        return globals_, [pick() for _ in range(cfg.n_local)]
+
+    def _make_sample(self, field: Field, rng: np.random.Generator) -> dict[str, Any]:
+        cfg = self.cfg
+        g_views, l_views = self._crop_views(rng)
+        blur_p = cfg.augment.blur_p
+        out_g = []
+        for i, view in enumerate(g_views):
+            img = self._view(field, view)
+            box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.global_scale)
+            crop = crop_resize(img, box, cfg.global_size)
+            out_g.append(augment(crop, rng, cfg.augment, blur_p[min(i, 1)]))
+        out_l = []
+        for view in l_views:
+            img = self._view(field, view)
+            box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.local_scale)
+            crop = crop_resize(img, box, cfg.local_size)
+            out_l.append(augment(crop, rng, cfg.augment, blur_p[2]))
+        return {"global": out_g, "local": out_l, "views": [str(v) for v in g_views + l_views]}
+
+    def __getitem__(self, index: tuple[int, int]) -> dict[str, Any]:
+        sample_id, slot = (int(index[0]), int(index[1])) if isinstance(index, (tuple, list)) else (int(index),
+                                                                                                   int(index))
+        failures: list[tuple[str, str]] = []
+        for attempt in range(self.cfg.max_retries):
+            field = self.fields[self.field_for_slot(slot, attempt)]
+            rng = np.random.default_rng([self.seed, sample_id, attempt])
+            try:
+                sample = self._make_sample(field, rng)
+            except BadImageError as exc:
+                failures.append((exc.path, exc.reason))
+                log.warning("skipping field %s: %s", field.key, exc)
+                self._cache_key = None
+                continue
+            sample.update(sample_id=sample_id, field=field.key, failures=failures)
+            return sample
+        raise TooManyFailures(f"{self.cfg.max_retries} fields in a row could not be read (last: "
+                              + "; ".join(f"{p}: {r}" for p, r in failures[-3:]) + ")")
+
+
+def load_ssl_fields(cfg: DataConfig, storage: Any = None) -> list[Field]:
+    """Fields from ``data.index`` (a contract CSV) or ``data.root`` (cached index, refreshed on request)."""
+    if cfg.root is None and cfg.index is None:
+        raise NoFieldsError("data.root (a CPJUMP1 folder, s3:// prefix or load_data CSV) or data.index is required")
+    if cfg.root is None:
+        raise NoFieldsError("data.root is required with data.index: index paths are relative to the root")
+    if "://" not in cfg.root and not os.path.exists(cfg.root):
+        raise NoFieldsError(f"data.root {cfg.root} does not exist")
+    if cfg.index is not None and os.path.isfile(cfg.index) and not cfg.refresh_index:
+        return load_index(cfg.index)
+    return load_index(cfg.root, cache=cfg.index, refresh=cfg.refresh_index, load_data=cfg.load_data,
+                      storage=storage)
+
+
+def build_ssl_dataset(cfg: DataConfig, patch_size: int, seed: int) -> SSLFieldDataset:
+    return SSLFieldDataset(cfg, patch_size, seed)
+
+
+# -------------------------------------------------------------------------------------------- sampler/collate
+
+class SSLStreamSampler:
+    """Infinite (or ``steps``-long) batch sampler: step ``s`` of rank ``r`` yields ``(sample_id, field_slot)``
+    pairs; ``crops_per_field`` consecutive samples share a slot (one decode, several crop sets)."""
+
+    def __init__(self, batch_size: int, crops_per_field: int = 1, rank: int = 0, world_size: int = 1,
+                 start_step: int = 0, steps: int | None = None) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.batch_size = batch_size
+        self.k = crops_per_field
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+        self.steps = steps
+        self.slots_per_batch = math.ceil(batch_size / crops_per_field)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        unit = step * self.world_size + self.rank
+        return [(unit * self.batch_size + j, unit * self.slots_per_batch + j // self.k)
+                for j in range(self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while self.steps is None or step < self.start_step + self.steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("the SSL stream is infinite")
+        return self.steps
+
+
+class SSLCollate:
+    """Stacks crops and draws iBOT masks with an RNG keyed by the batch's first sample id (deterministic)."""
+
+    def __init__(self, cfg: DataConfig, patch_size: int, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.grid = (cfg.global_size // patch_size, cfg.global_size // patch_size)
+        n = self.grid[0] * self.grid[1]
+        self.generator = MaskingGenerator(self.grid, max_num_patches=int(0.5 * n),
+                                          min_num_patches=cfg.mask_min_patches, min_aspect=cfg.mask_min_aspect)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        b = len(samples)
+        g = len(samples[0]["global"])
+        glob = np.stack([np.stack(s["global"]) for s in samples], axis=1)[:, :, None]
+        if samples[0]["local"]:
+            loc = np.stack([np.stack(s["local"]) for s in samples], axis=1)[:, :, None]
+        else:
+            loc = np.zeros((0, b, 1, self.cfg.local_size, self.cfg.local_size), np.float32)
+        rng = np.random.default_rng([self.seed, 0x1B07, int(samples[0]["sample_id"])])
+        masks = ibot_masks(g * b, self.grid, self.cfg.mask_probability, tuple(self.cfg.mask_ratio), rng,
+                           self.generator).reshape(g, b, *self.grid)
+        failures = [f for s in samples for f in s["failures"]]
+        return {
+            "global": torch.from_numpy(np.ascontiguousarray(glob, dtype=np.float32)),
+            "local": torch.from_numpy(np.ascontiguousarray(loc, dtype=np.float32)),
+            "masks": torch.from_numpy(masks),
+            "n_failed": len(failures),
+            "failures": failures,
+            "sample_ids": [int(s["sample_id"]) for s in samples],
+            "fields": [s["field"] for s in samples],
+            "views": [s["views"] for s in samples],
+        }
+
+
+def _worker_init(_worker_id: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class SSLLoader:
+    """Iterable over collated batches; applies the failure budget and logs every skipped file."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, budget: FailureBudget,
+                 dataset: SSLFieldDataset) -> None:
+        self.loader = loader
+        self.budget = budget
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            for path, reason in batch["failures"]:
+                log.warning("bad input skipped: %s: %s", path, reason)
+            self.budget.update(len(batch["sample_ids"]), batch["n_failed"], batch["failures"])
+            yield batch
+
+
+def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int, rank: int = 0,
+                    world_size: int = 1, start_step: int = 0, num_workers: int | None = None,
+                    steps: int | None = None, dataset: SSLFieldDataset | None = None) -> SSLLoader:
+    """The SSL batch stream for one rank, starting at ``start_step`` (resume) — see the module docstring."""
+    ds = dataset if dataset is not None else build_ssl_dataset(cfg, patch_size, seed)
+    workers = cfg.num_workers if num_workers is None else num_workers
+    sampler = SSLStreamSampler(batch_size, cfg.crops_per_field, rank, world_size, start_step, steps)
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=SSLCollate(cfg, patch_size, seed),
+                                         num_workers=workers, **kwargs)
+    return SSLLoader(loader, FailureBudget(cfg.max_failure_fraction, cfg.failure_min_samples), ds)
