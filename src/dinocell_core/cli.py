@@ -16,6 +16,7 @@ from dinocell_core import __version__
 from dinocell_core.config import ConfigError
 
 COMMAND_MODULES = [
+    "dinocell_core.commands.data",
 ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -38,8 +39,8 @@ PLATES: tuple[tuple[str, str, int], ...] = (
 )
 URL_ORDER = (5, 7, 6, 8, 1, 2, 4, 3)  # URL_OrigDNA, LowZBF, HighZBF, Brightfield, Mito, AGP, ER, RNA (ref. §5)
 GRID_UM = (-969.0, -323.0, 323.0, 969.0)
-_OFFSETS = {1: 210, 2: 160, 3: 130, 4: 180, 5: 110}  # sCMOS offset per fluorescent channel
-_GAINS = {1: 1400, 2: 900, 3: 700, 4: 1100, 5: 2600}  # peak signal counts per channel
+_OFFSETS = {1: 380, 2: 300, 3: 260, 4: 330, 5: 220}  # sCMOS offset per fluorescent channel
+_GAINS = {1: 3500, 2: 2500, 3: 2000, 4: 3000, 5: 6000}  # peak signal counts per channel
 
 
 @dataclass
@@ -160,7 +161,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
     for ch in FLUORESCENT:
         sig = blur(signal[ch].astype(np.float32), 0.8) * np.float32(_GAINS[ch] * level) * vig
         noisy = sig + _OFFSETS[ch] + rng.uniform(-40, 60)
-        noisy += rng.standard_normal((size, size), dtype=np.float32) * np.sqrt(np.maximum(sig, 0) * 1.5 + 36.0)
+        noisy += rng.standard_normal((size, size), dtype=np.float32) * np.sqrt(np.maximum(sig, 0) * 2.0 + 225.0)
         if ch in (1, 5):  # a few saturated pixels in the brightest structures, as in real Mito/DNA images
             flat = np.argsort(sig, axis=None)[-3:]
             noisy.flat[flat] = 65535
@@ -253,11 +254,12 @@ def _write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> 
 
 
 def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int = 4, sites: int = 2,
-                      size: int = 256, seed: int = 0, edge_cases: bool = True) -> FixtureInfo:
+                      size: int = 256, seed: int = 0, edge_cases: bool = True,
+                      progress: Callable[[], None] | None = None) -> FixtureInfo:
     """Write a synthetic CPJUMP1 tree under ``out`` (see module docstring); returns what was written.
 
     With ``edge_cases`` and at least 4 fields, the last field of the last plate lacks its ch3 file (an incomplete
-    field, left out of load_data as pe2loaddata does).
+    field, left out of load_data as pe2loaddata does). ``progress()`` is called after each field.
     """
     if plates < 1 or wells < 1 or sites < 1 or size < 32:
         raise ValueError("need plates, wells, sites ≥ 1 and size ≥ 32")
@@ -304,6 +306,8 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                 gt_dir.mkdir(parents=True, exist_ok=True)
                 write_tiff(ground_truth_path(src, gt, "nuclei"), nuclei.astype(np.uint16))
                 write_tiff(ground_truth_path(src, gt, "cells"), cells.astype(np.uint16))
+                if progress is not None:
+                    progress()
                 if drop:
                     info.incomplete.append(f"{folder}/{well}/{s}/{sk} (ch3 missing)")
                     continue

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -226,8 +226,11 @@ def scan_tree(root: str | os.PathLike[str]) -> tuple[Iterator[tuple[str, list[st
 
 
 def index_fields(root: str | os.PathLike[str], storage: object | None = None,
-                 channels: Sequence[int] = ALL_CHANNELS) -> IndexResult:
-    """Index every complete field under ``root`` (a local folder or an ``s3://`` prefix, at any depth)."""
+                 channels: Sequence[int] = ALL_CHANNELS,
+                 progress: Callable[[int], None] | None = None) -> IndexResult:
+    """Index every complete field under ``root`` (a local folder or an ``s3://`` prefix, at any depth).
+
+    ``progress(n_files)`` is called after each folder holding files (for a CLI progress bar)."""
     t0 = time.perf_counter()
     grouper = _Grouper(channels)
     root_s = os.fspath(root)
@@ -238,12 +241,16 @@ def index_fields(root: str | os.PathLike[str], storage: object | None = None,
         unreadable: list[str] = []
         for rel_dir, names in store.list_tree(root_s):  # type: ignore[attr-defined]
             grouper.add_dir(rel_dir, names)
+            if progress is not None:
+                progress(len(names))
     else:
         if not os.path.isdir(root_s):
             raise FileNotFoundError(f"data root {root_s} is not a folder")
         walker, unreadable = scan_tree(root_s)
         for rel_dir, names in walker:
             grouper.add_dir(rel_dir, names)
+            if progress is not None:
+                progress(len(names))
     result = grouper.result(unreadable, t0)
     log.info("index of %s: %s", root_s, result.summary())
     return result
@@ -379,14 +386,24 @@ def default_cache_path(root: str | os.PathLike[str]) -> Path:
 
 
 def build_index(root: str | os.PathLike[str], load_data: Sequence[str | os.PathLike[str]] = (),
-                storage: object | None = None) -> IndexResult:
+                storage: object | None = None, progress: Callable[[int], None] | None = None) -> IndexResult:
     """Index from load_data CSVs when given (or when ``root`` is one), else by scanning ``root``."""
     root_s = os.fspath(root)
     if load_data:
         return index_load_data(load_data, root=root_s)
     if is_load_data_csv(root_s):
         return index_load_data([root_s], root=None)
-    return index_fields(root_s, storage=storage)
+    return index_fields(root_s, storage=storage, progress=progress)
+
+
+def write_index_cache(result: IndexResult, root: str | os.PathLike[str], cache_path: str | os.PathLike[str]) -> None:
+    """The contract CSV plus a JSON sidecar with the scan report (incomplete fields, unreadable folders)."""
+    cache_path = Path(cache_path)
+    write_index_csv(result.fields, cache_path)
+    atomic_write_json(cache_path.with_suffix(".json"), {
+        "root": os.fspath(root), "fields": len(result.fields), "files": result.n_files,
+        "incomplete": result.n_incomplete, "incomplete_examples": result.incomplete_examples,
+        "unreadable": result.unreadable, "seconds": round(result.seconds, 3)})
 
 
 def load_index(root: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
@@ -406,11 +423,7 @@ def load_index(root: str | os.PathLike[str], cache: str | os.PathLike[str] | Non
         return fields
     result = build_index(root_s, load_data=load_data, storage=storage)
     try:
-        write_index_csv(result.fields, cache_path)
-        atomic_write_json(cache_path.with_suffix(".json"), {
-            "root": root_s, "fields": len(result.fields), "files": result.n_files,
-            "incomplete": result.n_incomplete, "incomplete_examples": result.incomplete_examples,
-            "unreadable": result.unreadable, "seconds": round(result.seconds, 3)})
+        write_index_cache(result, root_s, cache_path)
     except OSError as exc:
         log.warning("could not write index cache %s: %s", cache_path, exc)
     return result.fields

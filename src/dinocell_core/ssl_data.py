@@ -42,6 +42,7 @@ class DataConfig(StrictModel):
     index: str | None = None
     load_data: list[str] = []
     refresh_index: bool = False
+    prepared: str | None = None
     channel_mode: str = FMEAN
     multiview_channels: list[int] = list(ALL_CHANNELS)
     illumination: bool = False
@@ -172,6 +173,11 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self._cache: dict[Any, np.ndarray] = {}
         self._shape: tuple[int, ...] | None = None
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.prepared = None
+        if cfg.prepared:
+            from dinocell_core.prepare import PreparedStore
+
+            self.prepared = PreparedStore(cfg.prepared, cfg)
         self._illum: IlluminationCache | None = None
 
     def __len__(self) -> int:
@@ -200,6 +206,8 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         return img
 
     def _compute_view(self, field: Field, view: Any) -> np.ndarray:
+        if self.prepared is not None:
+            return self.prepared.view(field, view)
         if view == FMEAN:
             return self.pre.fluorescent_mean([self._view(field, ch) for ch in FLUORESCENT])
         return self._channel(field, int(view))
