@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -104,6 +103,18 @@ def pop_nested(data: dict[str, Any], dotted: str) -> None:
         node.pop(parts[-1], None)
 
 
+def _prune_empty(data: dict[str, Any]) -> dict[str, Any]:
+    """Drop sections left empty once the main keys are taken out (keeps the YAML short)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = _prune_empty(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
+
+
 def set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -131,11 +142,7 @@ class ValueEditor:
         elif annotation is int:
             self.widget = QSpinBox()
             self.widget.setRange(0, 2_000_000_000)
-        elif annotation is float:
-            self.widget = QDoubleSpinBox()
-            self.widget.setDecimals(6)
-            self.widget.setRange(-1e9, 1e9)
-        else:  # str, Path, lists, anything else: YAML text
+        else:  # float (learning rates need 1e-6 precision), str, Path, lists…: text parsed as YAML
             self.widget = QLineEdit()
         self.container: QWidget = self.widget
         if path_mode:
@@ -166,8 +173,6 @@ class ValueEditor:
             w.setChecked(bool(value))
         elif isinstance(w, QSpinBox):
             w.setValue(int(value or 0))
-        elif isinstance(w, QDoubleSpinBox):
-            w.setValue(float(value or 0.0))
         elif value is None:
             w.setText("")
         elif isinstance(value, (list, dict)):
@@ -181,7 +186,7 @@ class ValueEditor:
             return self.choices[w.currentIndex()] if self.choices else w.currentText()
         if isinstance(w, QCheckBox):
             return w.isChecked()
-        if isinstance(w, (QSpinBox, QDoubleSpinBox)):
+        if isinstance(w, QSpinBox):
             return w.value()
         text = w.text().strip()
         if not text:
@@ -321,6 +326,7 @@ class ConfigLaunchForm(QWidget):
         rest = yaml.safe_load(yaml.safe_dump(data))
         for key in [*self.editors, *self.extra_keys()]:
             pop_nested(rest, key)
+        rest = _prune_empty(rest)
         self.advanced.setPlainText(yaml.safe_dump(rest, sort_keys=False))
 
     def form_data(self) -> dict[str, Any]:

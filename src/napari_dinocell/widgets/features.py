@@ -65,7 +65,7 @@ class FeaturesWidget(QWidget):
         self.cancel_btn.clicked.connect(lambda: self.worker.quit() if self.worker is not None else None)
         self.message = QLabel("")
         self.message.setWordWrap(True)
-        self.status.events.message.connect(self.message.setText)
+        self.status.events.message.connect(lambda text: self.message.setText(str(text)))
 
         form = QFormLayout()
         form.addRow("Image", self.layer_combo)

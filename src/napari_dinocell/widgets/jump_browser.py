@@ -1,7 +1,8 @@
 """JUMP browser: pick a CPJUMP1 root, then plate → well → site; the 8 channels are shown as named layers.
 
-Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.load_index`) and TIFF reads run in
-workers. Switching sites replaces each layer's data in place; a newer site request supersedes one still loading.
+Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.load_index`; "rescan" refreshes it) and
+TIFF reads run in workers. Switching sites replaces each layer's data in place; a newer site request supersedes
+one still loading.
 """
 
 from __future__ import annotations
@@ -22,31 +23,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from dinocell_core.jump import CHANNELS, FLUORESCENT, Field, load_index
-from dinocell_core.preprocess import normalize_percentile, read_field
+from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, load_index
+from dinocell_core.preprocess import Preprocessor, read_field
 from napari_dinocell.jobs import start_job
 from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit
-
-ALL_CHANNELS = sorted(CHANNELS)
-
-
-def index_cache_path(root: str | Path) -> Path:
-    """Per-root index cache under ~/.cache/dinocell (the data root may be read-only or on S3)."""
-    import hashlib
-
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
-    return Path.home() / ".cache" / "dinocell" / f"index_{digest}.csv"
-
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
     """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""
     stack = read_field(root, field, ALL_CHANNELS)
     mean = None
     if fluor_mean:
-        mean = np.mean([normalize_percentile(stack[ALL_CHANNELS.index(c)]) for c in FLUORESCENT], axis=0)
-        mean = mean.astype(np.float32)
+        prep = Preprocessor()
+        mean = prep.fluorescent_mean([prep.channel(stack[ALL_CHANNELS.index(c)]) for c in FLUORESCENT])
     return field, stack, mean
 
 
@@ -93,8 +83,8 @@ class JumpBrowserWidget(QWidget):
         nav.addWidget(self.next_btn)
         self.message = QLabel("")
         self.message.setWordWrap(True)
-        self.index_status.events.message.connect(self.message.setText)
-        self.read_status.events.message.connect(self.message.setText)
+        self.index_status.events.message.connect(lambda text: self.message.setText(str(text)))
+        self.read_status.events.message.connect(lambda text: self.message.setText(str(text)))
 
         layout = QVBoxLayout(self)
         layout.addLayout(root_row)
@@ -112,7 +102,7 @@ class JumpBrowserWidget(QWidget):
             return
         self.root.setText(root)
         self.load_btn.setEnabled(False)
-        start_job(load_index, root, cache=index_cache_path(root), refresh=self.refresh_box.isChecked(),
+        start_job(load_index, root, refresh=self.refresh_box.isChecked(),
                   status=self.index_status, title=f"Indexing {Path(root).name}",
                   on_returned=self._index_loaded, on_finished=lambda: self.load_btn.setEnabled(True))
 

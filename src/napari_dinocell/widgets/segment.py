@@ -164,7 +164,7 @@ class SegmentWidget(QWidget):
         self.cancel_btn.clicked.connect(self.cancel)
         self.message = QLabel("")
         self.message.setWordWrap(True)
-        self.status.events.message.connect(self.message.setText)
+        self.status.events.message.connect(lambda text: self.message.setText(str(text)))
         self.status.events.state.connect(lambda _: self._update_enabled())
 
         form = QFormLayout()

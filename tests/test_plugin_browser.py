@@ -1,0 +1,102 @@
+"""JUMP browser on the synthetic CPJUMP1 fixture, the reader and the sample data, in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from dinocell_core.fixture import make_jump_fixture
+from dinocell_core.jump import CHANNELS
+
+NAMES = ["Mito", "AGP", "RNA", "ER", "DNA", "HighZBF", "LowZBF", "Brightfield"]
+
+
+@pytest.fixture(scope="module")
+def jump_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("jump")
+    info = make_jump_fixture(out, plates=2, wells=2, sites=2, size=96, seed=1)
+    return info
+
+
+def _images(viewer):
+    return [layer for layer in viewer.layers if layer.__class__.__name__ == "Image"]
+
+
+def test_browse_fixture_plate_well_site(make_napari_viewer, qtbot, jump_root):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    widget.refresh_box.setChecked(True)
+    widget.load_root(str(jump_root.source_root))
+    qtbot.waitUntil(lambda: len(viewer.layers) == 8, timeout=20000)
+    assert [layer.name for layer in viewer.layers] == NAMES
+    assert widget.plate.count() == 2
+    assert viewer.layers["DNA"].colormap.name == "blue"
+    assert viewer.layers["Mito"].colormap.name == "magenta"
+    assert viewer.layers["Brightfield"].colormap.name == "gray"
+    assert viewer.layers["DNA"].data.dtype == np.uint16
+    lo, hi = viewer.layers["DNA"].contrast_limits
+    assert lo < hi <= viewer.layers["DNA"].data.max()
+
+    first = widget.current
+    dna_layer = viewer.layers["DNA"]
+    first_data = dna_layer.data.copy()
+    widget.next_btn.click()
+    qtbot.waitUntil(lambda: widget.current is not first and not widget._reading, timeout=20000)
+    assert widget.current.site != first.site or widget.current.well != first.well
+    assert len(viewer.layers) == 8  # replaced in place, no pile-up
+    assert viewer.layers["DNA"] is dna_layer
+    assert not np.array_equal(dna_layer.data, first_data)
+    expected = tifffile.imread(widget.current.path(str(jump_root.source_root), 5))
+    np.testing.assert_array_equal(dna_layer.data, expected)
+
+    widget.prev_btn.click()
+    qtbot.waitUntil(lambda: widget.current == first and not widget._reading, timeout=20000)
+    np.testing.assert_array_equal(viewer.layers["DNA"].data, first_data)
+
+    widget.fluor_mean.setChecked(True)
+    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers, timeout=20000)
+    assert len(viewer.layers) == 9
+    # well selection drives the site list
+    widget.plate.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: widget.current.plate == widget.plate.currentText() and not widget._reading,
+                    timeout=20000)
+    assert len(viewer.layers) == 9
+
+
+def test_browse_unreachable_root_is_notification(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    widget.load_root(str(tmp_path / "missing"))
+    qtbot.waitUntil(lambda: widget.index_status.state.value in ("failed", "done"), timeout=20000)
+    assert widget.index_status.state.value == "failed"
+    assert "missing" in widget.index_status.message
+    assert len(viewer.layers) == 0
+
+
+def test_reader_opens_whole_field_and_plain_tiff(make_napari_viewer, jump_root, tmp_path):
+    viewer = make_napari_viewer()
+    images = next(jump_root.source_root.rglob("Images"))
+    one = sorted(images.glob("*-ch5sk*.tiff"))[0]
+    layers = viewer.open(str(one), plugin="dinocell")
+    assert [layer.name for layer in layers] == NAMES
+    assert layers[4].metadata["channel"] == 5
+    np.testing.assert_array_equal(layers[4].data, tifffile.imread(one))
+
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    (layer,) = viewer.open(str(plain), plugin="dinocell")
+    assert layer.name == "plain" and layer.data.shape == (64, 64)
+
+    folder_layers = viewer.open(str(images.parent), plugin="dinocell")
+    assert len(folder_layers) == 8
+
+
+def test_sample_data_field_with_labels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("dinocell", "cell_painting_field")
+    names = [layer.name for layer in viewer.layers]
+    assert names[:8] == [CHANNELS[c] for c in range(1, 9)]
+    assert "nuclei (ground truth)" in names and "cells (ground truth)" in names
+    nuclei = viewer.layers["nuclei (ground truth)"].data
+    assert nuclei.max() > 5 and nuclei.shape == viewer.layers["DNA"].data.shape
