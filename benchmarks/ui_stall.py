@@ -1,0 +1,155 @@
+"""Longest napari event-loop stall while the Segment widget segments a 2048 × 2048 image (goal: < 100 ms).
+
+A QTimer fires every 5 ms on the GUI thread and records the gap between consecutive ticks; any gap well above
+5 ms is time the event loop could not run (the UI was frozen). The run drives the real widget: models folder
+scan, "Segment" click (network pass in a thread worker), result layer, then a re-threshold via the slider.
+
+    python benchmarks/ui_stall.py [--size 2048] [--arch vit_test] [--tile 512]
+
+Needs a display: uses $DISPLAY, or starts Xvfb through pyvirtualdisplay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class StallMeter:
+    """Records the gaps between ticks of a fast QTimer on the GUI thread."""
+
+    def __init__(self, interval_ms: int = 5) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.gaps: list[float] = []
+        self._last = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps.clear()
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> dict[str, float]:
+        self.timer.stop()
+        self._tick()
+        gaps_ms = np.asarray(self.gaps) * 1000.0
+        return {
+            "max_ms": float(gaps_ms.max()),
+            "p99_ms": float(np.percentile(gaps_ms, 99)),
+            "median_ms": float(np.median(gaps_ms)),
+            "over_50ms": int((gaps_ms > 50).sum()),
+            "over_100ms": int((gaps_ms > 100).sum()),
+            "ticks": len(gaps_ms),
+        }
+
+
+def wait_until(app, predicate, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("benchmark step did not finish in time")
+        app.processEvents()
+        time.sleep(0.001)
+
+
+def ensure_display() -> object | None:
+    if os.environ.get("DISPLAY"):
+        return None
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(1600, 1000), color_depth=24)
+    display.start()
+    return display
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--arch", default="vit_test", help="backbone of the throw-away bundle (vit_small = real size)")
+    parser.add_argument("--tile", type=int, default=0, help="tile size (0 = model default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    display = ensure_display()
+    os.environ.pop("QT_QPA_PLATFORM", None)
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from dinocell_core.fixture import make_field
+    from napari_dinocell.widgets.segment import SegmentWidget
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        make_untrained_bundle(models, args.arch)
+        channels, _, _ = make_field(size=args.size, seed=0)
+        viewer = napari.Viewer(show=True)
+        app = QApplication.instance()
+        viewer.add_image(channels[4], name="DNA", metadata={"channel": 5})
+        widget = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Segment")
+        widget.device.setCurrentText(args.device)
+        widget.tile.setValue(args.tile)
+        widget.scan_models(str(models))
+        wait_until(app, lambda: widget.model_combo.count() > 0, 60)
+        for _ in range(20):
+            app.processEvents()
+
+        meter = StallMeter()
+        meter.start()
+        t0 = time.perf_counter()
+        widget.run_btn.click()
+        wait_until(app, lambda: widget.worker is None and "DNA labels" in viewer.layers, 3600)
+        seg_wall = time.perf_counter() - t0
+        for _ in range(50):  # let the new layer draw
+            app.processEvents()
+            time.sleep(0.002)
+        seg = meter.stop()
+
+        meter.start()
+        t0 = time.perf_counter()
+        before = viewer.layers["DNA labels"].data.copy()
+        widget.peak.setValue(0.7)
+        wait_until(app, lambda: not np.array_equal(viewer.layers["DNA labels"].data, before) or
+                   (time.perf_counter() - t0) > 30, 60)
+        wait_until(app, lambda: not widget._thresholding, 60)
+        rethr_wall = time.perf_counter() - t0
+        for _ in range(50):
+            app.processEvents()
+            time.sleep(0.002)
+        rethr = meter.stop()
+        viewer.close()
+    if display is not None:
+        display.stop()
+
+    print(f"napari UI stall while segmenting a {args.size}x{args.size} image "
+          f"(arch {args.arch}, device {args.device}, tile {args.tile or 'default'}):")
+    print(f"  segment:      wall {seg_wall:6.1f} s | longest stall {seg['max_ms']:6.1f} ms | p99 {seg['p99_ms']:5.1f} ms"
+          f" | stalls >50 ms: {seg['over_50ms']}, >100 ms: {seg['over_100ms']} ({seg['ticks']} ticks)")
+    print(f"  re-threshold: wall {rethr_wall:6.2f} s | longest stall {rethr['max_ms']:6.1f} ms | p99 "
+          f"{rethr['p99_ms']:5.1f} ms | stalls >100 ms: {rethr['over_100ms']}")
+    worst = max(seg["max_ms"], rethr["max_ms"])
+    print(f"  longest event-loop stall: {worst:.1f} ms (goal < 100 ms: {'met' if worst < 100 else 'NOT met'})")
+    return 0
+
+
+def make_untrained_bundle(folder: Path, arch: str) -> Path:
+    """A decoder bundle with random weights: the stall depends on compute and data sizes, not on accuracy."""
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    sys.exit(main())
