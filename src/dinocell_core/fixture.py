@@ -75,12 +75,15 @@ def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
 
 def _layout(size: int, rng: np.random.Generator, phenotype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell/nucleus label images and the per-cell nucleus-distance map (0 at the nucleus centre, 1 at the edge)."""
+    # Both phenotypes cover the same range of area, so "sparse/dense" is a count of cells per area, and the
+    # phenotype shows in cell size, nucleus/cell ratio and texture rather than in mean (normalised) brightness.
     if phenotype == "large_sparse":
-        cell_r, nuc_r, coverage = (26.0, 36.0), (9.0, 12.0), 0.35
+        cell_r, nuc_r = (26.0, 36.0), (9.0, 12.0)
     elif phenotype == "small_dense":
-        cell_r, nuc_r, coverage = (10.0, 14.0), (5.0, 6.5), 0.75
+        cell_r, nuc_r = (10.0, 14.0), (5.0, 6.5)
     else:
         raise ValueError(f"unknown phenotype {phenotype!r}; use one of {PHENOTYPES}")
+    coverage = rng.uniform(0.3, 0.75)
     mean_r = sum(cell_r) / 2
     n_target = max(1, int(coverage * size * size / (np.pi * mean_r * mean_r)))
     centres: list[tuple[float, float, float]] = []

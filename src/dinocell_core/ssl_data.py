@@ -77,11 +77,11 @@ class DataConfig(StrictModel):
         parse_channel_mode(v)
         return v
 
-    @field_validator("multiview_channels")
+    @field_validator("multiview_channels", mode="before")
     @classmethod
-    def _mv(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("multiview_channels must name at least one channel")
+    def _mv(cls, v: Any) -> list[int]:
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("multiview_channels must list at least one channel (1–8 or names such as DNA)")
         return [channel_number(c) for c in v]
 
     @model_validator(mode="after")

@@ -51,6 +51,8 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
         raise BadImageError(path, "file not found") from None
     except PermissionError:
         raise BadImageError(path, "permission denied") from None
+    except NotADirectoryError:
+        raise BadImageError(path, "a folder on the path is missing or is a file (unreadable folder)") from None
     except IsADirectoryError:
         raise BadImageError(path, "is a folder, not a TIFF") from None
     except Exception as exc:  # tifffile/imagecodecs raise many types for corrupt or truncated data

@@ -1,0 +1,132 @@
+"""The synthetic CPJUMP1 fixture matches the real layout, encoding, intensities and metadata schemas."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from dinocell_core.fixture import (
+    PHENOTYPES,
+    find_source_root,
+    ground_truth_path,
+    make_field,
+    make_jump_fixture,
+    phenotype_table,
+)
+from dinocell_core.jump import FILE_RE, index_fields
+from dinocell_core.preprocess import normalize_percentile
+
+LAYOUT = re.compile(r"^cpg0000-jump-pilot/source_4/images/(?P<batch>[^/]+)/images/(?P<folder>BR\d{8}[A-Z]?__"
+                    r"\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}-Measurement\d)/Images/(?P<name>[^/]+)$")
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fixture")
+    return make_jump_fixture(out, plates=3, wells=4, sites=2, size=160, seed=1)
+
+
+def test_layout_names_and_encoding(fx):
+    tiffs = sorted(p.relative_to(fx.root).as_posix() for p in fx.root.rglob("*.tiff") if "/Images/" in p.as_posix())
+    assert len(tiffs) == 3 * 4 * 2 * 8 - 1  # one channel file left out on purpose
+    folders = set()
+    for rel in tiffs:
+        m = LAYOUT.match(rel)
+        assert m, rel
+        assert FILE_RE.match(m["name"]), rel
+        folders.add(m["folder"])
+    assert any(not f.endswith("Measurement1") for f in folders)
+    assert any(f.startswith("BR00116992E__") for f in folders)
+    bleach = [t for t in tiffs if "BR00116992E__" in t]
+    assert bleach and all("sk5fk1fl1.tiff" in t for t in bleach)
+    with tifffile.TiffFile(fx.root / tiffs[0]) as tif:
+        page = tif.pages[0]
+        assert page.compression == 5 and page.predictor == 1  # LZW, no predictor
+        assert len(page.dataoffsets) == 1 and tif.byteorder == "<"
+        assert page.dtype == np.uint16 and page.shape == (160, 160)
+
+
+def test_intensities_are_realistic(fx):
+    field = index_fields(fx.root).fields[0]
+    for ch in range(1, 9):
+        img = tifffile.imread(fx.root / field.paths[ch])
+        if ch <= 5:
+            assert 60 <= img.min() <= 450, (ch, img.min())
+            assert np.percentile(img, 99) > 600, ch
+        else:
+            assert abs(float(np.median(img)) - 20000) < 2000, ch
+    assert (tifffile.imread(fx.root / field.paths[5]) == 65535).sum() >= 1
+    bf = [tifffile.imread(fx.root / field.paths[c]).astype(np.int64) for c in (6, 7, 8)]
+    assert not np.array_equal(bf[0], bf[1]) and not np.array_equal(bf[1], bf[2])
+
+
+def test_load_data_illum_ground_truth_and_phenotypes(fx):
+    src = fx.source_root
+    ld = sorted(src.glob("workspace/load_data_csv/*/*/load_data.csv"))
+    assert len(ld) == 3
+    with open(ld[0], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    header = list(rows[0])
+    assert header[:8] == ["URL_OrigDNA", "URL_OrigLowZBF", "URL_OrigHighZBF", "URL_OrigBrightfield",
+                          "URL_OrigMito", "URL_OrigAGP", "URL_OrigER", "URL_OrigRNA"]
+    assert len([h for h in header if h.startswith("Metadata_")]) == 26
+    assert rows[0]["URL_OrigDNA"].startswith("s3://cellpainting-gallery/cpg0000-jump-pilot/source_4/images/")
+    assert rows[0]["URL_OrigDNA"].endswith("-ch5sk1fk1fl1.tiff")
+    assert rows[0]["Metadata_ImageResolutionX"] == "5.979760809567617e-07"
+    with open(ld[0].with_name("load_data_with_illum.csv"), newline="") as fh:
+        illum_row = next(csv.DictReader(fh))
+    barcode = rows[0]["Metadata_Plate"]
+    assert illum_row["FileName_IllumDNA"] == f"{barcode}_IllumDNA.npy"
+    illum_files = sorted(src.glob("images/*/illum/*/*.npy"))
+    assert len(illum_files) == 3 * 8
+    illum = np.load(illum_files[0])
+    assert illum.dtype == np.float32 and illum.shape == (160, 160) and abs(float(illum.min()) - 1.0) < 1e-4
+
+    fields = index_fields(fx.root).fields
+    assert len(fields) == fx.n_fields == 23
+    for f in fields[:4]:
+        nuc_p, cell_p = ground_truth_path(src, f, "nuclei"), ground_truth_path(src, f, "cells")
+        assert "Images" not in nuc_p.parts
+        nuc, cells = tifffile.imread(nuc_p), tifffile.imread(cell_p)
+        assert nuc.shape == cells.shape == (160, 160) and nuc.max() > 0
+        inside = nuc > 0
+        assert np.array_equal(nuc[inside], cells[inside])  # every nucleus lies in its own cell
+        assert set(np.unique(nuc)) == set(np.unique(cells))
+    table = phenotype_table(find_source_root(fx.root))
+    assert len(table) == 12 and set(table.values()) == set(PHENOTYPES)
+    for plate in {p for p, _ in table}:
+        assert {v for (p, _), v in table.items() if p == plate} == set(PHENOTYPES)
+
+
+def test_make_field_deterministic_and_phenotypes_differ_in_shape_not_brightness():
+    a = make_field(128, seed=5, phenotype="small_dense")
+    b = make_field(128, seed=5, phenotype="small_dense")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert a[0].shape == (8, 128, 128) and a[0].dtype == np.uint16
+    stats = {}
+    for ph in PHENOTYPES:
+        means, areas = [], []
+        for seed in range(6):
+            ch, nuc, _cells = make_field(192, seed, ph)
+            fmean = np.mean([normalize_percentile(ch[c]) for c in range(5)], axis=0)
+            means.append(float(fmean.mean()))
+            areas.append(float((nuc > 0).sum() / max(nuc.max(), 1)))
+        stats[ph] = (np.array(means), np.array(areas))
+    # Nucleus size separates the phenotypes completely ...
+    assert stats["large_sparse"][1].min() > 2 * stats["small_dense"][1].max()
+    # ... while mean brightness of the normalised view overlaps (no trivial shortcut for the k-NN test).
+    lo = max(stats["large_sparse"][0].min(), stats["small_dense"][0].min())
+    hi = min(stats["large_sparse"][0].max(), stats["small_dense"][0].max())
+    assert lo < hi
+
+
+def test_bad_arguments(tmp_path: Path):
+    with pytest.raises(ValueError, match="sites"):
+        make_jump_fixture(tmp_path, sites=17)
+    with pytest.raises(ValueError, match="phenotype"):
+        make_field(64, 0, "round")
