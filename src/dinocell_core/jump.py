@@ -12,7 +12,6 @@ import csv
 import gzip
 import hashlib
 import io
-import json
 import logging
 import os
 import re

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dinocell_core.jump import ALL_CHANNELS, CHANNELS, FLUORESCENT, Field, channel_number, join_path
+from dinocell_core.jump import ALL_CHANNELS, CHANNELS, Field, channel_number, join_path
 from dinocell_core.tiffio import BadImageError, read_tiff
 
 BRIGHTFIELD_VIEW = 8  # OrigBrightfield, the middle plane (ch7 is LowZBF)
