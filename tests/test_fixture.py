@@ -130,3 +130,18 @@ def test_bad_arguments(tmp_path: Path):
         make_jump_fixture(tmp_path, sites=17)
     with pytest.raises(ValueError, match="phenotype"):
         make_field(64, 0, "round")
+
+
+def test_gap_and_plate_metadata(tmp_path: Path):
+    info = make_jump_fixture(tmp_path, plates=1, wells=2, sites=3, size=48, seed=0)
+    assert info.gaps == ["BR00116991__2020-11-05T19_51_35-Measurement1/A02/2"]
+    fields = index_fields(tmp_path).fields
+    assert [(f.well, f.site) for f in fields] == [("A01", 1), ("A01", 2), ("A01", 3), ("A02", 1)]
+    assert info.n_fields == 4 and len(info.incomplete) == 1  # A02 site 3 lacks ch3
+    meta = info.source_root / "workspace" / "metadata"
+    header = (meta / "experiment-metadata.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["Batch", "Plate_Map_Name", "Assay_Plate_Barcode"] and header[-1] == "Number_of_images"
+    bp = (meta / "platemaps" / "2020_11_04_CPJUMP1" / "barcode_platemap.csv").read_text().splitlines()
+    assert bp == ["Assay_Plate_Barcode,Plate_Map_Name", "BR00116991,JUMP-Target-1_compound_platemap"]
+    pm = meta / "platemaps" / "2020_11_04_CPJUMP1" / "platemap" / "JUMP-Target-1_compound_platemap.txt"
+    assert pm.read_text().splitlines()[0] == "well_position\tbroad_sample\tsolvent"

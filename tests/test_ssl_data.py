@@ -143,3 +143,28 @@ def test_prepared_store_feeds_the_same_views(root, tmp_path):
         build_ssl_dataset(_cfg(root, channel_mode="channel:3", prepared=str(tmp_path / "prep")), PATCH, 0)
     with pytest.raises(ValueError, match="made with"):
         build_ssl_dataset(cfg.model_copy(update={"prepared": str(tmp_path / "prep"), "clahe": True}), PATCH, 0)
+
+
+def test_preview_cli_writes_a_png(root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+
+    cfg = tmp_path / "pretrain.yaml"
+    cfg.write_text(f"model:\n  patch_size: 8\ndata:\n  root: {root}\n  global_size: 48\n  local_size: 24\n"
+                   "  n_local: 2\n")
+    out = tmp_path / "preview.png"
+    env = {**os.environ, "PYTHONPATH": str(os.path.join(os.path.dirname(__file__), "..", "src"))}
+    r = subprocess.run([sys.executable, "-m", "dinocell_core.cli", "jump", "preview", str(cfg), "n_local=3",
+                        "-o", str(out), "--batches", "1", "--batch-size", "3"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] >= 3 * 48 and img.shape[1] >= 2 * 48 + 3 * 24
+    red = (img[..., 2].astype(int) - img[..., 1].astype(int)) > 60
+    assert red.any()  # iBOT masks are drawn on the global crops
+    r = subprocess.run([sys.executable, "-m", "dinocell_core.cli", "jump", "preview", str(cfg), "bogus_key=1",
+                        "-o", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "bogus_key" in r.stderr

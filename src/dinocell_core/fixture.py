@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ class FixtureInfo:
     source_root: Path
     n_fields: int
     incomplete: list[str] = dc_field(default_factory=list)
+    gaps: list[str] = dc_field(default_factory=list)
     plate_folders: list[str] = dc_field(default_factory=list)
     size: int = 0
 
@@ -128,10 +129,11 @@ def _layout(size: int, rng: np.random.Generator, phenotype: str) -> tuple[np.nda
 
 
 def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
-               vignette: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               vignette: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic field: (channels [8, H, W] uint16 in ch1..ch8 order, nuclei labels, cell labels) (int32).
 
-    ``vignette`` (H×W, max 1) multiplies the fluorescent signal, as the microscope's illumination does.
+    ``vignette`` maps a channel to an H×W map (max 1) that multiplies its signal (fluorescence) or its whole
+    image (brightfield), as uneven illumination does; the fixture writes the matching illumination functions.
     """
     rng = np.random.default_rng(seed)
     cells, nuclei, rel = _layout(size, rng, phenotype)
@@ -146,7 +148,8 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
     coverage = max(float(cell_mask.mean()), 1e-3)
     level = np.float32(0.3 / coverage) * np.float32(rng.uniform(0.75, 1.3))
     level = min(level, np.float32(1.6))
-    vig = vignette if vignette is not None else np.ones((size, size), np.float32)
+    even = np.ones((size, size), np.float32)
+    vig = dict(vignette) if vignette is not None else {}
     blur = lambda img, s: cv2.GaussianBlur(img, (0, 0), s)  # noqa: E731
     speckle = (rng.random((size, size), dtype=np.float32) > 0.93).astype(np.float32)
     texture = 0.75 + 0.25 * _smooth(rng, size, max(2, size // 6))
@@ -162,7 +165,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
     }
     out = np.empty((8, size, size), dtype=np.uint16)
     for ch in FLUORESCENT:
-        sig = blur(signal[ch].astype(np.float32), 0.8) * np.float32(_GAINS[ch] * level) * vig
+        sig = blur(signal[ch].astype(np.float32), 0.8) * np.float32(_GAINS[ch] * level) * vig.get(ch, even)
         noisy = sig + _OFFSETS[ch] + rng.uniform(-40, 60)
         noisy += rng.standard_normal((size, size), dtype=np.float32) * np.sqrt(np.maximum(sig, 0) * 2.0 + 225.0)
         if ch in (1, 5):  # a few saturated pixels in the brightest structures, as in real Mito/DNA images
@@ -176,6 +179,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
     for ch, (a_body, a_nuc, a_rim) in {6: (350.0, 150.0, 500.0), 7: (-450.0, -200.0, -300.0),
                                        8: (-250.0, -350.0, 250.0)}.items():
         bf = base + a_body * body + a_nuc * nuc_b + a_rim * rim + rng.uniform(-150, 150)
+        bf *= vig.get(ch, even)
         bf += rng.standard_normal((size, size), dtype=np.float32) * 140.0
         out[ch - 1] = np.clip(bf + 0.5, 0, 65535).astype(np.uint16)
     return out, nuclei, cells
@@ -187,7 +191,8 @@ def vignette_function(size: int, ch: int, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1) - 0.5
     cy, cx = rng.uniform(-0.08, 0.08, 2)
     r2 = (y - cy) ** 2 + (x - cx) ** 2
-    illum = 1.0 + rng.uniform(0.35, 0.6) * np.exp(-r2 / 0.18)
+    strength = (0.35, 0.6) if ch in FLUORESCENT else (0.03, 0.06)  # brightfield is lit far more evenly
+    illum = 1.0 + rng.uniform(*strength) * np.exp(-r2 / 0.18)
     return (illum / illum.min()).astype(np.float32)
 
 
@@ -261,8 +266,10 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                       progress: Callable[[], None] | None = None) -> FixtureInfo:
     """Write a synthetic CPJUMP1 tree under ``out`` (see module docstring); returns what was written.
 
-    With ``edge_cases`` and at least 4 fields, the last field of the last plate lacks its ch3 file (an incomplete
-    field, left out of load_data as pe2loaddata does). ``progress()`` is called after each field.
+    With ``edge_cases``: given at least 4 fields, the last field of the last plate lacks its ch3 file (an
+    incomplete field, left out of load_data as pe2loaddata does); given ≥ 2 wells and ≥ 3 sites, the second well of
+    the first plate has no site 2 at all (a gap, as in partial CPJUMP1 wells). ``progress()`` is called after
+    each field.
     """
     if plates < 1 or wells < 1 or sites < 1 or size < 32:
         raise ValueError("need plates, wells, sites ≥ 1 and size ≥ 32")
@@ -297,8 +304,13 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
             phenotype = phenotype_of(p, w)
             pheno_rows.append({"plate": barcode, "plate_folder": folder, "well": well, "phenotype": phenotype})
             for s in range(1, sites + 1):
+                if edge_cases and sites >= 3 and p == 0 and w == 1 and s == 2:
+                    info.gaps.append(f"{folder}/{well}/{s}")
+                    if progress is not None:
+                        progress()
+                    continue
                 fseed = int(np.random.SeedSequence([seed, p, w, s]).generate_state(1)[0])
-                stack, nuclei, cells = make_field(size, fseed, phenotype, vignette=vignettes[5])
+                stack, nuclei, cells = make_field(size, fseed, phenotype, vignette=vignettes)
                 drop = edge_cases and total >= 4 and p == plates - 1 and w == wells - 1 and s == sites
                 for ch in ALL_CHANNELS:
                     if drop and ch == 3:
@@ -337,4 +349,32 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
         illum_header += [k for c in URL_ORDER for k in (f"FileName_Illum{CHANNELS[c]}", f"PathName_Illum{CHANNELS[c]}")]
         _write_csv(ld_dir / "load_data_with_illum.csv", illum_header, illum_rows)
     _write_csv(phenotype_table_path(src), ["plate", "plate_folder", "well", "phenotype"], pheno_rows)
+    _write_plate_metadata(src, plates, wells, sites)
     return info
+
+
+def _write_plate_metadata(src: Path, plates: int, wells: int, sites: int) -> None:
+    """experiment-metadata.tsv, barcode_platemap.csv and the platemap .txt with the real schemas (ref. §7)."""
+    meta = src / "workspace" / "metadata"
+    exp_cols = ["Batch", "Plate_Map_Name", "Assay_Plate_Barcode", "Perturbation", "Cell_type", "Time", "Density",
+                "Antibiotics", "Cell_line", "Time_delay", "Times_imaged", "Anomaly", "Number_of_images"]
+    exp_rows: list[str] = ["\t".join(exp_cols)]
+    by_batch: dict[str, list[str]] = {}
+    for p in range(plates):
+        batch, folder, _sk = plate_spec(p)
+        barcode = folder.split("__")[0]
+        by_batch.setdefault(batch, []).append(barcode)
+        exp_rows.append("\t".join(str(v) for v in (
+            batch, "JUMP-Target-1_compound_platemap", barcode, "compound", "A549", 24, 100, "absent", "Parental",
+            "Day0", 1, "none", wells * sites * 8)))
+    atomic_write_bytes(meta / "experiment-metadata.tsv", ("\n".join(exp_rows) + "\n").encode())
+    for batch, barcodes in by_batch.items():
+        pm = meta / "platemaps" / batch
+        _write_csv(pm / "barcode_platemap.csv", ["Assay_Plate_Barcode", "Plate_Map_Name"],
+                   [{"Assay_Plate_Barcode": b, "Plate_Map_Name": "JUMP-Target-1_compound_platemap"} for b in barcodes])
+        lines = ["well_position\tbroad_sample\tsolvent"]
+        for w in range(wells):
+            sample = "" if w % 2 == 0 else f"BRD-K{10000000 + w:08d}-001-01-1"  # empty = DMSO control
+            lines.append(f"{well_name(w // 24 + 1, w % 24 + 1)}\t{sample}\tDMSO")
+        atomic_write_bytes(pm / "platemap" / "JUMP-Target-1_compound_platemap.txt",
+                           ("\n".join(lines) + "\n").encode())

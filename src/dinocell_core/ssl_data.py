@@ -17,7 +17,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -26,7 +26,7 @@ from pydantic import Field as PField, field_validator, model_validator
 
 from dinocell_core.augment import AugmentConfig, MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
 from dinocell_core.config import StrictModel
-from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, channel_number, load_index
+from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, FieldTable, channel_number, load_index
 from dinocell_core.preprocess import IlluminationCache, Preprocessor, parse_channel_mode
 from dinocell_core.tiffio import BadImageError, read_tiff
 
@@ -65,6 +65,7 @@ class DataConfig(StrictModel):
     max_failure_fraction: float = PField(0.05, ge=0, le=1)
     failure_min_samples: int = PField(200, ge=1)
     num_workers: int = PField(4, ge=0)
+    worker_start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
     prefetch_factor: int = PField(2, ge=1)
     s3_endpoint_url: str | None = None
     s3_anon: bool = True
@@ -165,7 +166,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self.root = str(cfg.root) if cfg.root is not None else ""
         if fields is None:
             fields = load_ssl_fields(cfg, self.storage)
-        self.fields = list(fields)
+        self.fields = fields if isinstance(fields, FieldTable) else FieldTable(fields)
         if not self.fields:
             raise NoFieldsError(f"no complete CPJUMP1 fields found under {cfg.root or cfg.index} (a field needs "
                                 "all 8 channel files r..c..f..p01-ch1..8sk..fk1fl1.tiff in one plate folder)")
@@ -182,6 +183,12 @@ class SSLFieldDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.fields)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers get settings and the field table, never the parent's decoded-image caches."""
+        state = self.__dict__.copy()
+        state.update(_cache_key=None, _cache={}, _shape=None, _perms=OrderedDict(), _illum=None)
+        return state
 
     # -- stream order
     def field_for_slot(self, slot: int, attempt: int = 0) -> int:
@@ -393,7 +400,10 @@ def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int
     sampler = SSLStreamSampler(batch_size, cfg.crops_per_field, rank, world_size, start_step, steps)
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor, persistent_workers=False)
+        # spawn by default: a forked worker inherits the parent's OpenCV/OpenMP thread pools and fsspec event-loop
+        # threads mid-state and can hang (seen with cv2.setNumThreads after the parent had used cv2).
+        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor, persistent_workers=False,
+                      multiprocessing_context=cfg.worker_start_method)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=SSLCollate(cfg, patch_size, seed),
                                          num_workers=workers, **kwargs)
     return SSLLoader(loader, FailureBudget(cfg.max_failure_fraction, cfg.failure_min_samples), ds)
