@@ -405,9 +405,8 @@ def write_index_csv(fields: Sequence[Field], path: str | os.PathLike[str]) -> No
                         f.batch, f.plate_folder, f.sk])
 
 
-def read_index_csv(path: str | os.PathLike[str]) -> list[Field]:
-    """Read a contract index CSV; a wrong header or row is an error naming the file and line."""
-    fields: list[Field] = []
+def iter_index_csv(path: str | os.PathLike[str]) -> Iterator[Field]:
+    """Fields of a contract index CSV, one at a time; a wrong header or row is an error naming file and line."""
     with _open_text(path) as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
@@ -418,12 +417,16 @@ def read_index_csv(path: str | os.PathLike[str]) -> list[Field]:
             try:
                 paths = {c: row[f"ch{c}"] for c in ALL_CHANNELS if row.get(f"ch{c}")}
                 folder = row.get("plate_folder") or row["plate"]
-                fields.append(Field(plate=row["plate"], well=row["well"], site=int(row["site"]),
-                                    batch=row.get("batch") or "", plate_folder=folder,
-                                    sk=int(row.get("sk") or 1), paths=paths))
-            except (KeyError, ValueError) as exc:
+                field = Field(plate=row["plate"], well=row["well"], site=int(row["site"]),
+                              batch=row.get("batch") or "", plate_folder=folder, sk=int(row.get("sk") or 1),
+                              paths=paths)
+            except (KeyError, ValueError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: bad index row ({exc})") from None
-    return fields
+            yield field
+
+
+def read_index_csv(path: str | os.PathLike[str]) -> list[Field]:
+    return list(iter_index_csv(path))
 
 
 def default_cache_path(root: str | os.PathLike[str]) -> Path:
@@ -456,6 +459,23 @@ def write_index_cache(result: IndexResult, root: str | os.PathLike[str], cache_p
         "unreadable": result.unreadable, "seconds": round(result.seconds, 3)})
 
 
+def _fields_source(root: str | os.PathLike[str], cache: str | os.PathLike[str] | None, refresh: bool,
+                   load_data: Sequence[str | os.PathLike[str]], storage: object | None) -> Iterable[Field]:
+    root_s = os.fspath(root)
+    if os.path.isfile(root_s) and not is_load_data_csv(root_s):
+        return iter_index_csv(root_s)
+    cache_path = Path(cache) if cache is not None else default_cache_path(root_s)
+    if cache_path.is_file() and not refresh:
+        log.info("index of %s read from cache %s (refresh to rescan)", root_s, cache_path)
+        return iter_index_csv(cache_path)
+    result = build_index(root_s, load_data=load_data, storage=storage)
+    try:
+        write_index_cache(result, root_s, cache_path)
+    except OSError as exc:
+        log.warning("could not write index cache %s: %s", cache_path, exc)
+    return result.fields
+
+
 def load_index(root: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
                refresh: bool = False, load_data: Sequence[str | os.PathLike[str]] = (),
                storage: object | None = None) -> list[Field]:
@@ -463,17 +483,11 @@ def load_index(root: str | os.PathLike[str], cache: str | os.PathLike[str] | Non
 
     ``root`` may also be a contract index CSV (read as is) or a load_data CSV. ``refresh`` rescans.
     """
-    root_s = os.fspath(root)
-    if os.path.isfile(root_s) and not is_load_data_csv(root_s):
-        return read_index_csv(root_s)
-    cache_path = Path(cache) if cache is not None else default_cache_path(root_s)
-    if cache_path.is_file() and not refresh:
-        fields = read_index_csv(cache_path)
-        log.info("index of %s read from cache %s (%d fields; refresh to rescan)", root_s, cache_path, len(fields))
-        return fields
-    result = build_index(root_s, load_data=load_data, storage=storage)
-    try:
-        write_index_cache(result, root_s, cache_path)
-    except OSError as exc:
-        log.warning("could not write index cache %s: %s", cache_path, exc)
-    return result.fields
+    return list(_fields_source(root, cache, refresh, load_data, storage))
+
+
+def load_field_table(root: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None,
+                     refresh: bool = False, load_data: Sequence[str | os.PathLike[str]] = (),
+                     storage: object | None = None) -> FieldTable:
+    """Like :func:`load_index` but streams the cached CSV into a compact :class:`FieldTable` (training data)."""
+    return FieldTable(_fields_source(root, cache, refresh, load_data, storage))

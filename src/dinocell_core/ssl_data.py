@@ -26,7 +26,7 @@ from pydantic import Field as PField, field_validator, model_validator
 
 from dinocell_core.augment import AugmentConfig, MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
 from dinocell_core.config import StrictModel
-from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, FieldTable, channel_number, load_index
+from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, FieldTable, channel_number, load_field_table
 from dinocell_core.preprocess import IlluminationCache, Preprocessor, parse_channel_mode
 from dinocell_core.tiffio import BadImageError, read_tiff
 
@@ -281,7 +281,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
                               + "; ".join(f"{p}: {r}" for p, r in failures[-3:]) + ")")
 
 
-def load_ssl_fields(cfg: DataConfig, storage: Any = None) -> list[Field]:
+def load_ssl_fields(cfg: DataConfig, storage: Any = None) -> FieldTable:
     """Fields from ``data.index`` (a contract CSV) or ``data.root`` (cached index, refreshed on request)."""
     if cfg.root is None and cfg.index is None:
         raise NoFieldsError("data.root (a CPJUMP1 folder, s3:// prefix or load_data CSV) or data.index is required")
@@ -289,10 +289,8 @@ def load_ssl_fields(cfg: DataConfig, storage: Any = None) -> list[Field]:
         raise NoFieldsError("data.root is required with data.index: index paths are relative to the root")
     if "://" not in cfg.root and not os.path.exists(cfg.root):
         raise NoFieldsError(f"data.root {cfg.root} does not exist")
-    if cfg.index is not None and os.path.isfile(cfg.index) and not cfg.refresh_index:
-        return load_index(cfg.index)
-    return load_index(cfg.root, cache=cfg.index, refresh=cfg.refresh_index, load_data=cfg.load_data,
-                      storage=storage)
+    return load_field_table(cfg.root, cache=cfg.index, refresh=cfg.refresh_index, load_data=cfg.load_data,
+                            storage=storage)
 
 
 def build_ssl_dataset(cfg: DataConfig, patch_size: int, seed: int) -> SSLFieldDataset:
