@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -128,18 +129,36 @@ def test_cache_is_reused_until_refresh(fx, tmp_path):
     assert load_index(cache) == refreshed
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read any folder")
+def run_unprivileged(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a subprocess that obeys file permissions (as root: capsh drops the DAC override)."""
+    cmd = [sys.executable, "-c", code]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        capsh = shutil.which("capsh")
+        if capsh is None:
+            pytest.skip("running as root without capsh: permissions cannot be enforced")
+        cmd = [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", " ".join(map(shlex.quote, cmd))]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
 def test_unreadable_folder_is_reported_not_fatal(fx, tmp_path):
     root = tmp_path / "perm"
     shutil.copytree(fx.root, root)
     locked = next((root / "cpg0000-jump-pilot/source_4/images/2020_11_04_CPJUMP1/images").iterdir())
     locked.chmod(0)
     try:
-        res = index_fields(root)
+        r = run_unprivileged(
+            "from dinocell_core.jump import index_fields\n"
+            f"res = index_fields({str(root)!r})\n"
+            "print(len(res.fields), len(res.unreadable), res.unreadable[0] if res.unreadable else '')\n"
+            "print(sorted({f.plate_folder for f in res.fields}))\n")
     finally:
         locked.chmod(0o755)
-    assert res.unreadable and locked.name in res.unreadable[0]
-    assert res.fields and all(f.plate_folder != locked.name for f in res.fields)
+    assert r.returncode == 0, r.stderr
+    counts, folders = r.stdout.splitlines()[:2]
+    n_fields, n_unreadable, first = counts.split(" ", 2)
+    assert int(n_unreadable) == 1 and locked.name in first and "Permission denied" in first
+    assert int(n_fields) == len(index_fields(fx.root).fields) - 3 * 2 and locked.name not in folders
 
 
 def test_channel_numbers():

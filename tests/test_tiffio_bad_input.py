@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -90,11 +89,26 @@ def test_missing_file_and_folder_replaced_by_file(tmp_path, good):
         read_tiff(blocker / "r01c01f01p01-ch1sk1fk1fl1.tiff")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_file(tmp_path, good):
+def test_unreadable_file_and_folder(tmp_path, good):
+    from tests.test_jump_index import run_unprivileged
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    write_tiff(folder / "a.tiff", GOOD)
     good.chmod(0)
-    with pytest.raises(BadImageError, match="permission denied"):
-        read_tiff(good)
+    folder.chmod(0)
+    try:
+        r = run_unprivileged(
+            "from dinocell_core.tiffio import read_tiff, BadImageError\n"
+            f"for p in ({str(good)!r}, {str(folder / 'a.tiff')!r}):\n"
+            "    try:\n        read_tiff(p)\n        print('read', p)\n"
+            "    except BadImageError as e:\n        print(e)\n")
+    finally:
+        good.chmod(0o644)
+        folder.chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == [f"{good}: permission denied", f"{folder / 'a.tiff'}: permission denied"]
 
 
 def test_16bit_precision_is_kept(good):
