@@ -17,6 +17,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import cv2
@@ -36,7 +37,12 @@ FMEAN = "fluorescent_mean"
 
 
 class DataConfig(StrictModel):
-    """The ``data:`` section of a pretraining config."""
+    """The ``data:`` section of a pretraining config (key reference: docs/data.md).
+
+    ``root`` is a CPJUMP1 folder, an ``s3://`` prefix or a load_data CSV; ``index`` is where the index CSV is cached
+    (or an existing contract CSV to use); ``prepared`` points at a ``jump prepare`` store. ``channel_mode`` is
+    ``fluorescent_mean`` | ``channel:N`` | ``brightfield`` | ``multiview``.
+    """
 
     root: str | None = None
     index: str | None = None
@@ -94,6 +100,8 @@ class DataConfig(StrictModel):
         lo, hi = self.norm_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError("norm_percentiles must be [low, high] with 0 ≤ low < high ≤ 100")
+        if self.s3_cache_dir and self.s3_cache_gb <= 0:
+            raise ValueError("s3_cache_dir is set but s3_cache_gb is 0: give the cache a size (GB) or drop the dir")
         return self
 
     def preprocessor(self) -> Preprocessor:
@@ -107,7 +115,10 @@ class DataConfig(StrictModel):
             return None
         from dinocell_core.storage import S3Storage
 
-        return S3Storage(endpoint_url=self.s3_endpoint_url, anon=self.s3_anon, cache_dir=self.s3_cache_dir,
+        cache_dir = self.s3_cache_dir
+        if cache_dir is None and self.s3_cache_gb > 0:
+            cache_dir = str(Path.home() / ".cache" / "dinocell" / "s3")
+        return S3Storage(endpoint_url=self.s3_endpoint_url, anon=self.s3_anon, cache_dir=cache_dir,
                          cache_bytes=int(self.s3_cache_gb * 1e9))
 
 
