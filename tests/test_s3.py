@@ -126,3 +126,15 @@ def test_eviction_is_lru_by_bytes(tmp_path, server):
     store.evict()
     assert store.cache_size() == newest and store._cache_file(f"s3://{BUCKET}/{keys[-1]}").is_file()
     assert full > newest
+
+
+def test_index_from_load_data_csv_stored_in_the_bucket(server):
+    store = S3Storage(endpoint_url=server["endpoint"])
+    key = next(k["Key"] for k in server["client"].list_objects_v2(Bucket=BUCKET)["Contents"]
+               if k["Key"].endswith("/load_data.csv"))
+    res = index_load_data([f"s3://{BUCKET}/{key}"], root=f"s3://{BUCKET}", storage=store)
+    assert len(res.fields) >= 1
+    first = res.fields[0]
+    assert first.paths[5].startswith("cpg0000-jump-pilot/source_4/images/")
+    img = read_tiff(first.path(f"s3://{BUCKET}", 5), storage=store)
+    assert img.shape == (64, 64)

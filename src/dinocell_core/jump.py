@@ -308,8 +308,17 @@ def index_fields(root: str | os.PathLike[str], storage: object | None = None,
 
 # ---------------------------------------------------------------------------------------------- load_data CSVs
 
-def _open_text(path: str | os.PathLike[str]) -> io.TextIOBase:
+def _open_text(path: str | os.PathLike[str], storage: object | None = None) -> io.TextIOBase:
+    """Text stream of a local or ``s3://`` CSV (``.gz`` decompressed)."""
     p = os.fspath(path)
+    if "://" in p:
+        from dinocell_core.storage import get_storage
+
+        store = storage or get_storage(p)
+        raw: io.IOBase = io.BytesIO(store.read_bytes(p))  # type: ignore[attr-defined]
+        if p.endswith(".gz"):
+            raw = gzip.GzipFile(fileobj=raw)
+        return io.TextIOWrapper(raw, encoding="utf-8", newline="")
     if p.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", newline="")
     return open(p, encoding="utf-8", newline="")
@@ -333,15 +342,16 @@ def _rewrite(location: str, root: str | None) -> str:
 
 
 def index_load_data(csv_paths: Sequence[str | os.PathLike[str]], root: str | None = None,
-                    channels: Sequence[int] = ALL_CHANNELS) -> IndexResult:
+                    channels: Sequence[int] = ALL_CHANNELS, storage: object | None = None) -> IndexResult:
     """Index fields from CellProfiler load_data CSVs (``URL_Orig*`` or ``PathName_Orig*``+``FileName_Orig*``,
     ``.csv`` or ``.csv.gz``). ``s3://cellpainting-gallery/`` locations become paths relative to ``root`` (the
     folder that holds ``cpg0000-jump-pilot/``, or an S3 URL of the bucket root), so a local mirror or another
-    endpoint serves the same CSV. The channel comes from the column name (as in CellProfiler)."""
+    endpoint serves the same CSV. The channel comes from the column name (as in CellProfiler). The CSVs may
+    themselves be ``s3://`` URLs (read through ``storage``)."""
     t0 = time.perf_counter()
     grouper = _Grouper(channels)
     for csv_path in csv_paths:
-        with _open_text(csv_path) as fh:
+        with _open_text(csv_path, storage) as fh:
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             url_cols = {channel_number(c[len("URL_Orig"):]): c for c in cols
@@ -443,7 +453,7 @@ def build_index(root: str | os.PathLike[str], load_data: Sequence[str | os.PathL
     """Index from load_data CSVs when given (or when ``root`` is one), else by scanning ``root``."""
     root_s = os.fspath(root)
     if load_data:
-        return index_load_data(load_data, root=root_s)
+        return index_load_data(load_data, root=root_s, storage=storage)
     if is_load_data_csv(root_s):
         return index_load_data([root_s], root=None)
     return index_fields(root_s, storage=storage, progress=progress)
