@@ -283,7 +283,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
                 sample = self._make_sample(field, rng)
             except BadImageError as exc:
                 failures.append((exc.path, exc.reason))
-                log.warning("skipping field %s: %s", field.key, exc)
+                log.debug("skipping field %s: %s", field.key, exc)  # logged as a warning by SSLLoader
                 self._cache_key = None
                 continue
             sample.update(sample_id=sample_id, field=field.key, failures=failures)
@@ -402,8 +402,11 @@ class SSLLoader:
 
 def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int, rank: int = 0,
                     world_size: int = 1, start_step: int = 0, num_workers: int | None = None,
-                    steps: int | None = None, dataset: SSLFieldDataset | None = None) -> SSLLoader:
-    """The SSL batch stream for one rank, starting at ``start_step`` (resume) — see the module docstring."""
+                    steps: int | None = None, dataset: SSLFieldDataset | None = None,
+                    pin_memory: bool = False) -> SSLLoader:
+    """The SSL batch stream for one rank, starting at ``start_step`` (resume) — see the module docstring.
+
+    ``steps`` limits the number of batches (default: infinite); ``pin_memory`` speeds up host→GPU copies."""
     ds = dataset if dataset is not None else build_ssl_dataset(cfg, patch_size, seed)
     workers = cfg.num_workers if num_workers is None else num_workers
     sampler = SSLStreamSampler(batch_size, cfg.crops_per_field, rank, world_size, start_step, steps)
@@ -414,5 +417,5 @@ def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int
         kwargs.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor, persistent_workers=False,
                       multiprocessing_context=cfg.worker_start_method)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=SSLCollate(cfg, patch_size, seed),
-                                         num_workers=workers, **kwargs)
+                                         num_workers=workers, pin_memory=pin_memory, **kwargs)
     return SSLLoader(loader, FailureBudget(cfg.max_failure_fraction, cfg.failure_min_samples), ds)
