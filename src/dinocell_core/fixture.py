@@ -172,12 +172,12 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
             flat = np.argsort(sig, axis=None)[-3:]
             noisy.flat[flat] = 65535
         out[ch - 1] = np.clip(noisy + 0.5, 0, 65535).astype(np.uint16)
-    base = 20000.0 + 1000.0 * _smooth(rng, size, 3)
+    base = 20000.0 + 350.0 * _smooth(rng, size, 3)  # uneven background, weaker than the cells' contrast
     body = blur(cell_mask, 2.0)
     nuc_b = blur(nuc_mask, 1.5)
     rim = blur(edges, 1.5)
-    for ch, (a_body, a_nuc, a_rim) in {6: (350.0, 150.0, 500.0), 7: (-450.0, -200.0, -300.0),
-                                       8: (-250.0, -350.0, 250.0)}.items():
+    for ch, (a_body, a_nuc, a_rim) in {6: (500.0, 200.0, 700.0), 7: (-600.0, -250.0, -400.0),
+                                       8: (-350.0, -450.0, 350.0)}.items():
         bf = base + a_body * body + a_nuc * nuc_b + a_rim * rim + rng.uniform(-150, 150)
         bf *= vig.get(ch, even)
         bf += rng.standard_normal((size, size), dtype=np.float32) * 140.0
