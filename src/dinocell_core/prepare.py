@@ -92,7 +92,8 @@ def _init(cfg_json: str, out: str, fields: Sequence[Field]) -> None:
     from dinocell_core.ssl_data import DataConfig, SSLFieldDataset
 
     cfg = DataConfig.model_validate_json(cfg_json)
-    _WORKER.update(ds=SSLFieldDataset(cfg, 8, 0, fields=fields), out=out, views=views_for(cfg))
+    # patch size 1: preparing views does not depend on the model's patch grid.
+    _WORKER.update(ds=SSLFieldDataset(cfg, 1, 0, fields=fields), out=out, views=views_for(cfg))
 
 
 def _prepare_one(i: int) -> tuple[int, str | None]:
@@ -120,7 +121,7 @@ def prepare_fields(cfg: Any, out: str | os.PathLike[str], workers: int = 1) -> s
 
     if cfg.prepared:
         raise ValueError("data.prepared must be unset when preparing (the store is built from the raw images)")
-    ds = SSLFieldDataset(cfg, 8, 0, fields=load_ssl_fields(cfg, cfg.storage()))
+    ds = SSLFieldDataset(cfg, 1, 0, fields=load_ssl_fields(cfg, cfg.storage()))
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
