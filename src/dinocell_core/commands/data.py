@@ -140,12 +140,15 @@ def load_data_section(source: str, overrides: list[str]) -> tuple[Any, int | Non
 
 def _jump_preview(args: argparse.Namespace) -> int:
     from dinocell_core.preview import render_preview, write_png
-    from dinocell_core.ssl_data import make_ssl_loader
+    from dinocell_core.ssl_data import TooManyFailures, make_ssl_loader
 
     cfg, patch = load_data_section(args.source, args.overrides)
     patch_size = args.patch_size or patch or 8
     loader = make_ssl_loader(cfg, patch_size, args.batch_size, args.seed, num_workers=0, steps=args.batches)
-    batches = list(loader)
+    try:
+        batches = list(loader)
+    except TooManyFailures as exc:
+        raise ValueError(str(exc)) from None
     rgb = render_preview(batches, max_rows=args.batches * args.batch_size)
     write_png(str(args.output), rgb)
     failed = sum(b["n_failed"] for b in batches)
