@@ -276,7 +276,8 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         sample_id, slot = (int(index[0]), int(index[1])) if isinstance(index, (tuple, list)) else (int(index),
                                                                                                    int(index))
         failures: list[tuple[str, str]] = []
-        for attempt in range(self.cfg.max_retries):
+        tries = min(self.cfg.max_retries, len(self.fields))
+        for attempt in range(tries):
             field = self.fields[self.field_for_slot(slot, attempt)]
             rng = np.random.default_rng([self.seed, sample_id, attempt])
             try:
@@ -288,7 +289,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
                 continue
             sample.update(sample_id=sample_id, field=field.key, failures=failures)
             return sample
-        raise TooManyFailures(f"{self.cfg.max_retries} fields in a row could not be read (last: "
+        raise TooManyFailures(f"{tries} fields in a row could not be read (last: "
                               + "; ".join(f"{p}: {r}" for p, r in failures[-3:]) + ")")
 
 
