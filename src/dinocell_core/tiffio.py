@@ -32,15 +32,21 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
     given, are required and a mismatch is a :class:`BadImageError`. Singleton leading axes are squeezed.
     """
     path = os.fspath(path_or_url)
-    try:
-        if "://" in path:
-            if storage is None:
-                from dinocell_core.storage import get_storage
+    source: Any = path
+    if "://" in path:
+        if storage is None:
+            from dinocell_core.storage import get_storage
 
-                storage = get_storage(path)
-            source: Any = io.BytesIO(storage.read_bytes(path))
-        else:
-            source = path
+            storage = get_storage(path)
+        try:
+            source = io.BytesIO(storage.read_bytes(path))
+        except FileNotFoundError:
+            raise BadImageError(path, "file not found") from None
+        except PermissionError:
+            raise BadImageError(path, "permission denied") from None
+        except Exception as exc:  # network/service errors from s3fs/aiobotocore
+            raise BadImageError(path, f"cannot fetch ({type(exc).__name__}: {exc})") from None
+    try:
         with tifffile.TiffFile(source) as tif:
             if not tif.pages:
                 raise BadImageError(path, "TIFF has no image pages")
