@@ -138,3 +138,20 @@ def test_index_from_load_data_csv_stored_in_the_bucket(server):
     assert first.paths[5].startswith("cpg0000-jump-pilot/source_4/images/")
     img = read_tiff(first.path(f"s3://{BUCKET}", 5), storage=store)
     assert img.shape == (64, 64)
+
+
+def test_cli_index_of_a_bucket_prefix(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HOME": str(tmp_path)}
+    out = tmp_path / "index.csv"
+    r = subprocess.run([sys.executable, "-m", "dinocell_core.cli", "jump", "index", PREFIX, "--endpoint-url",
+                        server["endpoint"], "-o", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "3 complete fields" in r.stdout and "1 incomplete fields left out" in r.stdout
+    assert list((tmp_path / ".cache" / "dinocell").glob("index_*.csv"))  # remote roots cache under ~/.cache
+    from dinocell_core.jump import read_index_csv
+
+    assert len(read_index_csv(out)) == 3
