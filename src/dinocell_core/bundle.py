@@ -1,0 +1,190 @@
+"""Model bundles: one self-contained safetensors file per segmentation model (backbone + decoder weights) with
+JSON metadata saying what it is for and how to run it. A folder of bundles is the model registry.
+
+Loading verifies the file's digest and never unpickles (``.pt``/``.pth`` files are refused outright: unpickling
+a file someone sent you can run arbitrary code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dinocell_core.checkpoint import CheckpointError, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dinocell-bundle/1"
+SUFFIX = ".safetensors"
+REQUIRED = ("name", "channel", "backbone", "decoder", "preprocessing", "thresholds", "tile_size")
+
+
+class BundleError(ValueError):
+    """A file is not a usable DINOCell model bundle (the message names the file and why)."""
+
+
+@dataclass
+class BundleInfo:
+    """What the registry knows about a bundle without loading its weights."""
+
+    name: str
+    channel: str
+    path: Path
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle: metadata + state dict of the whole :class:`DistanceDecoder`."""
+
+    path: Path
+    metadata: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def channel(self) -> str:
+        return str(self.metadata["channel"])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.metadata["thresholds"])
+
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The network with this bundle's weights, in eval mode (no download: the backbone is built empty)."""
+        from dinocell_core.backbone import load_backbone
+        from dinocell_core.decoder import DistanceDecoder
+
+        bb_meta = self.metadata["backbone"]
+        dec = self.metadata["decoder"]
+        backbone = load_backbone(bb_meta["arch"], patch_size=int(bb_meta["patch_size"]), weights=None,
+                                 **bb_meta.get("kwargs", {}))
+        model = DistanceDecoder(backbone, layers=dec["layers"], width=int(dec["width"]),
+                                stem_width=int(dec["stem_width"]))
+        try:
+            model.load_state_dict(restore_aliases(self.state_dict, self.metadata.get("aliases", {})), strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"{self.path}: weights do not fit the architecture in its metadata: {exc}") from None
+        return model.to(device).eval()
+
+
+def _refuse_pickle(p: Path) -> None:
+    if p.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):
+        raise BundleError(f"{p}: pickled PyTorch files are not loaded (unpickling can run arbitrary code); "
+                          "use a DINOCell .safetensors bundle")
+
+
+def save_bundle(path: str | os.PathLike[str], model: torch.nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write ``model``'s full state dict + ``metadata`` (must hold the keys in ``REQUIRED``) atomically."""
+    p = Path(path)
+    if p.suffix != SUFFIX:
+        raise BundleError(f"{p}: bundle files must end in {SUFFIX}")
+    missing = [k for k in REQUIRED if k not in metadata]
+    if missing:
+        raise BundleError(f"{p}: bundle metadata lacks {', '.join(missing)}")
+    tensors, aliases = unique_state(model.state_dict())
+    meta = {"format": FORMAT, **metadata, "aliases": aliases}
+    json.dumps(meta)  # fail here, not at load time, on non-JSON metadata
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(p, tensors, meta)
+    return p
+
+
+def unique_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop entries that share storage with an earlier one (modules registered under two names) — safetensors
+    refuses shared tensors; ``aliases`` maps each dropped name to the kept one."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        kept[k] = v
+    return kept, aliases
+
+
+def restore_aliases(tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = dict(tensors)
+    for dup, src in aliases.items():
+        out[dup] = tensors[src]
+    return out
+
+
+def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{p}: not a DINOCell model bundle (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                          f"expected {FORMAT!r}; a backbone export or training checkpoint is not a segmentation model)")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise BundleError(f"{p}: bundle metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read and verify a bundle; raises :class:`BundleError` with the reason (tampered, pickled, foreign...)."""
+    p = Path(path)
+    _refuse_pickle(p)
+    try:
+        tensors, meta = load_tensors(p)
+    except CheckpointError as exc:
+        raise BundleError(str(exc)) from None
+    return Bundle(p, _check_meta(p, meta), tensors)
+
+
+def read_bundle_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Metadata from the safetensors header alone (no tensor bytes read: listing a folder stays instant)."""
+    p = Path(path)
+    _refuse_pickle(p)
+    try:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise BundleError(f"{p}: not a safetensors file")
+            header = json.loads(fh.read(n))
+        raw = header["__metadata__"]["dinocell"]
+        meta = json.loads(raw)["meta"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{p}: not a DINOCell model bundle ({type(exc).__name__}: {exc})") from None
+    return _check_meta(p, meta)
+
+
+def _channel_key(channel: str | int) -> str:
+    from dinocell_core.jump import channel_number
+
+    try:
+        return f"ch{channel_number(channel)}"
+    except (ValueError, KeyError):
+        return str(channel).strip().lower()
+
+
+def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = None) -> list[BundleInfo]:
+    """Bundles in ``folder`` (sorted by name), optionally only those for ``channel`` (a JUMP name/number or any
+    modality label such as ``phase``). Files that are not bundles are skipped with a log message."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: models folder not found")
+    want = _channel_key(channel) if channel is not None else None
+    out = []
+    for p in sorted(root.glob(f"*{SUFFIX}")):
+        try:
+            meta = read_bundle_metadata(p)
+        except BundleError as exc:
+            log.info("skipping %s", exc)
+            continue
+        if want is not None and _channel_key(meta["channel"]) != want:
+            continue
+        out.append(BundleInfo(str(meta["name"]), str(meta["channel"]), p, meta))
+    return sorted(out, key=lambda b: (b.name, str(b.path)))

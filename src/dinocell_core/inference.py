@@ -1,0 +1,202 @@
+"""Tiled inference: any image size → distance map → instance labels, with bounded memory.
+
+The image is reflect-padded by the overlap so every tile edge (where a ViT has the least context) falls in the
+padding or under another tile's centre; tiles are blended with separable raised-cosine weights floored at ε (so
+no pixel ever has zero total weight). Only the float32 output and weight maps of the whole image are kept:
+features live for one batch of tiles, so an 8000×8000 image needs no more network memory than a 256² one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dinocell_core.bundle import Bundle, load_bundle
+from dinocell_core.seg_data import prepare_image
+from dinocell_core.segmentation import labels_from_distance
+
+EPS_WEIGHT = 1e-3
+Progress = tuple[int, int]
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """[tile, tile] float32 weights: raised-cosine ramps over ``overlap`` px at each edge, 1 inside, ≥ ε."""
+    w = np.ones(tile, np.float32)
+    if overlap > 0:
+        i = np.arange(overlap, dtype=np.float32)
+        ramp = 0.5 * (1.0 - np.cos(np.pi * (i + 0.5) / overlap))
+        w[:overlap] = ramp
+        w[tile - overlap :] = np.minimum(w[tile - overlap :], ramp[::-1])
+    w = np.maximum(w, EPS_WEIGHT)
+    return np.outer(w, w).astype(np.float32)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets covering ``length`` (≥ tile); the last tile is aligned to the far edge."""
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def iter_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int,
+               batch_size: int, multiple: int = 1,
+               timings: dict[str, float] | None = None) -> Generator[Progress | np.ndarray, None, np.ndarray]:
+    """Blend ``predict`` ([B, 1, T, T] float32 → same shape) over a normalised 2-D image.
+
+    Yields (done, total) tile counts after each batch, then the [H, W] float32 result (also returned).
+    ``multiple``: the padded size is rounded up so tiles stay a multiple of it (the ViT patch size).
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D normalised image, got shape {image.shape}")
+    if tile % multiple or tile <= 2 * overlap:
+        raise ValueError(f"tile size {tile} must be a multiple of {multiple} and larger than 2×overlap {overlap}")
+    t = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    h, w = image.shape
+    ph, pw = max(h + 2 * overlap, tile), max(w + 2 * overlap, tile)
+    padded = np.pad(image, ((overlap, ph - h - overlap), (overlap, pw - w - overlap)), mode="reflect")
+    out = np.zeros((ph, pw), np.float32)
+    wsum = np.zeros((ph, pw), np.float32)
+    win = blend_window(tile, overlap)
+    stride = tile - 2 * overlap if overlap else tile
+    boxes = [(y, x) for y in tile_starts(ph, tile, stride) for x in tile_starts(pw, tile, stride)]
+    t["blending"] = t.get("blending", 0.0) + time.perf_counter() - t0
+    total = len(boxes)
+    for b in range(0, total, batch_size):
+        chunk = boxes[b : b + batch_size]
+        t0 = time.perf_counter()
+        batch = np.stack([padded[y : y + tile, x : x + tile] for y, x in chunk])[:, None]
+        t1 = time.perf_counter()
+        pred = predict(batch)
+        t2 = time.perf_counter()
+        for (y, x), p in zip(chunk, pred[:, 0]):
+            out[y : y + tile, x : x + tile] += p * win
+            wsum[y : y + tile, x : x + tile] += win
+        t3 = time.perf_counter()
+        t["blending"] = t.get("blending", 0.0) + (t1 - t0) + (t3 - t2)
+        t["network"] = t.get("network", 0.0) + (t2 - t1)
+        yield (min(b + batch_size, total), total)
+    t0 = time.perf_counter()
+    del padded
+    res = out[overlap : overlap + h, overlap : overlap + w]
+    res /= wsum[overlap : overlap + h, overlap : overlap + w]
+    res = np.ascontiguousarray(res)
+    t["blending"] = t.get("blending", 0.0) + time.perf_counter() - t0
+    yield res
+    return res
+
+
+def run_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int,
+              batch_size: int, multiple: int = 1) -> np.ndarray:
+    result = None
+    for item in iter_tiled(predict, image, tile, overlap, batch_size, multiple):
+        if isinstance(item, np.ndarray):
+            result = item
+    assert result is not None
+    return result
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA if available; an explicit ``cuda`` without a GPU is an error, not a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class Segmenter:
+    """A loaded bundle ready to segment images of any size.
+
+    ``tile_size`` / ``overlap`` default to the bundle's; ``channel`` picks a channel of multichannel input
+    (default: the bundle's preprocessing channel, else the image must be grayscale).
+    """
+
+    def __init__(self, bundle: Bundle | str | os.PathLike[str], device: str = "cpu", tile_size: int | None = None,
+                 overlap: int | None = None, batch_size: int = 4, channel: int | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
+        meta = self.bundle.metadata
+        self.device = resolve_device(device)
+        self.model: torch.nn.Module | None = self.bundle.build_model(self.device)
+        self.patch_size = int(meta["backbone"]["patch_size"])
+        self.tile_size = int(tile_size or meta["tile_size"])
+        self.overlap = int(overlap if overlap is not None else meta.get("overlap", self.tile_size // 8))
+        if self.tile_size % self.patch_size:
+            raise ValueError(f"tile size {self.tile_size} must be a multiple of the patch size {self.patch_size}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be ≥ 1")
+        self.batch_size = batch_size
+        pre = meta["preprocessing"]
+        self.low, self.high = float(pre["low"]), float(pre["high"])
+        self.channel = channel
+        self.thresholds = self.bundle.thresholds
+        self.timings: dict[str, float] = {}
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The training preprocessing: channel selection + whole-image percentile normalisation."""
+        t0 = time.perf_counter()
+        out = prepare_image(image, self.channel, self.low, self.high)
+        self.timings["preprocessing"] = self.timings.get("preprocessing", 0.0) + time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("this Segmenter was released")
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return self.model(x).float().cpu().numpy()
+
+    def iter_distance(self, image: np.ndarray) -> Generator[Progress | np.ndarray, None, np.ndarray]:
+        """Yields (done, total) after each tile batch (cancel points), then the float32 distance map."""
+        img = self.preprocess(image)
+        return (yield from iter_tiled(self._predict, img, self.tile_size, self.overlap, self.batch_size,
+                                      self.patch_size, self.timings))
+
+    def predict_distance(self, image: np.ndarray) -> np.ndarray:
+        result = None
+        for item in self.iter_distance(image):
+            if isinstance(item, np.ndarray):
+                result = item
+        assert result is not None
+        return result
+
+    def labels(self, distance: np.ndarray, peak_threshold: float | None = None,
+               fill_threshold: float | None = None, min_size: int | None = None) -> np.ndarray:
+        """Instance labels from a (cached) distance map — no network pass; unset thresholds use the bundle's."""
+        t0 = time.perf_counter()
+        th = self.thresholds
+        out = labels_from_distance(
+            distance,
+            peak_threshold=th["peak"] if peak_threshold is None else peak_threshold,
+            fill_threshold=th["fill"] if fill_threshold is None else fill_threshold,
+            min_size=int(th.get("min_size", 0) if min_size is None else min_size),
+        )
+        self.timings["postprocessing"] = self.timings.get("postprocessing", 0.0) + time.perf_counter() - t0
+        return out
+
+    def segment(self, image: np.ndarray, **thresholds: float) -> np.ndarray:
+        return self.labels(self.predict_distance(image), **thresholds)
+
+    def n_tiles(self, shape: tuple[int, int]) -> int:
+        return tiles_for(shape, self.tile_size, self.overlap)
+
+    def release(self) -> None:
+        """Drop the network and free cached GPU memory (napari calls this after each job / on model swap)."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def tiles_for(shape: tuple[int, int], tile: int, overlap: int) -> int:
+    """Number of tiles a ``shape`` image needs (for progress totals and benchmarks)."""
+    stride = tile - 2 * overlap if overlap else tile
+    ph, pw = max(shape[0] + 2 * overlap, tile), max(shape[1] + 2 * overlap, tile)
+    return len(tile_starts(ph, tile, stride)) * len(tile_starts(pw, tile, stride))
+

@@ -1,0 +1,365 @@
+"""Decoder training: distance-map regression (sigmoid + MSE) on a pretrained backbone, one model per channel.
+
+One run directory covers the whole channel list (``channels``): steps count globally, every metrics record names
+its channel, checkpoints carry the channel index, so a killed run resumes inside the channel it was training. The
+best validation model of each channel (AP@0.5 on held-out images) is exported as a bundle into ``models_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field as PField
+from pydantic import model_validator
+
+from dinocell_core.bundle import save_bundle, unique_state
+from dinocell_core.checkpoint import CheckpointManager
+from dinocell_core.config import StrictModel
+from dinocell_core.decoder import DistanceDecoder, set_trainable
+from dinocell_core.inference import resolve_device, run_tiled
+from dinocell_core.metrics import AP_THRESHOLDS, evaluate_pairs
+from dinocell_core.runs import RunDir
+from dinocell_core.seg_data import (SegAugmentConfig, SegDataConfig, SegSample, load_samples, prepare_samples,
+                                    split_samples, tile_batch)
+from dinocell_core.segmentation import DEFAULT_FILL_THRESHOLD, DEFAULT_PEAK_THRESHOLD, labels_from_distance
+
+log = logging.getLogger(__name__)
+
+
+class BackboneSection(StrictModel):
+    arch: str = "vit_small"
+    patch_size: int = PField(8, ge=1)
+    weights: str | None = None  # official .pth, pretraining run dir/checkpoint, or safetensors export
+    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
+    finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
+
+
+class DecoderSection(StrictModel):
+    layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
+    width: int = PField(128, ge=8)
+    stem_width: int = PField(16, ge=4)
+
+
+class TrainSection(StrictModel):
+    steps: int = PField(20000, ge=1)  # per channel
+    batch_size: int = PField(8, ge=1)
+    tile_size: int = PField(256, ge=16)
+    lr: float = PField(1e-4, gt=0)
+    backbone_lr: float = PField(1e-5, ge=0)
+    weight_decay: float = PField(0.05, ge=0)
+    warmup_steps: int = PField(250, ge=0)
+    eval_every: int = PField(500, ge=1)
+    checkpoint_every: int = PField(500, ge=1)
+    log_every: int = PField(20, ge=1)
+    keep_last: int = PField(3, ge=1)
+    device: str = "auto"
+    threads: int | None = PField(None, ge=1)  # CPU threads for torch (None: torch's default)
+
+
+class ThresholdSection(StrictModel):
+    peak: float = PField(DEFAULT_PEAK_THRESHOLD, gt=0, lt=1)
+    fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)
+    min_size: int = PField(0, ge=0)
+
+
+class InferenceSection(StrictModel):
+    overlap: int = PField(32, ge=0)
+    batch_size: int = PField(8, ge=1)
+    thresholds: ThresholdSection = PField(default_factory=ThresholdSection)
+
+
+class DecoderConfig(StrictModel):
+    """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
+
+    name: str = "dinocell"
+    seed: int = 0
+    backbone: BackboneSection = PField(default_factory=BackboneSection)
+    decoder: DecoderSection = PField(default_factory=DecoderSection)
+    data: SegDataConfig
+    channels: list[str] | None = None  # loop: one model per channel (overrides data.channel)
+    val_data: SegDataConfig | None = None  # held-out set; default: val_fraction of data
+    val_fraction: float = PField(0.2, gt=0, lt=1)
+    augment: SegAugmentConfig = PField(default_factory=SegAugmentConfig)
+    train: TrainSection = PField(default_factory=TrainSection)
+    inference: InferenceSection = PField(default_factory=InferenceSection)
+    models_dir: str | None = None  # default: RUN/models
+    modality: Literal["fluorescence", "brightfield", "phase", "other"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DecoderConfig":
+        t = self.train.tile_size
+        if t % self.backbone.patch_size:
+            raise ValueError(f"train.tile_size {t} must be a multiple of backbone.patch_size {self.backbone.patch_size}")
+        if t <= 2 * self.inference.overlap:
+            raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
+        if self.inference.thresholds.fill >= self.inference.thresholds.peak:
+            raise ValueError("inference.thresholds.fill must be below inference.thresholds.peak")
+        if self.channels is not None and not self.channels:
+            raise ValueError("channels must list at least one channel (or be omitted)")
+        return self
+
+    def channel_list(self) -> list[str | None]:
+        return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
+
+
+class _Stop:
+    """SIGTERM/SIGINT → finish the current step, checkpoint, exit with state "stopped"."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (napari worker): the caller stops us another way
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d received: checkpointing and stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _channel_data(cfg: SegDataConfig, channel: str | None) -> SegDataConfig:
+    return cfg if channel is None else cfg.model_copy(update={"channel": channel})
+
+
+def build_model(cfg: DecoderConfig) -> DistanceDecoder:
+    from dinocell_core.backbone import load_backbone
+
+    bb = load_backbone(cfg.backbone.arch, patch_size=cfg.backbone.patch_size, weights=cfg.backbone.weights,
+                       **cfg.backbone.kwargs)
+    return DistanceDecoder(bb, layers=cfg.decoder.layers, width=cfg.decoder.width, stem_width=cfg.decoder.stem_width)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: DistanceDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
+    set_trainable(model, cfg.backbone.finetune_blocks)
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    bb = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": head, "lr": cfg.train.lr, "base_lr": cfg.train.lr}]
+    if bb:
+        groups.append({"params": bb, "lr": cfg.train.backbone_lr, "base_lr": cfg.train.backbone_lr})
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+
+
+def train_mode(model: DistanceDecoder, finetune_blocks: int) -> None:
+    """Decoder in train mode; a frozen backbone stays in eval mode (no dropout/drop-path noise on its features)."""
+    model.train()
+    if finetune_blocks == 0:
+        model.backbone.eval()
+
+
+@torch.no_grad()
+def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfig,
+             device: torch.device) -> dict[str, float]:
+    """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
+    model.eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    th = cfg.inference.thresholds
+    pairs = []
+    for s in samples:
+        dist = run_tiled(predict, s.image, cfg.train.tile_size, cfg.inference.overlap, cfg.inference.batch_size,
+                         model.patch_size)
+        pairs.append((s.labels, labels_from_distance(dist, th.peak, th.fill, th.min_size)))
+    return evaluate_pairs(pairs, AP_THRESHOLDS).as_dict()
+
+
+def _summary(samples: list[SegSample]) -> dict[str, Any]:
+    return {"images": len(samples), "cells": int(sum(int(len(np.unique(s.labels))) - 1 for s in samples)),
+            "pixels": int(sum(s.labels.size for s in samples))}
+
+
+def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSample], val: list[SegSample],
+                    val_metrics: dict[str, Any], step: int, layers: list[int]) -> dict[str, Any]:
+    ch = channel if channel is not None else "any"
+    return {
+        "name": f"{cfg.name}-{ch}" if channel is not None else cfg.name,
+        "channel": ch,
+        "modality": cfg.modality or _modality(channel),
+        "backbone": {"arch": cfg.backbone.arch, "patch_size": cfg.backbone.patch_size,
+                     "source": cfg.backbone.weights, "kwargs": cfg.backbone.kwargs,
+                     "finetuned_blocks": cfg.backbone.finetune_blocks},
+        "decoder": {"layers": list(layers),
+                    "width": cfg.decoder.width, "stem_width": cfg.decoder.stem_width},
+        "preprocessing": {"normalisation": "percentile", "low": cfg.data.low, "high": cfg.data.high,
+                          "channel_index": None if cfg.data.format == "jump" else cfg.data.channel},
+        "thresholds": {"peak": cfg.inference.thresholds.peak, "fill": cfg.inference.thresholds.fill,
+                       "min_size": cfg.inference.thresholds.min_size},
+        "tile_size": cfg.train.tile_size,
+        "overlap": cfg.inference.overlap,
+        "training_data": {"format": cfg.data.format, "path": cfg.data.path, "train": _summary(train),
+                          "val": _summary(val)},
+        "validation_metrics": val_metrics,
+        "step": step,
+        "created_at": time.time(),
+    }
+
+
+def _modality(channel: str | None) -> str:
+    if channel is None:
+        return "other"
+    from dinocell_core.jump import BRIGHTFIELD, channel_number
+
+    try:
+        return "brightfield" if channel_number(channel) in BRIGHTFIELD else "fluorescence"
+    except ValueError:
+        return "other"
+
+
+def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
+    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths."""
+    run = RunDir(run_dir)
+    run.write_config(cfg)
+    channels = cfg.channel_list()
+    total = cfg.train.steps * len(channels)
+    models_dir = Path(cfg.models_dir) if cfg.models_dir else run.path / "models"
+    ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
+    status = run.read_status()
+    run.update_status(state="running", kind="decoder", total_steps=total, error=None,
+                      started_at=status.get("started_at", time.time()), step=status.get("step", 0))
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        state = ckpts.load_latest()
+        with _Stop() as stop:
+            exported = _train_channels(cfg, run, ckpts, state, channels, total, models_dir, device, stop)
+        if stop.requested:
+            run.update_status(state="stopped")
+        else:
+            run.update_status(state="finished", step=total, eta_s=0)
+        return exported
+    except BaseException as exc:
+        run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict | None,
+                    channels: list[str | None], total: int, models_dir: Path, device: torch.device,
+                    stop: _Stop) -> list[Path]:
+    start_ci = int(state["channel_index"]) if state else 0
+    exported: list[Path] = [Path(p) for p in (state or {}).get("exported", [])]
+    if state:
+        run.truncate_metrics_after(int(state["step"]))
+        log.info("resuming at step %d (channel %s)", state["step"], channels[start_ci])
+    for ci in range(start_ci, len(channels)):
+        channel = channels[ci]
+        resume = state if (state and ci == start_ci) else None
+        path = _train_one(cfg, run, ckpts, resume, ci, channel, total, models_dir, device, stop, exported)
+        if stop.requested:
+            return exported
+        exported.append(path)
+    return exported
+
+
+def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume: dict | None, ci: int,
+               channel: str | None, total: int, models_dir: Path, device: torch.device, stop: _Stop,
+               exported: list[Path]) -> Path:
+    tc = cfg.train
+    data_cfg = _channel_data(cfg.data, channel)
+    samples = load_samples(data_cfg)
+    if cfg.val_data is not None:
+        train_s, val_s = samples, load_samples(_channel_data(cfg.val_data, channel))
+    else:
+        train_s, val_s = split_samples(samples, cfg.val_fraction, cfg.seed)
+    prepared = prepare_samples(train_s)
+    log.info("channel %s: %d training / %d validation images", channel, len(train_s), len(val_s))
+
+    torch.manual_seed(cfg.seed + ci)
+    model = build_model(cfg).to(device)
+    opt = make_optimizer(model, cfg)
+    base = ci * tc.steps
+    local = 0
+    best = {"ap": -1.0, "step": -1, "metrics": {}}
+    rng = np.random.default_rng([cfg.seed, ci])
+    if resume is not None:
+        model.load_state_dict(resume["model"], strict=False)  # aliased duplicates were not saved
+        opt.load_state_dict(resume["optimizer"])
+        local = int(resume["step"]) - base
+        best = resume["best"]
+        rng.bit_generator.state = _rng_state_from(resume["rng"])
+    name = bundle_metadata(cfg, channel, train_s, val_s, {}, 0, model.layers)["name"]
+    bundle_path = models_dir / f"{name}.safetensors"
+    t_last, n_last = time.perf_counter(), 0
+
+    def checkpoint(step_local: int) -> None:
+        p = ckpts.save(base + step_local, {
+            "step": base + step_local, "channel_index": ci, "model": unique_state(model.state_dict())[0],
+            "optimizer": opt.state_dict(), "best": best, "rng": _rng_state_to(rng),
+            "exported": [str(x) for x in exported]})
+        run.update_status(last_checkpoint=str(p))
+
+    while local < tc.steps:
+        if stop.requested:
+            checkpoint(local)
+            return bundle_path
+        train_mode(model, cfg.backbone.finetune_blocks)
+        f = lr_factor(local, tc.steps, tc.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        x, y = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
+        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        local += 1
+        n_last += tc.batch_size
+        step = base + local
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"step {step}: loss is {loss.item()} (lower train.lr?)")
+        if local % tc.log_every == 0 or local == tc.steps:
+            now = time.perf_counter()
+            sps = n_last / max(now - t_last, 1e-9)
+            t_last, n_last = now, 0
+            eta = (total - step) * tc.batch_size / max(sps, 1e-9)
+            run.append_metrics({"step": step, "channel": channel, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                                "samples_per_s": sps})
+            run.update_status(step=step, samples_per_s=sps, eta_s=eta)
+        if local % tc.eval_every == 0 or local == tc.steps:
+            metrics = validate(model, val_s, cfg, device)
+            run.append_metrics({"step": step, "channel": channel, **{f"val_{k}": v for k, v in metrics.items()}})
+            log.info("step %d channel %s: val AP@0.5 %.3f SEG %.3f DET %.3f", step, channel, metrics["ap@0.50"],
+                     metrics["seg"], metrics["det"])
+            if metrics["ap@0.50"] > best["ap"]:
+                best = {"ap": metrics["ap@0.50"], "step": step, "metrics": metrics}
+                save_bundle(bundle_path, model, bundle_metadata(cfg, channel, train_s, val_s, metrics, step, model.layers))
+        if local % tc.checkpoint_every == 0 or local == tc.steps:
+            checkpoint(local)
+    return bundle_path
+
+
+def _rng_state_to(rng: np.random.Generator) -> dict[str, Any]:
+    st = rng.bit_generator.state
+    return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
+            "inc": str(st["state"]["inc"]), "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+
+
+def _rng_state_from(d: dict[str, Any]) -> dict[str, Any]:
+    return {"bit_generator": d["bit_generator"], "state": {"state": int(d["state"]), "inc": int(d["inc"])},
+            "has_uint32": int(d["has_uint32"]), "uinteger": int(d["uinteger"])}
+
