@@ -1,0 +1,32 @@
+"""Pretrain widget: the DINOv3 continued-pretraining config as a form; launches ``dinocell-core pretrain``.
+
+The job runs detached (it survives closing napari), under ``torchrun`` when several GPUs are chosen, or as a
+Slurm batch job. Watch it in the Runs widget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dinocell_core.pretrain import PretrainConfig
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
+
+
+class PretrainWidget(ConfigLaunchForm):
+    kind = "pretrain"
+    config_glob = "pretrain_*.yaml"
+    main_keys = (
+        FormKey("data.root", "Data root", "dir"),
+        FormKey("data.channel_mode", "Channel mode"),
+        FormKey("model.weights", "Backbone weights", "file"),
+        FormKey("model.patch_size", "Patch size"),
+        FormKey("train.batch_size", "Batch size / GPU"),
+        FormKey("train.epochs", "Epochs"),
+        FormKey("optim.lr", "Learning rate"),
+    )
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer, PretrainConfig)
+
+    def preferred_defaults(self) -> str:
+        return "pretrain_vits8_jump.yaml"

@@ -1,0 +1,70 @@
+"""Train decoder widget: the distance-map decoder config as a form; launches ``dinocell-core train-decoder``.
+
+One model is trained per ticked channel (the config's ``channels`` list); each ends as a bundle in the run's
+models folder, which the Segment widget lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
+
+from dinocell_core.jump import CHANNELS, channel_number
+from dinocell_core.train_decoder import DecoderConfig
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
+
+
+class TrainDecoderWidget(ConfigLaunchForm):
+    kind = "decoder"
+    config_glob = "decoder_*.yaml"
+    main_keys = (
+        FormKey("data.path", "Training data", "dir"),
+        FormKey("data.format", "Data format"),
+        FormKey("backbone.weights", "Backbone weights", "file"),
+        FormKey("backbone.arch", "Architecture"),
+        FormKey("backbone.patch_size", "Patch size"),
+        FormKey("train.steps", "Steps / channel"),
+        FormKey("train.batch_size", "Batch size"),
+        FormKey("train.tile_size", "Tile size"),
+        FormKey("train.lr", "Learning rate"),
+    )
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer, DecoderConfig)
+
+    def preferred_defaults(self) -> str:
+        return "decoder_demo.yaml"
+
+    def _add_extra_rows(self, form: QFormLayout) -> None:
+        self.channel_list = QListWidget()
+        self.channel_list.setMaximumHeight(150)
+        for ch, name in sorted(CHANNELS.items()):
+            item = QListWidgetItem(name)
+            item.setData(Qt.ItemDataRole.UserRole, ch)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked)
+            self.channel_list.addItem(item)
+        form.addRow("Channels (one model each)", self.channel_list)
+
+    def checked_channels(self) -> list[str]:
+        items = [self.channel_list.item(i) for i in range(self.channel_list.count())]
+        return [it.text() for it in items if it.checkState() == Qt.CheckState.Checked]
+
+    def set_channels(self, names: Sequence[str]) -> None:
+        wanted = {channel_number(n) for n in names}
+        for i in range(self.channel_list.count()):
+            item = self.channel_list.item(i)
+            checked = item.data(Qt.ItemDataRole.UserRole) in wanted
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+
+    def extra_keys(self) -> Sequence[str]:
+        return ("channels",)
+
+    def extra_values(self) -> dict[str, Any]:
+        return {"channels": self.checked_channels() or None}
+
+    def set_extra_values(self, data: dict[str, Any]) -> None:
+        self.set_channels(data.get("channels") or [])

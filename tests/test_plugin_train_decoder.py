@@ -1,0 +1,28 @@
+"""Train decoder widget: defaults from configs/, channel list, pydantic errors shown before any launch."""
+
+from __future__ import annotations
+
+from dinocell_core.runs import RunDir
+
+
+def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
+    assert widget.defaults_combo.currentText() == "decoder_demo.yaml"
+    assert widget.checked_channels() == ["DNA"]
+    assert widget.editors["train.tile_size"].get() == 64
+
+    widget.set_channels(["DNA", "ER"])
+    cfg = widget.validate()
+    assert cfg is not None and cfg.channels == ["ER", "DNA"]
+    assert cfg.train.steps == 300
+
+    # an unknown advanced key and a bad value are reported, and nothing is launched
+    widget.advanced.setPlainText(widget.advanced.toPlainText() + "\nbogus_key: 1\n")
+    widget.editors["train.lr"].widget.setText("-1")
+    widget.out_dir.widget.setText(str(tmp_path))
+    widget.run_name.setText("r1")
+    assert widget.launch() is None
+    text = widget.message.text()
+    assert "bogus_key: unknown key" in text and "train.lr" in text
+    assert not RunDir(tmp_path / "r1").exists()
