@@ -146,9 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def make_untrained_bundle(folder: Path, arch: str) -> Path:
-    """A decoder bundle with random weights: the stall depends on compute and data sizes, not on accuracy."""
-    raise NotImplementedError
+def make_untrained_bundle(folder: Path, arch: str, tile: int = 256) -> Path:
+    """A DNA decoder bundle with random weights (C's DistanceDecoder + save_bundle): the stall depends on compute
+    and data sizes, not on accuracy."""
+    from dinocell_core.backbone import load_backbone
+    from dinocell_core.bundle import save_bundle
+    from dinocell_core.decoder import DistanceDecoder
+
+    backbone = load_backbone(arch, patch_size=8, weights=None)
+    model = DistanceDecoder(backbone)
+    meta = {
+        "name": f"bench-{arch}-DNA", "channel": "DNA",
+        "backbone": {"arch": arch, "patch_size": 8, "kwargs": {}},
+        "decoder": {"layers": list(model.layers), "width": 128, "stem_width": 16},
+        "preprocessing": {"normalisation": "percentile", "low": 1.0, "high": 99.8, "channel_index": None},
+        "thresholds": {"peak": 0.47, "fill": 0.09, "min_size": 0},
+        "tile_size": tile, "overlap": tile // 8,
+    }
+    return save_bundle(folder / f"bench-{arch}-DNA.safetensors", model, meta)
 
 
 if __name__ == "__main__":
