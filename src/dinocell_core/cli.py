@@ -17,6 +17,7 @@ from dinocell_core.config import ConfigError
 
 COMMAND_MODULES = [
     "dinocell_core.commands.data",
+    "dinocell_core.commands.segment",
 ]
 
 

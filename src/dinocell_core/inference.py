@@ -92,14 +92,19 @@ def iter_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, t
     return res
 
 
+def _last(gen: Generator[Progress | np.ndarray, None, np.ndarray]) -> np.ndarray:
+    """Drain a progress generator; its last item is the result."""
+    result = None
+    for item in gen:
+        result = item
+    if not isinstance(result, np.ndarray):
+        raise RuntimeError("tiled inference produced no result")
+    return result
+
+
 def run_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int,
               batch_size: int, multiple: int = 1) -> np.ndarray:
-    result = None
-    for item in iter_tiled(predict, image, tile, overlap, batch_size, multiple):
-        if isinstance(item, np.ndarray):
-            result = item
-    assert result is not None
-    return result
+    return _last(iter_tiled(predict, image, tile, overlap, batch_size, multiple))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -155,17 +160,18 @@ class Segmenter:
 
     def iter_distance(self, image: np.ndarray) -> Generator[Progress | np.ndarray, None, np.ndarray]:
         """Yields (done, total) after each tile batch (cancel points), then the float32 distance map."""
-        img = self.preprocess(image)
-        return (yield from iter_tiled(self._predict, img, self.tile_size, self.overlap, self.batch_size,
+        return (yield from self.iter_prepared(self.preprocess(image)))
+
+    def iter_prepared(self, image01: np.ndarray) -> Generator[Progress | np.ndarray, None, np.ndarray]:
+        """As :meth:`iter_distance` for an image already through :meth:`preprocess`."""
+        return (yield from iter_tiled(self._predict, image01, self.tile_size, self.overlap, self.batch_size,
                                       self.patch_size, self.timings))
 
+    def predict_prepared(self, image01: np.ndarray) -> np.ndarray:
+        return _last(self.iter_prepared(image01))
+
     def predict_distance(self, image: np.ndarray) -> np.ndarray:
-        result = None
-        for item in self.iter_distance(image):
-            if isinstance(item, np.ndarray):
-                result = item
-        assert result is not None
-        return result
+        return _last(self.iter_distance(image))
 
     def labels(self, distance: np.ndarray, peak_threshold: float | None = None,
                fill_threshold: float | None = None, min_size: int | None = None) -> np.ndarray:

@@ -116,6 +116,11 @@ class SegDataConfig(StrictModel):
             raise ValueError("low percentile must be below high")
         if self.format == "jump" and self.channel is None:
             raise ValueError("format 'jump' needs channel (e.g. DNA, Mito, brightfield)")
+        if self.format != "jump" and self.channel is not None:
+            if not str(self.channel).strip().isdigit():
+                raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
+                                 f"not {self.channel!r}")
+            self.channel = int(self.channel)
         if self.format == "livecell" and self.images_dir is None:
             raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
         return self

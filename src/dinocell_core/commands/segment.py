@@ -1,0 +1,160 @@
+"""Segmentation commands: ``train-decoder``, ``segment``, ``evaluate``, ``models list``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    td = subparsers.add_parser("train-decoder", help="train distance-map decoders (one bundle per channel)",
+                               description="Train a SAMCell-style distance-map decoder on a pretrained backbone. "
+                                           "Writes a run directory (config, metrics.jsonl with validation AP, "
+                                           "status.json, checkpoints) and resumes from its last checkpoint; the "
+                                           "best model of each channel is exported as a bundle.")
+    td.add_argument("config", type=Path, help="decoder YAML config (see configs/decoder_*.yaml)")
+    td.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 channels=[DNA]")
+    td.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/decoder-<name>)")
+    td.set_defaults(handler=_train)
+
+    sg = subparsers.add_parser("segment", help="segment images with a model bundle",
+                               description="Segment images of any size (tiled, blended, bounded memory); writes "
+                                           "<name>_labels.tiff (and <name>_distance.tiff with --save-distance).")
+    sg.add_argument("model", type=Path, help="model bundle (.safetensors)")
+    sg.add_argument("inputs", nargs="+", type=Path, help="image files (TIFF, PNG, ...)")
+    sg.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    sg.add_argument("--channel", type=int, default=None, help="channel index of multichannel images")
+    sg.add_argument("--tile-size", type=int, default=None, help="default: the bundle's")
+    sg.add_argument("--overlap", type=int, default=None, help="default: the bundle's")
+    sg.add_argument("--batch-size", type=int, default=4, help="tiles per network call (lower on OOM)")
+    sg.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    sg.add_argument("--peak", type=float, default=None, help="peak threshold (default: the bundle's)")
+    sg.add_argument("--fill", type=float, default=None, help="fill threshold (default: the bundle's)")
+    sg.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this (pixels)")
+    sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
+    sg.set_defaults(handler=_segment)
+
+    ev = subparsers.add_parser("evaluate", help="score a model bundle on an annotated dataset",
+                               description="AP@0.50…0.95, F1, CTC SEG/DET/OP_CSB pooled over the images of "
+                                           "DATASET (Cellpose *_img/*_masks folder, images/+masks/, LIVECell COCO "
+                                           "JSON, or a JUMP fixture). Prints a table and writes JSON.")
+    ev.add_argument("model", type=Path)
+    ev.add_argument("dataset", type=Path)
+    ev.add_argument("-o", "--output", type=Path, default=None, help="JSON file (default: <model>.eval.json)")
+    ev.add_argument("--channel", default=None, help="JUMP channel name, or channel index of multichannel images")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--tile-size", type=int, default=None)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-images", type=int, default=None)
+    ev.set_defaults(handler=_evaluate)
+
+    md = subparsers.add_parser("models", help="the model registry (a folder of bundles)")
+    md_sub = md.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = md_sub.add_parser("list", help="list the bundles in a folder")
+    ml.add_argument("folder", type=Path)
+    ml.add_argument("--channel", default=None, help="only models for this channel (e.g. DNA, 5, brightfield)")
+    ml.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ml.set_defaults(handler=_models_list)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dinocell_core.config import load_config
+    from dinocell_core.logs import setup_logging
+    from dinocell_core.runs import RunDir
+    from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+
+    cfg = load_config(DecoderConfig, args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / f"decoder-{cfg.name}"
+    run = RunDir(run_dir)
+    run.create()
+    setup_logging(run.log_path)
+    paths = run_decoder_training(cfg, run_dir)
+    state = run.read_status().get("state")
+    for p in paths:
+        print(p)
+    if state == "stopped":
+        print(f"stopped; resume with the same command (run dir {run_dir})", file=sys.stderr)
+        return 143
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    import tifffile
+    from tqdm import tqdm
+
+    from dinocell_core.fsutil import atomic_path
+    from dinocell_core.inference import Segmenter
+    from dinocell_core.seg_data import read_image
+
+    seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
+                    batch_size=args.batch_size, channel=args.channel)
+    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        for path in args.inputs:
+            image = read_image(path)
+            dist = None
+            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+                for item in seg.iter_distance(image):
+                    if isinstance(item, np.ndarray):
+                        dist = item
+                    else:
+                        bar.total = item[1]
+                        bar.update(item[0] - bar.n)
+            assert dist is not None
+            labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
+            out = labels.astype(np.uint16) if labels.max(initial=0) < 65535 else labels
+            stem = path.name.split(".")[0]
+            with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
+                tifffile.imwrite(tmp, out, compression="zlib")
+            if args.save_distance:
+                with atomic_path(args.output / f"{stem}_distance.tiff") as tmp:
+                    tifffile.imwrite(tmp, dist, compression="zlib")
+            print(f"{path}: {int(labels.max())} cells → {args.output / f'{stem}_labels.tiff'}")
+    finally:
+        seg.release()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dinocell_core.evaluate import evaluate_bundle, format_table
+    from dinocell_core.fsutil import atomic_write_json
+
+    with tqdm(desc="evaluate", unit="image", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_bundle(args.model, args.dataset, device=args.device, tile_size=args.tile_size,
+                                 batch_size=args.batch_size, channel=args.channel, max_images=args.max_images,
+                                 progress=progress)
+    out = args.output or args.model.with_suffix(".eval.json")
+    atomic_write_json(out, result)
+    print(format_table(result))
+    print(f"written {out}")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from dinocell_core.bundle import list_bundles
+
+    infos = list_bundles(args.folder, channel=args.channel)
+    if args.json:
+        print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata}
+                          for b in infos], indent=1, default=str))
+        return 0
+    if not infos:
+        print(f"no model bundles in {args.folder}" + (f" for channel {args.channel}" if args.channel else ""))
+        return 0
+    print(f"{'name':<28} {'channel':<12} {'backbone':<16} {'tile':>5} {'val AP@0.5':>10}  path")
+    for b in infos:
+        m = b.metadata
+        bb = f"{m['backbone']['arch']}/{m['backbone']['patch_size']}"
+        ap = (m.get("validation_metrics") or {}).get("ap@0.50")
+        ap_s = f"{ap:.3f}" if isinstance(ap, (int, float)) else "-"
+        print(f"{b.name:<28} {b.channel:<12} {bb:<16} {m['tile_size']:>5} {ap_s:>10}  {b.path}")
+    return 0
