@@ -120,7 +120,6 @@ class SegDataConfig(StrictModel):
             if not str(self.channel).strip().isdigit():
                 raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
                                  f"not {self.channel!r}")
-            self.channel = int(self.channel)
         if self.format == "livecell" and self.images_dir is None:
             raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
         return self
