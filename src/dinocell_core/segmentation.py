@@ -62,11 +62,43 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
     markers, n = ndi.label(d > peak_threshold)
     if n == 0:
         return np.zeros(d.shape, dtype=np.int32)
-    labels = watershed(-d, markers, mask=fill)
+    labels = _watershed_by_component(d, markers, n, fill)
     if min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
         small[0] = False
-        labels[small[labels]] = 0
-    labels, _, _ = relabel_sequential(labels)
+        if small.any():
+            labels[small[labels]] = 0
+            labels = relabel_sequential(labels)[0]
     return labels.astype(np.int32, copy=False)
+
+
+def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, fill: np.ndarray) -> np.ndarray:
+    """``watershed(-d, markers, mask=fill)`` (up to tie-breaking between equal values), run only where it has
+    something to decide.
+
+    A connected part of ``fill`` holding one marker floods entirely to that marker, and one holding none stays
+    background, so the (costly) priority flood runs only inside the bounding boxes of parts with two or more
+    markers. Labels stay the marker ids 1..n, which are sequential already.
+    """
+    parts, n_parts = ndi.label(fill)
+    part_of_marker = np.zeros(n + 1, np.int64)
+    inside = markers > 0
+    part_of_marker[markers[inside]] = parts[inside]
+    per_part = np.bincount(part_of_marker[1:], minlength=n_parts + 1)
+    lut = np.zeros(n_parts + 1, np.int32)
+    single = np.flatnonzero(per_part == 1)
+    if single.size:
+        ids = np.arange(1, n + 1, dtype=np.int32)
+        one = per_part[part_of_marker[1:]] == 1
+        lut[part_of_marker[1:][one]] = ids[one]
+    labels = lut[parts]
+    multi = np.flatnonzero(per_part[1:] >= 2) + 1
+    if multi.size:
+        boxes = ndi.find_objects(parts)
+        for p in multi:
+            sl = boxes[p - 1]
+            mask = parts[sl] == p
+            ws = watershed(-d[sl], np.where(mask, markers[sl], 0), mask=mask)
+            labels[sl][mask] = ws[mask]
+    return labels

@@ -1,0 +1,120 @@
+"""Segmentation pipeline benchmark: where the time goes per 1080×1080 field, and peak memory on 8000×8000.
+
+    python benchmarks/segment.py                      # ViT-S/8 (the real model size), 256-px tiles
+    python benchmarks/segment.py --arch vit_test      # tiny backbone: a quick run
+    python benchmarks/segment.py --device cuda
+
+Per field: preprocessing (channel + percentile normalisation), network (tile batches through backbone +
+decoder), blending (tiling, weighting, accumulation) and post-processing (watershed on a realistic distance map —
+the per-cell target of a fixture field, since an untrained network's map is noise). Goals: post-processing ≤
+150 ms on one core; everything but the network ≤ 20 % of network time. The 8000² memory figure runs the whole
+tiling/blending path with a pass-through network (network memory is bounded by one batch of tiles whatever the
+image size; measured separately as the network's own peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dinocell_core.backbone import load_backbone
+from dinocell_core.bundle import save_bundle
+from dinocell_core.decoder import DistanceDecoder
+from dinocell_core.fixture import make_field
+from dinocell_core.inference import Segmenter, run_tiled
+from dinocell_core.segmentation import distance_map, labels_from_distance
+
+
+def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int) -> Path:
+    model = DistanceDecoder(load_backbone(arch, patch_size=patch), width=128, stem_width=16).eval()
+    meta = {"name": f"bench-{arch}", "channel": "DNA",
+            "backbone": {"arch": arch, "patch_size": patch, "kwargs": {}, "source": None},
+            "decoder": {"layers": model.layers, "width": 128, "stem_width": 16},
+            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {"peak": 0.47, "fill": 0.09, "min_size": 0},
+            "tile_size": tile, "overlap": overlap}
+    return save_bundle(folder / "bench.safetensors", model, meta)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="vit_small")
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fields", type=int, default=2, help="timed fields (after one warm-up)")
+    ap.add_argument("--big", type=int, default=8000, help="side of the memory-test image")
+    args = ap.parse_args()
+
+    channels, nuclei, _ = make_field(1080, seed=0, phenotype="small_dense")
+    dna = channels[4]
+    with tempfile.TemporaryDirectory() as tmp:
+        seg = Segmenter(make_bundle(Path(tmp), args.arch, args.patch, args.tile, args.overlap), device=args.device,
+                        batch_size=args.batch)
+        print(f"model {args.arch}/{args.patch}, tile {args.tile}, overlap {args.overlap}, batch {args.batch}, "
+              f"device {seg.device}, torch threads {torch.get_num_threads()}; "
+              f"{seg.n_tiles(dna.shape)} tiles per 1080² field")
+        seg.predict_distance(dna)  # warm-up
+        seg.timings.clear()
+        target = distance_map(nuclei)  # realistic map for the watershed
+        t0 = time.perf_counter()
+        for _ in range(args.fields):
+            seg.predict_distance(dna)
+            seg.labels(target)
+        wall = (time.perf_counter() - t0) / args.fields
+        t = {k: v / args.fields for k, v in seg.timings.items()}
+        net = t["network"]
+        overhead = t["preprocessing"] + t["blending"] + t["postprocessing"]
+        print(f"per 1080×1080 field ({args.fields} fields, {int(nuclei.max())} nuclei):")
+        for k in ("preprocessing", "network", "blending", "postprocessing"):
+            print(f"  {k:<15} {t[k] * 1000:9.1f} ms")
+        print(f"  {'total':<15} {wall * 1000:9.1f} ms   overhead (all but network) = {overhead / net:.1%} "
+              "of network time (goal ≤ 20%)")
+        n_lab = int(labels_from_distance(target).max())
+        print(f"  post-processing on one core: {t['postprocessing'] * 1000:.0f} ms (goal ≤ 150 ms); "
+              f"{n_lab} objects recovered")
+
+        # network peak memory for one batch (bounded by batch size, independent of image size)
+        x = torch.rand(args.batch, 1, args.tile, args.tile, device=seg.device)
+        if seg.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            with torch.no_grad():
+                seg.model(x)
+            print(f"network peak (one batch of {args.batch} tiles): "
+                  f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU")
+        seg.release()
+    del seg
+    gc.collect()
+
+    big = np.random.default_rng(0).integers(0, 4000, (args.big, args.big), dtype=np.uint16)
+    rss0 = rss_mb()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    from dinocell_core.seg_data import prepare_image
+
+    img = prepare_image(big)
+    out = run_tiled(lambda b: b, img, args.tile, args.overlap, args.batch, args.patch)
+    dt = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(f"{args.big}×{args.big} uint16 image ({big.nbytes / 2**20:.0f} MiB): tiling + blending path "
+          f"{dt:.1f} s, peak traced {peak / 2**20:.0f} MiB (= {peak / (args.big**2 * 4):.1f}× one float32 image), "
+          f"process max RSS {rss_mb():.0f} MiB (was {rss0:.0f} MiB before)")
+    assert out.shape == big.shape
+
+
+if __name__ == "__main__":
+    main()
