@@ -109,3 +109,28 @@ def test_segmenter_any_size_channels_and_rethreshold(bundle_path) -> None:
         seg.predict_distance(img)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         Segmenter(bundle_path, tile_size=60)
+
+
+def test_segment_and_models_list_commands(bundle_path, tmp_path, capsys) -> None:
+    import tifffile
+
+    from dinocell_core.cli import main
+
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(tmp_path / "a.tif", rng.integers(0, 4000, (70, 90)).astype(np.uint16))
+    tifffile.imwrite(tmp_path / "rgb.tif", rng.integers(0, 255, (60, 50, 3)).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["segment", str(bundle_path), str(tmp_path / "a.tif"), "-o", str(out), "--save-distance",
+                 "--device", "cpu", "--peak", "0.5", "--fill", "0.2"]) == 0
+    labels = tifffile.imread(out / "a_labels.tiff")
+    dist = tifffile.imread(out / "a_distance.tiff")
+    assert labels.shape == dist.shape == (70, 90) and dist.dtype == np.float32
+    assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out), "--channel", "2"]) == 0
+    assert tifffile.imread(out / "rgb_labels.tiff").shape == (60, 50)
+    assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out)]) == 1  # which channel?
+    assert "choose one with" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["models", "list", str(bundle_path.parent), "--channel", "DNA"]) == 0
+    assert "t " in capsys.readouterr().out
+    assert main(["models", "list", str(bundle_path.parent), "--channel", "Mito"]) == 0
+    assert "no model bundles" in capsys.readouterr().out
