@@ -9,7 +9,6 @@ image and clipped back to [0, 1].
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from dinocell_core.config import StrictModel
 from dinocell_core.preprocess import normalize_percentile
 from dinocell_core.segmentation import distance_map
 
-log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
