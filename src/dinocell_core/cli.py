@@ -18,6 +18,7 @@ from dinocell_core.config import ConfigError
 COMMAND_MODULES = [
     "dinocell_core.commands.data",
     "dinocell_core.commands.segment",
+    "dinocell_core.commands.pretrain",
 ]
 
 

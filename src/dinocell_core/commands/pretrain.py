@@ -1,0 +1,60 @@
+"""Pretraining commands: ``pretrain`` (1 process, or every rank under torchrun) and ``export-backbone``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pt = subparsers.add_parser(
+        "pretrain", help="continue DINOv3 SSL pretraining (DINO+iBOT+KoLeo) on JUMP fields",
+        description="Self-supervised pretraining of a DINOv3 ViT on CPJUMP1 fields. Writes a run directory "
+                    "(config.yaml, metrics.jsonl, status.json, run.log, checkpoints/); running it again on the same "
+                    "run directory resumes from the last checkpoint. SIGTERM/SIGINT checkpoint and stop. For several "
+                    "GPUs: torchrun --nproc_per_node=N -m dinocell_core.cli pretrain CONFIG --run-dir DIR "
+                    "(see docs/pretraining.md).")
+    pt.add_argument("config", type=Path, help="pretraining YAML config (see configs/pretrain_*.yaml)")
+    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 data.root=/data")
+    pt.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/pretrain-<name>)")
+    pt.set_defaults(handler=_pretrain)
+
+    ex = subparsers.add_parser(
+        "export-backbone", help="export a run's teacher backbone (official DINOv3 layout: .pth + .safetensors)",
+        description="Writes FILE.pth (tensors only, official DINOv3 keys), FILE.safetensors (+ metadata) and "
+                    "FILE.json from the newest verified checkpoint of RUN (or a checkpoint file).")
+    ex.add_argument("run", type=Path, help="pretraining run directory or checkpoint file")
+    ex.add_argument("-o", "--output", type=Path, required=True, help="output name (suffix optional)")
+    ex.set_defaults(handler=_export)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from dinocell_core.config import load_config
+    from dinocell_core.logs import setup_logging
+    from dinocell_core.pretrain import PretrainConfig, run_pretraining
+    from dinocell_core.runs import RunDir
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    run = RunDir(args.run_dir or Path("runs") / f"pretrain-{cfg.name}")
+    rank = int(os.environ.get("RANK", "0"))
+    run.path.mkdir(parents=True, exist_ok=True)
+    setup_logging(run.log_path if rank == 0 else run.path / f"run.rank{rank}.log", rank=rank)
+    try:
+        run_pretraining(cfg, run.path)
+    except FloatingPointError as exc:
+        print(f"dinocell-core: {exc}", file=sys.stderr)
+        return 1
+    if rank == 0 and run.read_status().get("state") == "stopped":
+        print(f"stopped; resume with the same command (run dir {run.path})", file=sys.stderr)
+        return 143
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dinocell_core.export import export_backbone
+
+    for p in export_backbone(args.run, args.output):
+        print(p)
+    return 0

@@ -1,0 +1,40 @@
+"""DINO / iBOT projection heads (official DINOv3 shape: MLP → L2-normalised bottleneck → prototypes).
+
+DINOv3 uses two separate heads of the same shape, no weight norm on the last layer and no batch norm; the
+public checkpoints carry no heads, so they always start from this random init (see the warm start in pretrain).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOHead(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3) -> None:
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError("head nlayers must be >= 1")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(nlayers - 1):
+            layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(x)
+        x = F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+        return self.last_layer(x)

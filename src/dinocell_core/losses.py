@@ -1,0 +1,93 @@
+"""The DINOv3 SSL losses, written by hand (no library has Sinkhorn-Knopp centering for these heads).
+
+All of them run in fp32 whatever the autocast dtype (bf16 logits at temperature 0.04 lose too much).
+Shapes follow the official ``SSLMetaArch``: crops first, then batch: logits ``[crops, B, K]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dinocell_core.distributed import all_reduce_
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int = 3) -> torch.Tensor:
+    """Teacher targets [N, K] from logits [N, K]: rows are distributions, prototypes used equally over the batch.
+
+    Distributed-aware: sums (and the stabilising max) are all-reduced over ranks when a process group with more
+    than one rank exists, so N counts the rows of every rank (ranks may hold different numbers of rows)."""
+    x = logits.float() / temperature
+    local_max = x.max() if x.numel() else torch.tensor(float("-inf"), device=x.device)
+    gmax = all_reduce_(local_max.reshape(1).clone(), "max")
+    q = torch.exp(x - gmax).t()  # [K, N]; subtracting one global constant leaves the result unchanged
+    n = all_reduce_(torch.tensor([float(q.shape[1])], device=q.device), "sum")
+    k = q.shape[0]
+    q /= all_reduce_(q.sum().reshape(1), "sum")
+    for _ in range(n_iterations):
+        rows = all_reduce_(q.sum(dim=1, keepdim=True), "sum")
+        q /= rows
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n
+    q *= n
+    return q.t()
+
+
+def softmax_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher targets without centering (for diagnostics only)."""
+    return F.softmax(logits.float() / temperature, dim=-1)
+
+
+def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float = 0.1,
+              ignore_diagonal: bool = False) -> torch.Tensor:
+    """Cross-entropy of every student crop [S, B, K] against every teacher crop [T, B, K], averaged over pairs.
+
+    ``ignore_diagonal`` skips same-crop pairs (student global i vs teacher global i)."""
+    s_crops, b, _ = student_logits.shape
+    t_crops = teacher_probs.shape[0]
+    logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    tp = teacher_probs.float()
+    if not ignore_diagonal:
+        return -torch.einsum("sbk,tbk->", logp, tp) / (b * s_crops * t_crops)
+    pair = -torch.einsum("sbk,tbk->st", logp, tp)
+    n_diag = min(s_crops, t_crops)
+    off_diagonal = ~torch.eye(s_crops, t_crops, dtype=torch.bool, device=pair.device)
+    denom = b * s_crops * t_crops - b * n_diag
+    if denom <= 0:
+        raise ValueError("the global DINO loss needs at least two global crops")
+    return (pair * off_diagonal).sum() / denom
+
+
+def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
+              student_temp: float = 0.1) -> torch.Tensor:
+    """Cross-entropy on masked patches ([M, K] rows, in ``masks[image, patch]`` order); each image weighs
+    1/n_masked(image), and the sum is divided by the number of images (masked or not), as the official loss."""
+    m = masks.flatten(1)
+    if student_logits.shape[0] != int(m.sum()):
+        raise ValueError(f"{student_logits.shape[0]} masked logits for {int(m.sum())} masked patches")
+    per_patch = torch.sum(teacher_probs.float() * F.log_softmax(student_logits.float() / student_temp, dim=-1), -1)
+    weights = (1.0 / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(m)[m]
+    return -(per_patch * weights).sum() / m.shape[0]
+
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko entropy estimator: -mean log distance of each L2-normalised vector to its nearest
+    neighbour in the batch (spreads the CLS features). Needs at least two samples."""
+    if x.shape[0] < 2:
+        raise ValueError(f"KoLeo needs at least 2 samples per set, got {x.shape[0]} (raise train.batch_size or set "
+                         "loss.koleo_weight=0)")
+    x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+    dots = x @ x.t()
+    dots.fill_diagonal_(-1.0)
+    nn_idx = dots.argmax(dim=1)
+    dist = F.pairwise_distance(x, x[nn_idx], p=2, eps=eps)
+    return -torch.log(dist + eps).mean()
+
+
+@torch.no_grad()
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the rows of ``probs``."""
+    p = probs.float().clamp_min(1e-12)
+    return -(p * p.log()).sum(-1).mean()

@@ -1,0 +1,556 @@
+"""Continued DINOv3 self-supervised pretraining (DINO + iBOT + KoLeo, EMA teacher, multi-crop) on JUMP fields.
+
+One function, :func:`run_pretraining`, runs the same on 1 CPU process, 1 GPU, or N GPUs/nodes under ``torchrun``
+(DDP). It writes the run-directory contract (``runs.py``): ``config.yaml``, ``metrics.jsonl``, ``status.json``,
+``run.log``, ``checkpoints/``. Restarting on a run directory resumes from its newest verified checkpoint and
+continues the same data stream; SIGTERM/SIGINT checkpoint and end in state ``stopped``.
+
+Determinism (why a resumed run logs the same numbers as an uninterrupted one): schedules are functions of the step,
+the data stream is a function of (seed, step, rank), and the torch RNG (drop path, RoPE jitter) is reseeded from
+(seed, step, rank) before every step; checkpoints hold the exact student, teacher and AdamW state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field as PField
+from pydantic import model_validator
+
+from dinocell_core.backbone import PRETRAIN_FORMAT, load_backbone
+from dinocell_core.checkpoint import CheckpointManager, load_state
+from dinocell_core.config import ConfigError, StrictModel, config_to_dict
+from dinocell_core.distributed import (DistInfo, all_reduce_, any_rank, barrier, init_distributed, is_distributed,
+                                      shutdown)
+from dinocell_core.optim import SCALING_RULES, apply_step_values, clip_module_grads, param_groups, scaled_lr
+from dinocell_core.runs import RunDir
+from dinocell_core.schedules import ScheduleSpec, StepValues, values_at
+from dinocell_core.ssl_data import DataConfig, make_ssl_loader
+from dinocell_core.ssl_model import LossWeights, SSLNetwork, ssl_losses
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------ config
+
+class ModelSection(StrictModel):
+    arch: str = "vit_small"
+    patch_size: int = PField(8, ge=1)
+    weights: str | None = None  # official ViT-S/16 .pth, a pretraining run dir/checkpoint, or an export
+    drop_path_rate: float = PField(0.1, ge=0, lt=1)
+    rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
+    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
+
+
+class HeadsSection(StrictModel):
+    out_dim: int = PField(65536, ge=2)
+    ibot_out_dim: int = PField(65536, ge=2)
+    hidden_dim: int = PField(2048, ge=1)
+    bottleneck_dim: int = PField(256, ge=1)
+    nlayers: int = PField(3, ge=1)
+
+
+class LossSection(StrictModel):
+    dino_weight: float = PField(1.0, ge=0)
+    ibot_weight: float = PField(1.0, ge=0)
+    koleo_weight: float = PField(0.1, ge=0)
+    student_temp: float = PField(0.1, gt=0)
+    teacher_temp: float = PField(0.07, gt=0)
+    warmup_teacher_temp: float = PField(0.04, gt=0)
+    warmup_teacher_temp_epochs: float = PField(10, ge=0)
+    sinkhorn_iterations: int = PField(3, ge=1)
+
+
+class OptimSection(StrictModel):
+    lr: float = PField(5e-5, gt=0)  # base LR before the scaling rule
+    min_lr: float = PField(1e-6, ge=0)
+    scaling_rule: str = "sqrt_wrt_1024"
+    warmup_epochs: float = PField(10, ge=0)
+    weight_decay: float = PField(0.04, ge=0)
+    weight_decay_end: float = PField(0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = PField(0.9, gt=0, le=1)
+    patch_embed_lr_mult: float = PField(0.2, ge=0)
+    clip_grad: float = PField(3.0, ge=0)  # per module (backbone, DINO head, iBOT head); 0 = off
+    freeze_last_layer_epochs: float = PField(1, ge=0)
+
+    @model_validator(mode="after")
+    def _rule(self) -> "OptimSection":
+        if self.scaling_rule not in SCALING_RULES:
+            raise ValueError(f"scaling_rule must be one of {SCALING_RULES}")
+        return self
+
+
+class TeacherSection(StrictModel):
+    momentum: float = PField(0.996, ge=0, le=1)
+    momentum_end: float = PField(1.0, ge=0, le=1)
+
+
+class WarmStartSection(StrictModel):
+    """Public weights carry no heads: train the heads on a frozen backbone, then ramp the backbone LR in."""
+
+    freeze_backbone_steps: int = PField(0, ge=0)
+    backbone_ramp_steps: int = PField(0, ge=0)
+
+
+class TrainSection(StrictModel):
+    epochs: float = PField(80, gt=0)
+    steps_per_epoch: int = PField(1000, ge=1)  # an "epoch" is a fixed number of iterations, as in DINOv3
+    batch_size: int = PField(48, ge=1)  # per process (GPU)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; never fp16
+    compile: bool = False
+    activation_checkpointing: bool = False
+    max_nonfinite: int = PField(3, ge=1)  # consecutive skipped steps that stop the run
+    log_every: int = PField(10, ge=1)
+    checkpoint_every: int = PField(2500, ge=1)
+    keep_last: int = PField(3, ge=1)
+    keep_every: int | None = PField(None, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, round(self.epochs * self.steps_per_epoch))
+
+
+class PretrainConfig(StrictModel):
+    name: str = "pretrain"
+    seed: int = 0
+    model: ModelSection = ModelSection()
+    heads: HeadsSection = HeadsSection()
+    loss: LossSection = LossSection()
+    optim: OptimSection = OptimSection()
+    teacher: TeacherSection = TeacherSection()
+    warm_start: WarmStartSection = WarmStartSection()
+    train: TrainSection = TrainSection()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _checks(self) -> "PretrainConfig":
+        if self.loss.koleo_weight > 0 and self.train.batch_size < 2:
+            raise ValueError("train.batch_size must be >= 2 when loss.koleo_weight > 0 (KoLeo needs a nearest "
+                             "neighbour in the batch)")
+        if self.data.global_size % self.model.patch_size or self.data.local_size % self.model.patch_size:
+            raise ValueError(f"data.global_size and data.local_size must be multiples of model.patch_size "
+                             f"({self.model.patch_size})")
+        return self
+
+
+#: keys that may change when a run is resumed (everything else must match the run's config.yaml)
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_last",
+                     "train.keep_every", "train.tensorboard", "train.progress", "train.compile",
+                     "train.activation_checkpointing", "train.max_nonfinite", "train.device", "data.num_workers",
+                     "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_config(old: dict[str, Any], new: PretrainConfig, run: RunDir) -> None:
+    a, b = _flat(old), _flat(config_to_dict(new))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"{run.config_path}: this run has checkpoints and the new config changes {details}. "
+                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+class StopRequest:
+    """SIGTERM/SIGINT → finish the current step, checkpoint, end in state "stopped"."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: the caller stops us another way
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d received: checkpointing after this step and stopping", signum)
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class NonFiniteGuard:
+    """Counts consecutive non-finite steps; too many in a row stop the run with a clear message."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.streak = 0
+        self.skipped = 0
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.streak += 1
+        self.skipped += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", step, self.streak)
+        if self.streak >= self.limit:
+            raise FloatingPointError(
+                f"{self.streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
+                "training stopped. Lower optim.lr, check the data, or resume from the last checkpoint.")
+
+
+def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", dist_info.local_rank if name == "cuda" else torch.device(name).index)
+    if name != "cpu":
+        raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device("cpu")
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ConfigError("train.precision=bf16 autocast is for CUDA; use precision auto or fp32 on CPU")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def schedule_spec(cfg: PretrainConfig, world_size: int) -> ScheduleSpec:
+    spe = cfg.train.steps_per_epoch
+    return ScheduleSpec(
+        total_steps=cfg.train.total_steps,
+        lr=scaled_lr(cfg.optim.lr, cfg.optim.scaling_rule, cfg.train.batch_size * world_size),
+        min_lr=cfg.optim.min_lr,
+        warmup_steps=round(cfg.optim.warmup_epochs * spe),
+        weight_decay=cfg.optim.weight_decay,
+        weight_decay_end=cfg.optim.weight_decay_end,
+        momentum=cfg.teacher.momentum,
+        momentum_end=cfg.teacher.momentum_end,
+        teacher_temp_start=cfg.loss.warmup_teacher_temp,
+        teacher_temp=cfg.loss.teacher_temp,
+        teacher_temp_warmup_steps=round(cfg.loss.warmup_teacher_temp_epochs * spe),
+        freeze_last_layer_steps=round(cfg.optim.freeze_last_layer_epochs * spe),
+        freeze_backbone_steps=cfg.warm_start.freeze_backbone_steps,
+        backbone_ramp_steps=cfg.warm_start.backbone_ramp_steps,
+    )
+
+
+def build_networks(cfg: PretrainConfig) -> tuple[SSLNetwork, SSLNetwork]:
+    """Student (drop path, RoPE augmentation in train mode) and its EMA teacher (same weights, eval mode)."""
+    m = cfg.model
+    backbone = load_backbone(m.arch, patch_size=m.patch_size, weights=m.weights, drop_path_rate=m.drop_path_rate,
+                             rope_rescale_coords=m.rope_rescale_coords, **m.kwargs)
+    h = cfg.heads
+    student = SSLNetwork(backbone, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.ibot_out_dim)
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher.eval()
+
+
+def loss_weights(cfg: PretrainConfig) -> LossWeights:
+    lc = cfg.loss
+    return LossWeights(dino=lc.dino_weight, ibot=lc.ibot_weight, koleo=lc.koleo_weight,
+                       student_temp=lc.student_temp, sinkhorn_iterations=lc.sinkhorn_iterations)
+
+
+@torch.no_grad()
+def ema_update(teacher: SSLNetwork, student: SSLNetwork, momentum: float) -> None:
+    t = [p for p in teacher.parameters()]
+    s = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank * 7_919 + 12_345) % (2**63 - 1)
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device, normalize: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int, int]:
+    """Loader batch → (globals [G·B,3,H,W], locals [L·B,3,h,w] | None, masks [G·B,N], G, L, B)."""
+    glob, loc, masks = batch["global"], batch["local"], batch["masks"]
+    n_g, b = glob.shape[:2]
+    n_l = loc.shape[0]
+    g = normalize(glob.to(device, non_blocking=True).flatten(0, 1))
+    lc = normalize(loc.to(device, non_blocking=True).flatten(0, 1)) if n_l else None
+    m = masks.to(device, non_blocking=True).flatten(0, 1).flatten(1)
+    return g, lc, m, n_g, n_l, b
+
+
+class Trainer:
+    """Holds the networks, optimizer and schedule; :meth:`train_step` is one SSL iteration."""
+
+    def __init__(self, cfg: PretrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.dist = dist_info
+        self.student, self.teacher = build_networks(cfg)
+        if cfg.train.activation_checkpointing:
+            self.student.backbone.set_grad_checkpointing(True)
+        self.student.to(device)
+        self.teacher.to(device)
+        self.spec = schedule_spec(cfg, dist_info.world_size)
+        self.weights = loss_weights(cfg)
+        groups = param_groups(self.student.backbone, self.student.heads(), cfg.optim.layer_decay,
+                              cfg.optim.patch_embed_lr_mult)
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas),
+                                           fused=device.type == "cuda" or None)
+        self.model: torch.nn.Module = self.student
+        if is_distributed():
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=cfg.warm_start.freeze_backbone_steps > 0)
+        if cfg.train.compile:
+            self.student.backbone.compile()
+            self.teacher.backbone.compile()
+        self.autocast = lambda: autocast_for(cfg.train.precision, device)
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+
+    # -- state
+    def state(self, step: int) -> dict[str, Any]:
+        return {
+            "kind": PRETRAIN_FORMAT,
+            "step": step,
+            "backbone_meta": self.student.backbone.metadata(),
+            "student": {k: m.state_dict() for k, m in self._parts(self.student).items()},
+            "teacher": {k: m.state_dict() for k, m in self._parts(self.teacher).items()},
+            "optimizer": self.optimizer.state_dict(),
+            "nonfinite_skipped": self.guard.skipped,
+            "world_size": self.dist.world_size,
+            "config": config_to_dict(self.cfg),
+        }
+
+    @staticmethod
+    def _parts(net: SSLNetwork) -> dict[str, torch.nn.Module]:
+        return {"backbone": net.backbone, "dino_head": net.dino_head, "ibot_head": net.ibot_head}
+
+    def load(self, state: dict[str, Any]) -> int:
+        for which, net in (("student", self.student), ("teacher", self.teacher)):
+            for k, m in self._parts(net).items():
+                m.load_state_dict(state[which][k], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.guard.skipped = int(state.get("nonfinite_skipped", 0))
+        return int(state["step"])
+
+    # -- one iteration
+    def train_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, float], StepValues, bool]:
+        v = values_at(self.spec, step)
+        apply_step_values(self.optimizer, v)
+        torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
+        g, lc, masks, n_g, n_l, _ = prepare_batch(batch, self.device, self.student.backbone.normalize_input)
+        self.student.train()
+        self.teacher.eval()
+        with self.autocast():
+            t_out = self.teacher.teacher_forward(g, masks)
+            s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
+        total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = not any_rank(not bool(torch.isfinite(total)), self.device)
+        norms = {"grad_norm_backbone": 0.0, "grad_norm_dino_head": 0.0, "grad_norm_ibot_head": 0.0}
+        if finite:
+            total.backward()
+            clip = self.cfg.optim.clip_grad
+            norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip)
+                     for k, m in self._parts(self.student).items()}
+            finite = all(math.isfinite(x) for x in norms.values())  # grads are identical on every rank (DDP)
+        if finite:
+            self.optimizer.step()
+            ema_update(self.teacher, self.student, v.momentum)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.guard.update(finite, step)
+        out = {k: float(t) for k, t in terms.items()}
+        out.update(norms)
+        return out, v, finite
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str]) -> None:
+    """Train (or resume) in ``run_dir``; under torchrun every rank calls this (rank 0 writes the run files)."""
+    device_hint = "cuda" if cfg.train.device.startswith("cuda") or (
+        cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+    dist_info = init_distributed(device_hint)
+    run = RunDir(run_dir)
+    try:
+        _run(cfg, run, dist_info)
+    except BaseException as exc:
+        if dist_info.is_main:
+            run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, (ConfigError, FloatingPointError)):
+            log.error("pretraining failed: %s", exc)
+        else:
+            log.exception("pretraining failed")
+        raise
+    finally:
+        shutdown()
+
+
+def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
+    main = dist_info.is_main
+    device = resolve_device(cfg.train.device, dist_info)
+    ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last, keep_every=cfg.train.keep_every)
+    resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
+    if main:
+        if resume_path is not None and run.exists():
+            from dinocell_core.config import read_yaml
+
+            check_resume_config(read_yaml(run.config_path), cfg, run)
+        run.write_config(cfg)
+    barrier()
+    total = cfg.train.total_steps
+    trainer = Trainer(cfg, device, dist_info)
+    step = 0
+    if resume_path is not None:
+        state = load_state(resume_path, map_location=device)
+        if state.get("kind") != PRETRAIN_FORMAT:
+            raise ConfigError(f"{resume_path}: not a pretraining checkpoint")
+        step = trainer.load(state)
+        del state
+        log.info("resumed from %s at step %d", resume_path, step)
+        if main:
+            run.truncate_metrics_after(step)
+    n_params = sum(p.numel() for p in trainer.student.parameters())
+    log.info("pretraining %s/p%d (%.1fM params incl. heads) on %s ×%d, batch %d/process, %d steps, peak lr %.3g",
+             cfg.model.arch, cfg.model.patch_size, n_params / 1e6, device, dist_info.world_size,
+             cfg.train.batch_size, total, trainer.spec.lr)
+    if main:
+        run.update_status(state="running", kind="pretrain", pid=os.getpid(), host=socket.gethostname(), step=step,
+                          total_steps=total, error=None, started_at=time.time(),
+                          last_checkpoint=str(resume_path) if resume_path else None,
+                          world_size=dist_info.world_size)
+    if step >= total:
+        if main:
+            run.update_status(state="finished", step=step)
+        return
+    tb = _tensorboard(run) if (main and cfg.train.tensorboard) else None
+    loader = make_ssl_loader(cfg.data, cfg.model.patch_size, cfg.train.batch_size, cfg.seed, rank=dist_info.rank,
+                             world_size=dist_info.world_size, start_step=step, steps=total - step,
+                             pin_memory=device.type == "cuda")
+    bar = _progress(cfg, total, step) if main else None
+    window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
+    stopped = False
+    last_ckpt: Path | None = resume_path
+    n_failed = 0
+    try:
+        with StopRequest() as stop:
+            it = iter(loader)
+            while step < total:
+                t_wait = time.perf_counter()
+                batch = next(it)
+                window["wait"] += time.perf_counter() - t_wait
+                n_failed += int(batch["n_failed"])
+                terms, v, finite = trainer.train_step(batch, step)
+                step += 1
+                window["samples"] += cfg.train.batch_size * dist_info.world_size
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{terms['loss_total']:.3f}", refresh=False)
+                if step % cfg.train.log_every == 0 or step == total or not finite:
+                    record = _record(cfg, trainer, terms, v, step, window, finite, n_failed, device)
+                    window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
+                    if main:
+                        run.append_metrics(record)
+                        eta = (total - step) * record["step_time_s"]
+                        run.update_status(step=step, samples_per_s=record["samples_per_s"], eta_s=eta)
+                        if tb is not None:
+                            for k, x in record.items():
+                                if isinstance(x, (int, float)) and k != "step":
+                                    tb.add_scalar(k, x, step)
+                want_stop = any_rank(stop.requested, device)
+                if step % cfg.train.checkpoint_every == 0 or step == total or want_stop:
+                    last_ckpt = _checkpoint(trainer, ckpts, step, run, main)
+                if want_stop:
+                    stopped = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        if tb is not None:
+            tb.close()
+    if main:
+        run.update_status(state="stopped" if stopped else "finished", step=step,
+                          last_checkpoint=str(last_ckpt) if last_ckpt else None)
+    log.info("pretraining %s at step %d/%d", "stopped" if stopped else "finished", step, total)
+
+
+def _checkpoint(trainer: Trainer, ckpts: CheckpointManager, step: int, run: RunDir, main: bool) -> Path | None:
+    path = None
+    if main:
+        path = ckpts.save(step, trainer.state(step))
+        run.update_status(last_checkpoint=str(path), step=step)
+        log.info("checkpoint %s", path)
+    barrier()
+    return path
+
+
+def _record(cfg: PretrainConfig, trainer: Trainer, terms: dict[str, float], v: StepValues, step: int,
+            window: dict[str, float], finite: bool, n_failed: int, device: torch.device) -> dict[str, Any]:
+    if is_distributed():  # mean over ranks (collective: every rank logs the same steps)
+        keys = sorted(terms)
+        t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
+        all_reduce_(t)
+        terms = {k: float(x) / trainer.dist.world_size for k, x in zip(keys, t.tolist())}
+    elapsed = max(1e-9, time.perf_counter() - window["t0"])
+    steps_in_window = max(1, window["samples"] // (cfg.train.batch_size * trainer.dist.world_size))
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return {
+        "step": step,
+        "epoch": step / cfg.train.steps_per_epoch,
+        "lr": v.lr, "last_layer_lr": v.last_layer_lr, "backbone_lr_factor": v.backbone_factor,
+        "wd": v.weight_decay, "momentum": v.momentum, "teacher_temp": v.teacher_temp,
+        **terms,
+        "skipped": not finite,
+        "nonfinite_skipped_total": trainer.guard.skipped,
+        "failed_reads": n_failed,
+        "samples_per_s": window["samples"] / elapsed,
+        "step_time_s": elapsed / steps_in_window,
+        "data_wait_fraction": window["wait"] / elapsed,
+        "peak_gpu_mem_gb": peak,
+    }
+
+
+def _progress(cfg: PretrainConfig, total: int, step: int) -> Any:
+    if not cfg.train.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=step, desc="pretrain", unit="it", dynamic_ncols=True)
+
+
+def _tensorboard(run: RunDir) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError("train.tensorboard is true but tensorboard is not installed "
+                          "(pip install 'dinocell[tensorboard]')") from exc
+    return SummaryWriter(log_dir=str(run.path / "tensorboard"))

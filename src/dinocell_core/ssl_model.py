@@ -1,0 +1,98 @@
+"""Student/teacher networks and the combined DINOv3 objective (DINO CLS + iBOT masked patches + KoLeo).
+
+The student sees masked global crops and the local crops; the teacher (an EMA of the student, eval mode, no
+gradients) sees the clean global crops. Teacher outputs are centred with Sinkhorn-Knopp. The total follows the
+official combination: ``w_dino·(n_l·L_local + n_g·L_global)/(n_l + n_g) + w_koleo·Σ_globals KoLeo + w_ibot·L_ibot``
+with n_l = globals×locals and n_g = globals×(globals−1) cross-crop terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dinocell_core.backbone import DinoBackbone
+from dinocell_core.heads import DINOHead
+from dinocell_core.losses import dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
+
+
+class SSLNetwork(nn.Module):
+    """Backbone + separate DINO and iBOT heads. ``forward`` is the student pass (one call, so DDP can hook it)."""
+
+    def __init__(self, backbone: DinoBackbone, out_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int,
+                 ibot_out_dim: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        d = backbone.embed_dim
+        self.dino_head = DINOHead(d, out_dim, hidden_dim, bottleneck_dim, nlayers)
+        self.ibot_head = DINOHead(d, ibot_out_dim or out_dim, hidden_dim, bottleneck_dim, nlayers)
+
+    def heads(self) -> dict[str, nn.Module]:
+        return {"dino_head": self.dino_head, "ibot_head": self.ibot_head}
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor,
+                backbone_grad: bool = True) -> dict[str, torch.Tensor]:
+        """``global_crops`` [G·B, 3, H, W] (ImageNet-standardised), ``masks`` [G·B, N] bool (iBOT)."""
+        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+            g = self.backbone(global_crops, masks=masks)
+            cls = [g["cls"]]
+            if local_crops is not None and local_crops.shape[0]:
+                cls.append(self.backbone(local_crops)["cls"])
+            cls_all = torch.cat(cls)
+            masked_patches = g["patches"][masks]
+        return {"cls_global": g["cls"], "dino_logits": self.dino_head(cls_all),
+                "ibot_logits": self.ibot_head(masked_patches)}
+
+    @torch.no_grad()
+    def teacher_forward(self, global_crops: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        g = self.backbone(global_crops)
+        return {"cls_global": g["cls"], "dino_logits": self.dino_head(g["cls"]),
+                "ibot_logits": self.ibot_head(g["patches"][masks])}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    dino: float = 1.0
+    ibot: float = 1.0
+    koleo: float = 0.1
+    student_temp: float = 0.1
+    sinkhorn_iterations: int = 3
+
+
+def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], masks: torch.Tensor,
+               n_global: int, n_local: int, teacher_temp: float, w: LossWeights
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and a dict of every term and collapse signal (all fp32)."""
+    b = masks.shape[0] // n_global
+    t_dino = teacher["dino_logits"].float()
+    k = t_dino.shape[-1]
+    t_probs = sinkhorn_knopp(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
+    s_dino = student["dino_logits"].float()
+    s_global = s_dino[: n_global * b].view(n_global, b, k)
+    zero = s_dino.new_zeros(())
+    n_l_terms, n_g_terms = n_global * n_local, n_global * (n_global - 1)
+    local = dino_loss(s_dino[n_global * b :].view(n_local, b, k), t_probs, w.student_temp) if n_local else zero
+    glob = dino_loss(s_global, t_probs, w.student_temp, ignore_diagonal=True) if n_global > 1 else zero
+    dino = (n_l_terms * local + n_g_terms * glob) / max(1, n_l_terms + n_g_terms)
+
+    t_ibot = sinkhorn_knopp(teacher["ibot_logits"].float(), teacher_temp, w.sinkhorn_iterations)
+    ibot = ibot_loss(student["ibot_logits"], t_ibot, masks, w.student_temp)
+
+    cls = student["cls_global"].float().view(n_global, b, -1)
+    koleo = sum(koleo_loss(cls[i]) for i in range(n_global)) if w.koleo > 0 else zero
+
+    total = w.dino * dino + w.ibot * ibot + w.koleo * koleo
+    with torch.no_grad():
+        terms = {
+            "loss_total": total.detach(),
+            "loss_dino": dino.detach(), "loss_dino_local": local.detach(), "loss_dino_global": glob.detach(),
+            "loss_ibot": ibot.detach(), "loss_koleo": torch.as_tensor(koleo).detach(),
+            "teacher_entropy": entropy(t_probs.view(-1, k)),
+            "teacher_batch_entropy": entropy(t_probs.view(-1, k).mean(0, keepdim=True)),
+            "student_cls_std": F.normalize(cls.reshape(-1, cls.shape[-1]), dim=-1).std(0).mean(),
+            "teacher_cls_std": F.normalize(teacher["cls_global"].float(), dim=-1).std(0).mean(),
+        }
+    return total, terms
