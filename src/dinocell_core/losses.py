@@ -6,33 +6,49 @@ Shapes follow the official ``SSLMetaArch``: crops first, then batch: logits ``[c
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from dinocell_core.distributed import all_reduce_
 
 
+def _logsumexp(t: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
+    """logsumexp along ``dim`` (keepdim), optionally over the same dim of every rank (rows split over ranks)."""
+    shape = list(t.shape)
+    shape[dim] = 1
+    if t.shape[dim]:
+        m = t.amax(dim=dim, keepdim=True)
+    else:
+        m = torch.full(shape, float("-inf"), device=t.device, dtype=t.dtype)
+    if across_ranks:
+        m = all_reduce_(m.contiguous(), "max")
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(t - m).sum(dim=dim, keepdim=True)
+    if across_ranks:
+        s = all_reduce_(s.contiguous(), "sum")
+    return m + torch.log(s)
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int = 3) -> torch.Tensor:
     """Teacher targets [N, K] from logits [N, K]: rows are distributions, prototypes used equally over the batch.
 
-    Distributed-aware: sums (and the stabilising max) are all-reduced over ranks when a process group with more
-    than one rank exists, so N counts the rows of every rank (ranks may hold different numbers of rows)."""
-    x = logits.float() / temperature
-    local_max = x.max() if x.numel() else torch.tensor(float("-inf"), device=x.device)
-    gmax = all_reduce_(local_max.reshape(1).clone(), "max")
-    q = torch.exp(x - gmax).t()  # [K, N]; subtracting one global constant leaves the result unchanged
-    n = all_reduce_(torch.tensor([float(q.shape[1])], device=q.device), "sum")
-    k = q.shape[0]
-    q /= all_reduce_(q.sum().reshape(1), "sum")
+    The official iterations (normalise the total, then ``n_iterations`` × (prototype rows → 1/K, sample columns
+    → 1/N)), computed in the log domain so that no logit scale overflows or underflows fp32 (the plain
+    ``exp(logits / 0.04)`` overflows once logits exceed ~3.5). Distributed-aware: sums over samples run over
+    every rank when a process group with more than one rank exists (ranks may hold different numbers of rows)."""
+    log_q = logits.float().t() / temperature  # [K, N]
+    k = log_q.shape[0]
+    n = float(all_reduce_(torch.tensor([float(log_q.shape[1])], device=log_q.device), "sum").item())
+    if n == 0:
+        return logits.float().new_zeros(logits.shape)
+    log_q = log_q - _logsumexp(_logsumexp(log_q, 1, True), 0, False)
     for _ in range(n_iterations):
-        rows = all_reduce_(q.sum(dim=1, keepdim=True), "sum")
-        q /= rows
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= n
-    q *= n
-    return q.t()
+        log_q = log_q - _logsumexp(log_q, 1, True) - math.log(k)
+        log_q = log_q - _logsumexp(log_q, 0, False) - math.log(n)
+    return torch.exp(log_q + math.log(n)).t()
 
 
 def softmax_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
