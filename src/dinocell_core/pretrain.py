@@ -313,6 +313,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         self.dist = dist_info
+        torch.manual_seed(cfg.seed)  # identical initial heads on every rank and in every (re)start
         self.student, self.teacher = build_networks(cfg)
         if cfg.train.activation_checkpointing:
             self.student.backbone.set_grad_checkpointing(True)
