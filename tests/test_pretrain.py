@@ -259,3 +259,22 @@ def test_short_pretrain_raises_knn_accuracy(tmp_path, capsys):
               f"(random ViT with LayerScale 0.1: {acc_rand:.3f})")
     assert acc1 >= 0.75
     assert acc1 >= acc0 + 0.15
+
+
+def test_recipe_config_is_the_a100_recipe():
+    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain_vits8_jump.yaml")
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+    assert (m.arch, m.patch_size, m.drop_path_rate) == ("vit_small", 8, 0.1)
+    assert m.weights.endswith("dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
+    assert (o.lr, o.scaling_rule, t.epochs, t.steps_per_epoch, t.batch_size, t.precision) == (
+        5e-5, "sqrt_wrt_1024", 80, 1000, 48, "bf16")
+    assert (d.global_size, d.local_size, d.n_local, d.channel_mode) == (224, 96, 8, "fluorescent_mean")
+    assert tuple(d.global_scale) == (0.4, 1.0) and tuple(d.local_scale) == (0.05, 0.4)
+    assert (cfg.teacher.momentum, cfg.teacher.momentum_end) == (0.996, 1.0)
+    assert (cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs) == (0.04, 0.07, 10)
+    assert (o.weight_decay, o.weight_decay_end) == (0.04, 0.2)
+    assert (cfg.heads.out_dim, cfg.heads.hidden_dim, cfg.heads.bottleneck_dim) == (65536, 2048, 256)
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        load_config(PretrainConfig, DEMO, ["train.batch_size=1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(PretrainConfig, DEMO, ["optim.lr_typo=1"])

@@ -306,6 +306,29 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, normalize: Any
     return g, lc, m, n_g, n_l, b
 
 
+class PhaseTimer:
+    """Accumulates wall time per phase, synchronising CUDA so GPU work is charged to the right phase."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Any:
+        if self.device is None:
+            yield
+            return
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 class Trainer:
     """Holds the networks, optimizer and schedule; :meth:`train_step` is one SSL iteration."""
 
@@ -333,6 +356,7 @@ class Trainer:
         if cfg.train.compile:
             self.student.backbone.compile()
             self.teacher.backbone.compile()
+        autocast_for(cfg.train.precision, device)  # refuse bf16 on CPU before any work
         self.autocast = lambda: autocast_for(cfg.train.precision, device)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
 
@@ -363,29 +387,37 @@ class Trainer:
         return int(state["step"])
 
     # -- one iteration
-    def train_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, float], StepValues, bool]:
+    def train_step(self, batch: dict[str, Any], step: int, timer: PhaseTimer | None = None
+                   ) -> tuple[dict[str, float], StepValues, bool]:
+        """One iteration; ``timer`` (benchmarks) accumulates forward/backward/optimizer/EMA seconds."""
+        phase = timer or PhaseTimer(None)
         v = values_at(self.spec, step)
         apply_step_values(self.optimizer, v)
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
-        g, lc, masks, n_g, n_l, _ = prepare_batch(batch, self.device, self.student.backbone.normalize_input)
         self.student.train()
         self.teacher.eval()
-        with self.autocast():
-            t_out = self.teacher.teacher_forward(g, masks)
-            s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
-        total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights)
+        with phase("forward"):
+            g, lc, masks, n_g, n_l, _ = prepare_batch(batch, self.device, self.student.backbone.normalize_input)
+            with self.autocast():
+                t_out = self.teacher.teacher_forward(g, masks)
+                s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
+            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         finite = not any_rank(not bool(torch.isfinite(total)), self.device)
         norms = {"grad_norm_backbone": 0.0, "grad_norm_dino_head": 0.0, "grad_norm_ibot_head": 0.0}
         if finite:
-            total.backward()
-            clip = self.cfg.optim.clip_grad
-            norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip)
-                     for k, m in self._parts(self.student).items()}
-            finite = all(math.isfinite(x) for x in norms.values())  # grads are identical on every rank (DDP)
+            with phase("backward"):
+                total.backward()
+            with phase("optimizer"):
+                clip = self.cfg.optim.clip_grad
+                norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip)
+                         for k, m in self._parts(self.student).items()}
+                finite = all(math.isfinite(x) for x in norms.values())  # grads are identical on all ranks (DDP)
+                if finite:
+                    self.optimizer.step()
         if finite:
-            self.optimizer.step()
-            ema_update(self.teacher, self.student, v.momentum)
+            with phase("ema"):
+                ema_update(self.teacher, self.student, v.momentum)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.update(finite, step)
