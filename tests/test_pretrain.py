@@ -122,8 +122,9 @@ def test_sigterm_checkpoints_and_stops(fixture_root, tmp_path):
 
 
 def test_corrupted_checkpoint_is_detected(fixture_root, tmp_path):
-    cfg = tiny_config(fixture_root, 8)
+    cfg = tiny_config(fixture_root, 8, **{"train.tensorboard": True})
     run_pretraining(cfg, tmp_path / "run")
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     mgr = CheckpointManager(tmp_path / "run" / "checkpoints")
     assert mgr.steps() == [4, 8]
     newest = mgr.path_for(8)

@@ -468,6 +468,9 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
         if state.get("kind") != PRETRAIN_FORMAT:
             raise ConfigError(f"{resume_path}: not a pretraining checkpoint")
         step = trainer.load(state)
+        if int(state.get("world_size", dist_info.world_size)) != dist_info.world_size:
+            log.warning("resuming a %s-process run on %d processes: the global batch, the LR scaling and the data "
+                        "order change from here on", state.get("world_size"), dist_info.world_size)
         del state
         log.info("resumed from %s at step %d", resume_path, step)
         if main:
