@@ -65,7 +65,8 @@ def cpu_split(steps: int, work: Path) -> None:
     for name in PHASES:
         sec = timer.seconds.get(name, 0.0)
         print(f"  {name:<10} {1000 * sec / steps:8.1f} ms/step  {100 * sec / total:5.1f} %")
-    print(f"  {'total':<10} {1000 * total / steps:8.1f} ms/step  ({cfg.train.batch_size * steps / total:.1f} samples/s)")
+    rate = cfg.train.batch_size * steps / total
+    print(f"  {'total':<10} {1000 * total / steps:8.1f} ms/step  ({rate:.1f} samples/s)")
 
 
 def recipe_config(batch: int, extra: list[str] | tuple[str, ...] = ()) -> PretrainConfig:

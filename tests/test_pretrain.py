@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from dinocell_core.backbone import WeightsError, load_backbone
 from dinocell_core.checkpoint import CheckpointError, CheckpointManager, load_state
@@ -272,7 +271,8 @@ def test_recipe_config_is_the_a100_recipe():
     assert (d.global_size, d.local_size, d.n_local, d.channel_mode) == (224, 96, 8, "fluorescent_mean")
     assert tuple(d.global_scale) == (0.4, 1.0) and tuple(d.local_scale) == (0.05, 0.4)
     assert (cfg.teacher.momentum, cfg.teacher.momentum_end) == (0.996, 1.0)
-    assert (cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs) == (0.04, 0.07, 10)
+    lc = cfg.loss
+    assert (lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs) == (0.04, 0.07, 10)
     assert (o.weight_decay, o.weight_decay_end) == (0.04, 0.2)
     assert (cfg.heads.out_dim, cfg.heads.hidden_dim, cfg.heads.bottleneck_dim) == (65536, 2048, 256)
     with pytest.raises(ConfigError, match="batch_size must be >= 2"):

@@ -232,12 +232,9 @@ def load_backbone(arch: str = "vit_small", patch_size: int = 8, weights: str | o
 def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
     p = Path(weights).expanduser()
     if p.is_dir():
-        from dinocell_core.checkpoint import CheckpointManager
+        from dinocell_core.export import resolve_checkpoint
 
-        ckpt = CheckpointManager(p / "checkpoints" if (p / "checkpoints").is_dir() else p).latest()
-        if ckpt is None:
-            raise WeightsError(f"{p}: no usable pretraining checkpoint in this run directory")
-        p = ckpt
+        p = resolve_checkpoint(p)
     if not p.is_file():
         raise WeightsError(f"backbone weights {p} do not exist")
     if p.suffix == ".safetensors":
@@ -246,7 +243,8 @@ def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad/unsafe pickles
-            raise WeightsError(f"{p}: cannot read as a tensors-only PyTorch file ({type(exc).__name__}: {exc})") from None
+            raise WeightsError(f"{p}: cannot read as a tensors-only PyTorch file "
+                               f"({type(exc).__name__}: {exc})") from None
         if isinstance(obj, Mapping) and "teacher" in obj:
             obj = {k[len("backbone."):]: v for k, v in obj["teacher"].items() if k.startswith("backbone.")}
         if not isinstance(obj, Mapping):

@@ -2,7 +2,10 @@
 
 The student sees masked global crops and the local crops; the teacher (an EMA of the student, eval mode, no
 gradients) sees the clean global crops. Teacher outputs are centred with Sinkhorn-Knopp. The total follows the
-official combination: ``w_dino·(n_l·L_local + n_g·L_global)/(n_l + n_g) + w_koleo·Σ_globals KoLeo + w_ibot·L_ibot``
+official combination::
+
+    w_dino·(n_l·L_local + n_g·L_global)/(n_l + n_g) + w_koleo·Σ_globals KoLeo + w_ibot·L_ibot
+
 with n_l = globals×locals and n_g = globals×(globals−1) cross-crop terms.
 """
 
