@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from dinocell_core.checkpoint import CheckpointManager, load_state
 from dinocell_core.config import StrictModel
 from dinocell_core.launch import (
     LaunchError,
@@ -23,6 +24,7 @@ from dinocell_core.launch import (
     submit_slurm,
 )
 from dinocell_core.runs import RunDir
+from tests.test_pretrain import fixture_root, tiny_config  # noqa: F401  (pytest fixture)
 
 
 class _Cfg(StrictModel):
@@ -45,7 +47,7 @@ def test_sbatch_script_content(tmp_path):
                          options=SlurmOptions(partition="gpu", time="48:00:00", extra=["--qos=high"]))
     assert text.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --gres=gpu:4", "#SBATCH --partition=gpu", "#SBATCH --time=48:00:00",
-                 "#SBATCH --qos=high", f"#SBATCH --output={tmp_path / 'run1' / 'run.log'}",
+                 "#SBATCH --qos=high", f"#SBATCH --output={tmp_path / 'run1' / 'console.log'}",
                  "#SBATCH --signal=B:TERM@120"):
         assert line in text.splitlines()
     assert "--nproc_per_node=4" in text and "exec " in text
@@ -110,6 +112,30 @@ def test_launch_failure_before_status_is_recorded(tmp_path):
     status = run.read_status()
     assert status["state"] == "failed", status
     assert status.get("error")
-    assert "launch:" in run.log_path.read_text()
+    assert "launch:" in run.console_path.read_text()  # the child's raw output, with the config error
     with pytest.raises(LaunchError, match="has no config.yaml"):
         launch_local("pretrain", tmp_path / "empty", None)
+
+
+def test_torchrun_stop_signals_rank0_and_every_rank_stops(fixture_root, tmp_path, monkeypatch):
+    """Under torchrun the pid in status.json is rank 0's trainer (not the torchrun agent): SIGTERM to it reaches
+    every rank through the per-step any_rank vote, so the job checkpoints once and ends "stopped"."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = RunDir(tmp_path / "ddp")
+    cfg = tiny_config(fixture_root, 5000, **{"train.checkpoint_every": 1000})
+    launched = launch_local("pretrain", run.path, cfg, gpus=[0, 1])
+    assert run.read_status()["launcher"] == "torchrun" and "--nproc_per_node=2" in launched.command
+    deadline = time.time() + 180
+    while not (run.metrics_path.exists() and run.metrics_path.read_text().count("\n") >= 2):
+        assert time.time() < deadline and launched.process.poll() is None, run.console_path.read_text()[-3000:]
+        time.sleep(0.1)
+    status = run.read_status()
+    assert status["world_size"] == 2 and status["pid"] != launched.pid  # the trainer replaced the agent's pid
+    assert "pid " + str(status["pid"]) in stop_run(run.path)
+    launched.process.wait(timeout=120)
+    status = run.read_status()
+    assert status["state"] == "stopped", (status, run.console_path.read_text()[-3000:])
+    ckpt = CheckpointManager(run.checkpoints_dir).latest()
+    state = load_state(ckpt)
+    assert state["step"] == status["step"] and state["world_size"] == 2
+    assert "stopped at step" in (run.path / "run.rank1.log").read_text()  # rank 1 stopped too, not killed

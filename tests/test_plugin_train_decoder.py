@@ -12,6 +12,13 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     assert widget.checked_channels() == ["DNA"]
     assert widget.editors["train.tile_size"].get() == 64
 
+    # the demo's relative data path does not exist here: a clear message, before anything is launched
+    widget.out_dir.widget.setText(str(tmp_path))
+    widget.run_name.setText("r1")
+    assert widget.validate() is None
+    assert "training data" in widget.message.text() and "does not exist" in widget.message.text()
+
+    widget.editors["data.path"].set(str(tmp_path))
     widget.set_channels(["DNA", "ER"])
     cfg = widget.validate()
     assert cfg is not None and cfg.channels == ["ER", "DNA"]
@@ -20,8 +27,6 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     # an unknown advanced key and a bad value are reported, and nothing is launched
     widget.advanced.setPlainText(widget.advanced.toPlainText() + "\nbogus_key: 1\n")
     widget.editors["train.lr"].widget.setText("-1")
-    widget.out_dir.widget.setText(str(tmp_path))
-    widget.run_name.setText("r1")
     assert widget.launch() is None
     text = widget.message.text()
     assert "bogus_key: unknown key" in text and "train.lr" in text

@@ -148,7 +148,8 @@ def launch_local(
     """Start the job as a detached process (own session: it survives the caller, e.g. napari, closing).
 
     ``cfg`` None resumes the run from its own config.yaml. Several ``gpus`` run under ``torchrun`` with one
-    process per GPU; stdout and stderr are appended to the run's log.
+    process per GPU. The child's stdout/stderr go to ``console.log``, not ``run.log``: the trainer writes
+    ``run.log`` itself through logging, so redirecting into it too would duplicate every line.
     """
     run = _prepare(kind, run_dir, cfg)
     nproc = max(1, len(gpus))
@@ -167,7 +168,7 @@ def launch_local(
         launcher="torchrun" if nproc > 1 else "local",
         command=shlex.join(cmd),
     )
-    with open(run.log_path, "ab") as log_fh:
+    with open(run.console_path, "ab") as log_fh:
         log_fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launch: {shlex.join(cmd)}\n".encode())
         log_fh.flush()
         try:
@@ -198,7 +199,7 @@ def _reap(proc: subprocess.Popen, run: RunDir) -> None:
     if status.get("state") == "running":
         run.update_status(
             state="failed",
-            error=f"job process exited with code {code} without reporting a final state; see {run.log_path}",
+            error=f"job process exited with code {code} without reporting a final state; see {run.console_path}",
         )
 
 
@@ -213,7 +214,7 @@ def sbatch_script(kind: str, run_dir: str | os.PathLike[str], gpus: int, options
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name=dinocell-{kind}-{run.path.name}",
-        f"#SBATCH --output={run.log_path}",
+        f"#SBATCH --output={run.console_path}",
         "#SBATCH --open-mode=append",
         "#SBATCH --nodes=1",
         "#SBATCH --ntasks=1",

@@ -5,7 +5,8 @@ Layout::
     RUN/config.yaml        resolved config (defaults included)
     RUN/metrics.jsonl      one JSON object per logged step, append-only
     RUN/status.json        state, pid, host, step/total, last checkpoint, error (atomic rewrites)
-    RUN/run.log            the job's log
+    RUN/run.log            the job's log (written by the trainer's logging only)
+    RUN/console.log        raw stdout/stderr of a launched job (progress bars, tracebacks before logging starts)
     RUN/checkpoints/       step_XXXXXXXX.safetensors (see checkpoint.py)
 
 Readers never need the writer's process: a plugin on a laptop can watch a run written by a GPU server.
@@ -38,6 +39,7 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.status_path = self.path / "status.json"
         self.log_path = self.path / "run.log"
+        self.console_path = self.path / "console.log"
         self.checkpoints_dir = self.path / "checkpoints"
 
     def __repr__(self) -> str:

@@ -54,6 +54,11 @@ def configs_dir() -> Path:
     return Path(dinocell_core.__file__).resolve().parents[2] / "configs"
 
 
+def missing_local(path: str | None) -> bool:
+    """True for a local path that does not exist (``s3://`` and other URLs are checked by the job itself)."""
+    return bool(path) and "://" not in str(path) and not Path(str(path)).expanduser().exists()
+
+
 @dataclass(frozen=True)
 class FormKey:
     """One main form entry: a dotted config key, its label, and whether it is a path (gets a Browse button)."""
@@ -61,6 +66,7 @@ class FormKey:
     key: str
     label: str
     path: str = ""  # "", "dir" or "file"
+    suggestions: tuple[str, ...] = ()  # offered in an editable drop-down (free text stays allowed)
 
 
 def field_annotation(model: type[BaseModel], dotted: str) -> Any:
@@ -126,7 +132,7 @@ def set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
 class ValueEditor:
     """A Qt editor for one config value, chosen from its type annotation."""
 
-    def __init__(self, annotation: Any, path_mode: str = "") -> None:
+    def __init__(self, annotation: Any, path_mode: str = "", suggestions: Sequence[str] = ()) -> None:
         self.annotation = annotation
         origin = typing.get_origin(annotation)
         self.choices: list[Any] | None = None
@@ -137,6 +143,10 @@ class ValueEditor:
         if self.choices is not None:
             self.widget: QWidget = QComboBox()
             self.widget.addItems([str(c) for c in self.choices])
+        elif suggestions:
+            self.widget = QComboBox()
+            self.widget.setEditable(True)
+            self.widget.addItems(list(suggestions))
         elif annotation is bool:
             self.widget = QCheckBox()
         elif annotation is int:
@@ -165,7 +175,9 @@ class ValueEditor:
 
     def set(self, value: Any) -> None:
         w = self.widget
-        if isinstance(w, QComboBox):
+        if isinstance(w, QComboBox) and w.isEditable():
+            w.setCurrentText("" if value is None else str(value))
+        elif isinstance(w, QComboBox):
             idx = w.findText(str(value.value if isinstance(value, enum.Enum) else value))
             if idx >= 0:
                 w.setCurrentIndex(idx)
@@ -182,6 +194,8 @@ class ValueEditor:
 
     def get(self) -> Any:
         w = self.widget
+        if isinstance(w, QComboBox) and w.isEditable():
+            return w.currentText().strip() or None
         if isinstance(w, QComboBox):
             return self.choices[w.currentIndex()] if self.choices else w.currentText()
         if isinstance(w, QCheckBox):
@@ -225,7 +239,7 @@ class ConfigLaunchForm(QWidget):
         self.form = QFormLayout()
         self.editors: dict[str, ValueEditor] = {}
         for fk in self.main_keys:
-            editor = ValueEditor(field_annotation(config_cls, fk.key), fk.path)
+            editor = ValueEditor(field_annotation(config_cls, fk.key), fk.path, fk.suggestions)
             self.editors[fk.key] = editor
             self.form.addRow(fk.label, editor.container)
         self._add_extra_rows(self.form)
@@ -262,7 +276,7 @@ class ConfigLaunchForm(QWidget):
         self.validate_btn = QPushButton("Validate")
         self.validate_btn.clicked.connect(self.validate)
         self.launch_btn = QPushButton("Launch")
-        self.launch_btn.clicked.connect(self.launch)
+        self.launch_btn.clicked.connect(lambda: self.launch())  # not clicked(bool) → overrides
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.clicked.connect(self.stop)
         self.resume_btn = QPushButton("Resume")
@@ -303,6 +317,10 @@ class ConfigLaunchForm(QWidget):
 
     def extra_keys(self) -> Sequence[str]:
         return ()
+
+    def preflight(self, cfg: Any) -> list[str]:
+        """Problems the schema cannot see (missing folders/files); subclasses add their own checks."""
+        return []
 
     # ------------------------------------------------------------------ config <-> form
     def _load_file(self) -> None:
@@ -346,8 +364,21 @@ class ConfigLaunchForm(QWidget):
         return data
 
     def build_config(self, overrides: Sequence[str] = ()) -> BaseModel:
+        """The form as a validated config: schema errors (pydantic, as in the CLI) first, then the preflight
+        checks of paths and the output folder, all reported together."""
         data = apply_overrides(self.form_data(), overrides)
-        return validate_config(self.config_cls, data, source="form")
+        cfg = validate_config(self.config_cls, data, source="form")
+        problems = self.preflight(cfg)
+        try:
+            run = RunDir(self.run_dir())
+            if run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()):
+                problems.append(f"run folder {run.path} already has checkpoints: press Resume to continue it, "
+                                f"or choose another run name")
+        except LaunchError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise ConfigError("cannot launch:\n- " + "\n- ".join(problems))
+        return cfg
 
     def validate(self) -> BaseModel | None:
         try:

@@ -6,10 +6,13 @@ Slurm batch job. Watch it in the Runs widget.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dinocell_core.pretrain import PretrainConfig
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_local
+
+CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")
 
 
 class PretrainWidget(ConfigLaunchForm):
@@ -17,7 +20,7 @@ class PretrainWidget(ConfigLaunchForm):
     config_glob = "pretrain_*.yaml"
     main_keys = (
         FormKey("data.root", "Data root", "dir"),
-        FormKey("data.channel_mode", "Channel mode"),
+        FormKey("data.channel_mode", "Channel mode", suggestions=CHANNEL_MODES),
         FormKey("model.weights", "Backbone weights", "file"),
         FormKey("model.patch_size", "Patch size"),
         FormKey("train.batch_size", "Batch size / GPU"),
@@ -30,3 +33,16 @@ class PretrainWidget(ConfigLaunchForm):
 
     def preferred_defaults(self) -> str:
         return "pretrain_vits8_jump.yaml"
+
+    def preflight(self, cfg: Any) -> list[str]:
+        problems = []
+        data = cfg.data
+        if data.root is None and data.index is None and data.prepared is None:
+            problems.append("data root is empty: choose a CPJUMP1 folder, an s3:// prefix or a load_data CSV")
+        for label, path in (("data root", data.root), ("data index", data.index), ("prepared store", data.prepared),
+                            ("backbone weights", cfg.model.weights)):
+            if missing_local(path):
+                problems.append(f"{label} {Path(str(path)).expanduser().resolve()} does not exist")
+        if self.gpus.value() > 1 and cfg.train.device == "cpu":
+            problems.append(f"{self.gpus.value()} GPUs chosen but train.device is 'cpu'")
+        return problems

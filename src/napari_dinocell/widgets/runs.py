@@ -58,6 +58,16 @@ class PollResult:
     records: list[dict[str, Any]]
     log_tail: str
     error: str | None = None
+    console_tail: str = ""
+
+
+def read_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
+    """The last ``size`` bytes of a text file ("" if it is not there)."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - size))
+        return fh.read().decode("utf-8", errors="replace")
 
 
 def poll_runs(folder: Path, tail: MetricsTail | None) -> PollResult:
@@ -67,16 +77,10 @@ def poll_runs(folder: Path, tail: MetricsTail | None) -> PollResult:
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         return PollResult([], [], "", error=f"cannot read runs folder: {exc}")
     rows = [RunRow(info, effective_state(RunDir(info.path).read_status())) for info in infos]
-    records: list[dict[str, Any]] = []
-    log_tail = ""
-    if tail is not None:
-        records = tail.read_new()
-        log_path = RunDir(tail.path.parent).log_path
-        if log_path.is_file():
-            with open(log_path, "rb") as fh:
-                fh.seek(max(0, log_path.stat().st_size - LOG_TAIL_BYTES))
-                log_tail = fh.read().decode("utf-8", errors="replace")
-    return PollResult(rows, records, log_tail)
+    if tail is None:
+        return PollResult(rows, [], "")
+    run = RunDir(tail.path.parent)
+    return PollResult(rows, tail.read_new(), read_tail(run.log_path), console_tail=read_tail(run.console_path))
 
 
 def format_eta(seconds: float | None) -> str:
@@ -246,7 +250,7 @@ class RunsWidget(QWidget):
             self._append_metrics(result.records)
         row = self.selected_row()
         if row is not None:
-            self._show_details(row, result.log_tail)
+            self._show_details(row, result.log_tail, result.console_tail)
         self._update_buttons()
 
     def _fill_table(self, rows: list[RunRow]) -> None:
@@ -292,12 +296,16 @@ class RunsWidget(QWidget):
         self.ax.autoscale_view()
         self.canvas.draw_idle()
 
-    def _show_details(self, row: RunRow, log_tail: str) -> None:
+    def _show_details(self, row: RunRow, log_tail: str, console_tail: str = "") -> None:
+        """Summary line and log; a failed run shows its error and the job's raw output (a crash before logging
+        started, e.g. a config error, is only in console.log)."""
         info = row.info
         age = "" if info.updated_at is None else f", updated {time.time() - info.updated_at:.0f} s ago"
         self.summary.setText(f"{info.name}: {row.state} on {info.host or '?'} (pid {info.pid}){age}")
-        if row.state in ("failed", "lost") and info.error:
-            text = f"ERROR: {info.error}\n\n--- end of run.log ---\n{log_tail}"
+        if row.state in ("failed", "lost"):
+            text = f"ERROR: {info.error or 'the job process is gone'}\n\n--- end of run.log ---\n{log_tail}"
+            if console_tail:
+                text += f"\n--- end of console.log ---\n{console_tail}"
         else:
             text = log_tail
         if text != self.log_view.toPlainText():
