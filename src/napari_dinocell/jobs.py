@@ -42,17 +42,21 @@ def start_job(
     in the viewer. Generator jobs can be cancelled with ``worker.quit()`` (status "cancelled").
     """
     bar: list[napari_progress] = []
+    ended: list[bool] = []
 
     def yielded(value: Any) -> None:
         if isinstance(value, Progress):
             status.progress(value.done, value.total, value.message or None)
-            if show_progress and value.total > 0:
+            # updating the bar can process Qt events, so "finished" may run in the middle of this call: work on a
+            # local reference and never open a bar once the job has ended
+            if show_progress and value.total > 0 and not ended:
                 if not bar:
                     bar.append(napari_progress(total=value.total, desc=title))
-                bar[0].total = value.total
-                bar[0].update(value.done - bar[0].n)
+                pbar = bar[0]
+                pbar.total = value.total
                 if value.message:
-                    bar[0].set_description(f"{title}: {value.message}")
+                    pbar.set_description(f"{title}: {value.message}")
+                pbar.update(value.done - pbar.n)
         if on_yielded is not None:
             on_yielded(value)
 
@@ -72,6 +76,7 @@ def start_job(
         show_error(message)
 
     def finished() -> None:
+        ended.append(True)
         if bar:
             bar[0].close()
             bar.clear()
