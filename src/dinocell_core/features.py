@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,31 @@ class FeaturePCA:
     rgb: np.ndarray  # [h, w, 3] float32 in [0, 1], one pixel per patch
     patch_size: int
     explained: np.ndarray  # fraction of variance of each of the 3 components
+
+
+def backbone_from_weights(weights: str | None, arch: str | None = None, patch_size: int = 8) -> Any:
+    """The backbone to look at. With ``arch`` None, architecture, patch size and build arguments come from the
+    weights themselves (pretraining run folders, checkpoints and exports record them), so a user never has to
+    know that a test run used ``depth=2``; official ``.pth`` files record nothing and need ``arch``."""
+    from dinocell_core.backbone import EXPORT_FORMAT, WeightsError, load_backbone
+    from dinocell_core.checkpoint import CheckpointError, load_tensors
+    from dinocell_core.export import resolve_checkpoint, teacher_backbone
+
+    if arch is not None:
+        return load_backbone(arch, patch_size=patch_size, weights=weights)
+    if not weights:
+        raise WeightsError("random init needs an architecture: choose one, or choose a checkpoint")
+    path = resolve_checkpoint(Path(weights).expanduser())
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: official .pth weights do not record their architecture; choose it")
+    try:
+        _, meta = load_tensors(path)
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from None
+    if meta.get("format") == EXPORT_FORMAT:
+        return load_backbone(meta["arch"], patch_size=int(meta["patch_size"]), weights=path,
+                             **meta.get("kwargs", {}))
+    return teacher_backbone(path)[0]
 
 
 def prepare_image(image: np.ndarray) -> np.ndarray:

@@ -15,22 +15,21 @@ import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from dinocell_core.features import FeaturePCA, iter_feature_pca
+from dinocell_core.features import FeaturePCA, backbone_from_weights, iter_feature_pca
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit
 from napari_dinocell.widgets.segment import resolve_device
 
-ARCHS = ("vit_small", "vit_test")
+FROM_CHECKPOINT = "from checkpoint"
+ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
 
 
 def features_job(
     image: np.ndarray, weights: str | None, arch: str, patch_size: int, device: str, tile: int
 ) -> Generator[Progress, None, FeaturePCA | None]:
-    from dinocell_core.backbone import load_backbone
-
     device = resolve_device(device)
-    backbone = load_backbone(arch, patch_size=patch_size, weights=weights)
+    backbone = backbone_from_weights(weights, None if arch == FROM_CHECKPOINT else arch, patch_size)
     result = None
     for item in iter_feature_pca(image, backbone, device=device, tile=tile):
         if isinstance(item, FeaturePCA):
@@ -50,9 +49,12 @@ class FeaturesWidget(QWidget):
         self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file")
         self.arch = QComboBox()
         self.arch.addItems(ARCHS)
+        self.arch.setToolTip("'from checkpoint': read from the run/checkpoint/export; official .pth needs a choice")
         self.patch = QSpinBox()
         self.patch.setRange(4, 32)
         self.patch.setValue(8)
+        self.arch.currentTextChanged.connect(lambda text: self.patch.setEnabled(text != FROM_CHECKPOINT))
+        self.patch.setEnabled(False)
         self.tile = QSpinBox()
         self.tile.setRange(64, 4096)
         self.tile.setSingleStep(64)
