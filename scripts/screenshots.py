@@ -2,9 +2,10 @@
 
     python scripts/screenshots.py [--out docs] [--work /tmp/dinocell_shots]
 
-Everything shown is produced for real on the spot: a synthetic CPJUMP1 fixture, a short demo pretraining launched
-from the Pretrain widget and watched in the Runs widget, a tiny decoder trained with the segmentation API, and
-the PCA of the demo checkpoint's features. Needs a display: uses $DISPLAY or starts Xvfb via pyvirtualdisplay.
+Everything shown is produced for real on the spot: a synthetic CPJUMP1 fixture, the demo pretraining launched
+from the Pretrain widget and watched in the Runs widget ("runs" writes screenshot_pretrain.png and
+screenshot_runs.png), the decoder form, decoders trained with the segmentation API, and the PCA of the demo
+checkpoint's features. Needs a display: uses $DISPLAY or starts Xvfb via pyvirtualdisplay.
 """
 
 from __future__ import annotations
@@ -60,14 +61,18 @@ def new_viewer(title: str):
 
 
 def save(viewer, out: Path, name: str) -> Path:
-    """Full-window grab (docks included); refuses to write a black frame."""
+    """Full-window grab (docks included) as a 256-colour PNG (~3× smaller, docs stay light); refuses to write a
+    black frame."""
+    from PIL import Image
+
     viewer.reset_view()
     pump(0.5)
     path = out / f"screenshot_{name}.png"
-    img = viewer.screenshot(str(path), canvas_only=False, flash=False)
-    if float(np.asarray(img)[..., :3].mean()) < 5:
+    img = np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3]
+    if float(img.mean()) < 5:
         raise RuntimeError(f"{path} came out black: is the Qt platform xcb (not offscreen)?")
-    print(f"wrote {path} ({img.shape[1]}×{img.shape[0]})")
+    Image.fromarray(img).quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    print(f"wrote {path} ({img.shape[1]}×{img.shape[0]}, {path.stat().st_size // 1024} KB)")
     return path
 
 
@@ -93,7 +98,146 @@ def shot_sample(out: Path) -> None:
     viewer.close()
 
 
+def fixture_root(work: Path) -> Path:
+    """The fixture of configs/*_demo.yaml (`dinocell-core fixture jump fixture --size 192`)."""
+    from dinocell_core.fixture import make_jump_fixture
+
+    return make_jump_fixture(work / "fixture", plates=2, wells=4, sites=2, size=192, seed=0).root
+
+
+def edit_advanced(widget, values: dict) -> None:
+    import yaml
+
+    from napari_dinocell.widgets.config_form import set_nested
+
+    data = yaml.safe_load(widget.advanced.toPlainText()) or {}
+    for key, value in values.items():
+        set_nested(data, key, value)
+    widget.advanced.setPlainText(yaml.safe_dump(data, sort_keys=False))
+
+
+def pretrain_run(work: Path) -> Path:
+    return work / "runs" / "demo"
+
+
+def shot_pretrain_and_runs(out: Path, work: Path) -> None:
+    """The demo pretraining launched from the Pretrain widget, then its live loss plot in the Runs widget."""
+    import shutil
+
+    from dinocell_core.runs import RunDir, read_metrics
+
+    root = fixture_root(work)
+    shutil.rmtree(pretrain_run(work), ignore_errors=True)
+    viewer = new_viewer("DINOCell — Pretrain")
+    viewer.open_sample("dinocell", "cell_painting_field")
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Pretrain")
+    widget.defaults_combo.setCurrentIndex(widget.defaults_combo.findText("pretrain_demo.yaml"))
+    widget.editors["data.root"].set(str(root))
+    edit_advanced(widget, {"train.log_every": 1, "train.progress": False})
+    widget.out_dir.set(str(pretrain_run(work).parent))
+    widget.run_name.setText(pretrain_run(work).name)
+    widget.collapsible.expand(animate=False)
+    widget.launch_btn.click()
+    if widget.last_run is None:
+        raise RuntimeError(f"launch failed: {widget.message.text()}")
+    pump(1.0)
+    save(viewer, out, "pretrain")
+    viewer.close()
+
+    run = RunDir(pretrain_run(work))
+    viewer = new_viewer("DINOCell — Runs")
+    viewer.open_sample("dinocell", "cell_painting_field")
+    _, runs = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    runs.timer.setInterval(200)
+    runs.set_folder(run.path.parent)
+    wait_until(lambda: runs.table.rowCount() == 1, 60, "the run in the table")
+    runs.table.selectRow(0)
+    wait_until(lambda: len(read_metrics(run.metrics_path)) >= 25, 600, "25 logged steps")
+    pump(1.0)
+    save(viewer, out, "runs")
+    wait_until(lambda: run.read_status().get("state") != "running", 900, "the demo pretraining to end")
+    runs.timer.stop()
+    wait_until(lambda: not runs._polling, 30, "the last poll")
+    viewer.close()
+    if run.read_status().get("state") != "finished":
+        raise RuntimeError(f"demo pretraining ended {run.read_status()}")
+
+
+def shot_train_decoder(out: Path, work: Path) -> None:
+    viewer = new_viewer("DINOCell — Train decoder")
+    viewer.open_sample("dinocell", "cell_painting_field")
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
+    widget.editors["data.path"].set(str(fixture_root(work)))
+    widget.editors["backbone.weights"].set(str(pretrain_run(work)))
+    widget.set_channels(["DNA", "Mito", "Brightfield"])
+    widget.out_dir.set(str(work / "runs"))
+    widget.run_name.setText("decoder_demo")
+    if widget.validate() is None:
+        raise RuntimeError(widget.message.text())
+    save(viewer, out, "train_decoder")
+    viewer.close()
+
+
+def train_models(work: Path) -> Path:
+    """A DNA decoder trained with the segmentation API (a short version of configs/decoder_demo.yaml)."""
+    from dinocell_core.config import load_config
+    from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+
+    models = work / "models"
+    if not any(models.glob("*.safetensors")):
+        demo = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
+        cfg = load_config(DecoderConfig, demo, [f"data.path={fixture_root(work)}", "channels=[DNA]",
+                                                "train.steps=120", "train.batch_size=4", "train.eval_every=120",
+                                                f"models_dir={models}"])
+        run_decoder_training(cfg, work / "decoder_run")
+    return models
+
+
+def shot_segment(out: Path, work: Path) -> None:
+    models = train_models(work)
+    viewer = new_viewer("DINOCell — Segment")
+    viewer.open_sample("dinocell", "cell_painting_field")
+    for layer in viewer.layers:
+        layer.visible = layer.name == "DNA"
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
+    widget.scan_models(str(models))
+    wait_until(lambda: widget.model_combo.count() == 1, 60, "the models list")
+    widget.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.device.setCurrentText("cpu")
+    widget.run_btn.click()
+    wait_until(lambda: widget.worker is None and "DNA labels" in viewer.layers, 600, "segmentation")
+    viewer.layers["DNA labels"].contour = 1
+    save(viewer, out, "segment")
+    viewer.close()
+
+
+def shot_features(out: Path, work: Path) -> None:
+    run = pretrain_run(work)
+    if not (run / "checkpoints").is_dir():
+        raise RuntimeError(f"{run} has no checkpoint: make the 'runs' screenshot first")
+    viewer = new_viewer("DINOCell — Backbone features")
+    viewer.open_sample("dinocell", "cell_painting_field")
+    for layer in viewer.layers:
+        layer.visible = layer.name == "DNA"
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Backbone features")
+    widget.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.weights.setText(str(run))
+    widget.device.setCurrentText("cpu")
+    widget.run_btn.click()
+    wait_until(lambda: widget.worker is None and not widget.status.busy, 600, "the feature PCA")
+    if widget.status.state.value != "done":
+        raise RuntimeError(widget.status.message)
+    viewer.layers[-1].opacity = 0.8
+    save(viewer, out, "features")
+    viewer.close()
+
+
+#: in this order: the features and train-decoder shots use the run of the pretrain/runs shot
 SHOTS: dict[str, Callable[[Path, Path], None]] = {
+    "runs": shot_pretrain_and_runs,
+    "train_decoder": shot_train_decoder,
+    "features": shot_features,
+    "segment": shot_segment,
     "jump_browser": shot_browser,
     "sample_data": lambda out, work: shot_sample(out),
 }
