@@ -43,6 +43,8 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dinocell_core.runs import read_metrics
+
     out: Path = args.outdir
     pretrain_cfg = args.configs / "pretrain_demo.yaml"
     decoder_cfg = args.configs / "decoder_demo.yaml"
@@ -81,9 +83,10 @@ def _demo(args: argparse.Namespace) -> int:
                                           "-o", str(scores)])
 
     m = json.loads(scores.read_text())["metrics"]
+    losses = [r["loss_total"] for r in read_metrics(pre_run / "metrics.jsonl") if "loss_total" in r]
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Outputs in {out}:")
     print(f"  SSL preview        {out / 'ssl_preview.png'}")
-    print(f"  pretraining run    {pre_run}  (metrics.jsonl, status.json, checkpoints/)")
+    print(f"  pretraining run    {pre_run}  (loss {losses[0]:.2f} → {losses[-1]:.2f}; metrics.jsonl, checkpoints/)")
     print(f"  backbone export    {backbone.with_suffix('.safetensors')}")
     print(f"  model bundle       {model}")
     print(f"  labels             {out / 'segmented'}")
