@@ -251,3 +251,38 @@ def test_bad_weights_are_refused(tmp_path):
         load_backbone("vit_test", 8, weights=evil)
     with pytest.raises(ValueError, match="unknown backbone arch"):
         DinoBackbone("vit_huge", 8)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
+    """train.activation_checkpointing trades compute for memory; the masked forward and its gradients are unchanged."""
+    import dinocell_core.backbone as backbone_module
+
+    calls: list[int] = []
+    real_checkpoint = backbone_module.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "checkpoint", counting_checkpoint)
+    torch.manual_seed(0)
+    model = load_backbone("vit_test", 8).train()
+    x = torch.rand(2, 3, 32, 32)
+    masks = torch.rand(2, 16) < 0.3
+
+    def grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = model.forward_tokens(x, masks=masks)
+        loss = out["cls"].square().mean() + out["patches"].abs().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = grads()
+    assert not calls
+    model.set_grad_checkpointing(True)
+    ckpt_loss, ckpt = grads()
+    assert len(calls) == DEPTH  # every block went through torch.utils.checkpoint
+    assert torch.equal(plain_loss, ckpt_loss)
+    assert plain.keys() == ckpt.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
