@@ -17,7 +17,6 @@ import copy
 import logging
 import math
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from dinocell_core.runs import RunDir
 from dinocell_core.schedules import ScheduleSpec, StepValues, values_at
 from dinocell_core.ssl_data import DataConfig, make_ssl_loader
 from dinocell_core.ssl_model import LossWeights, SSLNetwork, ssl_losses
+from dinocell_core.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -175,30 +175,6 @@ def check_resume_config(old: dict[str, Any], new: PretrainConfig, run: RunDir) -
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-class StopRequest:
-    """SIGTERM/SIGINT → finish the current step, checkpoint, end in state "stopped"."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: the caller stops us another way
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d received: checkpointing after this step and stopping", signum)
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
 
 class NonFiniteGuard:
     """Counts consecutive non-finite steps; too many in a row stop the run with a clear message."""

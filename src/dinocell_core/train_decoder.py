@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from dinocell_core.runs import RunDir
 from dinocell_core.seg_data import (SegAugmentConfig, SegDataConfig, SegSample, load_samples, prepare_samples,
                                     split_samples, tile_batch)
 from dinocell_core.segmentation import DEFAULT_FILL_THRESHOLD, DEFAULT_PEAK_THRESHOLD, labels_from_distance
+from dinocell_core.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -107,30 +107,6 @@ class DecoderConfig(StrictModel):
 
     def channel_list(self) -> list[str | None]:
         return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
-
-
-class _Stop:
-    """SIGTERM/SIGINT → finish the current step, checkpoint, exit with state "stopped"."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_Stop":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (napari worker): the caller stops us another way
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d received: checkpointing and stopping", signum)
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _channel_data(cfg: SegDataConfig, channel: str | None) -> SegDataConfig:
@@ -246,7 +222,7 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
         torch.set_num_threads(cfg.train.threads)
     try:
         state = ckpts.load_latest()
-        with _Stop() as stop:
+        with StopRequest() as stop:
             exported = _train_channels(cfg, run, ckpts, state, channels, total, models_dir, device, stop)
         if stop.requested:
             run.update_status(state="stopped")
@@ -260,7 +236,7 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
 
 def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict | None,
                     channels: list[str | None], total: int, models_dir: Path, device: torch.device,
-                    stop: _Stop) -> list[Path]:
+                    stop: StopRequest) -> list[Path]:
     start_ci = int(state["channel_index"]) if state else 0
     exported: list[Path] = [Path(p) for p in (state or {}).get("exported", [])]
     if state:
@@ -277,7 +253,7 @@ def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, s
 
 
 def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume: dict | None, ci: int,
-               channel: str | None, total: int, models_dir: Path, device: torch.device, stop: _Stop,
+               channel: str | None, total: int, models_dir: Path, device: torch.device, stop: StopRequest,
                exported: list[Path]) -> Path:
     tc = cfg.train
     data_cfg = _channel_data(cfg.data, channel)
