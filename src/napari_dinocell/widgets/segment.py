@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -87,6 +88,8 @@ class SegmentResult:
     bundle_path: Path
     distance: np.ndarray
     labels: np.ndarray
+    labels_layer: Any = None  # built in the worker: napari's Labels constructor scans the whole array
+
 
 
 def segment_job(
@@ -116,7 +119,7 @@ def segment_job(
         finally:
             segmenter.release()
         labels = threshold_job(distance, peak, fill)
-        results.append(SegmentResult(task.layer_ref, task.bundle_path, distance, labels))
+        results.append(SegmentResult(task.layer_ref, task.bundle_path, distance, labels, Labels(labels)))
     return results
 
 
@@ -294,20 +297,26 @@ class SegmentWidget(QWidget):
                 continue  # the source layer was deleted meanwhile: its result has nowhere to go
             out = self.outputs.setdefault(id(source), {"source": res.layer_ref})
             out["distance"] = res.distance
-            out["labels"] = self._upsert(out.get("labels"), "labels", f"{source.name} labels", res.labels, source)
+            out["labels"] = self._upsert(out.get("labels"), "labels", f"{source.name} labels", res.labels, source,
+                                         res.labels_layer)
             if self.show_distance.isChecked():
                 out["distance_layer"] = self._upsert(out.get("distance_layer"), "image",
                                                      f"{source.name} distance", res.distance, source)
         n = sum(int(r.labels.max()) for r in results)
         self.status.finish(f"{n} objects in {len(results)} image(s)")
 
-    def _upsert(self, layer: Any, kind: str, name: str, data: np.ndarray, source: Any) -> Any:
-        """Update a previous result layer in place (re-run) or add one aligned with its source."""
+    def _upsert(self, layer: Any, kind: str, name: str, data: np.ndarray, source: Any, prebuilt: Any = None) -> Any:
+        """Update a previous result layer in place (re-run) or add one aligned with its source (a layer built in
+        the worker is only named and placed here)."""
         if layer is not None and layer in self.viewer.layers:
             layer.data = data
             return layer
         kwargs = {"name": name, "scale": source.scale, "translate": source.translate,
                   "metadata": {"dinocell_source": source.name}}
+        if kind == "labels" and prebuilt is not None:
+            for key, value in kwargs.items():
+                setattr(prebuilt, key, value)
+            return self.viewer.add_layer(prebuilt)
         if kind == "labels":
             return self.viewer.add_labels(data, **kwargs)
         return self.viewer.add_image(data, colormap="viridis", blending="additive", visible=True, **kwargs)
