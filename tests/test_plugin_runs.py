@@ -60,8 +60,10 @@ def test_runs_widget_table_plot_and_error(make_napari_viewer, qtbot, tmp_path):
     assert list(line.get_xdata()) == [1.0, 2.0, 3.0, 4.0]
     assert widget.stop_btn.isEnabled() and not widget.resume_btn.isEnabled()
 
+    run.console_path.write_text("Traceback (most recent call last):\nOSError: disk quota exceeded\n")
     run.update_status(state="failed", error="BadImageError: /data/x.tiff is truncated")
     qtbot.waitUntil(lambda: "is truncated" in widget.log_view.toPlainText(), timeout=5000)
+    assert "disk quota exceeded" in widget.log_view.toPlainText()  # the job's raw output (console.log) too
     assert _cell(widget, 0, "State") == "failed"
     assert widget.resume_btn.isEnabled() and not widget.stop_btn.isEnabled()
     widget.timer.stop()
