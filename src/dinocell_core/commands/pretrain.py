@@ -48,7 +48,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 1
     if rank == 0 and run.read_status().get("state") == "stopped":
         print(f"stopped; resume with the same command (run dir {run.path})", file=sys.stderr)
-        return 143
+        # under torchrun a non-zero exit of rank 0 reads as a crash (ChildFailedError + traceback): a clean stop
+        # (every rank checkpointed and stopped together) exits 0 there
+        return 0 if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 143
     return 0
 
 
