@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: run kind (status.json "kind") → ``dinocell-core`` subcommand
 JOB_COMMANDS: dict[str, str] = {"pretrain": "pretrain", "decoder": "train-decoder"}
+#: kinds whose trainer is DDP-aware; N torchrun copies of any other trainer would each train the same run
+DISTRIBUTED_KINDS = frozenset({"pretrain"})
 
 
 class LaunchError(RuntimeError):
@@ -69,6 +71,8 @@ def job_command(kind: str, run_dir: str | os.PathLike[str], nproc: int = 1, pyth
         raise LaunchError(f"unknown job kind {kind!r}; expected one of {sorted(JOB_COMMANDS)}")
     if nproc < 1:
         raise LaunchError(f"number of processes must be >= 1, got {nproc}")
+    if nproc > 1 and kind not in DISTRIBUTED_KINDS:
+        raise LaunchError(f"{kind} training runs on one device; choose at most 1 GPU (got {nproc})")
     run = RunDir(Path(run_dir).resolve())
     python = python or sys.executable
     job = ["-m", "dinocell_core.cli", JOB_COMMANDS[kind], str(run.config_path), "--run-dir", str(run.path)]
@@ -151,9 +155,9 @@ def launch_local(
     process per GPU. The child's stdout/stderr go to ``console.log``, not ``run.log``: the trainer writes
     ``run.log`` itself through logging, so redirecting into it too would duplicate every line.
     """
-    run = _prepare(kind, run_dir, cfg)
     nproc = max(1, len(gpus))
-    cmd = job_command(kind, run.path, nproc=nproc, python=python)
+    cmd = job_command(kind, run_dir, nproc=nproc, python=python)  # refuses bad requests before anything is written
+    run = _prepare(kind, run_dir, cfg)
     child_env = dict(os.environ if env is None else env)
     if gpus:
         child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(g)) for g in gpus)
@@ -245,9 +249,10 @@ def submit_slurm(
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise LaunchError("Slurm is not available here: no 'sbatch' on PATH")
+    text = sbatch_script(kind, run_dir, gpus, options or SlurmOptions())  # refuses bad requests before writing
     run = _prepare(kind, run_dir, cfg)
     script = run.path / "job.sbatch"
-    atomic_write_text(script, sbatch_script(kind, run.path, gpus, options or SlurmOptions()))
+    atomic_write_text(script, text)
     try:
         out = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -35,6 +35,8 @@ class TrainDecoderWidget(ConfigLaunchForm):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer, DecoderConfig)
+        self.gpus.setMaximum(1)  # the decoder trainer is single-device (launch refuses torchrun for it)
+        self.gpus.setToolTip("0 = the config's train.device; 1 = one GPU")
 
     def preferred_defaults(self) -> str:
         return "decoder_demo.yaml"
