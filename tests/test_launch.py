@@ -142,3 +142,18 @@ def test_torchrun_stop_signals_rank0_and_every_rank_stops(fixture_root, tmp_path
     state = load_state(ckpt)
     assert state["step"] == status["step"] and state["world_size"] == 2
     assert "stopped at step" in (run.path / "run.rank1.log").read_text()  # rank 1 stopped too, not killed
+
+
+def test_stop_before_the_trainer_started_reads_stopped(fixture_root, tmp_path):
+    """Stop pressed while the job still imports torch (no signal handler yet): stopped as asked, not "failed"."""
+    run = RunDir(tmp_path / "early")
+    launched = launch_local("pretrain", run.path, tiny_config(fixture_root, 50))
+    assert run.read_status()["pid"] == launched.pid
+    assert f"pid {launched.pid}" in stop_run(run.path)
+    launched.process.wait(timeout=60)
+    deadline = time.time() + 10
+    while run.read_status().get("state") == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    status = run.read_status()
+    assert status["state"] == "stopped" and status["error"] is None, status
+    assert not any(run.checkpoints_dir.iterdir())

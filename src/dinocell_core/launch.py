@@ -168,6 +168,7 @@ def launch_local(
         host=socket.gethostname(),
         pid=None,
         started_at=time.time(),
+        stop_requested_at=None,
         error=None,
         launcher="torchrun" if nproc > 1 else "local",
         command=shlex.join(cmd),
@@ -197,14 +198,21 @@ def launch_local(
 
 
 def _reap(proc: subprocess.Popen, run: RunDir) -> None:
-    """Wait for the child (no zombie) and record a failure if it died without writing a final state."""
+    """Wait for the child (no zombie) and record how it ended if it could not say so itself.
+
+    A Stop that lands before the trainer has installed its signal handlers (while it still imports torch) ends the
+    process at once: that run was stopped as asked, with no new checkpoint, rather than failed."""
     code = proc.wait()
     status = run.read_status()
-    if status.get("state") == "running":
-        run.update_status(
-            state="failed",
-            error=f"job process exited with code {code} without reporting a final state; see {run.console_path}",
-        )
+    if status.get("state") != "running":
+        return
+    if status.get("stop_requested_at") and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+        run.update_status(state="stopped", error=None)
+        return
+    run.update_status(
+        state="failed",
+        error=f"job process exited with code {code} without reporting a final state; see {run.console_path}",
+    )
 
 
 def sbatch_script(kind: str, run_dir: str | os.PathLike[str], gpus: int, options: SlurmOptions) -> str:
@@ -292,6 +300,7 @@ def stop_run(run_dir: str | os.PathLike[str], sig: int = signal.SIGTERM) -> str:
     if not isinstance(pid, int):
         raise LaunchError(f"run {run.path} has no pid in {run.status_path}")
     try:
+        run.update_status(stop_requested_at=time.time())  # before the signal: the reaper may read it at once
         os.kill(pid, sig)
     except ProcessLookupError as exc:
         raise LaunchError(f"run {run.path}: process {pid} no longer exists") from exc
