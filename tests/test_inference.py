@@ -125,6 +125,13 @@ def test_segment_and_models_list_commands(bundle_path, tmp_path, capsys) -> None
     labels = tifffile.imread(out / "a_labels.tiff")
     dist = tifffile.imread(out / "a_distance.tiff")
     assert labels.shape == dist.shape == (70, 90) and dist.dtype == np.float32
+    # several inputs: post-processing of one overlaps the network pass of the next; results are the same
+    tifffile.imwrite(tmp_path / "b.tif", rng.integers(0, 4000, (64, 64)).astype(np.uint16))
+    many = tmp_path / "many"
+    assert main(["segment", str(bundle_path), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(many),
+                 "--device", "cpu", "--peak", "0.5", "--fill", "0.2"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(many / "a_labels.tiff"), labels)
+    assert tifffile.imread(many / "b_labels.tiff").shape == (64, 64)
     assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out), "--channel", "2"]) == 0
     assert tifffile.imread(out / "rgb_labels.tiff").shape == (60, 50)
     assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out)]) == 1  # which channel?

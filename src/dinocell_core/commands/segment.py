@@ -6,6 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from dinocell_core.inference import Segmenter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,41 +87,59 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
+    """Network passes run here; post-processing and writing of image N run in a thread during the pass of N+1
+    (the watershed runs alongside torch compute without slowing it), so on a GPU they stop adding to the time."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import numpy as np
-    import tifffile
     from tqdm import tqdm
 
-    from dinocell_core.fsutil import atomic_path
     from dinocell_core.inference import Segmenter
     from dinocell_core.seg_data import read_image
 
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
                     batch_size=args.batch_size, channel=args.channel)
     args.output.mkdir(parents=True, exist_ok=True)
+    pending: Future | None = None
     try:
-        for path in args.inputs:
-            image = read_image(path)
-            dist = None
-            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
-                for item in seg.iter_distance(image):
-                    if isinstance(item, np.ndarray):
-                        dist = item
-                    else:
-                        bar.total = item[1]
-                        bar.update(item[0] - bar.n)
-            assert dist is not None
-            labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
-            out = labels.astype(np.uint16) if labels.max(initial=0) < 65535 else labels
-            stem = path.name.split(".")[0]
-            with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
-                tifffile.imwrite(tmp, out, compression="zlib")
-            if args.save_distance:
-                with atomic_path(args.output / f"{stem}_distance.tiff") as tmp:
-                    tifffile.imwrite(tmp, dist, compression="zlib")
-            print(f"{path}: {int(labels.max())} cells → {args.output / f'{stem}_labels.tiff'}")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as post:
+            for path in args.inputs:
+                image = read_image(path)
+                dist = None
+                with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+                    for item in seg.iter_distance(image):
+                        if isinstance(item, np.ndarray):
+                            dist = item
+                        else:
+                            bar.total = item[1]
+                            bar.update(item[0] - bar.n)
+                assert dist is not None
+                if pending is not None:
+                    pending.result()  # one field in flight at most; its errors surface here
+                pending = post.submit(_finish_field, seg, args, path, dist)
+            if pending is not None:
+                pending.result()
     finally:
         seg.release()
     return 0
+
+
+def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np.ndarray) -> None:
+    """Labels from the distance map, then the TIFFs (atomically)."""
+    import numpy as np
+    import tifffile
+
+    from dinocell_core.fsutil import atomic_path
+
+    labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
+    out = labels.astype(np.uint16) if labels.max(initial=0) < 65535 else labels
+    stem = path.name.split(".")[0]
+    with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
+        tifffile.imwrite(tmp, out, compression="zlib")
+    if args.save_distance:
+        with atomic_path(args.output / f"{stem}_distance.tiff") as tmp:
+            tifffile.imwrite(tmp, dist, compression="zlib")
+    print(f"{path}: {int(labels.max())} cells → {args.output / f'{stem}_labels.tiff'}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
