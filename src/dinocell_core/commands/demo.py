@@ -91,7 +91,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  model bundle       {model}")
     print(f"  labels             {out / 'segmented'}")
     print(f"  held-out AP@0.5    {m['ap@0.50']:.3f}, mean AP {m['ap_mean']:.3f}, SEG {m['seg']:.3f}  ({scores})")
-    print("Open them in napari: `napari` → Plugins → DINOCell (Runs, JUMP browser, Segment).")
+    print("With the plugin installed (pip install -e '.[napari]'): `napari` → Plugins → DINOCell → Runs, Segment.")
     return 0
 
 
