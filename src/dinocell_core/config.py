@@ -29,6 +29,9 @@ class StrictModel(BaseModel):
 
 M = TypeVar("M", bound=StrictModel)
 
+#: the recipes shipped with the source checkout (``configs/`` at the repository root)
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into the key path and the YAML-parsed value (``lr=1e-4`` gives a float)."""

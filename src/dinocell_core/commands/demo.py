@@ -13,7 +13,7 @@ import shlex
 import time
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+from dinocell_core.config import REPO_CONFIGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

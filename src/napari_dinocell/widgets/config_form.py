@@ -35,7 +35,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from dinocell_core.config import ConfigError, apply_overrides, config_to_dict, load_config, validate_config
+from dinocell_core.config import (REPO_CONFIGS, ConfigError, apply_overrides, config_to_dict, load_config,
+                                  validate_config)
 from dinocell_core.launch import (
     LaunchError,
     SlurmOptions,
@@ -45,13 +46,6 @@ from dinocell_core.launch import (
     submit_slurm,
 )
 from dinocell_core.runs import RunDir
-
-
-def configs_dir() -> Path:
-    """The repository's ``configs/`` folder (recipes shipped with the source checkout)."""
-    import dinocell_core
-
-    return Path(dinocell_core.__file__).resolve().parents[2] / "configs"
 
 
 def missing_local(path: str | None) -> bool:
@@ -226,7 +220,7 @@ class ConfigLaunchForm(QWidget):
 
         self.defaults_combo = QComboBox()
         self.defaults_combo.addItem("built-in defaults", None)
-        for path in sorted(configs_dir().glob(self.config_glob)):
+        for path in sorted(REPO_CONFIGS.glob(self.config_glob)):
             self.defaults_combo.addItem(path.name, str(path))
         self.defaults_combo.currentIndexChanged.connect(lambda _: self.load_defaults(self.defaults_combo.currentData()))
         load_btn = QPushButton("Load…")
@@ -324,7 +318,7 @@ class ConfigLaunchForm(QWidget):
 
     # ------------------------------------------------------------------ config <-> form
     def _load_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Config", str(configs_dir()), "YAML (*.yaml *.yml)")
+        path, _ = QFileDialog.getOpenFileName(self, "Config", str(REPO_CONFIGS), "YAML (*.yaml *.yml)")
         if path:
             self.load_defaults(path)
 

@@ -91,7 +91,6 @@ class SegmentResult:
     labels_layer: Any = None  # built in the worker: napari's Labels constructor scans the whole array
 
 
-
 def segment_job(
     tasks: list[SegmentTask], device: str, tile_size: int | None, peak: float, fill: float
 ) -> Generator[Progress, None, list[SegmentResult]]:
