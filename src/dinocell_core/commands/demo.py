@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def _step(title: str, argv: list[str]) -> None:
     t0 = time.perf_counter()
     code = main(argv)
     if code != 0:
-        raise RuntimeError(f"demo step '{title}' failed (exit {code}): dinocell-core {shlex.join(argv)}")
+        print(f"dinocell-core demo: step '{title}' failed (exit {code}); its message is above", file=sys.stderr)
+        raise SystemExit(code)
     print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
