@@ -1,8 +1,19 @@
-"""Shared fixtures of the plugin tests."""
+"""Shared fixtures."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from dinocell_core.fixture import make_jump_fixture
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory) -> Path:
+    """A small synthetic CPJUMP1 tree for pretraining runs (128-px fields, two phenotypes)."""
+    return make_jump_fixture(tmp_path_factory.mktemp("pretrain_fixture"), plates=2, wells=4, sites=2, size=128,
+                             seed=0).root
 
 
 @pytest.fixture

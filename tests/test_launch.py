@@ -24,7 +24,7 @@ from dinocell_core.launch import (
     submit_slurm,
 )
 from dinocell_core.runs import RunDir
-from tests.test_pretrain import fixture_root, tiny_config  # noqa: F401  (pytest fixture)
+from tests.test_pretrain import tiny_config
 
 
 class _Cfg(StrictModel):

@@ -30,12 +30,6 @@ DEMO = REPO / "configs" / "pretrain_demo.yaml"
 TIMING = {"samples_per_s", "step_time_s", "data_wait_fraction", "peak_gpu_mem_gb"}
 
 
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory) -> Path:
-    return make_jump_fixture(tmp_path_factory.mktemp("pretrain_fixture"), plates=2, wells=4, sites=2, size=128,
-                             seed=0).root
-
-
 def tiny_overrides(root: Path, steps: int, **extra: object) -> list[str]:
     """The demo config shrunk further: 2 blocks, 32-px globals, small heads (a step takes ~50 ms on CPU)."""
     base = {
@@ -279,3 +273,24 @@ def test_recipe_config_is_the_a100_recipe():
         load_config(PretrainConfig, DEMO, ["train.batch_size=1"])
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(PretrainConfig, DEMO, ["optim.lr_typo=1"])
+
+
+def test_compile_is_applied_and_matches_eager(fixture_root):
+    """train.compile=true really compiles both backbones (torch.compile on CPU here) and changes no output."""
+    from dinocell_core.pretrain import prepare_batch
+
+    outputs = []
+    for compile_ in (False, True):
+        cfg = tiny_config(fixture_root, 2, **{"train.compile": compile_, "model.drop_path_rate": 0.0})
+        trainer = Trainer(cfg, torch.device("cpu"), DistInfo())
+        compiled = [m.backbone._compiled_call_impl is not None for m in (trainer.student, trainer.teacher)]
+        assert compiled == [compile_, compile_]
+        batch = next(iter(make_ssl_loader(cfg.data, cfg.model.patch_size, cfg.train.batch_size, 0, num_workers=0,
+                                          steps=1)))
+        g, lc, masks, *_ = prepare_batch(batch, trainer.device, trainer.student.backbone.normalize_input)
+        with torch.no_grad():
+            outputs.append((trainer.teacher.teacher_forward(g, masks), trainer.student(g, lc, masks)))
+    (t_eager, s_eager), (t_comp, s_comp) = outputs
+    for key in ("cls_global", "dino_logits", "ibot_logits"):
+        torch.testing.assert_close(t_comp[key], t_eager[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(s_comp[key], s_eager[key], rtol=1e-4, atol=1e-5)

@@ -12,7 +12,7 @@ from dinocell_core.backbone import load_backbone
 from dinocell_core.checkpoint import CheckpointManager, load_state
 from dinocell_core.optim import scaled_lr
 from dinocell_core.runs import RunDir, read_metrics
-from tests.test_pretrain import DEMO, _env, fixture_root, tiny_overrides  # noqa: F401  (pytest fixture)
+from tests.test_pretrain import DEMO, _env, tiny_overrides
 
 
 def test_ddp_two_processes(fixture_root, tmp_path):
