@@ -125,7 +125,8 @@ def restore_aliases(tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -
 
 def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{p}: not a DINOCell model bundle (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise BundleError(f"{p}: not a DINOCell model bundle (format {found!r}, "
                           f"expected {FORMAT!r}; a backbone export or training checkpoint is not a segmentation model)")
     missing = [k for k in REQUIRED if k not in meta]
     if missing:

@@ -96,7 +96,8 @@ class DecoderConfig(StrictModel):
     def _check(self) -> "DecoderConfig":
         t = self.train.tile_size
         if t % self.backbone.patch_size:
-            raise ValueError(f"train.tile_size {t} must be a multiple of backbone.patch_size {self.backbone.patch_size}")
+            raise ValueError(f"train.tile_size {t} must be a multiple of backbone.patch_size "
+                             f"{self.backbone.patch_size}")
         if t <= 2 * self.inference.overlap:
             raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
         if self.inference.thresholds.fill >= self.inference.thresholds.peak:
@@ -323,7 +324,8 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
                      metrics["seg"], metrics["det"])
             if metrics["ap@0.50"] > best["ap"]:
                 best = {"ap": metrics["ap@0.50"], "step": step, "metrics": metrics}
-                save_bundle(bundle_path, model, bundle_metadata(cfg, channel, train_s, val_s, metrics, step, model.layers))
+                meta = bundle_metadata(cfg, channel, train_s, val_s, metrics, step, model.layers)
+                save_bundle(bundle_path, model, meta)
         if local % tc.checkpoint_every == 0 or local == tc.steps:
             checkpoint(local)
     return bundle_path
