@@ -128,10 +128,13 @@ def test_segment_and_models_list_commands(bundle_path, tmp_path, capsys) -> None
     # several inputs: post-processing of one overlaps the network pass of the next; results are the same
     tifffile.imwrite(tmp_path / "b.tif", rng.integers(0, 4000, (64, 64)).astype(np.uint16))
     many = tmp_path / "many"
-    assert main(["segment", str(bundle_path), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(many),
-                 "--device", "cpu", "--peak", "0.5", "--fill", "0.2"]) == 0
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 truncated")
+    assert main(["segment", str(bundle_path), str(tmp_path / "a.tif"), str(tmp_path / "broken.tif"),
+                 str(tmp_path / "b.tif"), "-o", str(many), "--device", "cpu", "--peak", "0.5", "--fill", "0.2"]) == 1
     np.testing.assert_array_equal(tifffile.imread(many / "a_labels.tiff"), labels)
-    assert tifffile.imread(many / "b_labels.tiff").shape == (64, 64)
+    assert tifffile.imread(many / "b_labels.tiff").shape == (64, 64)  # the bad file in between stopped nothing
+    err = capsys.readouterr().err
+    assert "broken.tif: skipped" in err and "1 of 3 inputs could not be segmented" in err
     assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out), "--channel", "2"]) == 0
     assert tifffile.imread(out / "rgb_labels.tiff").shape == (60, 50)
     assert main(["segment", str(bundle_path), str(tmp_path / "rgb.tif"), "-o", str(out)]) == 1  # which channel?

@@ -91,9 +91,6 @@ def _segment(args: argparse.Namespace) -> int:
     (the watershed runs alongside torch compute without slowing it), so on a GPU they stop adding to the time."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    import numpy as np
-    from tqdm import tqdm
-
     from dinocell_core.inference import Segmenter
     from dinocell_core.seg_data import read_image
 
@@ -101,19 +98,16 @@ def _segment(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, channel=args.channel)
     args.output.mkdir(parents=True, exist_ok=True)
     pending: Future | None = None
+    failed: list[Path] = []
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as post:
             for path in args.inputs:
-                image = read_image(path)
-                dist = None
-                with tqdm(desc=path.name, unit="tile", leave=False) as bar:
-                    for item in seg.iter_distance(image):
-                        if isinstance(item, np.ndarray):
-                            dist = item
-                        else:
-                            bar.total = item[1]
-                            bar.update(item[0] - bar.n)
-                assert dist is not None
+                try:  # one failed or unusable image does not stop a batch
+                    dist = _distance(seg, read_image(path), path.name)
+                except (OSError, ValueError) as exc:
+                    print(f"{path}: skipped: {exc}", file=sys.stderr)
+                    failed.append(path)
+                    continue
                 if pending is not None:
                     pending.result()  # one field in flight at most; its errors surface here
                 pending = post.submit(_finish_field, seg, args, path, dist)
@@ -121,7 +115,27 @@ def _segment(args: argparse.Namespace) -> int:
                 pending.result()
     finally:
         seg.release()
+    if failed:
+        print(f"{len(failed)} of {len(args.inputs)} inputs could not be segmented (see above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _distance(seg: Segmenter, image: np.ndarray, name: str) -> np.ndarray:
+    """The network pass over all tiles of one image, with a progress bar."""
+    import numpy as np
+    from tqdm import tqdm
+
+    dist = None
+    with tqdm(desc=name, unit="tile", leave=False) as bar:
+        for item in seg.iter_distance(image):
+            if isinstance(item, np.ndarray):
+                dist = item
+            else:
+                bar.total = item[1]
+                bar.update(item[0] - bar.n)
+    assert dist is not None
+    return dist
 
 
 def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np.ndarray) -> None:
