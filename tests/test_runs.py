@@ -60,3 +60,16 @@ def test_list_runs(tmp_path):
     assert json.loads((tmp_path / "a" / "status.json").read_text())["state"] == "finished"
     with pytest.raises(FileNotFoundError):
         list_runs(tmp_path / "missing")
+
+
+def test_concurrent_status_updates_lose_nothing(tmp_path):
+    """The trainer and a Stop from napari write status.json from different processes: no update may be lost."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dinocell_core.runs import RunDir\nrun = RunDir(sys.argv[1])\n"
+            "for i in range(150):\n    run.update_status(**{f'{sys.argv[2]}{i}': i})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), tag]) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    status = RunDir(tmp_path / "run").read_status()
+    assert {k for k in status if k[0] in "ab" and k[1:].isdigit()} == {f"{t}{i}" for t in "ab" for i in range(150)}

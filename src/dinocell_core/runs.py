@@ -14,12 +14,14 @@ Readers never need the writer's process: a plugin on a laptop can watch a run wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -84,13 +86,39 @@ class RunDir:
         """Merge ``fields`` into status.json atomically; ``host``/``pid`` default to this process."""
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}; expected one of {STATES}")
-        status = self.read_status()
-        status.update(fields)
-        status["updated_at"] = time.time()
-        status.setdefault("host", socket.gethostname())
-        status.setdefault("pid", os.getpid())
-        atomic_write_json(self.status_path, status)
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.path / ".status.lock"):  # the trainer and a Stop from napari may write at once
+            status = self.read_status()
+            status.update(fields)
+            status["updated_at"] = time.time()
+            status.setdefault("host", socket.gethostname())
+            status.setdefault("pid", os.getpid())
+            atomic_write_json(self.status_path, status)
         return status
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Inter-process lock around a read-modify-write; the OS drops it if the holder dies (no stale locks)."""
+    with open(lock_path, "a+b") as fh:
+        if os.name == "nt":
+            import msvcrt
+
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _json_default(obj: Any) -> Any:
