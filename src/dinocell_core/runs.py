@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -28,6 +29,8 @@ from pydantic import BaseModel
 
 from dinocell_core.config import save_config
 from dinocell_core.fsutil import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 STATES = ("running", "finished", "failed", "stopped")
 
@@ -114,11 +117,27 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         else:
             import fcntl
 
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            except OSError as exc:  # e.g. Lustre mounted without -o flock: do not kill a long run over it
+                _warn_no_lock(lock_path, exc)
+                yield
+                return
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_WARNED_NO_LOCK: set[Path] = set()
+
+
+def _warn_no_lock(lock_path: Path, exc: OSError) -> None:
+    if lock_path.parent not in _WARNED_NO_LOCK:
+        _WARNED_NO_LOCK.add(lock_path.parent)
+        log.warning(
+            "%s: file locks are not supported here (%s); status.json updates from the trainer and a Stop request "
+            "could overwrite each other", lock_path.parent, exc)
 
 
 def _json_default(obj: Any) -> Any:
