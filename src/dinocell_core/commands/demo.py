@@ -98,7 +98,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _only_bundle(models_dir: Path) -> Path:
-    bundles = sorted(models_dir.glob("*.safetensors"))
+    from dinocell_core.bundle import list_bundles
+
+    bundles = list_bundles(models_dir)
     if len(bundles) != 1:
-        raise RuntimeError(f"expected one model bundle in {models_dir}, found {[b.name for b in bundles]}")
-    return bundles[0]
+        raise RuntimeError(f"expected one model bundle in {models_dir}, found {[b.path.name for b in bundles]}")
+    return bundles[0].path
