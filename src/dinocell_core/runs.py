@@ -119,14 +119,15 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX)
+                locked = True
             except OSError as exc:  # e.g. Lustre mounted without -o flock: do not kill a long run over it
                 _warn_no_lock(lock_path, exc)
-                yield
-                return
+                locked = False
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 _WARNED_NO_LOCK: set[Path] = set()
