@@ -48,9 +48,11 @@ from dinocell_core.launch import (
 from dinocell_core.runs import RunDir
 
 
-def missing_local(path: str | None) -> bool:
-    """True for a local path that does not exist (``s3://`` and other URLs are checked by the job itself)."""
-    return bool(path) and "://" not in str(path) and not Path(str(path)).expanduser().exists()
+def missing_paths(paths: Sequence[tuple[str, str | None]]) -> list[str]:
+    """A message for each labelled local path that does not exist (``s3://`` and other URLs, and empty values,
+    are left to the job itself)."""
+    return [f"{label} {Path(str(path)).expanduser().resolve()} does not exist" for label, path in paths
+            if path and "://" not in str(path) and not Path(str(path)).expanduser().exists()]
 
 
 @dataclass(frozen=True)

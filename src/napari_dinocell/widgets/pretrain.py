@@ -6,11 +6,10 @@ Slurm batch job. Watch it in the Runs widget.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from dinocell_core.pretrain import PretrainConfig
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_local
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_paths
 
 CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")
 
@@ -39,10 +38,8 @@ class PretrainWidget(ConfigLaunchForm):
         data = cfg.data
         if data.root is None and data.index is None and data.prepared is None:
             problems.append("data root is empty: choose a CPJUMP1 folder, an s3:// prefix or a load_data CSV")
-        for label, path in (("data root", data.root), ("data index", data.index), ("prepared store", data.prepared),
-                            ("backbone weights", cfg.model.weights)):
-            if missing_local(path):
-                problems.append(f"{label} {Path(str(path)).expanduser().resolve()} does not exist")
+        problems += missing_paths([("data root", data.root), ("data index", data.index),
+                                   ("prepared store", data.prepared), ("backbone weights", cfg.model.weights)])
         if self.gpus.value() > 1 and cfg.train.device == "cpu":
             problems.append(f"{self.gpus.value()} GPUs chosen but train.device is 'cpu'")
         return problems

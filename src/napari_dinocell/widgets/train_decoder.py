@@ -7,7 +7,6 @@ models folder, which the Segment widget lists.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
@@ -15,7 +14,7 @@ from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
 
 from dinocell_core.jump import CHANNELS, channel_number
 from dinocell_core.train_decoder import DecoderConfig
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_local
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_paths
 
 
 class TrainDecoderWidget(ConfigLaunchForm):
@@ -67,14 +66,10 @@ class TrainDecoderWidget(ConfigLaunchForm):
         return ("channels",)
 
     def preflight(self, cfg: Any) -> list[str]:
-        problems = []
         sources = [("training data", cfg.data.path), ("backbone weights", cfg.backbone.weights)]
         if cfg.val_data is not None:
             sources.append(("validation data", cfg.val_data.path))
-        for label, path in sources:
-            if missing_local(path):
-                problems.append(f"{label} {Path(str(path)).expanduser().resolve()} does not exist")
-        return problems
+        return missing_paths(sources)
 
     def extra_values(self) -> dict[str, Any]:
         return {"channels": self.checked_channels() or None}
