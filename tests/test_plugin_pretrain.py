@@ -95,15 +95,22 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert widget.launch_btn.isEnabled() and not (tmp_path / "runs").exists()
 
 
-def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, jump_root, tmp_path):
-    viewer = make_napari_viewer()
+def launch_from_widget(viewer, jump_root: Path, runs_dir: Path, name: str, steps: int,
+                       checkpoint_every: int) -> RunDir:
+    """Fill the Pretrain form with the demo config and press Launch, as a user would."""
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Pretrain")
-    runs_dir = tmp_path / "runs"
-    demo_form(widget, jump_root, runs_dir, "demo", steps=8, checkpoint_every=4)
+    demo_form(widget, jump_root, runs_dir, name, steps=steps, checkpoint_every=checkpoint_every)
     widget.launch_btn.click()
-    run = RunDir(runs_dir / "demo")
+    run = RunDir(runs_dir / name)
     assert widget.last_run == run.path, widget.message.text()
     assert "started pid" in widget.message.text()
+    return run
+
+
+def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, jump_root, tmp_path):
+    viewer = make_napari_viewer()
+    runs_dir = tmp_path / "runs"
+    run = launch_from_widget(viewer, jump_root, runs_dir, "demo", steps=8, checkpoint_every=4)
 
     runs = open_runs(viewer, qtbot, runs_dir)
     qtbot.waitUntil(lambda: run.read_status().get("state") != "running", timeout=120_000)
@@ -125,12 +132,8 @@ def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, 
 
 def test_stop_from_runs_widget_then_resume(make_napari_viewer, qtbot, jump_root, tmp_path):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Pretrain")
     runs_dir = tmp_path / "runs"
-    demo_form(widget, jump_root, runs_dir, "long", steps=2000, checkpoint_every=1000)
-    widget.launch_btn.click()
-    run = RunDir(runs_dir / "long")
-    assert widget.last_run == run.path, widget.message.text()
+    run = launch_from_widget(viewer, jump_root, runs_dir, "long", steps=2000, checkpoint_every=1000)
     runs = open_runs(viewer, qtbot, runs_dir)
 
     def step() -> int:
