@@ -2,7 +2,8 @@
 
 A QTimer fires every 5 ms on the GUI thread and records the gap between consecutive ticks; any gap well above
 5 ms is time the event loop could not run (the UI was frozen). The run drives the real widget: models folder
-scan, "Segment" click (network pass in a thread worker), result layer, then a re-threshold via the slider.
+scan, "Segment" click (network pass in a thread worker), result layer, then a re-threshold via the slider. The
+same meter then times the JUMP browser loading a real-size (1080²) fixture field and stepping to the next site.
 
     python benchmarks/ui_stall.py [--size 2048] [--arch vit_test] [--tile 512]
 
@@ -76,73 +77,114 @@ def ensure_display() -> object | None:
     return display
 
 
+def settle(app, turns: int = 50) -> None:
+    """Let queued steps and redraws run (their stalls are part of the measured phase)."""
+    for _ in range(turns):
+        app.processEvents()
+        time.sleep(0.002)
+
+
+def measure_segment(app, work: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Segment click → result Labels layer shown, then one re-threshold from the slider."""
+    import napari
+
+    from dinocell_core.fixture import make_field
+    from napari_dinocell.widgets.segment import SegmentWidget
+
+    models = work / "models"
+    make_untrained_bundle(models, args.arch)
+    channels, _, _ = make_field(size=args.size, seed=0)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(channels[4], name="DNA", metadata={"channel": 5})
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    widget.device.setCurrentText(args.device)
+    widget.tile.setValue(args.tile)
+    widget.scan_models(str(models))
+    wait_until(app, lambda: widget.model_combo.count() > 0, 60)
+    settle(app, 20)
+
+    meter = StallMeter()
+    meter.start()
+    t0 = time.perf_counter()
+    widget.run_btn.click()
+    wait_until(app, lambda: widget.worker is None and not widget.showing, 3600)
+    wall = time.perf_counter() - t0
+    settle(app)
+    seg = {**meter.stop(), "wall_s": wall}
+
+    meter.start()
+    t0 = time.perf_counter()
+    before = viewer.layers["DNA labels"].data.copy()
+    widget.peak.setValue(0.7)
+    wait_until(app, lambda: not np.array_equal(viewer.layers["DNA labels"].data, before) or
+               (time.perf_counter() - t0) > 30, 60)
+    wait_until(app, lambda: not widget._thresholding, 60)
+    wall = time.perf_counter() - t0
+    settle(app)
+    rethr = {**meter.stop(), "wall_s": wall}
+    viewer.close()
+    return {"segment": seg, "re-threshold": rethr}
+
+
+def measure_browse(app, work: Path, size: int) -> dict[str, dict[str, float]]:
+    """JUMP browser on a fixture with real-size fields: the first field (8 new layers), then the next site (8 layers
+    updated in place)."""
+    import napari
+
+    from dinocell_core.fixture import make_jump_fixture
+    from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
+
+    info = make_jump_fixture(work / "jump", plates=1, wells=1, sites=2, size=size, seed=1)
+    viewer = napari.Viewer(show=True)
+    widget = JumpBrowserWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="JUMP browser")
+    settle(app, 20)
+    phases = {}
+    for name, action, done in (
+        ("browse: first field", lambda: widget.load_root(str(info.source_root)), lambda: widget.current is not None),
+        ("browse: next site", widget.next_btn.click, lambda: widget.current.site == 2),
+    ):
+        meter = StallMeter()
+        meter.start()
+        t0 = time.perf_counter()
+        action()
+        wait_until(app, lambda d=done: d() and not widget.busy, 600)
+        wall = time.perf_counter() - t0
+        settle(app)
+        phases[name] = {**meter.stop(), "wall_s": wall}
+    viewer.close()
+    return phases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--arch", default="vit_test", help="backbone of the throw-away bundle (vit_small = real size)")
     parser.add_argument("--tile", type=int, default=0, help="tile size (0 = model default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--field-size", type=int, default=1080, help="JUMP fixture field size for the browser phases")
     args = parser.parse_args(argv)
 
     display = ensure_display()
     os.environ.pop("QT_QPA_PLATFORM", None)
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from dinocell_core.fixture import make_field
-    from napari_dinocell.widgets.segment import SegmentWidget
+    from napari.qt import get_qapp
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        make_untrained_bundle(models, args.arch)
-        channels, _, _ = make_field(size=args.size, seed=0)
-        viewer = napari.Viewer(show=True)
-        app = QApplication.instance()
-        viewer.add_image(channels[4], name="DNA", metadata={"channel": 5})
-        widget = SegmentWidget(viewer)
-        viewer.window.add_dock_widget(widget, name="Segment")
-        widget.device.setCurrentText(args.device)
-        widget.tile.setValue(args.tile)
-        widget.scan_models(str(models))
-        wait_until(app, lambda: widget.model_combo.count() > 0, 60)
-        for _ in range(20):
-            app.processEvents()
-
-        meter = StallMeter()
-        meter.start()
-        t0 = time.perf_counter()
-        widget.run_btn.click()
-        wait_until(app, lambda: widget.worker is None and "DNA labels" in viewer.layers, 3600)
-        seg_wall = time.perf_counter() - t0
-        for _ in range(50):  # let the new layer draw
-            app.processEvents()
-            time.sleep(0.002)
-        seg = meter.stop()
-
-        meter.start()
-        t0 = time.perf_counter()
-        before = viewer.layers["DNA labels"].data.copy()
-        widget.peak.setValue(0.7)
-        wait_until(app, lambda: not np.array_equal(viewer.layers["DNA labels"].data, before) or
-                   (time.perf_counter() - t0) > 30, 60)
-        wait_until(app, lambda: not widget._thresholding, 60)
-        rethr_wall = time.perf_counter() - t0
-        for _ in range(50):
-            app.processEvents()
-            time.sleep(0.002)
-        rethr = meter.stop()
-        viewer.close()
+        app = get_qapp()
+        phases = measure_segment(app, Path(tmp), args)
+        phases.update(measure_browse(app, Path(tmp), args.field_size))
     if display is not None:
         display.stop()
 
-    print(f"napari UI stall while segmenting a {args.size}x{args.size} image "
-          f"(arch {args.arch}, device {args.device}, tile {args.tile or 'default'}):")
-    print(f"  segment:      wall {seg_wall:6.1f} s | longest stall {seg['max_ms']:6.1f} ms | p99 {seg['p99_ms']:5.1f} ms"
-          f" | stalls >50 ms: {seg['over_50ms']}, >100 ms: {seg['over_100ms']} ({seg['ticks']} ticks)")
-    print(f"  re-threshold: wall {rethr_wall:6.2f} s | longest stall {rethr['max_ms']:6.1f} ms | p99 "
-          f"{rethr['p99_ms']:5.1f} ms | stalls >100 ms: {rethr['over_100ms']}")
-    worst = max(seg["max_ms"], rethr["max_ms"])
-    print(f"  longest event-loop stall: {worst:.1f} ms (goal < 100 ms: {'met' if worst < 100 else 'NOT met'})")
+    print(f"napari event-loop stalls (segment: {args.size}x{args.size} image, arch {args.arch}, device {args.device}, "
+          f"tile {args.tile or 'default'}; browse: {args.field_size}² fields):")
+    for name, m in phases.items():
+        print(f"  {name:20s} wall {m['wall_s']:6.2f} s | longest stall {m['max_ms']:6.1f} ms"
+              f" | p99 {m['p99_ms']:5.1f} ms | stalls >50 ms: {m['over_50ms']}, >100 ms: {m['over_100ms']}"
+              f" ({m['ticks']} ticks)")
+    worst = max(phases["segment"]["max_ms"], phases["re-threshold"]["max_ms"])
+    print(f"  longest stall while segmenting: {worst:.1f} ms (goal < 100 ms: {'met' if worst < 100 else 'NOT met'})")
     return 0
 
 

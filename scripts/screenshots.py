@@ -84,9 +84,9 @@ def shot_browser(out: Path, work: Path) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
     widget.fluor_mean.setChecked(False)
     widget.load_root(str(info.source_root))
-    wait_until(lambda: "DNA" in viewer.layers and not widget._reading, 120, "the first field")
+    wait_until(lambda: "DNA" in viewer.layers and not widget.busy, 120, "the first field")
     widget.next_btn.click()
-    wait_until(lambda: not widget._reading and widget.current.site == 2, 120, "the next site")
+    wait_until(lambda: not widget.busy and widget.current.site == 2, 120, "the next site")
     save(viewer, out, "jump_browser")
     viewer.close()
 
@@ -205,7 +205,7 @@ def shot_segment(out: Path, work: Path) -> None:
     widget.layer_combo.set_layer(viewer.layers["DNA"])
     widget.device.setCurrentText("cpu")
     widget.run_btn.click()
-    wait_until(lambda: widget.worker is None and "DNA labels" in viewer.layers, 600, "segmentation")
+    wait_until(lambda: widget.worker is None and not widget.showing, 600, "segmentation")
     viewer.layers["DNA labels"].contour = 1
     save(viewer, out, "segment")
     viewer.close()

@@ -10,8 +10,8 @@ def _state(seed: int = 0) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
-    return {"model": model.state_dict(), "optim": opt.state_dict(), "step": 7, "bf16": torch.ones(2, dtype=torch.bfloat16),
-            "scalar": torch.tensor(3.0), "extra": (1, None, "x")}
+    return {"model": model.state_dict(), "optim": opt.state_dict(), "step": 7,
+            "bf16": torch.ones(2, dtype=torch.bfloat16), "scalar": torch.tensor(3.0), "extra": (1, None, "x")}
 
 
 def test_nested_state_round_trip(tmp_path):

@@ -28,7 +28,7 @@ def test_browse_fixture_plate_well_site(make_napari_viewer, qtbot, jump_root):
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
     widget.refresh_box.setChecked(True)
     widget.load_root(str(jump_root.source_root))
-    qtbot.waitUntil(lambda: len(viewer.layers) == 8, timeout=20000)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not widget.busy, timeout=20000)
     assert [layer.name for layer in viewer.layers] == NAMES
     assert widget.plate.count() == 2
     assert viewer.layers["DNA"].colormap.name == "blue"
@@ -42,7 +42,7 @@ def test_browse_fixture_plate_well_site(make_napari_viewer, qtbot, jump_root):
     dna_layer = viewer.layers["DNA"]
     first_data = dna_layer.data.copy()
     widget.next_btn.click()
-    qtbot.waitUntil(lambda: widget.current is not first and not widget._reading, timeout=20000)
+    qtbot.waitUntil(lambda: widget.current is not first and not widget.busy, timeout=20000)
     assert widget.current.site != first.site or widget.current.well != first.well
     assert len(viewer.layers) == 8  # replaced in place, no pile-up
     assert viewer.layers["DNA"] is dna_layer
@@ -51,15 +51,15 @@ def test_browse_fixture_plate_well_site(make_napari_viewer, qtbot, jump_root):
     np.testing.assert_array_equal(dna_layer.data, expected)
 
     widget.prev_btn.click()
-    qtbot.waitUntil(lambda: widget.current == first and not widget._reading, timeout=20000)
+    qtbot.waitUntil(lambda: widget.current == first and not widget.busy, timeout=20000)
     np.testing.assert_array_equal(viewer.layers["DNA"].data, first_data)
 
     widget.fluor_mean.setChecked(True)
-    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers, timeout=20000)
+    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers and not widget.busy, timeout=20000)
     assert len(viewer.layers) == 9
     # well selection drives the site list
     widget.plate.setCurrentIndex(1)
-    qtbot.waitUntil(lambda: widget.current.plate == widget.plate.currentText() and not widget._reading,
+    qtbot.waitUntil(lambda: widget.current.plate == widget.plate.currentText() and not widget.busy,
                     timeout=20000)
     assert len(viewer.layers) == 9
 

@@ -47,7 +47,7 @@ def segment_widget(viewer, qtbot, folder: Path):
 
 
 def wait_idle(widget, qtbot) -> None:
-    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy and not widget.showing, timeout=60_000)
 
 
 def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbot, models_dir):

@@ -8,6 +8,7 @@ one still loading.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from dinocell_core.preprocess import Preprocessor, read_field
 from napari_dinocell.jobs import start_job
 from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import PathEdit
+from napari_dinocell.widgets.common import PathEdit, UiSteps
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
     """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""
@@ -50,6 +51,7 @@ class JumpBrowserWidget(QWidget):
         self.current: Field | None = None
         self._pending: Field | None = None
         self._reading = False
+        self._ui = UiSteps(self)
 
         self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir")
         self.load_btn = QPushButton("Load index")
@@ -174,16 +176,30 @@ class JumpBrowserWidget(QWidget):
         if pending is not None and pending != self.current:
             self.show_field(pending)
 
+    @property
+    def busy(self) -> bool:
+        """A read in flight, or the channel layers of the last one still being placed (one per event-loop turn)."""
+        return self._reading or self._ui.pending
+
     def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
         field, stack, mean = result
         meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site}
         for i, ch in enumerate(ALL_CHANNELS):
-            upsert_image(self.viewer, stack[i], channel_layer_kwargs(ch, stack[i], meta))
+            self._ui.push(partial(self._place, stack[i], channel_layer_kwargs(ch, stack[i], meta)))
         if mean is not None:
-            upsert_image(self.viewer, mean, {"name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
-                                             "contrast_limits": contrast_limits(mean), "visible": False,
-                                             "metadata": {**meta, "channel": "fluorescent_mean"}})
+            self._ui.push(partial(self._place, mean, {
+                "name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
+                "contrast_limits": contrast_limits(mean), "visible": False,
+                "metadata": {**meta, "channel": "fluorescent_mean"}}))
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
+
+    def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
+        """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and
+        its first draw then freeze the viewer separately, not 8 layers' worth at once)."""
+        new = kwargs["name"] not in self.viewer.layers
+        layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs)
+        if new and kwargs.get("visible", True):
+            self._ui.push_next(partial(setattr, layer, "visible", True))
 
     def _update_enabled(self) -> None:
         has = bool(self.fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from dinocell_core.jump import CHANNELS, channel_number
 from dinocell_core.segmentation import labels_from_distance
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import LayerCombo, PathEdit
+from napari_dinocell.widgets.common import LayerCombo, PathEdit, UiSteps
 
 DEFAULT_PEAK = 0.47
 DEFAULT_FILL = 0.09
@@ -88,7 +89,7 @@ class SegmentResult:
     bundle_path: Path
     distance: np.ndarray
     labels: np.ndarray
-    labels_layer: Any = None  # built in the worker: napari's Labels constructor scans the whole array
+    labels_layer: Labels  # built in the worker: napari's Labels constructor scans the whole array
 
 
 def segment_job(
@@ -100,7 +101,7 @@ def segment_job(
     """
     from dinocell_core.inference import Segmenter
 
-    warm_layer_imports()
+    warm_first_labels_layer()
     device = resolve_device(device)
     results: list[SegmentResult] = []
     for n, task in enumerate(tasks):
@@ -131,12 +132,16 @@ def threshold_job(distance: np.ndarray, peak: float, fill: float) -> np.ndarray:
     return compact_labels(labels_from_distance(distance, peak_threshold=peak, fill_threshold=fill))
 
 
-def warm_layer_imports() -> None:
-    """Import what napari loads lazily on the first Labels layer (pandas alone takes ~0.2 s) here, in the worker,
-    so adding the result layer does not freeze the GUI thread."""
+def warm_first_labels_layer() -> None:
+    """Do here, in the worker, the one-time work napari would do on the GUI thread when the session's first Labels
+    layer is added: lazy imports (pandas alone takes ~0.2 s) and vispy's dash-pattern cache, which the first
+    anti-aliased line (the layer's polygon-tool overlay) fills in ~80 ms of Python loops."""
     import napari._qt.layer_controls.qt_labels_controls  # noqa: F401
     import napari._vispy.layers.labels  # noqa: F401
     import pandas  # noqa: F401
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()
 
 
 class SegmentWidget(QWidget):
@@ -206,6 +211,7 @@ class SegmentWidget(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(60)
         self._debounce.timeout.connect(self.rethreshold)
+        self._ui = UiSteps(self)
         self._update_enabled()
 
     # ------------------------------------------------------------------------- models
@@ -289,6 +295,11 @@ class SegmentWidget(QWidget):
         self.worker = None
         self._update_enabled()
 
+    @property
+    def showing(self) -> bool:
+        """Result layers still being placed in the viewer (one per event-loop turn)."""
+        return self._ui.pending
+
     def _show_results(self, results: list[SegmentResult]) -> None:
         for res in results:
             source = res.layer_ref()
@@ -296,29 +307,37 @@ class SegmentWidget(QWidget):
                 continue  # the source layer was deleted meanwhile: its result has nowhere to go
             out = self.outputs.setdefault(id(source), {"source": res.layer_ref})
             out["distance"] = res.distance
-            out["labels"] = self._upsert(out.get("labels"), "labels", f"{source.name} labels", res.labels, source,
-                                         res.labels_layer)
+            self._ui.push(partial(self._place, out, "labels", res.labels, res.labels_layer))
             if self.show_distance.isChecked():
-                out["distance_layer"] = self._upsert(out.get("distance_layer"), "image",
-                                                     f"{source.name} distance", res.distance, source)
+                self._ui.push(partial(self._place, out, "distance_layer", res.distance))
         n = sum(int(r.labels.max()) for r in results)
         self.status.finish(f"{n} objects in {len(results)} image(s)")
 
-    def _upsert(self, layer: Any, kind: str, name: str, data: np.ndarray, source: Any, prebuilt: Any = None) -> Any:
-        """Update a previous result layer in place (re-run) or add one aligned with its source (a layer built in
-        the worker is only named and placed here)."""
+    def _place(self, out: dict[str, Any], key: str, data: np.ndarray, prebuilt: Labels | None = None) -> None:
+        """Update a previous result layer in place (re-run), or add one aligned with its source.
+
+        A new layer is added hidden and shown on the next event-loop turn, so napari's layer set-up and the first
+        texture upload are two short freezes instead of one long one. A layer built in the worker is only named and
+        placed here.
+        """
+        source = out["source"]()
+        if source is None or source not in self.viewer.layers:
+            return
+        layer = out.get(key)
         if layer is not None and layer in self.viewer.layers:
             layer.data = data
-            return layer
-        kwargs = {"name": name, "scale": source.scale, "translate": source.translate,
-                  "metadata": {"dinocell_source": source.name}}
-        if kind == "labels" and prebuilt is not None:
-            for key, value in kwargs.items():
-                setattr(prebuilt, key, value)
-            return self.viewer.add_layer(prebuilt)
-        if kind == "labels":
-            return self.viewer.add_labels(data, **kwargs)
-        return self.viewer.add_image(data, colormap="viridis", blending="additive", visible=True, **kwargs)
+            return
+        kwargs = {"name": f"{source.name} {'labels' if key == 'labels' else 'distance'}", "scale": source.scale,
+                  "translate": source.translate, "metadata": {"dinocell_source": source.name}, "visible": False}
+        if prebuilt is not None:
+            layer = prebuilt
+            for name, value in kwargs.items():
+                setattr(layer, name, value)
+            self.viewer.add_layer(layer)
+        else:
+            layer = self.viewer.add_image(data, colormap="viridis", blending="additive", **kwargs)
+        out[key] = layer
+        self._ui.push_next(partial(setattr, layer, "visible", True))
 
     # ------------------------------------------------------------------------- instant re-threshold
     def _schedule_rethreshold(self, *_: Any) -> None:
@@ -329,6 +348,9 @@ class SegmentWidget(QWidget):
         layer = self.layer_combo.current_layer()
         out = self.outputs.get(id(layer)) if layer is not None else None
         if out is None or "distance" not in out or out["source"]() is not layer:
+            return
+        if self.showing:  # a result is still being placed: its labels would overwrite these
+            self._debounce.start()
             return
         if self._thresholding:
             self._threshold_again = True
