@@ -30,6 +30,7 @@ def test_browse_fixture_plate_well_site(make_napari_viewer, qtbot, jump_root):
     widget.load_root(str(jump_root.source_root))
     qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not widget.busy, timeout=20000)
     assert [layer.name for layer in viewer.layers] == NAMES
+    assert [layer.visible for layer in viewer.layers] == [True] * 5 + [False] * 3  # shown after placing; BF hidden
     assert widget.plate.count() == 2
     assert viewer.layers["DNA"].colormap.name == "blue"
     assert viewer.layers["Mito"].colormap.name == "magenta"

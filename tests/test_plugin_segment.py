@@ -69,6 +69,7 @@ def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbo
     assert widget.status.state == JobState.DONE, widget.status.message
     labels = viewer.layers["DNA labels"]
     assert labels.__class__.__name__ == "Labels" and labels.data.shape == viewer.layers["DNA"].data.shape
+    assert labels.visible  # added hidden, shown on the next event-loop turn
     assert len(network_runs) == 1
 
     # sliders: labels recomputed from the cached distance map; no network job starts
