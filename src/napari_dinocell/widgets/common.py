@@ -14,7 +14,7 @@ class UiSteps(QObject):
     """GUI-thread steps run one per event-loop turn.
 
     Adding a layer costs napari ~0.1 s of GUI-thread work (vispy visuals, editing overlays, layer controls) and its
-    first draw as much again; run back to back, several of them freeze the viewer for their sum. Here the viewer
+    first draw tens of ms more; run back to back, several of them freeze the viewer for their sum. Here the viewer
     repaints and handles input between two steps, so the longest freeze is the longest single step.
     """
 
