@@ -73,6 +73,12 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
     return labels.astype(np.int32, copy=False)
 
 
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """uint16 when the ids fit: half the size of int32 in TIFFs, and napari builds and uploads a 2048² uint16
+    labels layer ~2× faster."""
+    return labels.astype(np.uint16) if labels.max(initial=0) < np.iinfo(np.uint16).max else labels
+
+
 def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, fill: np.ndarray) -> np.ndarray:
     """``watershed(-d, markers, mask=fill)`` (up to tie-breaking between equal values), run only where it has
     something to decide.

@@ -140,13 +140,13 @@ def _distance(seg: Segmenter, image: np.ndarray, name: str) -> np.ndarray:
 
 def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np.ndarray) -> None:
     """Labels from the distance map, then the TIFFs (atomically)."""
-    import numpy as np
     import tifffile
 
     from dinocell_core.fsutil import atomic_path
+    from dinocell_core.segmentation import compact_labels
 
     labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
-    out = labels.astype(np.uint16) if labels.max(initial=0) < 65535 else labels
+    out = compact_labels(labels)
     stem = path.name.split(".")[0]
     with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
         tifffile.imwrite(tmp, out, compression="zlib")
