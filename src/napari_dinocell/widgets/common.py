@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from qtpy.QtCore import QObject, QTimer
@@ -39,6 +40,11 @@ class UiSteps(QObject):
         """Run ``step`` on the next turn, before the steps already queued (the second half of the current step)."""
         self._steps.appendleft(step)
         self._timer.start()
+
+    def show_next(self, layer: Any) -> None:
+        """Make a layer that was added hidden visible on the next turn: its first draw (texture upload) then does
+        not add to the cost of adding it."""
+        self.push_next(partial(setattr, layer, "visible", True))
 
     def _run_one(self) -> None:
         if self._steps:

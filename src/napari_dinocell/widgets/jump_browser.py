@@ -199,7 +199,7 @@ class JumpBrowserWidget(QWidget):
         new = kwargs["name"] not in self.viewer.layers
         layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs)
         if new and kwargs.get("visible", True):
-            self._ui.push_next(partial(setattr, layer, "visible", True))
+            self._ui.show_next(layer)
 
     def _update_enabled(self) -> None:
         has = bool(self.fields)
