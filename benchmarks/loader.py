@@ -26,12 +26,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
-from dinocell_core.fixture import make_jump_fixture  # noqa: E402
-from dinocell_core.jump import FLUORESCENT, file_name, index_fields, load_index, read_index_csv, \
-    write_index_csv  # noqa: E402
-from dinocell_core.prepare import prepare_fields  # noqa: E402
-from dinocell_core.ssl_data import DataConfig, make_ssl_loader  # noqa: E402
-from dinocell_core.tiffio import read_tiff  # noqa: E402
+from dinocell_core.io.tiffio import read_tiff  # noqa: E402
+from dinocell_core.jump.channels import FLUORESCENT  # noqa: E402
+from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
+from dinocell_core.jump.index import (
+    file_name,
+    index_fields,
+    load_index,
+    read_index_csv,
+    write_index_csv,  # noqa: E402
+)
+from dinocell_core.ssl.config import DataConfig  # noqa: E402
+from dinocell_core.ssl.data import make_ssl_loader  # noqa: E402
+from dinocell_core.ssl.prepare import prepare_fields  # noqa: E402
 
 
 def ensure_fixture(work: Path, n_fields: int) -> Path:

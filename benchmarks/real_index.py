@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dinocell_core.jump import FILE_RE, S3_GALLERY, index_fields, index_load_data
+from dinocell_core.jump.index import FILE_RE, S3_GALLERY, index_fields, index_load_data
 
 URL_COLS = ["URL_OrigDNA", "URL_OrigLowZBF", "URL_OrigHighZBF", "URL_OrigBrightfield", "URL_OrigMito",
             "URL_OrigAGP", "URL_OrigER", "URL_OrigRNA"]

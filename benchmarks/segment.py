@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from dinocell_core.backbone import load_backbone
-from dinocell_core.bundle import save_bundle
-from dinocell_core.decoder import DistanceDecoder
-from dinocell_core.fixture import make_field
-from dinocell_core.inference import Segmenter, run_tiled
-from dinocell_core.segmentation import distance_map, labels_from_distance
+from dinocell_core.jump.fixture import make_field
+from dinocell_core.seg.bundle import save_bundle
+from dinocell_core.seg.decoder import DistanceDecoder
+from dinocell_core.seg.distance import distance_map, labels_from_distance
+from dinocell_core.seg.inference import Segmenter, run_tiled
 
 
 def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int) -> Path:
@@ -103,7 +103,7 @@ def main() -> None:
     rss0 = rss_mb()
     tracemalloc.start()
     t0 = time.perf_counter()
-    from dinocell_core.seg_data import prepare_image
+    from dinocell_core.io.images import prepare_image
 
     img = prepare_image(big)
     out = run_tiled(lambda b: b, img, args.tile, args.overlap, args.batch, args.patch)

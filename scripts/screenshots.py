@@ -77,7 +77,7 @@ def save(viewer, out: Path, name: str) -> Path:
 
 
 def shot_browser(out: Path, work: Path) -> None:
-    from dinocell_core.fixture import make_jump_fixture
+    from dinocell_core.jump.fixture import make_jump_fixture
 
     info = make_jump_fixture(work / "jump", plates=2, wells=3, sites=2, size=384, seed=3)
     viewer = new_viewer("DINOCell — JUMP browser")
@@ -100,7 +100,7 @@ def shot_sample(out: Path) -> None:
 
 def fixture_root(work: Path) -> Path:
     """The fixture of configs/*_demo.yaml (`dinocell-core fixture jump fixture --size 192`)."""
-    from dinocell_core.fixture import make_jump_fixture
+    from dinocell_core.jump.fixture import make_jump_fixture
 
     return make_jump_fixture(work / "fixture", plates=2, wells=4, sites=2, size=192, seed=0).root
 
@@ -124,7 +124,7 @@ def shot_pretrain_and_runs(out: Path, work: Path) -> None:
     """The demo pretraining launched from the Pretrain widget, then its live loss plot in the Runs widget."""
     import shutil
 
-    from dinocell_core.runs import RunDir, read_metrics
+    from dinocell_core.runs.rundir import RunDir, read_metrics
 
     root = fixture_root(work)
     shutil.rmtree(pretrain_run(work), ignore_errors=True)
@@ -181,7 +181,8 @@ def shot_train_decoder(out: Path, work: Path) -> None:
 def train_models(work: Path) -> Path:
     """A DNA decoder trained with the segmentation API (a short version of configs/decoder_demo.yaml)."""
     from dinocell_core.config import load_config
-    from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+    from dinocell_core.seg.config import DecoderConfig
+    from dinocell_core.seg.train import run_decoder_training
 
     models = work / "models"
     if not any(models.glob("*.safetensors")):

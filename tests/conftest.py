@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dinocell_core.fixture import make_jump_fixture
+from dinocell_core.jump.fixture import make_jump_fixture
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dinocell_core.backbone import load_backbone
-from dinocell_core.bundle import BundleError, list_bundles, load_bundle, read_bundle_metadata, save_bundle
-from dinocell_core.checkpoint import save_tensors
-from dinocell_core.decoder import DistanceDecoder
+from dinocell_core.io.checkpoint import save_tensors
+from dinocell_core.seg.bundle import BundleError, list_bundles, load_bundle, read_bundle_metadata, save_bundle
+from dinocell_core.seg.decoder import DistanceDecoder
 
 
 def tiny_model(seed: int = 0) -> DistanceDecoder:

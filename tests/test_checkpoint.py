@@ -1,7 +1,7 @@
-import torch
 import pytest
+import torch
 
-from dinocell_core.checkpoint import CheckpointError, CheckpointManager, load_state, load_tensors, save_state
+from dinocell_core.io.checkpoint import CheckpointError, CheckpointManager, load_state, load_tensors, save_state
 
 
 def _state(seed: int = 0) -> dict:

@@ -8,8 +8,8 @@ import sys
 
 import tifffile
 
-from dinocell_core.bundle import list_bundles
-from dinocell_core.runs import RunDir
+from dinocell_core.runs.rundir import RunDir
+from dinocell_core.seg.bundle import list_bundles
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path) -> None:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinocell_core.fixture import (
+from dinocell_core.io.images import normalize_percentile
+from dinocell_core.jump.fixture import (
     PHENOTYPES,
     find_source_root,
-    ground_truth_path,
     make_field,
     make_jump_fixture,
     phenotype_table,
 )
-from dinocell_core.jump import FILE_RE, index_fields
-from dinocell_core.preprocess import normalize_percentile
+from dinocell_core.jump.ground_truth import ground_truth_path
+from dinocell_core.jump.index import FILE_RE, index_fields
 
 LAYOUT = re.compile(r"^cpg0000-jump-pilot/source_4/images/(?P<batch>[^/]+)/images/(?P<folder>BR\d{8}[A-Z]?__"
                     r"\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}-Measurement\d)/Images/(?P<name>[^/]+)$")

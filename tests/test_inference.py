@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dinocell_core.backbone import load_backbone
-from dinocell_core.bundle import save_bundle
-from dinocell_core.decoder import DistanceDecoder
-from dinocell_core.inference import Segmenter, blend_window, iter_tiled, run_tiled, tile_starts
+from dinocell_core.seg.bundle import save_bundle
+from dinocell_core.seg.decoder import DistanceDecoder
+from dinocell_core.seg.inference import Segmenter, blend_window, iter_tiled, run_tiled, tile_starts
 
 
 def test_blend_window() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.jump import (
+from dinocell_core.jump.channels import channel_number
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.jump.index import (
     INDEX_COLUMNS,
-    channel_number,
     index_fields,
     index_load_data,
     load_index,
@@ -148,7 +148,7 @@ def test_unreadable_folder_is_reported_not_fatal(fx, tmp_path):
     locked.chmod(0)
     try:
         r = run_unprivileged(
-            "from dinocell_core.jump import index_fields\n"
+            "from dinocell_core.jump.index import index_fields\n"
             f"res = index_fields({str(root)!r})\n"
             "print(len(res.fields), len(res.unreadable), res.unreadable[0] if res.unreadable else '')\n"
             "print(sorted({f.plate_folder for f in res.fields}))\n")

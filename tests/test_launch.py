@@ -1,4 +1,4 @@
-"""dinocell_core.launch: command lines, detached jobs, SIGTERM stop, resume, Slurm submission."""
+"""dinocell_core.runs.launch: command lines, detached jobs, SIGTERM stop, resume, Slurm submission."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from dinocell_core.checkpoint import CheckpointManager, load_state
 from dinocell_core.config import StrictModel
-from dinocell_core.launch import (
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.runs.launch import (
     LaunchError,
     SlurmOptions,
     effective_state,
@@ -23,7 +23,7 @@ from dinocell_core.launch import (
     stop_run,
     submit_slurm,
 )
-from dinocell_core.runs import RunDir
+from dinocell_core.runs.rundir import RunDir
 from tests.test_pretrain import tiny_config
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from dinocell_core.backbone import load_backbone
-from dinocell_core.heads import DINOHead
-from dinocell_core.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
-from dinocell_core.optim import apply_step_values, param_groups, scaled_lr
-from dinocell_core.schedules import ScheduleSpec, values_at
-from dinocell_core.ssl_model import LossWeights, ssl_losses
+from dinocell_core.ssl.heads import DINOHead
+from dinocell_core.ssl.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from dinocell_core.ssl.model import LossWeights, ssl_losses
+from dinocell_core.ssl.optim import apply_step_values, param_groups, scaled_lr
+from dinocell_core.ssl.schedules import ScheduleSpec, values_at
 
 
 def test_sinkhorn_is_doubly_normalised():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dinocell_core.metrics import AP_THRESHOLDS, average_precision, evaluate_pairs, f1_score, seg_det
+from dinocell_core.seg.metrics import AP_THRESHOLDS, average_precision, evaluate_pairs, f1_score, seg_det
 
 
 def boxes(shape=(20, 40), *rects) -> np.ndarray:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.jump import CHANNELS
+from dinocell_core.jump.channels import CHANNELS
+from dinocell_core.jump.fixture import make_jump_fixture
 
 NAMES = ["Mito", "AGP", "RNA", "ER", "DNA", "HighZBF", "LowZBF", "Brightfield"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.pretrain import run_pretraining
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.ssl.trainer import run_pretraining
 from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
 from tests.test_pretrain import tiny_config

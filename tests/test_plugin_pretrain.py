@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dinocell_core.checkpoint import CheckpointManager, load_state
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.runs import RunDir, read_metrics
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.runs.rundir import RunDir, read_metrics
 from napari_dinocell.widgets.config_form import set_nested
 
 LOSS_TERMS = {"loss_total", "loss_dino", "loss_dino_local", "loss_dino_global", "loss_ibot", "loss_koleo"}

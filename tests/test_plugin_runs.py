@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dinocell_core.config import StrictModel
-from dinocell_core.runs import RunDir
+from dinocell_core.runs.rundir import RunDir
 
 
 class _Cfg(StrictModel):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from dinocell_core.config import load_config
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.seg.config import DecoderConfig
+from dinocell_core.seg.train import run_decoder_training
 from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
 from napari_dinocell.widgets.segment import threshold_job

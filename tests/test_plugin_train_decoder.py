@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dinocell_core.runs import RunDir
+from dinocell_core.runs.rundir import RunDir
 
 
 def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_path):

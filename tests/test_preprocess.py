@@ -7,18 +7,14 @@ import shutil
 import numpy as np
 import pytest
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.jump import FLUORESCENT, load_index
-from dinocell_core.preprocess import (
-    Preprocessor,
-    apply_clahe,
-    illumination_path,
-    normalize_percentile,
-    parse_channel_mode,
-    read_field,
-)
-from dinocell_core.ssl_data import DataConfig, SSLFieldDataset, TooManyFailures
-from dinocell_core.tiffio import BadImageError, read_tiff, write_tiff
+from dinocell_core.io.images import apply_clahe, normalize_percentile
+from dinocell_core.io.tiffio import BadImageError, read_tiff, write_tiff
+from dinocell_core.jump.channels import FLUORESCENT, ChannelMode
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.jump.index import load_index
+from dinocell_core.jump.preprocess import Preprocessor, illumination_path, read_field
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.data import SSLFieldDataset, TooManyFailures
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,7 @@ def test_illumination_correction_cellprofiler_semantics(fx, tmp_path):
     # Through the dataset: the corrected view differs from the uncorrected one and flattens the vignette.
     on = SSLFieldDataset(DataConfig(root=str(fx.root), illumination=True, channel_mode="channel:DNA"), 8, 0)
     off = SSLFieldDataset(DataConfig(root=str(fx.root), illumination=False, channel_mode="channel:DNA"), 8, 0)
-    assert not np.allclose(on._view(field, 5), off._view(field, 5))
+    assert not np.allclose(on.view(field, 5), off.view(field, 5))
 
 
 def test_missing_illumination_file_is_a_bad_image(fx, tmp_path):
@@ -80,11 +76,12 @@ def test_missing_illumination_file_is_a_bad_image(fx, tmp_path):
 
 
 def test_channel_modes(fx, tmp_path):
-    assert parse_channel_mode("brightfield") == ("channel", 8)  # OrigBrightfield, not LowZBF (ch7)
-    assert parse_channel_mode("channel:DNA") == ("channel", 5)
-    assert parse_channel_mode("channel:3") == ("channel", 3)
+    assert ChannelMode.parse("brightfield") == ChannelMode("channel", 8)  # OrigBrightfield, not LowZBF (ch7)
+    assert ChannelMode.parse("channel:DNA") == ChannelMode("channel", 5)
+    assert str(ChannelMode.parse("channel:3")) == "channel:3"
+    assert ChannelMode.parse("multiview").kind == "multiview"
     with pytest.raises(ValueError):
-        parse_channel_mode("average")
+        ChannelMode.parse("average")
     with pytest.raises(ValueError):
         DataConfig(root="x", channel_mode="rgb")
 
@@ -95,22 +92,22 @@ def test_channel_modes(fx, tmp_path):
     assert stack.shape == (8, 96, 96) and stack.dtype == np.uint16
     cfg = DataConfig(root=str(root), channel_mode="fluorescent_mean")
     ds = SSLFieldDataset(cfg, 8, 0)
-    fmean = ds._view(field, "fluorescent_mean")
+    fmean = ds.view(field, "fluorescent_mean")
     manual = np.mean([normalize_percentile(stack[c - 1]) for c in FLUORESCENT], axis=0)
     np.testing.assert_allclose(fmean, manual, atol=1e-6)
     # Brightfield never enters the fluorescent mean: destroying ch6–8 changes nothing and costs no failure.
     for ch in (6, 7, 8):
         (root / field.paths[ch]).write_bytes(b"broken")
     ds2 = SSLFieldDataset(cfg, 8, 0)
-    np.testing.assert_array_equal(ds2._view(field, "fluorescent_mean"), fmean)
+    np.testing.assert_array_equal(ds2.view(field, "fluorescent_mean"), fmean)
     sample = ds2[(0, 0)]
     assert sample["failures"] == []
     # brightfield mode reads ch8 (intact copy: equals the normalised ch8; broken copy: fails naming ch8).
     intact = SSLFieldDataset(DataConfig(root=str(fx.root), channel_mode="brightfield"), 8, 0)
-    np.testing.assert_array_equal(intact._view(field, 8), normalize_percentile(stack[7]))
+    np.testing.assert_array_equal(intact.view(field, 8), normalize_percentile(stack[7]))
     bf = SSLFieldDataset(DataConfig(root=str(root), channel_mode="brightfield"), 8, 0)
     with pytest.raises(BadImageError, match="ch8sk1fk1fl1.tiff"):
-        bf._view(field, 8)
+        bf.view(field, 8)
 
 
 def test_multiview_views_come_from_one_field(fx):

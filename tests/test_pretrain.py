@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from dinocell_core.backbone import WeightsError, load_backbone
-from dinocell_core.checkpoint import CheckpointError, CheckpointManager, load_state
 from dinocell_core.config import ConfigError, load_config
-from dinocell_core.distributed import DistInfo
-from dinocell_core.fixture import find_source_root, make_jump_fixture, phenotype_table
-from dinocell_core.pretrain import PretrainConfig, Trainer, run_pretraining
-from dinocell_core.runs import RunDir, read_metrics
-from dinocell_core.ssl_data import DataConfig, build_ssl_dataset, make_ssl_loader
+from dinocell_core.io.checkpoint import CheckpointError, CheckpointManager, load_state
+from dinocell_core.jump.fixture import find_source_root, make_jump_fixture, phenotype_table
+from dinocell_core.runs.distributed import DistInfo
+from dinocell_core.runs.rundir import RunDir, read_metrics
+from dinocell_core.ssl.config import DataConfig, PretrainConfig
+from dinocell_core.ssl.data import build_ssl_dataset, make_ssl_loader
+from dinocell_core.ssl.trainer import Trainer, run_pretraining
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "pretrain_demo.yaml"
@@ -212,7 +213,7 @@ def cls_features(backbone, root: Path, size: int = 64) -> tuple[torch.Tensor, np
     backbone.eval()
     for i in range(len(ds.fields)):
         f = ds.fields[i]
-        img = torch.from_numpy(np.ascontiguousarray(ds._view(f, "fluorescent_mean")))[None, None].float()
+        img = torch.from_numpy(np.ascontiguousarray(ds.view(f, "fluorescent_mean")))[None, None].float()
         h = img.shape[-1] // 2
         crops = torch.cat([F.interpolate(img[..., a:a + h, b:b + h], size=(size, size), mode="bilinear",
                                          antialias=True, align_corners=False) for a in (0, h) for b in (0, h)])
@@ -277,7 +278,7 @@ def test_recipe_config_is_the_a100_recipe():
 
 def test_compile_is_applied_and_matches_eager(fixture_root):
     """train.compile=true really compiles both backbones (torch.compile on CPU here) and changes no output."""
-    from dinocell_core.pretrain import prepare_batch
+    from dinocell_core.ssl.trainer import prepare_batch
 
     outputs = []
     for compile_ in (False, True):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dinocell_core.backbone import load_backbone
-from dinocell_core.checkpoint import CheckpointManager, load_state
-from dinocell_core.optim import scaled_lr
-from dinocell_core.runs import RunDir, read_metrics
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.runs.rundir import RunDir, read_metrics
+from dinocell_core.ssl.optim import scaled_lr
 from tests.test_pretrain import DEMO, _env, tiny_overrides
 
 

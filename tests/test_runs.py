@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dinocell_core.runs import MetricsTail, RunDir, list_runs, read_metrics
+from dinocell_core.runs.rundir import MetricsTail, RunDir, list_runs, read_metrics
 from tests.test_config import Job
 
 
@@ -67,7 +67,7 @@ def test_concurrent_status_updates_lose_nothing(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom dinocell_core.runs import RunDir\nrun = RunDir(sys.argv[1])\n"
+    code = ("import sys\nfrom dinocell_core.runs.rundir import RunDir\nrun = RunDir(sys.argv[1])\n"
             "for i in range(150):\n    run.update_status(**{f'{sys.argv[2]}{i}': i})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), tag]) for tag in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

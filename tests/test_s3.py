@@ -10,11 +10,12 @@ import boto3
 import pytest
 import torch
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.jump import index_fields, index_load_data
-from dinocell_core.ssl_data import DataConfig, make_ssl_loader
-from dinocell_core.storage import S3Storage
-from dinocell_core.tiffio import BadImageError, read_tiff
+from dinocell_core.io.storage import S3Storage
+from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.jump.index import index_fields, index_load_data
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.data import make_ssl_loader
 
 BUCKET = "cellpainting-gallery"
 PREFIX = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4/"
@@ -152,6 +153,6 @@ def test_cli_index_of_a_bucket_prefix(server, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "3 complete fields" in r.stdout and "1 incomplete fields left out" in r.stdout
     assert list((tmp_path / ".cache" / "dinocell").glob("index_*.csv"))  # remote roots cache under ~/.cache
-    from dinocell_core.jump import read_index_csv
+    from dinocell_core.jump.index import read_index_csv
 
     assert len(read_index_csv(out)) == 3

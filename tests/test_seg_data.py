@@ -9,10 +9,19 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.seg_data import (SegAugmentConfig, SegDataConfig, SegDataError, detect_format, load_samples,
-                                    polygons_to_mask, prepare_image, prepare_samples, random_tile, select_channel,
-                                    split_samples, tile_batch)
+from dinocell_core.io.images import ImageError, prepare_image, select_channel
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.seg.config import SegAugmentConfig, SegDataConfig
+from dinocell_core.seg.data import (
+    SegDataError,
+    detect_format,
+    load_samples,
+    polygons_to_mask,
+    prepare_samples,
+    random_tile,
+    split_samples,
+    tile_batch,
+)
 
 
 def blobs(shape=(48, 64), seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +40,7 @@ def test_cellpose_pairs_rgb_channel_choice(tmp_path) -> None:
     cv2.imwrite(str(tmp_path / "000_img.png"), rgb[..., ::-1])  # OpenCV writes BGR
     cv2.imwrite(str(tmp_path / "000_masks.png"), lab.astype(np.uint16))
     assert detect_format(tmp_path) == "pairs"
-    with pytest.raises(SegDataError, match="choose one with"):
+    with pytest.raises(ImageError, match="choose one with"):
         load_samples(SegDataConfig(format="pairs", path=str(tmp_path)))
     (s,) = load_samples(SegDataConfig(format="pairs", path=str(tmp_path), channel=1))
     assert s.name == "000" and s.image.dtype == np.float32 and s.labels.dtype == np.int32
@@ -102,7 +111,7 @@ def test_select_channel_and_prepare() -> None:
     np.testing.assert_array_equal(select_channel(rgb_same), gray)
     chw = np.stack([gray, gray * 2, gray * 3])
     np.testing.assert_array_equal(select_channel(chw[:, :, :], 2), gray * 3)
-    with pytest.raises(SegDataError, match="out of range"):
+    with pytest.raises(ImageError, match="out of range"):
         select_channel(chw, 5)
     out = prepare_image(gray, low=0, high=100)
     assert out.dtype == np.float32 and out.min() == 0 and out.max() == 1

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinocell_core.fixture import ground_truth_path, make_jump_fixture
-from dinocell_core.jump import load_index
-from dinocell_core.metrics import average_precision, evaluate_pairs
-from dinocell_core.segmentation import distance_map, labels_from_distance
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.jump.ground_truth import ground_truth_path
+from dinocell_core.jump.index import load_index
+from dinocell_core.seg.distance import distance_map, labels_from_distance
+from dinocell_core.seg.metrics import average_precision, evaluate_pairs
 
 
 def touching_disks(size: int = 128, n: int = 12, seed: int = 0) -> np.ndarray:
@@ -109,8 +110,8 @@ def test_round_trip_on_fixture_masks(fixture_masks) -> None:
 
 def test_component_shortcut_matches_a_plain_watershed() -> None:
     """Single-marker parts are filled without flooding; the result must equal skimage's watershed (ties aside)."""
-    from skimage.segmentation import watershed
     from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
 
     rng = np.random.default_rng(1)
     lab = touching_disks(size=160, n=30, seed=4)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dinocell_core.augment import AugmentConfig, MaskingGenerator, ibot_masks
 from dinocell_core.config import ConfigError, validate_config
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.ssl_data import DataConfig, SSLStreamSampler, build_ssl_dataset, make_ssl_loader
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.ssl.augment import MaskingGenerator, ibot_masks
+from dinocell_core.ssl.config import AugmentConfig, DataConfig
+from dinocell_core.ssl.data import SSLStreamSampler, build_ssl_dataset, make_ssl_loader
 
 PATCH = 8
 
@@ -127,7 +128,7 @@ def test_augment_config_rejects_bad_ranges():
 
 
 def test_prepared_store_feeds_the_same_views(root, tmp_path):
-    from dinocell_core.prepare import prepare_fields
+    from dinocell_core.ssl.prepare import prepare_fields
 
     cfg = _cfg(root, channel_mode="multiview", multiview_channels=[5, 8])
     summary = prepare_fields(cfg, tmp_path / "prep", workers=1)
@@ -136,7 +137,7 @@ def test_prepared_store_feeds_the_same_views(root, tmp_path):
     prep = build_ssl_dataset(cfg.model_copy(update={"prepared": str(tmp_path / "prep")}), PATCH, 0)
     field = raw.fields[0]
     for view in ("fluorescent_mean", 5, 8):
-        np.testing.assert_allclose(prep._view(field, view), raw._view(field, view), atol=1.0 / 65535 + 1e-6)
+        np.testing.assert_allclose(prep.view(field, view), raw.view(field, view), atol=1.0 / 65535 + 1e-6)
     batch = list(make_ssl_loader(prep.cfg, PATCH, 4, seed=7, steps=1, dataset=prep))[0]
     assert batch["n_failed"] == 0
     with pytest.raises(ValueError, match="needs"):

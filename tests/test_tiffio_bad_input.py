@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.jump import load_index
-from dinocell_core.ssl_data import (
-    DataConfig,
-    FailureBudget,
-    NoFieldsError,
-    TooManyFailures,
-    build_ssl_dataset,
-    make_ssl_loader,
-)
-from dinocell_core.tiffio import BadImageError, read_tiff, write_tiff
+from dinocell_core.io.tiffio import BadImageError, read_tiff, write_tiff
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.jump.index import load_index
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.data import FailureBudget, NoFieldsError, TooManyFailures, build_ssl_dataset, make_ssl_loader
 
 RNG = np.random.default_rng(0)
 GOOD = RNG.integers(100, 40000, (64, 64)).astype(np.uint16)
@@ -99,7 +93,7 @@ def test_unreadable_file_and_folder(tmp_path, good):
     folder.chmod(0)
     try:
         r = run_unprivileged(
-            "from dinocell_core.tiffio import read_tiff, BadImageError\n"
+            "from dinocell_core.io.tiffio import read_tiff, BadImageError\n"
             f"for p in ({str(good)!r}, {str(folder / 'a.tiff')!r}):\n"
             "    try:\n        read_tiff(p)\n        print('read', p)\n"
             "    except BadImageError as e:\n        print(e)\n")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from dinocell_core.bundle import list_bundles, load_bundle
 from dinocell_core.cli import main
 from dinocell_core.config import ConfigError, load_config
-from dinocell_core.fixture import make_jump_fixture
-from dinocell_core.runs import RunDir, read_metrics
-from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.runs.rundir import RunDir, read_metrics
+from dinocell_core.seg.bundle import list_bundles, load_bundle
+from dinocell_core.seg.config import DecoderConfig
+from dinocell_core.seg.train import run_decoder_training
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
 

@@ -27,6 +27,9 @@ from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.checkpoint import CheckpointError, load_state, load_tensors, resolve_checkpoint
+
 log = logging.getLogger(__name__)
 
 TIMM_VERSION = "1.0.31"
@@ -49,7 +52,7 @@ if timm.__version__ != TIMM_VERSION:  # the masked forward uses timm's private _
                       f"install it with: pip install timm=={TIMM_VERSION}")
 
 
-class WeightsError(ValueError):
+class WeightsError(DinocellError, ValueError):
     """Backbone weights cannot be used: missing file, unknown format, or an architecture mismatch."""
 
 
@@ -232,9 +235,10 @@ def load_backbone(arch: str = "vit_small", patch_size: int = 8, weights: str | o
 def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
     p = Path(weights).expanduser()
     if p.is_dir():
-        from dinocell_core.export import resolve_checkpoint
-
-        p = resolve_checkpoint(p)
+        try:
+            p = resolve_checkpoint(p)
+        except CheckpointError as exc:
+            raise WeightsError(str(exc)) from None
     if not p.is_file():
         raise WeightsError(f"backbone weights {p} do not exist")
     if p.suffix == ".safetensors":
@@ -256,8 +260,6 @@ def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
 
 
 def _load_safetensors(model: DinoBackbone, p: Path) -> None:
-    from dinocell_core.checkpoint import CheckpointError, load_state, load_tensors
-
     try:
         tensors, meta = load_tensors(p)
     except CheckpointError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from dinocell_core import __version__
 from dinocell_core.config import ConfigError
+from dinocell_core.errors import DinocellError
 
 COMMAND_MODULES = [
     "dinocell_core.commands.data",
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dinocell-core: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    except (DinocellError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as exc:
         logging.getLogger("dinocell_core").debug("command failed", exc_info=True)
         print(f"dinocell-core: error: {exc}", file=sys.stderr)
         return 1

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dinocell_core.fsutil import atomic_write_text
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(DinocellError, ValueError):
     """A config file or override is invalid; the message names the file and key."""
 
 
@@ -29,8 +30,9 @@ class StrictModel(BaseModel):
 
 M = TypeVar("M", bound=StrictModel)
 
-#: the recipes shipped with the source checkout (``configs/`` at the repository root)
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+#: the recipes shipped inside the package (the repository's ``configs/`` is a link to this folder), so an installed
+#: wheel has them too: the napari forms' defaults and ``dinocell-core demo`` read them from here.
+RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

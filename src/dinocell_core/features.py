@@ -28,8 +28,8 @@ def backbone_from_weights(weights: str | None, arch: str | None = None, patch_si
     weights themselves (pretraining run folders, checkpoints and exports record them), so a user never has to
     know that a test run used ``depth=2``; official ``.pth`` files record nothing and need ``arch``."""
     from dinocell_core.backbone import EXPORT_FORMAT, WeightsError, load_backbone
-    from dinocell_core.checkpoint import CheckpointError, load_tensors
-    from dinocell_core.export import resolve_checkpoint, teacher_backbone
+    from dinocell_core.io.checkpoint import CheckpointError, load_tensors, resolve_checkpoint
+    from dinocell_core.ssl.export import teacher_backbone
 
     if arch is not None:
         return load_backbone(arch, patch_size=patch_size, weights=weights)
@@ -48,9 +48,9 @@ def backbone_from_weights(weights: str | None, arch: str | None = None, patch_si
     return teacher_backbone(path)[0]
 
 
-def prepare_image(image: np.ndarray) -> np.ndarray:
+def feature_image(image: np.ndarray) -> np.ndarray:
     """2-D float32 image robustly scaled to background≈0, signal≈1 (the training data convention)."""
-    from dinocell_core.preprocess import normalize_percentile
+    from dinocell_core.io.images import normalize_percentile
 
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[-1] in (3, 4) and img.shape[0] > 4:
@@ -72,7 +72,7 @@ def iter_patch_features(
     import torch
 
     p = int(backbone.patch_size)
-    img = prepare_image(image)
+    img = feature_image(image)
     h, w = img.shape
     gh, gw = -(-h // p), -(-w // p)
     padded = np.pad(img, ((0, gh * p - h), (0, gw * p - w)), mode="reflect" if min(h, w) > 1 else "edge")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dinocell_core.jump import BRIGHTFIELD, CHANNELS
+from dinocell_core.jump.channels import BRIGHTFIELD, CHANNELS
 
 #: Cell Painting colours: Mito magenta, AGP red, RNA yellow, ER green, DNA blue; brightfield planes gray
 COLORMAPS = {1: "magenta", 2: "red", 3: "yellow", 4: "green", 5: "blue", 6: "gray", 7: "gray", 8: "gray"}

@@ -1,7 +1,7 @@
 """Reader: a CPJUMP1 field (any of its channel TIFFs, or an ``Images/`` / plate folder) or a plain TIFF.
 
 A CPJUMP1 channel file opens the whole field: the sibling files of the same well, site and timepoint (names
-parsed with :data:`dinocell_core.jump.FILE_RE`) become the named channel layers (Mito … Brightfield) with Cell
+parsed with :data:`dinocell_core.jump.index.FILE_RE`) become the named channel layers (Mito … Brightfield) with Cell
 Painting colours. A folder opens its first field.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from dinocell_core.jump import FILE_RE
-from dinocell_core.tiffio import read_tiff
+from dinocell_core.io.tiffio import read_tiff
+from dinocell_core.jump.index import FILE_RE
 from napari_dinocell.layers import channel_layer_kwargs, contrast_limits
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]

@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _fixture_jump(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dinocell_core.fixture import make_jump_fixture
+    from dinocell_core.jump.fixture import make_jump_fixture
 
     with tqdm(total=args.plates * args.wells * args.sites, unit="field", desc="fixture") as bar:
         info = make_jump_fixture(args.out, plates=args.plates, wells=args.wells, sites=args.sites,
@@ -82,12 +82,17 @@ def _jump_index(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from dinocell_core.jump import build_index, default_cache_path, read_index_csv, write_index_cache, \
-        write_index_csv
+    from dinocell_core.jump.index import (
+        build_index,
+        default_cache_path,
+        read_index_csv,
+        write_index_cache,
+        write_index_csv,
+    )
 
     storage = None
     if args.root.startswith("s3://") or args.endpoint_url:
-        from dinocell_core.storage import S3Storage
+        from dinocell_core.io.storage import S3Storage
 
         storage = S3Storage(endpoint_url=args.endpoint_url)
     cache = args.cache or default_cache_path(args.root)
@@ -123,7 +128,7 @@ def _jump_index(args: argparse.Namespace) -> int:
 def load_data_section(source: str, overrides: list[str]) -> tuple[Any, int | None]:
     """DataConfig from a YAML (its ``data:`` section, or the whole file) or from a data root + overrides."""
     from dinocell_core.config import apply_overrides, read_yaml, validate_config
-    from dinocell_core.ssl_data import DataConfig
+    from dinocell_core.ssl.config import DataConfig
 
     if source.endswith((".yaml", ".yml")) and os.path.isfile(source):
         raw = read_yaml(source)
@@ -139,8 +144,8 @@ def load_data_section(source: str, overrides: list[str]) -> tuple[Any, int | Non
 
 
 def _jump_preview(args: argparse.Namespace) -> int:
-    from dinocell_core.preview import render_preview, write_png
-    from dinocell_core.ssl_data import TooManyFailures, make_ssl_loader
+    from dinocell_core.ssl.data import TooManyFailures, make_ssl_loader
+    from dinocell_core.ssl.preview import render_preview, write_png
 
     cfg, patch = load_data_section(args.source, args.overrides)
     patch_size = args.patch_size or patch or 8
@@ -158,7 +163,7 @@ def _jump_preview(args: argparse.Namespace) -> int:
 
 
 def _jump_prepare(args: argparse.Namespace) -> int:
-    from dinocell_core.prepare import prepare_fields
+    from dinocell_core.ssl.prepare import prepare_fields
 
     cfg, _patch = load_data_section(args.source, args.overrides)
     summary = prepare_fields(cfg, args.output, workers=args.workers)

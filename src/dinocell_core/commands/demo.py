@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from dinocell_core.config import REPO_CONFIGS
+from dinocell_core.config import RECIPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "export → distance-map decoder on that backbone → segmentation of a field → evaluation on "
                     "held-out fields. Each step is the CLI command it prints.")
     dm.add_argument("outdir", type=Path, nargs="?", default=Path("demo_output"), help="output folder")
-    dm.add_argument("--configs", type=Path, default=REPO_CONFIGS,
-                    help="folder with pretrain_demo.yaml and decoder_demo.yaml (default: the repo's configs/)")
+    dm.add_argument("--configs", type=Path, default=RECIPES,
+                    help="folder with pretrain_demo.yaml and decoder_demo.yaml (default: the packaged recipes)")
     dm.add_argument("--size", type=int, default=192, help="fixture field size in pixels")
     dm.add_argument("--pretrain-epochs", type=int, default=None, help="default: the demo config's")
     dm.add_argument("--decoder-steps", type=int, default=None, help="default: the demo config's")
@@ -45,14 +45,14 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dinocell_core.runs import read_metrics
+    from dinocell_core.runs.rundir import read_metrics
 
     out: Path = args.outdir
     pretrain_cfg = args.configs / "pretrain_demo.yaml"
     decoder_cfg = args.configs / "decoder_demo.yaml"
     for cfg in (pretrain_cfg, decoder_cfg):
         if not cfg.is_file():
-            raise FileNotFoundError(f"demo config {cfg} not found; pass --configs pointing at the repo's configs/")
+            raise FileNotFoundError(f"demo config {cfg} not found; pass --configs pointing at a folder of recipes")
     out.mkdir(parents=True, exist_ok=True)
     fixture, heldout = out / "fixture", out / "heldout"
     pre_run, dec_run = out / "runs" / "pretrain-demo", out / "runs" / "decoder-demo"
@@ -98,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _only_bundle(models_dir: Path) -> Path:
-    from dinocell_core.bundle import list_bundles
+    from dinocell_core.seg.bundle import list_bundles
 
     bundles = list_bundles(models_dir)
     if len(bundles) != 1:

@@ -32,9 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from dinocell_core.config import load_config
-    from dinocell_core.logs import setup_logging
-    from dinocell_core.pretrain import PretrainConfig, run_pretraining
-    from dinocell_core.runs import RunDir
+    from dinocell_core.runs.logs import setup_logging
+    from dinocell_core.runs.rundir import RunDir
+    from dinocell_core.ssl.config import PretrainConfig
+    from dinocell_core.ssl.trainer import run_pretraining
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     run = RunDir(args.run_dir or Path("runs") / f"pretrain-{cfg.name}")
@@ -55,7 +56,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dinocell_core.export import export_backbone
+    from dinocell_core.ssl.export import export_backbone
 
     for p in export_backbone(args.run, args.output):
         print(p)

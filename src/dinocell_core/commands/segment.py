@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-    from dinocell_core.inference import Segmenter
+    from dinocell_core.seg.inference import Segmenter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from dinocell_core.config import load_config
-    from dinocell_core.logs import setup_logging
-    from dinocell_core.runs import RunDir
-    from dinocell_core.train_decoder import DecoderConfig, run_decoder_training
+    from dinocell_core.runs.logs import setup_logging
+    from dinocell_core.runs.rundir import RunDir
+    from dinocell_core.seg.config import DecoderConfig
+    from dinocell_core.seg.train import run_decoder_training
 
     cfg = load_config(DecoderConfig, args.config, args.overrides)
     run_dir = args.run_dir or Path("runs") / f"decoder-{cfg.name}"
@@ -91,8 +92,8 @@ def _segment(args: argparse.Namespace) -> int:
     (the watershed runs alongside torch compute without slowing it), so on a GPU they stop adding to the time."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from dinocell_core.inference import Segmenter
-    from dinocell_core.seg_data import read_image
+    from dinocell_core.io.images import read_image
+    from dinocell_core.seg.inference import Segmenter
 
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
                     batch_size=args.batch_size, channel=args.channel)
@@ -142,8 +143,8 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
     """Labels from the distance map, then the TIFFs (atomically)."""
     import tifffile
 
-    from dinocell_core.fsutil import atomic_path
-    from dinocell_core.segmentation import compact_labels
+    from dinocell_core.io.fsutil import atomic_path
+    from dinocell_core.seg.distance import compact_labels
 
     labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
     out = compact_labels(labels)
@@ -159,8 +160,8 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dinocell_core.evaluate import evaluate_bundle, format_table
-    from dinocell_core.fsutil import atomic_write_json
+    from dinocell_core.io.fsutil import atomic_write_json
+    from dinocell_core.seg.evaluate import evaluate_bundle, format_table
 
     with tqdm(desc="evaluate", unit="image", leave=False) as bar:
         def progress(done: int, total: int) -> None:
@@ -178,7 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from dinocell_core.bundle import list_bundles
+    from dinocell_core.seg.bundle import list_bundles
 
     infos = list_bundles(args.folder, channel=args.channel)
     if args.json:

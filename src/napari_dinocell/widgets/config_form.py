@@ -2,7 +2,7 @@
 
 The form never knows a default or a rule of its own: defaults come from ``configs/*.yaml`` through the config
 model, and "Validate"/"Launch" run the same pydantic validation as the CLI, so the widget and ``dinocell-core``
-cannot disagree. Launching goes through :mod:`dinocell_core.launch` (detached process, torchrun or Slurm).
+cannot disagree. Launching goes through :mod:`dinocell_core.runs.launch` (detached process, torchrun or Slurm).
 """
 
 from __future__ import annotations
@@ -35,9 +35,15 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from dinocell_core.config import (REPO_CONFIGS, ConfigError, apply_overrides, config_to_dict, load_config,
-                                  validate_config)
-from dinocell_core.launch import (
+from dinocell_core.config import (
+    RECIPES,
+    ConfigError,
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    validate_config,
+)
+from dinocell_core.runs.launch import (
     LaunchError,
     SlurmOptions,
     launch_local,
@@ -45,7 +51,7 @@ from dinocell_core.launch import (
     stop_run,
     submit_slurm,
 )
-from dinocell_core.runs import RunDir
+from dinocell_core.runs.rundir import RunDir
 
 
 def missing_paths(paths: Sequence[tuple[str, str | None]]) -> list[str]:
@@ -222,7 +228,7 @@ class ConfigLaunchForm(QWidget):
 
         self.defaults_combo = QComboBox()
         self.defaults_combo.addItem("built-in defaults", None)
-        for path in sorted(REPO_CONFIGS.glob(self.config_glob)):
+        for path in sorted(RECIPES.glob(self.config_glob)):
             self.defaults_combo.addItem(path.name, str(path))
         self.defaults_combo.currentIndexChanged.connect(lambda _: self.load_defaults(self.defaults_combo.currentData()))
         load_btn = QPushButton("Load…")
@@ -320,7 +326,7 @@ class ConfigLaunchForm(QWidget):
 
     # ------------------------------------------------------------------ config <-> form
     def _load_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Config", str(REPO_CONFIGS), "YAML (*.yaml *.yml)")
+        path, _ = QFileDialog.getOpenFileName(self, "Config", str(RECIPES), "YAML (*.yaml *.yml)")
         if path:
             self.load_defaults(path)
 

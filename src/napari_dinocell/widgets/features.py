@@ -19,7 +19,6 @@ from dinocell_core.features import FeaturePCA, backbone_from_weights, iter_featu
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit
-from napari_dinocell.widgets.segment import resolve_device
 
 FROM_CHECKPOINT = "from checkpoint"
 ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
@@ -28,7 +27,9 @@ ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
 def features_job(
     image: np.ndarray, weights: str | None, arch: str, patch_size: int, device: str, tile: int
 ) -> Generator[Progress, None, FeaturePCA | None]:
-    device = resolve_device(device)
+    from dinocell_core.device import resolve_device
+
+    device = str(resolve_device(device))
     backbone = backbone_from_weights(weights, None if arch == FROM_CHECKPOINT else arch, patch_size)
     result = None
     for item in iter_feature_pca(image, backbone, device=device, tile=tile):

@@ -1,6 +1,6 @@
 """JUMP browser: pick a CPJUMP1 root, then plate → well → site; the 8 channels are shown as named layers.
 
-Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.load_index`; "rescan" refreshes it) and
+Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.index.load_index`; "rescan" refreshes it) and
 TIFF reads run in workers. Switching sites replaces each layer's data in place; a newer site request supersedes
 one still loading.
 """
@@ -24,12 +24,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, load_index
-from dinocell_core.preprocess import Preprocessor, read_field
+from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
+from dinocell_core.jump.index import Field, load_index
+from dinocell_core.jump.preprocess import Preprocessor, read_field
 from napari_dinocell.jobs import start_job
 from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit, UiSteps
+
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
     """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dinocell_core.pretrain import PretrainConfig
+from dinocell_core.ssl.config import PretrainConfig
 from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_paths
 
 CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")

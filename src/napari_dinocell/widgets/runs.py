@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from dinocell_core.launch import LaunchError, effective_state, resume_run, stop_run
-from dinocell_core.runs import MetricsTail, RunDir, RunInfo, list_runs
+from dinocell_core.runs.launch import LaunchError, effective_state, resume_run, stop_run
+from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo, list_runs
 from napari_dinocell.jobs import start_job
 from napari_dinocell.status import JobStatus
 
@@ -106,7 +106,7 @@ class Series:
 
 
 class RunsWidget(QWidget):
-    """Table of runs + live loss plot; stop and resume act on the selected run through dinocell_core.launch."""
+    """Table of runs + live loss plot; stop and resume act on the selected run through dinocell_core.runs.launch."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, poll_ms: int = 1000) -> None:
         super().__init__()

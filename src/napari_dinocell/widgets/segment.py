@@ -32,9 +32,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from dinocell_core.bundle import BundleInfo, list_bundles, load_bundle
-from dinocell_core.jump import CHANNELS, channel_number
-from dinocell_core.segmentation import compact_labels, labels_from_distance
+from dinocell_core.jump.channels import CHANNELS, channel_number
+from dinocell_core.seg.bundle import BundleInfo, list_bundles, load_bundle
+from dinocell_core.seg.distance import compact_labels, labels_from_distance
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, UiSteps
@@ -68,14 +68,6 @@ def image_2d(layer: Any) -> np.ndarray:
     return data
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass
 class SegmentTask:
     layer_ref: weakref.ref
@@ -99,10 +91,9 @@ def segment_job(
 
     The model is released (GPU memory freed) after each task, also when cancelled or failed.
     """
-    from dinocell_core.inference import Segmenter
+    from dinocell_core.seg.inference import Segmenter
 
     warm_first_labels_layer()
-    device = resolve_device(device)
     results: list[SegmentResult] = []
     for n, task in enumerate(tasks):
         segmenter = Segmenter(load_bundle(task.bundle_path), device=device, tile_size=tile_size)

@@ -12,8 +12,8 @@ from typing import Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
 
-from dinocell_core.jump import CHANNELS, channel_number
-from dinocell_core.train_decoder import DecoderConfig
+from dinocell_core.jump.channels import CHANNELS, channel_number
+from dinocell_core.seg.config import DecoderConfig
 from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_paths
 
 

@@ -20,158 +20,32 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field as PField
-from pydantic import model_validator
 
 from dinocell_core.backbone import PRETRAIN_FORMAT, load_backbone
-from dinocell_core.checkpoint import CheckpointManager, load_state
-from dinocell_core.config import ConfigError, StrictModel, config_to_dict
-from dinocell_core.distributed import (DistInfo, all_reduce_, any_rank, barrier, init_distributed, is_distributed,
-                                      shutdown)
-from dinocell_core.optim import SCALING_RULES, apply_step_values, clip_module_grads, param_groups, scaled_lr
-from dinocell_core.runs import RunDir
-from dinocell_core.schedules import ScheduleSpec, StepValues, values_at
-from dinocell_core.ssl_data import DataConfig, make_ssl_loader
-from dinocell_core.ssl_model import LossWeights, SSLNetwork, ssl_losses
-from dinocell_core.stopping import StopRequest
+from dinocell_core.config import ConfigError, config_to_dict
+from dinocell_core.device import resolve_device
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.runs.distributed import (
+    DistInfo,
+    all_reduce_,
+    any_rank,
+    barrier,
+    init_distributed,
+    is_distributed,
+    shutdown,
+)
+from dinocell_core.runs.rundir import RunDir
+from dinocell_core.runs.stopping import StopRequest
+from dinocell_core.ssl.config import PretrainConfig, check_resume_config
+from dinocell_core.ssl.data import make_ssl_loader
+from dinocell_core.ssl.model import LossWeights, SSLNetwork, ssl_losses
+from dinocell_core.ssl.optim import apply_step_values, clip_module_grads, param_groups, scaled_lr
+from dinocell_core.ssl.schedules import ScheduleSpec, StepValues, values_at
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------------ config
-
-class ModelSection(StrictModel):
-    arch: str = "vit_small"
-    patch_size: int = PField(8, ge=1)
-    weights: str | None = None  # official ViT-S/16 .pth, a pretraining run dir/checkpoint, or an export
-    drop_path_rate: float = PField(0.1, ge=0, lt=1)
-    rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
-    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
-
-
-class HeadsSection(StrictModel):
-    out_dim: int = PField(65536, ge=2)
-    ibot_out_dim: int = PField(65536, ge=2)
-    hidden_dim: int = PField(2048, ge=1)
-    bottleneck_dim: int = PField(256, ge=1)
-    nlayers: int = PField(3, ge=1)
-
-
-class LossSection(StrictModel):
-    dino_weight: float = PField(1.0, ge=0)
-    ibot_weight: float = PField(1.0, ge=0)
-    koleo_weight: float = PField(0.1, ge=0)
-    student_temp: float = PField(0.1, gt=0)
-    teacher_temp: float = PField(0.07, gt=0)
-    warmup_teacher_temp: float = PField(0.04, gt=0)
-    warmup_teacher_temp_epochs: float = PField(10, ge=0)
-    sinkhorn_iterations: int = PField(3, ge=1)
-
-
-class OptimSection(StrictModel):
-    lr: float = PField(5e-5, gt=0)  # base LR before the scaling rule
-    min_lr: float = PField(1e-6, ge=0)
-    scaling_rule: str = "sqrt_wrt_1024"
-    warmup_epochs: float = PField(10, ge=0)
-    weight_decay: float = PField(0.04, ge=0)
-    weight_decay_end: float = PField(0.2, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = PField(0.9, gt=0, le=1)
-    patch_embed_lr_mult: float = PField(0.2, ge=0)
-    clip_grad: float = PField(3.0, ge=0)  # per module (backbone, DINO head, iBOT head); 0 = off
-    freeze_last_layer_epochs: float = PField(1, ge=0)
-
-    @model_validator(mode="after")
-    def _rule(self) -> "OptimSection":
-        if self.scaling_rule not in SCALING_RULES:
-            raise ValueError(f"scaling_rule must be one of {SCALING_RULES}")
-        return self
-
-
-class TeacherSection(StrictModel):
-    momentum: float = PField(0.996, ge=0, le=1)
-    momentum_end: float = PField(1.0, ge=0, le=1)
-
-
-class WarmStartSection(StrictModel):
-    """Public weights carry no heads: train the heads on a frozen backbone, then ramp the backbone LR in."""
-
-    freeze_backbone_steps: int = PField(0, ge=0)
-    backbone_ramp_steps: int = PField(0, ge=0)
-
-
-class TrainSection(StrictModel):
-    epochs: float = PField(80, gt=0)
-    steps_per_epoch: int = PField(1000, ge=1)  # an "epoch" is a fixed number of iterations, as in DINOv3
-    batch_size: int = PField(48, ge=1)  # per process (GPU)
-    device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; never fp16
-    compile: bool = False
-    activation_checkpointing: bool = False
-    max_nonfinite: int = PField(3, ge=1)  # consecutive skipped steps that stop the run
-    log_every: int = PField(10, ge=1)
-    checkpoint_every: int = PField(2500, ge=1)
-    keep_last: int = PField(3, ge=1)
-    keep_every: int | None = PField(None, ge=1)
-    tensorboard: bool = False
-    progress: bool = True
-
-    @property
-    def total_steps(self) -> int:
-        return max(1, round(self.epochs * self.steps_per_epoch))
-
-
-class PretrainConfig(StrictModel):
-    name: str = "pretrain"
-    seed: int = 0
-    model: ModelSection = ModelSection()
-    heads: HeadsSection = HeadsSection()
-    loss: LossSection = LossSection()
-    optim: OptimSection = OptimSection()
-    teacher: TeacherSection = TeacherSection()
-    warm_start: WarmStartSection = WarmStartSection()
-    train: TrainSection = TrainSection()
-    data: DataConfig = DataConfig()
-
-    @model_validator(mode="after")
-    def _checks(self) -> "PretrainConfig":
-        if self.loss.koleo_weight > 0 and self.train.batch_size < 2:
-            raise ValueError("train.batch_size must be >= 2 when loss.koleo_weight > 0 (KoLeo needs a nearest "
-                             "neighbour in the batch)")
-        if self.data.global_size % self.model.patch_size or self.data.local_size % self.model.patch_size:
-            raise ValueError(f"data.global_size and data.local_size must be multiples of model.patch_size "
-                             f"({self.model.patch_size})")
-        return self
-
-
-#: keys that may change when a run is resumed (everything else must match the run's config.yaml)
-RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_last",
-                     "train.keep_every", "train.tensorboard", "train.progress", "train.compile",
-                     "train.activation_checkpointing", "train.max_nonfinite", "train.device", "data.num_workers",
-                     "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def check_resume_config(old: dict[str, Any], new: PretrainConfig, run: RunDir) -> None:
-    a, b = _flat(old), _flat(config_to_dict(new))
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
-        raise ConfigError(f"{run.config_path}: this run has checkpoints and the new config changes {details}. "
-                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -195,18 +69,6 @@ class NonFiniteGuard:
             raise FloatingPointError(
                 f"{self.streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
                 "training stopped. Lower optim.lr, check the data, or resume from the last checkpoint.")
-
-
-def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is cuda but no CUDA device is available")
-        return torch.device("cuda", dist_info.local_rank if name == "cuda" else torch.device(name).index)
-    if name != "cpu":
-        raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
-    return torch.device("cpu")
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -426,14 +288,14 @@ def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str]) -> Non
 
 def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
     main = dist_info.is_main
-    device = resolve_device(cfg.train.device, dist_info)
+    device = resolve_device(cfg.train.device, key="train.device", local_rank=dist_info.local_rank)
     ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last, keep_every=cfg.train.keep_every)
     resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
     if main:
         if resume_path is not None and run.exists():
             from dinocell_core.config import read_yaml
 
-            check_resume_config(read_yaml(run.config_path), cfg, run)
+            check_resume_config(read_yaml(run.config_path), cfg, run.config_path)
         run.write_config(cfg)
     barrier()
     total = cfg.train.total_steps

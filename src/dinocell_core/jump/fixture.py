@@ -14,19 +14,22 @@ import csv
 import io
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from dinocell_core.fsutil import atomic_path, atomic_write_bytes
-from dinocell_core.jump import ALL_CHANNELS, CHANNELS, FLUORESCENT, Field, file_name, well_name
-from dinocell_core.tiffio import write_tiff
+from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes
+from dinocell_core.io.tiffio import write_tiff
+from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, FLUORESCENT
+from dinocell_core.jump.ground_truth import SOURCE_PREFIX, ground_truth_path
+from dinocell_core.jump.index import Field, file_name, well_name
 
 PHENOTYPES = ("large_sparse", "small_dense")
-SOURCE = Path("cpg0000-jump-pilot") / "source_4"
+SOURCE = SOURCE_PREFIX
 S3_SOURCE = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4"
 PIXEL_SIZE_M = 5.979760809567617e-07
 # (batch, plate folder, sk): real CPJUMP1 names; the 2nd is not Measurement1, the 3rd is a Bleaching re-imaging
@@ -197,16 +200,6 @@ def vignette_function(size: int, ch: int, seed: int = 0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- whole fixture
-
-def ground_truth_path(source_root: str | os.PathLike[str], field: Field, kind: str) -> Path:
-    """Ground-truth label TIFF of a field (outside ``Images/`` so indexers never see it as a channel)."""
-    if kind not in ("nuclei", "cells"):
-        raise ValueError(f"ground-truth kind must be 'nuclei' or 'cells', not {kind!r}")
-    r = ord(field.well[0].upper()) - ord("A") + 1
-    c = int(field.well[1:])
-    name = f"r{r:02d}c{c:02d}f{field.site:02d}_{kind}.tiff"
-    return Path(source_root) / "ground_truth" / field.batch / field.plate_folder / name
-
 
 def phenotype_table_path(source_root: str | os.PathLike[str]) -> Path:
     return Path(source_root) / "workspace" / "metadata" / "fixture_phenotypes.csv"

@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dinocell_core.fsutil import atomic_write_bytes
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ FORMAT = "dinocell-state/1"
 _META_KEY = "dinocell"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DinocellError, RuntimeError):
     """A checkpoint or bundle cannot be trusted (truncated, corrupted, tampered with, or not ours)."""
 
 
@@ -179,3 +180,16 @@ class CheckpointManager:
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         path = self.latest()
         return None if path is None else load_state(path, map_location)
+
+
+def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
+    """A run directory (→ its newest verified checkpoint) or a checkpoint file."""
+    p = Path(source)
+    if p.is_dir():
+        ckpt = CheckpointManager(p / "checkpoints" if (p / "checkpoints").is_dir() else p).latest()
+        if ckpt is None:
+            raise CheckpointError(f"{p}: no usable checkpoint (no verified checkpoints/step_*.safetensors)")
+        return ckpt
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    return p

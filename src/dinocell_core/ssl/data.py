@@ -17,116 +17,28 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from pydantic import Field as PField, field_validator, model_validator
 
-from dinocell_core.augment import AugmentConfig, MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
-from dinocell_core.config import StrictModel
-from dinocell_core.jump import ALL_CHANNELS, FLUORESCENT, Field, FieldTable, channel_number, load_field_table
-from dinocell_core.preprocess import IlluminationCache, Preprocessor, parse_channel_mode
-from dinocell_core.tiffio import BadImageError, read_tiff
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.jump.channels import FLUORESCENT, FMEAN
+from dinocell_core.jump.index import Field, FieldTable, load_field_table
+from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
+from dinocell_core.ssl.augment import MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.prepared_store import PreparedStore
 
 log = logging.getLogger(__name__)
 
-FMEAN = "fluorescent_mean"
-
-
-class DataConfig(StrictModel):
-    """The ``data:`` section of a pretraining config (key reference: docs/data.md).
-
-    ``root`` is a CPJUMP1 folder, an ``s3://`` prefix or a load_data CSV; ``index`` is where the index CSV is cached
-    (or an existing contract CSV to use); ``prepared`` points at a ``jump prepare`` store. ``channel_mode`` is
-    ``fluorescent_mean`` | ``channel:N`` | ``brightfield`` | ``multiview``.
-    """
-
-    root: str | None = None
-    index: str | None = None
-    load_data: list[str] = []
-    refresh_index: bool = False
-    prepared: str | None = None
-    channel_mode: str = FMEAN
-    multiview_channels: list[int] = list(ALL_CHANNELS)
-    illumination: bool = False
-    norm_percentiles: tuple[float, float] = (1.0, 99.8)
-    clahe: bool = False
-    clahe_clip_limit: float = PField(2.0, gt=0)
-    global_size: int = PField(224, ge=8)
-    local_size: int = PField(96, ge=8)
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    n_global: int = PField(2, ge=1, le=2)
-    n_local: int = PField(8, ge=0)
-    augment: AugmentConfig = AugmentConfig()
-    mask_probability: float = PField(0.5, ge=0, le=1)
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    mask_min_patches: int = PField(4, ge=1)
-    mask_min_aspect: float = PField(0.3, gt=0, le=1)
-    crops_per_field: int = PField(1, ge=1)
-    max_retries: int = PField(20, ge=1)
-    max_failure_fraction: float = PField(0.05, ge=0, le=1)
-    failure_min_samples: int = PField(200, ge=1)
-    num_workers: int = PField(4, ge=0)
-    worker_start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
-    prefetch_factor: int = PField(2, ge=1)
-    s3_endpoint_url: str | None = None
-    s3_anon: bool = True
-    s3_cache_dir: str | None = None
-    s3_cache_gb: float = PField(0.0, ge=0)
-
-    @field_validator("channel_mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        parse_channel_mode(v)
-        return v
-
-    @field_validator("multiview_channels", mode="before")
-    @classmethod
-    def _mv(cls, v: Any) -> list[int]:
-        if not isinstance(v, (list, tuple)) or not v:
-            raise ValueError("multiview_channels must list at least one channel (1–8 or names such as DNA)")
-        return [channel_number(c) for c in v]
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "DataConfig":
-        for name in ("global_scale", "local_scale", "mask_ratio"):
-            lo, hi = getattr(self, name)
-            if not 0 <= lo <= hi <= 1:
-                raise ValueError(f"{name} must be [low, high] with 0 ≤ low ≤ high ≤ 1")
-        lo, hi = self.norm_percentiles
-        if not 0 <= lo < hi <= 100:
-            raise ValueError("norm_percentiles must be [low, high] with 0 ≤ low < high ≤ 100")
-        if self.s3_cache_dir and self.s3_cache_gb <= 0:
-            raise ValueError("s3_cache_dir is set but s3_cache_gb is 0: give the cache a size (GB) or drop the dir")
-        return self
-
-    def preprocessor(self) -> Preprocessor:
-        return Preprocessor(low=self.norm_percentiles[0], high=self.norm_percentiles[1],
-                            illumination=self.illumination, clahe=self.clahe, clahe_clip_limit=self.clahe_clip_limit)
-
-    def storage(self) -> Any:
-        """An S3Storage when the data lives on S3 (settings only; the client is created in each process)."""
-        targets = [self.root or "", self.index or "", *self.load_data]
-        if not any(str(t).startswith("s3://") for t in targets) and not self.s3_endpoint_url:
-            return None
-        from dinocell_core.storage import S3Storage
-
-        cache_dir = self.s3_cache_dir
-        if cache_dir is None and self.s3_cache_gb > 0:
-            cache_dir = str(Path.home() / ".cache" / "dinocell" / "s3")
-        return S3Storage(endpoint_url=self.s3_endpoint_url, anon=self.s3_anon, cache_dir=cache_dir,
-                         cache_bytes=int(self.s3_cache_gb * 1e9))
-
-
-class NoFieldsError(ValueError):
+class NoFieldsError(DinocellError, ValueError):
     """The data root holds no complete field: raised before training starts."""
 
 
-class TooManyFailures(RuntimeError):
+class TooManyFailures(DinocellError, RuntimeError):
     """More reads failed than ``max_failure_fraction`` allows."""
 
 
@@ -162,6 +74,11 @@ class FailureBudget:
 
 # --------------------------------------------------------------------------------------------------- dataset
 
+def preprocessor_for(cfg: DataConfig) -> Preprocessor:
+    return Preprocessor(low=cfg.norm_percentiles[0], high=cfg.norm_percentiles[1], illumination=cfg.illumination,
+                        clahe=cfg.clahe, clahe_clip_limit=cfg.clahe_clip_limit)
+
+
 class SSLFieldDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by ``(sample_id, field_slot)`` pairs from :class:`SSLStreamSampler`."""
 
@@ -171,8 +88,8 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.patch_size = patch_size
         self.seed = int(seed)
-        self.kind, self.channel = parse_channel_mode(cfg.channel_mode)
-        self.pre = cfg.preprocessor()
+        self.mode = cfg.mode
+        self.pre = preprocessor_for(cfg)
         self.storage = cfg.storage()
         self.root = str(cfg.root) if cfg.root is not None else ""
         if fields is None:
@@ -185,11 +102,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self._cache: dict[Any, np.ndarray] = {}
         self._shape: tuple[int, ...] | None = None
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.prepared = None
-        if cfg.prepared:
-            from dinocell_core.prepare import PreparedStore
-
-            self.prepared = PreparedStore(cfg.prepared, cfg)
+        self.prepared = PreparedStore(cfg.prepared, cfg) if cfg.prepared else None
         self._illum: IlluminationCache | None = None
 
     def __len__(self) -> int:
@@ -214,7 +127,8 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         return int(perm[(pos + attempt) % n])
 
     # -- field views
-    def _view(self, field: Field, view: Any) -> np.ndarray:
+    def view(self, field: Field, view: Any) -> np.ndarray:
+        """One normalised view of ``field`` (a channel number or ``fluorescent_mean``), cached for its siblings."""
         if self._cache_key != field.key:
             self._cache_key, self._cache, self._shape = field.key, {}, None
         img = self._cache.get(view)
@@ -227,7 +141,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         if self.prepared is not None:
             return self.prepared.view(field, view)
         if view == FMEAN:
-            return self.pre.fluorescent_mean([self._view(field, ch) for ch in FLUORESCENT])
+            return self.pre.fluorescent_mean([self.view(field, ch) for ch in FLUORESCENT])
         return self._channel(field, int(view))
 
     def _channel(self, field: Field, ch: int) -> np.ndarray:
@@ -245,9 +159,9 @@ class SSLFieldDataset(torch.utils.data.Dataset):
     # -- crops
     def _crop_views(self, rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
         cfg = self.cfg
-        if self.kind == "channel":
-            return [self.channel] * cfg.n_global, [self.channel] * cfg.n_local
-        if self.kind == FMEAN:
+        if self.mode.kind == "channel":
+            return [self.mode.channel] * cfg.n_global, [self.mode.channel] * cfg.n_local
+        if self.mode.kind == FMEAN:
             return [FMEAN] * cfg.n_global, [FMEAN] * cfg.n_local
         chans = cfg.multiview_channels
         pick = lambda: int(chans[int(rng.integers(0, len(chans)))])  # noqa: E731
@@ -260,13 +174,13 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         blur_p = cfg.augment.blur_p
         out_g = []
         for i, view in enumerate(g_views):
-            img = self._view(field, view)
+            img = self.view(field, view)
             box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.global_scale)
             crop = crop_resize(img, box, cfg.global_size)
             out_g.append(augment(crop, rng, cfg.augment, blur_p[min(i, 1)]))
         out_l = []
         for view in l_views:
-            img = self._view(field, view)
+            img = self.view(field, view)
             box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.local_scale)
             crop = crop_resize(img, box, cfg.local_size)
             out_l.append(augment(crop, rng, cfg.augment, blur_p[2]))

@@ -4,7 +4,7 @@ Each channel is robust-normalised on its own (percentiles of the whole field, so
 relative to the field and a cell-free crop stays dark) before anything is combined: brightfield (~20k counts)
 is never averaged with fluorescence (~300–3,000). Illumination correction follows CellProfiler
 (CorrectIlluminationApply, Divide): ``clip((raw / 65535) / illum, 0, 1)``. CLAHE, when asked, runs on a
-16-bit rendering of the normalised image, never on 8-bit data.
+16-bit rendering of the normalised image (:mod:`dinocell_core.io.images`).
 """
 
 from __future__ import annotations
@@ -15,57 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from dinocell_core.jump import ALL_CHANNELS, CHANNELS, Field, channel_number, join_path
-from dinocell_core.tiffio import BadImageError, read_tiff
-
-BRIGHTFIELD_VIEW = 8  # OrigBrightfield, the middle plane (ch7 is LowZBF)
-
-
-def parse_channel_mode(mode: str) -> tuple[str, int | None]:
-    """``"fluorescent_mean"``, ``"brightfield"`` (→ ch8), ``"multiview"`` or ``"channel:N"`` (N a number or a
-    name such as ``DNA``) → (kind, channel)."""
-    text = str(mode).strip()
-    if text in ("fluorescent_mean", "multiview"):
-        return text, None
-    if text == "brightfield":
-        return "channel", BRIGHTFIELD_VIEW
-    if text.startswith("channel:"):
-        return "channel", channel_number(text.split(":", 1)[1])
-    raise ValueError(f"unknown channel_mode {mode!r}; use fluorescent_mean, brightfield, multiview or channel:N")
-
-
-def percentiles(img: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """Field percentiles from a regular subsample (every 4th pixel of big images: ~70k values, ~1 ms)."""
-    step = 4 if img.size > 512 * 512 else (2 if img.size > 128 * 128 else 1)
-    sample = img[::step, ::step] if img.ndim == 2 else img
-    lo, hi = np.percentile(sample, [low, high])
-    return float(lo), float(hi)
-
-
-def normalize_percentile(img: np.ndarray, low: float = 1.0, high: float = 99.8, clip: bool = True) -> np.ndarray:
-    """Map the ``low``/``high`` percentiles to 0/1 (float32); a flat image becomes all zeros, not NaN."""
-    lo, hi = percentiles(img, low, high)
-    return scale_to_unit(img, lo, hi, clip)
-
-
-def scale_to_unit(img: np.ndarray, lo: float, hi: float, clip: bool = True) -> np.ndarray:
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    out = img.astype(np.float32)
-    out -= np.float32(lo)
-    out *= np.float32(scale)
-    if clip:
-        np.clip(out, 0.0, 1.0, out=out)
-    return out
-
-
-def apply_clahe(img01: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """CLAHE on a 16-bit rendering of a [0, 1] image (full precision; 8-bit CLAHE would posterise faint cells)."""
-    u16 = (np.clip(img01, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-    out = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(tile_grid, tile_grid)).apply(u16)
-    return out.astype(np.float32) * np.float32(1.0 / 65535.0)
+from dinocell_core.io.images import apply_clahe, normalize_percentile
+from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS
+from dinocell_core.jump.index import Field, join_path
 
 
 def illumination_path(field: Field, ch: int) -> str:

@@ -11,103 +11,24 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field as PField
-from pydantic import model_validator
 
-from dinocell_core.bundle import save_bundle, unique_state
-from dinocell_core.checkpoint import CheckpointManager
-from dinocell_core.config import StrictModel
-from dinocell_core.decoder import DistanceDecoder, set_trainable
-from dinocell_core.inference import resolve_device, run_tiled
-from dinocell_core.metrics import AP_THRESHOLDS, evaluate_pairs
-from dinocell_core.runs import RunDir
-from dinocell_core.seg_data import (SegAugmentConfig, SegDataConfig, SegSample, load_samples, prepare_samples,
-                                    split_samples, tile_batch)
-from dinocell_core.segmentation import DEFAULT_FILL_THRESHOLD, DEFAULT_PEAK_THRESHOLD, labels_from_distance
-from dinocell_core.stopping import StopRequest
+from dinocell_core.device import resolve_device
+from dinocell_core.io.checkpoint import CheckpointManager
+from dinocell_core.runs.rundir import RunDir
+from dinocell_core.runs.stopping import StopRequest
+from dinocell_core.seg.bundle import save_bundle, unique_state
+from dinocell_core.seg.config import DecoderConfig, SegDataConfig
+from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
+from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
+from dinocell_core.seg.distance import labels_from_distance
+from dinocell_core.seg.inference import run_tiled
+from dinocell_core.seg.metrics import AP_THRESHOLDS, evaluate_pairs
 
 log = logging.getLogger(__name__)
-
-
-class BackboneSection(StrictModel):
-    arch: str = "vit_small"
-    patch_size: int = PField(8, ge=1)
-    weights: str | None = None  # official .pth, pretraining run dir/checkpoint, or safetensors export
-    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
-    finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
-
-
-class DecoderSection(StrictModel):
-    layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
-    width: int = PField(128, ge=8)
-    stem_width: int = PField(16, ge=4)
-
-
-class TrainSection(StrictModel):
-    steps: int = PField(20000, ge=1)  # per channel
-    batch_size: int = PField(8, ge=1)
-    tile_size: int = PField(256, ge=16)
-    lr: float = PField(1e-4, gt=0)
-    backbone_lr: float = PField(1e-5, ge=0)
-    weight_decay: float = PField(0.05, ge=0)
-    warmup_steps: int = PField(250, ge=0)
-    eval_every: int = PField(500, ge=1)
-    checkpoint_every: int = PField(500, ge=1)
-    log_every: int = PField(20, ge=1)
-    keep_last: int = PField(3, ge=1)
-    device: str = "auto"
-    threads: int | None = PField(None, ge=1)  # CPU threads for torch (None: torch's default)
-
-
-class ThresholdSection(StrictModel):
-    peak: float = PField(DEFAULT_PEAK_THRESHOLD, gt=0, lt=1)
-    fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)
-    min_size: int = PField(0, ge=0)
-
-
-class InferenceSection(StrictModel):
-    overlap: int = PField(32, ge=0)
-    batch_size: int = PField(8, ge=1)
-    thresholds: ThresholdSection = PField(default_factory=ThresholdSection)
-
-
-class DecoderConfig(StrictModel):
-    """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
-
-    name: str = "dinocell"
-    seed: int = 0
-    backbone: BackboneSection = PField(default_factory=BackboneSection)
-    decoder: DecoderSection = PField(default_factory=DecoderSection)
-    data: SegDataConfig
-    channels: list[str] | None = None  # loop: one model per channel (overrides data.channel)
-    val_data: SegDataConfig | None = None  # held-out set; default: val_fraction of data
-    val_fraction: float = PField(0.2, gt=0, lt=1)
-    augment: SegAugmentConfig = PField(default_factory=SegAugmentConfig)
-    train: TrainSection = PField(default_factory=TrainSection)
-    inference: InferenceSection = PField(default_factory=InferenceSection)
-    models_dir: str | None = None  # default: RUN/models
-    modality: Literal["fluorescence", "brightfield", "phase", "other"] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> "DecoderConfig":
-        t = self.train.tile_size
-        if t % self.backbone.patch_size:
-            raise ValueError(f"train.tile_size {t} must be a multiple of backbone.patch_size "
-                             f"{self.backbone.patch_size}")
-        if t <= 2 * self.inference.overlap:
-            raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
-        if self.inference.thresholds.fill >= self.inference.thresholds.peak:
-            raise ValueError("inference.thresholds.fill must be below inference.thresholds.peak")
-        if self.channels is not None and not self.channels:
-            raise ValueError("channels must list at least one channel (or be omitted)")
-        return self
-
-    def channel_list(self) -> list[str | None]:
-        return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
 
 
 def _channel_data(cfg: SegDataConfig, channel: str | None) -> SegDataConfig:
@@ -199,7 +120,7 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
 def _modality(channel: str | None) -> str:
     if channel is None:
         return "other"
-    from dinocell_core.jump import BRIGHTFIELD, channel_number
+    from dinocell_core.jump.channels import BRIGHTFIELD, channel_number
 
     try:
         return "brightfield" if channel_number(channel) in BRIGHTFIELD else "fluorescence"
@@ -218,7 +139,7 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
     status = run.read_status()
     run.update_status(state="running", kind="decoder", total_steps=total, error=None,
                       started_at=status.get("started_at", time.time()), step=status.get("step", 0))
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, key="train.device")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dinocell_core.distributed import all_reduce_
+from dinocell_core.runs.distributed import all_reduce_
 
 
 def _logsumexp(t: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from dinocell_core.fsutil import atomic_write_text
-from dinocell_core.runs import RunDir
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_write_text
+from dinocell_core.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ JOB_COMMANDS: dict[str, str] = {"pretrain": "pretrain", "decoder": "train-decode
 DISTRIBUTED_KINDS = frozenset({"pretrain"})
 
 
-class LaunchError(RuntimeError):
+class LaunchError(DinocellError, RuntimeError):
     """A job could not be started, stopped or resumed; the message says why and names the run directory."""
 
 

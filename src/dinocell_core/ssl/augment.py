@@ -11,34 +11,8 @@ import math
 
 import cv2
 import numpy as np
-from pydantic import Field, model_validator
 
-from dinocell_core.config import StrictModel
-
-
-class AugmentConfig(StrictModel):
-    """Augmentation strengths (the ``data.augment`` config section)."""
-
-    flips: bool = True
-    rot90: bool = True
-    intensity_p: float = Field(0.8, ge=0, le=1)
-    brightness: float = Field(0.1, ge=0, le=1)
-    contrast: float = Field(0.3, ge=0, le=1)
-    gamma: tuple[float, float] = (0.75, 1.35)
-    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    noise_p: float = Field(0.3, ge=0, le=1)
-    noise_std: tuple[float, float] = (0.0, 0.05)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "AugmentConfig":
-        for name in ("gamma", "blur_sigma", "noise_std"):
-            lo, hi = getattr(self, name)
-            if lo > hi or lo < 0:
-                raise ValueError(f"{name} must be a range [low, high] with 0 ≤ low ≤ high")
-        if any(not 0 <= p <= 1 for p in self.blur_p):
-            raise ValueError("blur_p values (global 1, global 2, local) must lie in [0, 1]")
-        return self
+from dinocell_core.ssl.config import AugmentConfig
 
 
 def sample_crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],

@@ -1,6 +1,6 @@
 """Segmentation datasets: (image, instance labels) pairs from the common formats, and random training tiles.
 
-Every image goes through :func:`prepare_image` — the same function inference uses — so training and inference
+Every image goes through :func:`~dinocell_core.io.images.prepare_image` — the same function inference uses — so training and inference
 see identical inputs. Label images are only ever resized with nearest neighbour (linear resizing blends ids into
 spurious border labels); the distance target is computed on the full label image, then cropped/warped with the
 image and clipped back to [0, 1].
@@ -13,77 +13,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
-import tifffile
-from pydantic import Field as PField
-from pydantic import model_validator
 
-from dinocell_core.config import StrictModel
-from dinocell_core.preprocess import normalize_percentile
-from dinocell_core.segmentation import distance_map
-
+from dinocell_core.io.images import ImageError, prepare_image, read_image
+from dinocell_core.seg.config import SegAugmentConfig, SegDataConfig
+from dinocell_core.seg.distance import distance_map
 
 IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
-class SegDataError(ValueError):
+class SegDataError(ImageError):
     """A dataset file or folder is unusable (the message names it and says why)."""
-
-
-# ------------------------------------------------------------------------------------------------ image I/O
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Any 2-D or multichannel image as stored (TIFF via tifffile, others via OpenCV with RGB channel order)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SegDataError(f"{p}: file not found")
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            arr = tifffile.imread(p)
-        else:
-            arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise SegDataError(f"{p}: OpenCV cannot decode this image")
-            if arr.ndim == 3 and arr.shape[2] in (3, 4):
-                arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    except SegDataError:
-        raise
-    except Exception as exc:
-        raise SegDataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from None
-    arr = np.asarray(arr)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    return arr
-
-
-def select_channel(img: np.ndarray, channel: int | None = None, name: str = "image") -> np.ndarray:
-    """A 2-D view of ``img``: itself if grayscale, else channel ``channel`` (channels-last if the last axis has
-    ≤ 4 entries, else channels-first). A multichannel image needs ``channel`` unless all channels are equal
-    (gray saved as RGB): mixing e.g. cytoplasm and nuclei stains silently is what SAMCell did wrong."""
-    a = np.asarray(img)
-    if a.ndim == 2:
-        return a
-    if a.ndim != 3:
-        raise SegDataError(f"{name}: expected a 2-D image or one with a channel axis, got shape {a.shape}")
-    stack = np.moveaxis(a, -1, 0) if a.shape[-1] <= 4 else a
-    if channel is None:
-        if all(np.array_equal(stack[0], s) for s in stack[1:]):
-            return stack[0]
-        raise SegDataError(f"{name}: has {stack.shape[0]} different channels (shape {a.shape}); choose one with "
-                           "channel / --channel")
-    if not 0 <= channel < stack.shape[0]:
-        raise SegDataError(f"{name}: channel {channel} out of range (image has {stack.shape[0]} channels)")
-    return stack[channel]
-
-
-def prepare_image(img: np.ndarray, channel: int | None = None, low: float = 1.0, high: float = 99.8,
-                  name: str = "image") -> np.ndarray:
-    """Raw image → float32 [0, 1] by whole-image percentiles (a subsample on big images); used by training and
-    inference alike."""
-    return normalize_percentile(select_channel(img, channel, name), low, high)
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -95,32 +37,6 @@ class SegSample:
     name: str
     image: np.ndarray
     labels: np.ndarray
-
-
-class SegDataConfig(StrictModel):
-    """Where annotated images come from (one source per config section)."""
-
-    format: Literal["pairs", "folders", "livecell", "jump"]
-    path: str
-    images_dir: str | None = None  # livecell: folder of the images named in the JSON
-    channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
-    max_images: int | None = PField(None, ge=1)
-    low: float = PField(1.0, ge=0, lt=100)
-    high: float = PField(99.8, gt=0, le=100)
-
-    @model_validator(mode="after")
-    def _check(self) -> "SegDataConfig":
-        if self.low >= self.high:
-            raise ValueError("low percentile must be below high")
-        if self.format == "jump" and self.channel is None:
-            raise ValueError("format 'jump' needs channel (e.g. DNA, Mito, brightfield)")
-        if self.format != "jump" and self.channel is not None:
-            if not str(self.channel).strip().isdigit():
-                raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
-                                 f"not {self.channel!r}")
-        if self.format == "livecell" and self.images_dir is None:
-            raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
-        return self
 
 
 def _as_labels(mask: np.ndarray, name: str) -> np.ndarray:
@@ -234,13 +150,14 @@ def livecell_samples(cfg: SegDataConfig) -> list[SegSample]:
 
 def jump_samples(cfg: SegDataConfig) -> list[SegSample]:
     """JUMP fixture fields: the chosen channel and its ground truth (DNA → nuclei, every other channel → cells)."""
-    from dinocell_core.fixture import find_source_root, ground_truth_path
-    from dinocell_core.jump import channel_number, load_index
-    from dinocell_core.tiffio import read_tiff
+    from dinocell_core.io.tiffio import read_tiff
+    from dinocell_core.jump.channels import channel_number
+    from dinocell_core.jump.ground_truth import find_ground_truth_root, ground_truth_path
+    from dinocell_core.jump.index import load_index
 
     ch = channel_number(cfg.channel)
     kind = "nuclei" if ch == 5 else "cells"
-    source = find_source_root(cfg.path)
+    source = find_ground_truth_root(cfg.path)
     fields = [f for f in load_index(cfg.path) if ch in f.paths]
     if not fields:
         raise SegDataError(f"{cfg.path}: no field has channel {ch}")
@@ -278,14 +195,14 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if p.is_dir() and any(_stem(q, "_img") for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS):
         return "pairs"
     try:
-        from dinocell_core.fixture import find_source_root
+        from dinocell_core.jump.ground_truth import find_ground_truth_root
 
-        find_source_root(p)
+        find_ground_truth_root(p)
         return "jump"
     except FileNotFoundError:
         pass
     raise SegDataError(f"{p}: not a recognised dataset (Cellpose *_img/*_masks folder, images/+masks/, "
-                       "LIVECell COCO .json, or a JUMP fixture)")
+                       "LIVECell COCO .json, or a JUMP tree with ground_truth/)")
 
 
 def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -301,25 +218,6 @@ def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int) 
 
 
 # ------------------------------------------------------------------------------------------- augmentation
-
-class SegAugmentConfig(StrictModel):
-    """Augmentation of training tiles (the ``augment`` section of a decoder config)."""
-
-    flips: bool = True
-    rot90: bool = True
-    scale: tuple[float, float] = (0.8, 1.25)
-    intensity: float = PField(0.1, ge=0, le=1)  # brightness shift and contrast gain jitter
-    gamma: tuple[float, float] = (0.8, 1.25)
-    invert_p: float = PField(0.0, ge=0, le=1)  # phase ↔ dark-field invariance (brightfield models)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "SegAugmentConfig":
-        for key in ("scale", "gamma"):
-            lo, hi = getattr(self, key)
-            if not 0 < lo <= hi:
-                raise ValueError(f"{key} must be a range [low, high] with 0 < low ≤ high")
-        return self
-
 
 @dataclass
 class PreparedSample:

@@ -16,9 +16,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from dinocell_core.schedules import StepValues
-
-SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_256", "none")
+from dinocell_core.ssl.config import SCALING_RULES
+from dinocell_core.ssl.schedules import StepValues
 
 
 def scaled_lr(base_lr: float, rule: str, global_batch: int) -> float:

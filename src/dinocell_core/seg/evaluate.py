@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dinocell_core.bundle import Bundle, load_bundle
-from dinocell_core.metrics import AP_THRESHOLDS, evaluate_pairs
-from dinocell_core.seg_data import SegDataConfig, detect_format, load_samples
+from dinocell_core.seg.bundle import Bundle, load_bundle
+from dinocell_core.seg.config import SegDataConfig
+from dinocell_core.seg.data import detect_format, load_samples
+from dinocell_core.seg.metrics import AP_THRESHOLDS, evaluate_pairs
 
 
 def dataset_config(path: str | os.PathLike[str], bundle: Bundle, channel: str | int | None = None,
@@ -31,7 +32,7 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], dataset: str | os.PathL
                     channel: str | int | None = None, max_images: int | None = None,
                     progress: Callable[[int, int], None] | None = None, **thresholds: Any) -> dict[str, Any]:
     """Segment every image of ``dataset`` with the bundle (the inference path users run) and pool the scores."""
-    from dinocell_core.inference import Segmenter
+    from dinocell_core.seg.inference import Segmenter
 
     bundle = load_bundle(bundle_path)
     cfg = dataset if isinstance(dataset, SegDataConfig) else dataset_config(dataset, bundle, channel, max_images)

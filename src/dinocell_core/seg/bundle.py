@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from dinocell_core.checkpoint import CheckpointError, load_tensors, save_tensors
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.checkpoint import CheckpointError, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ SUFFIX = ".safetensors"
 REQUIRED = ("name", "channel", "backbone", "decoder", "preprocessing", "thresholds", "tile_size")
 
 
-class BundleError(ValueError):
+class BundleError(DinocellError, ValueError):
     """A file is not a usable DINOCell model bundle (the message names the file and why)."""
 
 
@@ -62,7 +63,7 @@ class Bundle:
     def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The network with this bundle's weights, in eval mode (no download: the backbone is built empty)."""
         from dinocell_core.backbone import load_backbone
-        from dinocell_core.decoder import DistanceDecoder
+        from dinocell_core.seg.decoder import DistanceDecoder
 
         bb_meta = self.metadata["backbone"]
         dec = self.metadata["decoder"]
@@ -163,7 +164,7 @@ def read_bundle_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _channel_key(channel: str | int) -> str:
-    from dinocell_core.jump import channel_number
+    from dinocell_core.jump.channels import channel_number
 
     try:
         return f"ch{channel_number(channel)}"

@@ -20,15 +20,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
 
 from dinocell_core.config import save_config
-from dinocell_core.fsutil import atomic_write_json
+from dinocell_core.io.fsutil import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RunDir:
         if not self.metrics_path.exists():
             return
         kept = [r for r in read_metrics(self.metrics_path) if int(r.get("step", -1)) <= step]
-        from dinocell_core.fsutil import atomic_write_text
+        from dinocell_core.io.fsutil import atomic_write_text
 
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
 

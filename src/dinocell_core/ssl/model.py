@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinocell_core.backbone import DinoBackbone
-from dinocell_core.heads import DINOHead
-from dinocell_core.losses import dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
+from dinocell_core.ssl.heads import DINOHead
+from dinocell_core.ssl.losses import dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
 
 
 class SSLNetwork(nn.Module):

@@ -1,4 +1,4 @@
-"""CPJUMP1 (cpg0000-jump-pilot/source_4) channels, file-name grammar and the field index.
+"""CPJUMP1 (cpg0000-jump-pilot/source_4) file-name grammar and the field index.
 
 File names are the source of truth: a field is every ``r{RR}c{CC}f{FF}p01-ch{N}sk{K}...tiff`` in one plate folder
 sharing row, column, site and ``sk``. The field key includes the plate folder and ``sk`` because ``rRRcCCfFF``
@@ -19,46 +19,21 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
 
-from dinocell_core.fsutil import atomic_path, atomic_write_json
+from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, NAME_TO_CHANNEL, channel_number
 
 log = logging.getLogger(__name__)
-
-CHANNELS: dict[int, str] = {
-    1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA", 6: "HighZBF", 7: "LowZBF", 8: "Brightfield",
-}
-FLUORESCENT: tuple[int, ...] = (1, 2, 3, 4, 5)
-BRIGHTFIELD: tuple[int, ...] = (6, 7, 8)
-ALL_CHANNELS: tuple[int, ...] = tuple(sorted(CHANNELS))
 
 FILE_RE = re.compile(r"^r(\d{2})c(\d{2})f(\d{2})p(\d{2})-ch(\d+)sk(\d+)fk(\d+)fl(\d+)\.tiff$")
 S3_GALLERY = "s3://cellpainting-gallery/"
 INDEX_COLUMNS: tuple[str, ...] = ("plate", "well", "site", *(f"ch{c}" for c in ALL_CHANNELS),
                                   "batch", "plate_folder", "sk")
-_NAME_TO_CH = {name.lower(): ch for ch, name in CHANNELS.items()}
-
-
-def channel_number(name_or_int: str | int) -> int:
-    """Channel number 1–8 from ``5``, ``"5"``, ``"ch5"``, ``"DNA"`` or ``"OrigDNA"`` (case-insensitive)."""
-    if isinstance(name_or_int, int) and not isinstance(name_or_int, bool):
-        ch = name_or_int
-    else:
-        text = str(name_or_int).strip().lower()
-        text = text[4:] if text.startswith("orig") else text
-        text = text[2:] if text.startswith("ch") and text[2:].isdigit() else text
-        if text.isdigit():
-            ch = int(text)
-        elif text in _NAME_TO_CH:
-            return _NAME_TO_CH[text]
-        else:
-            raise ValueError(f"unknown channel {name_or_int!r}; use 1–8 or one of {', '.join(CHANNELS.values())}")
-    if ch not in CHANNELS:
-        raise ValueError(f"channel {name_or_int!r} out of range: CPJUMP1 has channels 1–8")
-    return ch
 
 
 def well_name(row: int, col: int) -> str:
@@ -285,7 +260,7 @@ def index_fields(root: str | os.PathLike[str], storage: object | None = None,
     grouper = _Grouper(channels)
     root_s = os.fspath(root)
     if "://" in root_s:
-        from dinocell_core.storage import get_storage
+        from dinocell_core.io.storage import get_storage
 
         store = storage or get_storage(root_s)
         unreadable: list[str] = []
@@ -312,7 +287,7 @@ def _open_text(path: str | os.PathLike[str], storage: object | None = None) -> i
     """Text stream of a local or ``s3://`` CSV (``.gz`` decompressed)."""
     p = os.fspath(path)
     if "://" in p:
-        from dinocell_core.storage import get_storage
+        from dinocell_core.io.storage import get_storage
 
         store = storage or get_storage(p)
         raw: io.IOBase = io.BytesIO(store.read_bytes(p))  # type: ignore[attr-defined]
@@ -355,9 +330,9 @@ def index_load_data(csv_paths: Sequence[str | os.PathLike[str]], root: str | Non
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             url_cols = {channel_number(c[len("URL_Orig"):]): c for c in cols
-                        if c.startswith("URL_Orig") and c[len("URL_Orig"):].lower() in _NAME_TO_CH}
+                        if c.startswith("URL_Orig") and c[len("URL_Orig"):].lower() in NAME_TO_CHANNEL}
             file_cols = {channel_number(c[len("FileName_Orig"):]): c for c in cols
-                         if c.startswith("FileName_Orig") and c[len("FileName_Orig"):].lower() in _NAME_TO_CH}
+                         if c.startswith("FileName_Orig") and c[len("FileName_Orig"):].lower() in NAME_TO_CHANNEL}
             if not url_cols and not file_cols:
                 raise ValueError(f"{csv_path}: not a load_data CSV (no URL_Orig* or FileName_Orig* columns)")
             for n, row in enumerate(reader, start=2):

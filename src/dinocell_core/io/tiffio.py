@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from dinocell_core.errors import DinocellError
 
-class BadImageError(Exception):
+
+class BadImageError(DinocellError):
     """An image that cannot be used; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str, reason: str) -> None:
@@ -28,14 +30,14 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
               shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Decode the first page of a TIFF as stored (uint16 stays uint16).
 
-    ``storage`` (an :class:`~dinocell_core.storage.S3Storage`) serves ``s3://`` URLs; ``dtype`` / ``shape``, when
+    ``storage`` (an :class:`~dinocell_core.io.storage.S3Storage`) serves ``s3://`` URLs; ``dtype`` / ``shape``, when
     given, are required and a mismatch is a :class:`BadImageError`. Singleton leading axes are squeezed.
     """
     path = os.fspath(path_or_url)
     source: Any = path
     if "://" in path:
         if storage is None:
-            from dinocell_core.storage import get_storage
+            from dinocell_core.io.storage import get_storage
 
             storage = get_storage(path)
         try:

@@ -16,21 +16,8 @@ from typing import Any
 import torch
 
 from dinocell_core.backbone import EXPORT_FORMAT, PRETRAIN_FORMAT, DinoBackbone, WeightsError, load_backbone
-from dinocell_core.checkpoint import CheckpointManager, load_state, save_tensors
-from dinocell_core.fsutil import atomic_path, atomic_write_text
-
-
-def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
-    """A run directory (→ newest verified checkpoint) or a checkpoint file."""
-    p = Path(source)
-    if p.is_dir():
-        ckpt = CheckpointManager(p / "checkpoints" if (p / "checkpoints").is_dir() else p).latest()
-        if ckpt is None:
-            raise WeightsError(f"{p}: no usable pretraining checkpoint")
-        return ckpt
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
-    return p
+from dinocell_core.io.checkpoint import load_state, resolve_checkpoint, save_tensors
+from dinocell_core.io.fsutil import atomic_path, atomic_write_text
 
 
 def teacher_backbone(source: str | os.PathLike[str]) -> tuple[DinoBackbone, dict[str, Any]]:

@@ -54,7 +54,7 @@ def render_preview(batches: Sequence[dict[str, Any]], max_rows: int = 8, pad: in
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    from dinocell_core.fsutil import atomic_write_bytes
+    from dinocell_core.io.fsutil import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dinocell_core.bundle import Bundle, load_bundle
-from dinocell_core.seg_data import prepare_image
-from dinocell_core.segmentation import labels_from_distance
+from dinocell_core.device import resolve_device
+from dinocell_core.io.images import prepare_image
+from dinocell_core.seg.bundle import Bundle, load_bundle
+from dinocell_core.seg.distance import labels_from_distance
 
 EPS_WEIGHT = 1e-3
 Progress = tuple[int, int]
@@ -105,16 +106,6 @@ def _last(gen: Generator[Progress | np.ndarray, None, np.ndarray]) -> np.ndarray
 def run_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int,
               batch_size: int, multiple: int = 1) -> np.ndarray:
     return _last(iter_tiled(predict, image, tile, overlap, batch_size, multiple))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA if available; an explicit ``cuda`` without a GPU is an error, not a silent CPU run."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 class Segmenter:

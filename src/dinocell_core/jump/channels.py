@@ -1,0 +1,72 @@
+"""The CPJUMP1 channel vocabulary (ch1..ch8) and the channel modes the models see, in one place.
+
+Pure Python (no NumPy/torch): config schemas and the napari forms import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CHANNELS: dict[int, str] = {
+    1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA", 6: "HighZBF", 7: "LowZBF", 8: "Brightfield",
+}
+FLUORESCENT: tuple[int, ...] = (1, 2, 3, 4, 5)
+BRIGHTFIELD: tuple[int, ...] = (6, 7, 8)
+ALL_CHANNELS: tuple[int, ...] = tuple(sorted(CHANNELS))
+BRIGHTFIELD_VIEW = 8  # OrigBrightfield, the middle plane (ch7 is LowZBF)
+FMEAN = "fluorescent_mean"
+NAME_TO_CHANNEL = {name.lower(): ch for ch, name in CHANNELS.items()}
+
+
+def channel_number(name_or_int: str | int) -> int:
+    """Channel number 1–8 from ``5``, ``"5"``, ``"ch5"``, ``"DNA"`` or ``"OrigDNA"`` (case-insensitive)."""
+    if isinstance(name_or_int, int) and not isinstance(name_or_int, bool):
+        ch = name_or_int
+    else:
+        text = str(name_or_int).strip().lower()
+        text = text[4:] if text.startswith("orig") else text
+        text = text[2:] if text.startswith("ch") and text[2:].isdigit() else text
+        if text.isdigit():
+            ch = int(text)
+        elif text in NAME_TO_CHANNEL:
+            return NAME_TO_CHANNEL[text]
+        else:
+            raise ValueError(f"unknown channel {name_or_int!r}; use 1–8 or one of {', '.join(CHANNELS.values())}")
+    if ch not in CHANNELS:
+        raise ValueError(f"channel {name_or_int!r} out of range: CPJUMP1 has channels 1–8")
+    return ch
+
+
+def is_brightfield(channel: str | int) -> bool:
+    return channel_number(channel) in BRIGHTFIELD
+
+
+@dataclass(frozen=True)
+class ChannelMode:
+    """What one SSL view is made of: the fluorescent mean, one channel, or several channels as views.
+
+    Spelled in configs as ``fluorescent_mean`` | ``multiview`` | ``brightfield`` (= ch8) | ``channel:N`` (N a number or
+    a name such as ``DNA``); :meth:`parse` is the only parser.
+    """
+
+    kind: Literal["fluorescent_mean", "multiview", "channel"]
+    channel: int | None = None
+
+    CHOICES = ("fluorescent_mean", "brightfield", "multiview", "channel:N")
+
+    @classmethod
+    def parse(cls, mode: str | ChannelMode) -> ChannelMode:
+        if isinstance(mode, ChannelMode):
+            return mode
+        text = str(mode).strip()
+        if text in (FMEAN, "multiview"):
+            return cls(text)  # type: ignore[arg-type]
+        if text == "brightfield":
+            return cls("channel", BRIGHTFIELD_VIEW)
+        if text.startswith("channel:"):
+            return cls("channel", channel_number(text.split(":", 1)[1]))
+        raise ValueError(f"unknown channel_mode {mode!r}; use fluorescent_mean, brightfield, multiview or channel:N")
+
+    def __str__(self) -> str:
+        return f"channel:{self.channel}" if self.kind == "channel" else self.kind

@@ -1,0 +1,141 @@
+"""Every segmentation key in one torch-free file: datasets, augmentation, decoder training and thresholds.
+
+The napari forms and ``segment``'s argument checks import this module only (no torch, no timm). The thresholds'
+defaults live here once; a bundle records the values its model was validated with, and every consumer (CLI,
+evaluate, napari) starts from the bundle's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field as PField
+from pydantic import model_validator
+
+from dinocell_core.config import StrictModel
+
+DEFAULT_PEAK_THRESHOLD = 0.47
+DEFAULT_FILL_THRESHOLD = 0.09
+DEFAULT_MIN_SIZE = 0
+
+
+class SegDataConfig(StrictModel):
+    """Where annotated images come from (one source per config section)."""
+
+    format: Literal["pairs", "folders", "livecell", "jump"]
+    path: str
+    images_dir: str | None = None  # livecell: folder of the images named in the JSON
+    channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
+    max_images: int | None = PField(None, ge=1)
+    low: float = PField(1.0, ge=0, lt=100)
+    high: float = PField(99.8, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SegDataConfig":
+        if self.low >= self.high:
+            raise ValueError("low percentile must be below high")
+        if self.format == "jump" and self.channel is None:
+            raise ValueError("format 'jump' needs channel (e.g. DNA, Mito, brightfield)")
+        if self.format != "jump" and self.channel is not None:
+            if not str(self.channel).strip().isdigit():
+                raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
+                                 f"not {self.channel!r}")
+        if self.format == "livecell" and self.images_dir is None:
+            raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
+        return self
+
+
+class SegAugmentConfig(StrictModel):
+    """Augmentation of training tiles (the ``augment`` section of a decoder config)."""
+
+    flips: bool = True
+    rot90: bool = True
+    scale: tuple[float, float] = (0.8, 1.25)
+    intensity: float = PField(0.1, ge=0, le=1)  # brightness shift and contrast gain jitter
+    gamma: tuple[float, float] = (0.8, 1.25)
+    invert_p: float = PField(0.0, ge=0, le=1)  # phase ↔ dark-field invariance (brightfield models)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SegAugmentConfig":
+        for key in ("scale", "gamma"):
+            lo, hi = getattr(self, key)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{key} must be a range [low, high] with 0 < low ≤ high")
+        return self
+
+
+class BackboneSection(StrictModel):
+    arch: str = "vit_small"
+    patch_size: int = PField(8, ge=1)
+    weights: str | None = None  # official .pth, pretraining run dir/checkpoint, or safetensors export
+    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
+    finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
+
+
+class DecoderSection(StrictModel):
+    layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
+    width: int = PField(128, ge=8)
+    stem_width: int = PField(16, ge=4)
+
+
+class TrainSection(StrictModel):
+    steps: int = PField(20000, ge=1)  # per channel
+    batch_size: int = PField(8, ge=1)
+    tile_size: int = PField(256, ge=16)
+    lr: float = PField(1e-4, gt=0)
+    backbone_lr: float = PField(1e-5, ge=0)
+    weight_decay: float = PField(0.05, ge=0)
+    warmup_steps: int = PField(250, ge=0)
+    eval_every: int = PField(500, ge=1)
+    checkpoint_every: int = PField(500, ge=1)
+    log_every: int = PField(20, ge=1)
+    keep_last: int = PField(3, ge=1)
+    device: str = "auto"
+    threads: int | None = PField(None, ge=1)  # CPU threads for torch (None: torch's default)
+
+
+class ThresholdSection(StrictModel):
+    peak: float = PField(DEFAULT_PEAK_THRESHOLD, gt=0, lt=1)
+    fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)
+    min_size: int = PField(0, ge=0)
+
+
+class InferenceSection(StrictModel):
+    overlap: int = PField(32, ge=0)
+    batch_size: int = PField(8, ge=1)
+    thresholds: ThresholdSection = PField(default_factory=ThresholdSection)
+
+
+class DecoderConfig(StrictModel):
+    """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
+
+    name: str = "dinocell"
+    seed: int = 0
+    backbone: BackboneSection = PField(default_factory=BackboneSection)
+    decoder: DecoderSection = PField(default_factory=DecoderSection)
+    data: SegDataConfig
+    channels: list[str] | None = None  # loop: one model per channel (overrides data.channel)
+    val_data: SegDataConfig | None = None  # held-out set; default: val_fraction of data
+    val_fraction: float = PField(0.2, gt=0, lt=1)
+    augment: SegAugmentConfig = PField(default_factory=SegAugmentConfig)
+    train: TrainSection = PField(default_factory=TrainSection)
+    inference: InferenceSection = PField(default_factory=InferenceSection)
+    models_dir: str | None = None  # default: RUN/models
+    modality: Literal["fluorescence", "brightfield", "phase", "other"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DecoderConfig":
+        t = self.train.tile_size
+        if t % self.backbone.patch_size:
+            raise ValueError(f"train.tile_size {t} must be a multiple of backbone.patch_size "
+                             f"{self.backbone.patch_size}")
+        if t <= 2 * self.inference.overlap:
+            raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
+        if self.inference.thresholds.fill >= self.inference.thresholds.peak:
+            raise ValueError("inference.thresholds.fill must be below inference.thresholds.peak")
+        if self.channels is not None and not self.channels:
+            raise ValueError("channels must list at least one channel (or be omitted)")
+        return self
+
+    def channel_list(self) -> list[str | None]:
+        return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]

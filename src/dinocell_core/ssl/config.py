@@ -1,0 +1,261 @@
+"""Every pretraining key in one torch-free file (like dinov3's ``ssl_default_config.yaml``).
+
+The napari Pretrain form, ``--plan`` and config validation import this module only, so opening a form never imports
+torch or timm. Defaults are the official recipe's where one exists; the packaged recipes override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field as PField
+from pydantic import field_validator, model_validator
+
+from dinocell_core.config import ConfigError, StrictModel, config_to_dict
+from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
+
+SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_256", "none")
+
+
+class AugmentConfig(StrictModel):
+    """Augmentation strengths (the ``data.augment`` config section)."""
+
+    flips: bool = True
+    rot90: bool = True
+    intensity_p: float = PField(0.8, ge=0, le=1)
+    brightness: float = PField(0.1, ge=0, le=1)
+    contrast: float = PField(0.3, ge=0, le=1)
+    gamma: tuple[float, float] = (0.75, 1.35)
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_p: float = PField(0.3, ge=0, le=1)
+    noise_std: tuple[float, float] = (0.0, 0.05)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentConfig":
+        for name in ("gamma", "blur_sigma", "noise_std"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                raise ValueError(f"{name} must be a range [low, high] with 0 ≤ low ≤ high")
+        if any(not 0 <= p <= 1 for p in self.blur_p):
+            raise ValueError("blur_p values (global 1, global 2, local) must lie in [0, 1]")
+        return self
+
+
+class DataConfig(StrictModel):
+    """The ``data:`` section of a pretraining config (key reference: docs/data.md).
+
+    ``root`` is a CPJUMP1 folder, an ``s3://`` prefix or a load_data CSV; ``index`` is where the index CSV is cached
+    (or an existing contract CSV to use); ``prepared`` points at a ``jump prepare`` store. ``channel_mode`` is
+    ``fluorescent_mean`` | ``channel:N`` | ``brightfield`` | ``multiview``.
+    """
+
+    root: str | None = None
+    index: str | None = None
+    load_data: list[str] = []
+    refresh_index: bool = False
+    prepared: str | None = None
+    channel_mode: str = FMEAN
+    multiview_channels: list[int] = list(ALL_CHANNELS)
+    illumination: bool = False
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    clahe: bool = False
+    clahe_clip_limit: float = PField(2.0, gt=0)
+    global_size: int = PField(224, ge=8)
+    local_size: int = PField(96, ge=8)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    n_global: int = PField(2, ge=1, le=2)
+    n_local: int = PField(8, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    mask_probability: float = PField(0.5, ge=0, le=1)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_min_patches: int = PField(4, ge=1)
+    mask_min_aspect: float = PField(0.3, gt=0, le=1)
+    crops_per_field: int = PField(1, ge=1)
+    max_retries: int = PField(20, ge=1)
+    max_failure_fraction: float = PField(0.05, ge=0, le=1)
+    failure_min_samples: int = PField(200, ge=1)
+    num_workers: int = PField(4, ge=0)
+    worker_start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
+    prefetch_factor: int = PField(2, ge=1)
+    s3_endpoint_url: str | None = None
+    s3_anon: bool = True
+    s3_cache_dir: str | None = None
+    s3_cache_gb: float = PField(0.0, ge=0)
+
+    @field_validator("channel_mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        ChannelMode.parse(v)
+        return v
+
+    @property
+    def mode(self) -> ChannelMode:
+        return ChannelMode.parse(self.channel_mode)
+
+    @field_validator("multiview_channels", mode="before")
+    @classmethod
+    def _mv(cls, v: Any) -> list[int]:
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("multiview_channels must list at least one channel (1–8 or names such as DNA)")
+        return [channel_number(c) for c in v]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DataConfig":
+        for name in ("global_scale", "local_scale", "mask_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"{name} must be [low, high] with 0 ≤ low ≤ high ≤ 1")
+        lo, hi = self.norm_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("norm_percentiles must be [low, high] with 0 ≤ low < high ≤ 100")
+        if self.s3_cache_dir and self.s3_cache_gb <= 0:
+            raise ValueError("s3_cache_dir is set but s3_cache_gb is 0: give the cache a size (GB) or drop the dir")
+        return self
+
+    def storage(self) -> Any:
+        """An S3Storage when the data lives on S3 (settings only; the client is created in each process)."""
+        targets = [self.root or "", self.index or "", *self.load_data]
+        if not any(str(t).startswith("s3://") for t in targets) and not self.s3_endpoint_url:
+            return None
+        from dinocell_core.io.storage import S3Storage
+
+        cache_dir = self.s3_cache_dir
+        if cache_dir is None and self.s3_cache_gb > 0:
+            cache_dir = str(Path.home() / ".cache" / "dinocell" / "s3")
+        return S3Storage(endpoint_url=self.s3_endpoint_url, anon=self.s3_anon, cache_dir=cache_dir,
+                         cache_bytes=int(self.s3_cache_gb * 1e9))
+
+
+
+class ModelSection(StrictModel):
+    arch: str = "vit_small"
+    patch_size: int = PField(8, ge=1)
+    weights: str | None = None  # official ViT-S/16 .pth, a pretraining run dir/checkpoint, or an export
+    drop_path_rate: float = PField(0.1, ge=0, lt=1)
+    rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
+    kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
+
+
+class HeadsSection(StrictModel):
+    out_dim: int = PField(65536, ge=2)
+    ibot_out_dim: int = PField(65536, ge=2)
+    hidden_dim: int = PField(2048, ge=1)
+    bottleneck_dim: int = PField(256, ge=1)
+    nlayers: int = PField(3, ge=1)
+
+
+class LossSection(StrictModel):
+    dino_weight: float = PField(1.0, ge=0)
+    ibot_weight: float = PField(1.0, ge=0)
+    koleo_weight: float = PField(0.1, ge=0)
+    student_temp: float = PField(0.1, gt=0)
+    teacher_temp: float = PField(0.07, gt=0)
+    warmup_teacher_temp: float = PField(0.04, gt=0)
+    warmup_teacher_temp_epochs: float = PField(10, ge=0)
+    sinkhorn_iterations: int = PField(3, ge=1)
+
+
+class OptimSection(StrictModel):
+    lr: float = PField(5e-5, gt=0)  # base LR before the scaling rule
+    min_lr: float = PField(1e-6, ge=0)
+    scaling_rule: str = "sqrt_wrt_1024"
+    warmup_epochs: float = PField(10, ge=0)
+    weight_decay: float = PField(0.04, ge=0)
+    weight_decay_end: float = PField(0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = PField(0.9, gt=0, le=1)
+    patch_embed_lr_mult: float = PField(0.2, ge=0)
+    clip_grad: float = PField(3.0, ge=0)  # per module (backbone, DINO head, iBOT head); 0 = off
+    freeze_last_layer_epochs: float = PField(1, ge=0)
+
+    @model_validator(mode="after")
+    def _rule(self) -> "OptimSection":
+        if self.scaling_rule not in SCALING_RULES:
+            raise ValueError(f"scaling_rule must be one of {SCALING_RULES}")
+        return self
+
+
+class TeacherSection(StrictModel):
+    momentum: float = PField(0.996, ge=0, le=1)
+    momentum_end: float = PField(1.0, ge=0, le=1)
+
+
+class WarmStartSection(StrictModel):
+    """Public weights carry no heads: train the heads on a frozen backbone, then ramp the backbone LR in."""
+
+    freeze_backbone_steps: int = PField(0, ge=0)
+    backbone_ramp_steps: int = PField(0, ge=0)
+
+
+class TrainSection(StrictModel):
+    epochs: float = PField(80, gt=0)
+    steps_per_epoch: int = PField(1000, ge=1)  # an "epoch" is a fixed number of iterations, as in DINOv3
+    batch_size: int = PField(48, ge=1)  # per process (GPU)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; never fp16
+    compile: bool = False
+    activation_checkpointing: bool = False
+    max_nonfinite: int = PField(3, ge=1)  # consecutive skipped steps that stop the run
+    log_every: int = PField(10, ge=1)
+    checkpoint_every: int = PField(2500, ge=1)
+    keep_last: int = PField(3, ge=1)
+    keep_every: int | None = PField(None, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, round(self.epochs * self.steps_per_epoch))
+
+
+class PretrainConfig(StrictModel):
+    name: str = "pretrain"
+    seed: int = 0
+    model: ModelSection = ModelSection()
+    heads: HeadsSection = HeadsSection()
+    loss: LossSection = LossSection()
+    optim: OptimSection = OptimSection()
+    teacher: TeacherSection = TeacherSection()
+    warm_start: WarmStartSection = WarmStartSection()
+    train: TrainSection = TrainSection()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _checks(self) -> "PretrainConfig":
+        if self.loss.koleo_weight > 0 and self.train.batch_size < 2:
+            raise ValueError("train.batch_size must be >= 2 when loss.koleo_weight > 0 (KoLeo needs a nearest "
+                             "neighbour in the batch)")
+        if self.data.global_size % self.model.patch_size or self.data.local_size % self.model.patch_size:
+            raise ValueError(f"data.global_size and data.local_size must be multiples of model.patch_size "
+                             f"({self.model.patch_size})")
+        return self
+
+
+#: keys that may change when a run is resumed (everything else must match the run's config.yaml)
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_last",
+                     "train.keep_every", "train.tensorboard", "train.progress", "train.compile",
+                     "train.activation_checkpointing", "train.max_nonfinite", "train.device", "data.num_workers",
+                     "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path) -> None:
+    a, b = _flat(old), _flat(config_to_dict(new))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"{config_path}: this run has checkpoints and the new config changes {details}. "
+                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
