@@ -20,6 +20,7 @@ from dinocell_core.device import resolve_device
 from dinocell_core.io.checkpoint import CheckpointManager
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
+from dinocell_core.schedules import warmup_cosine
 from dinocell_core.seg.bundle import save_bundle, unique_state
 from dinocell_core.seg.config import DecoderConfig, SegDataConfig
 from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
@@ -44,11 +45,8 @@ def build_model(cfg: DecoderConfig) -> DistanceDecoder:
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    """Linear warmup (the first step already learns), then cosine decay towards 0 at the last step."""
+    return warmup_cosine(step + 1, total + 1, 1.0, 0.0, warmup)
 
 
 def make_optimizer(model: DistanceDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
