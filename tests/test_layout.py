@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_config_schemas_import_neither_torch_nor_timm() -> None:
             "print(sorted(m for m in ('torch', 'timm', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_napari_forms_import_neither_torch_nor_timm() -> None:
+    """Opening the Pretrain / Train decoder forms reads their schemas only; the heavy stack loads when a job runs."""
+    code = ("import sys, napari_dinocell.widgets.pretrain, napari_dinocell.widgets.train_decoder; "
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_recipes_live_inside_the_package() -> None:
