@@ -23,9 +23,10 @@ class ConfigError(DinocellError, ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too."""
+    """Base for config sections: unknown keys are errors, values are validated on assignment too, and floats must
+    be finite (``optim.lr=.inf`` made a run skip every step and still "finish")."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=StrictModel)

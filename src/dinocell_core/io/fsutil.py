@@ -1,14 +1,30 @@
-"""Atomic file writes: a crash or kill never leaves a half-written config, status or checkpoint behind."""
+"""Atomic file writes: a crash or kill never leaves a half-written config, status or checkpoint behind.
+
+Files get the permissions the user's umask gives a normal ``open()`` (``mkstemp`` alone makes them 0600, so a
+colleague's napari on a shared cluster could not read a run, its models or the index cache).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask (read without changing it for longer than two calls under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -18,6 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     tmp_path = Path(tmp)
     try:
         yield tmp_path

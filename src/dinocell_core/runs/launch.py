@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_text
-from dinocell_core.runs.rundir import RunDir
+from dinocell_core.runs.rundir import RunDir, RunLockedError, check_run_free
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,10 @@ def effective_state(status: Mapping[str, object]) -> str:
 
 
 def _check_not_running(run: RunDir) -> None:
+    try:  # the trainer's OS lock: exact even when status.json is stale or the job runs under another launcher
+        check_run_free(run.path)
+    except RunLockedError as exc:
+        raise LaunchError(str(exc)) from None
     status = run.read_status()
     if effective_state(status) in ("running", "queued"):
         raise LaunchError(

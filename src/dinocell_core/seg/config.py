@@ -71,6 +71,13 @@ class BackboneSection(StrictModel):
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
     finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
 
+    @model_validator(mode="after")
+    def _arch(self) -> "BackboneSection":
+        from dinocell_core.archs import check_backbone
+
+        check_backbone(self.arch, self.patch_size, self.kwargs, "backbone", key="backbone")
+        return self
+
 
 class DecoderSection(StrictModel):
     layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
@@ -110,7 +117,7 @@ class DecoderConfig(StrictModel):
     """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
 
     name: str = "dinocell"
-    seed: int = 0
+    seed: int = PField(0, ge=0, le=2**32 - 1)
     backbone: BackboneSection = PField(default_factory=BackboneSection)
     decoder: DecoderSection = PField(default_factory=DecoderSection)
     data: SegDataConfig

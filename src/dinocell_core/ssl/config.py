@@ -138,6 +138,16 @@ class ModelSection(StrictModel):
     rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
 
+    @model_validator(mode="after")
+    def _arch(self) -> "ModelSection":
+        from dinocell_core.archs import check_backbone
+
+        for own in ("drop_path_rate", "rope_rescale_coords"):
+            if own in self.kwargs:
+                raise ValueError(f"kwargs.{own}: set model.{own} instead")
+        check_backbone(self.arch, self.patch_size, self.kwargs, "model", key="model")
+        return self
+
 
 class HeadsSection(StrictModel):
     out_dim: int = PField(65536, ge=2)
@@ -213,7 +223,7 @@ class TrainSection(StrictModel):
 
 class PretrainConfig(StrictModel):
     name: str = "pretrain"
-    seed: int = 0
+    seed: int = PField(0, ge=0, le=2**32 - 1)
     model: ModelSection = ModelSection()
     heads: HeadsSection = HeadsSection()
     loss: LossSection = LossSection()
