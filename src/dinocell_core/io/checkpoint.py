@@ -184,8 +184,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_state_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The run config stored in a training-state checkpoint (the file is verified first)."""
     _, meta = load_tensors(path)
-    skeleton = _unflatten(meta.get("skeleton"), {})
-    config = skeleton.get("config") if isinstance(skeleton, dict) else None
+    items = (meta.get("skeleton") or {}).get("__dict__") or []
+    config = next((_unflatten(v, {}) for k, v in items if k == "config"), None)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: checkpoint holds no run config to check a resume against")
     return config

@@ -294,6 +294,9 @@ class SSLCollate:
 
 
 def _worker_init(_worker_id: int) -> None:
+    from dinocell_core.runs.stopping import ignore_stop_signals
+
+    ignore_stop_signals()  # a process-group SIGTERM is the trainer's to handle; it shuts its workers down itself
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
