@@ -151,3 +151,24 @@ def test_resume_without_config_yaml_checks_the_checkpoint_and_a_refusal_changes_
         run_pretraining(tiny_config(fixture_root, 4, **{"heads.out_dim": 128}), run.path)
     assert (run.status_path.read_bytes(), run.metrics_path.read_bytes()) == before  # still "finished"
     assert run.read_status()["state"] == "finished" and not run.config_path.exists()
+
+
+def test_decoder_resume_checks_its_config_and_a_refusal_changes_nothing(tmp_path):
+    from dinocell_core.config import load_config
+    from dinocell_core.seg.config import DecoderConfig
+    from dinocell_core.seg.train import run_decoder_training
+
+    root = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=5, edge_cases=False).root
+    demo = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
+    base = [f"data.path={root}", "channels=[DNA]", "train.steps=2", "train.tile_size=32", "train.eval_every=2",
+            "train.checkpoint_every=2", "train.batch_size=2", "inference.overlap=8", "data.max_images=4"]
+    run = RunDir(tmp_path / "run")
+    run_decoder_training(load_config(DecoderConfig, demo, base), run.path)
+    before = (run.status_path.read_bytes(), run.config_path.read_bytes(), run.metrics_path.read_bytes())
+    with pytest.raises(ConfigError, match=r"config\.yaml.*decoder\.width: 64 → 32"):
+        run_decoder_training(load_config(DecoderConfig, demo, [*base, "decoder.width=32"]), run.path)
+    assert (run.status_path.read_bytes(), run.config_path.read_bytes(), run.metrics_path.read_bytes()) == before
+    run.config_path.unlink()  # without config.yaml the checkpoint's own config is the reference
+    with pytest.raises(ConfigError, match=r"step_00000002\.safetensors.*decoder\.width"):
+        run_decoder_training(load_config(DecoderConfig, demo, [*base, "decoder.width=32"]), run.path)
+    assert run.read_status()["state"] == "finished"

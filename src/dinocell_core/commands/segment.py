@@ -76,8 +76,9 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / f"decoder-{cfg.name}"
     run = RunDir(run_dir)
     run.create()
-    setup_logging(run.log_path)
-    paths = run_decoder_training(cfg, run_dir)
+    with run.lock():  # before run.log is opened: a refused second trainer writes nothing into the run
+        setup_logging(run.log_path)
+        paths = run_decoder_training(cfg, run_dir)
     state = run.read_status().get("state")
     for p in paths:
         print(p)

@@ -146,3 +146,9 @@ class DecoderConfig(StrictModel):
 
     def channel_list(self) -> list[str | None]:
         return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
+
+
+#: keys a resumed decoder run may change (everything else must match its config.yaml / checkpoint): logging,
+#: checkpointing and where it runs, never what it learns or how it is scored
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_last", "train.device", "train.threads",
+                     "inference.batch_size")

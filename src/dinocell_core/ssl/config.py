@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field as PField
 from pydantic import field_validator, model_validator
 
-from dinocell_core.config import ConfigError, StrictModel, config_to_dict
+from dinocell_core.config import StrictModel, check_resume_changes
 from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
 
 SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_256", "none")
@@ -251,21 +251,5 @@ RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every"
                      "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path) -> None:
-    a, b = _flat(old), _flat(config_to_dict(new))
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
-        raise ConfigError(f"{config_path}: this run has checkpoints and the new config changes {details}. "
-                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
+    check_resume_changes(old, new, config_path, RESUMABLE_CHANGES)
