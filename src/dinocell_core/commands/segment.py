@@ -182,16 +182,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from dinocell_core.seg.bundle import list_bundles
 
-    infos = list_bundles(args.folder, channel=args.channel)
+    infos = list_bundles(args.folder, channel=args.channel, include_broken=True)
     if args.json:
-        print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata}
-                          for b in infos], indent=1, default=str))
+        print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata,
+                           "problem": b.problem} for b in infos], indent=1, default=str))
         return 0
     if not infos:
         print(f"no model bundles in {args.folder}" + (f" for channel {args.channel}" if args.channel else ""))
         return 0
     print(f"{'name':<28} {'channel':<12} {'backbone':<16} {'tile':>5} {'val AP@0.5':>10}  path")
     for b in infos:
+        if b.problem is not None:
+            print(f"{b.name:<28} UNUSABLE: {b.problem}")
+            continue
         m = b.metadata
         bb = f"{m['backbone']['arch']}/{m['backbone']['patch_size']}"
         ap = (m.get("validation_metrics") or {}).get("ap@0.50")

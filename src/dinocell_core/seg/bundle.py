@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 FORMAT = "dinocell-bundle/1"
 SUFFIX = ".safetensors"
 REQUIRED = ("name", "channel", "backbone", "decoder", "preprocessing", "thresholds", "tile_size")
+MAX_TILE = 4096
 
 
 class BundleError(DinocellError, ValueError):
@@ -156,7 +157,30 @@ def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise BundleError(f"{p}: bundle metadata lacks {', '.join(missing)}")
+    _check_run_settings(p, meta)
     return meta
+
+
+def _check_run_settings(p: Path, meta: dict[str, Any]) -> None:
+    """Thresholds and tiling a bundle asks for: finite and in range (they decide what the user gets)."""
+    th = meta["thresholds"]
+    if not isinstance(th, dict):
+        raise BundleError(f"{p}: thresholds must be a mapping")
+    for key, low_open in (("peak", True), ("fill", False)):
+        v = th.get(key)
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not v < 1
+                or not (v > 0 if low_open else v >= 0)):
+            raise BundleError(f"{p}: thresholds.{key} must be a number in {'(' if low_open else '['}0, 1), "
+                              f"got {v!r}")
+    ms = th.get("min_size", 0)
+    if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
+        raise BundleError(f"{p}: thresholds.min_size must be an integer ≥ 0, got {ms!r}")
+    tile = meta["tile_size"]
+    if isinstance(tile, bool) or not isinstance(tile, int) or not 16 <= tile <= MAX_TILE:
+        raise BundleError(f"{p}: tile_size must be an integer in [16, {MAX_TILE}], got {tile!r}")
+    overlap = meta.get("overlap", 0)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= 2 * overlap < tile:
+        raise BundleError(f"{p}: overlap must be an integer in [0, tile_size/2), got {overlap!r}")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
