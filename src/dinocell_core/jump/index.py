@@ -414,12 +414,14 @@ def read_index_csv(path: str | os.PathLike[str]) -> list[Field]:
     return list(iter_index_csv(path))
 
 
-def default_cache_path(root: str | os.PathLike[str]) -> Path:
-    """``<root>/.dinocell/index.csv`` for a writable local root, else a per-root file under ~/.cache/dinocell."""
+def default_cache_path(root: str | os.PathLike[str], endpoint_url: str | None = None) -> Path:
+    """``<root>/.dinocell/index.csv`` for a writable local root, else a file under ~/.cache/dinocell per root and
+    S3 endpoint (the same bucket name on a mirror or test server is another listing)."""
     root_s = os.fspath(root)
     if "://" not in root_s and os.path.isdir(root_s) and os.access(root_s, os.W_OK):
         return Path(root_s) / ".dinocell" / "index.csv"
-    digest = hashlib.sha1(root_s.encode()).hexdigest()[:16]
+    key = root_s if not endpoint_url else f"{root_s}\n{endpoint_url}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "dinocell" / f"index_{digest}.csv"
 
 
@@ -449,11 +451,14 @@ def _fields_source(root: str | os.PathLike[str], cache: str | os.PathLike[str] |
     root_s = os.fspath(root)
     if os.path.isfile(root_s) and not is_load_data_csv(root_s):
         return iter_index_csv(root_s)
-    cache_path = Path(cache) if cache is not None else default_cache_path(root_s)
+    endpoint = getattr(storage, "endpoint_url", None)
+    cache_path = Path(cache) if cache is not None else default_cache_path(root_s, endpoint)
     if cache_path.is_file() and not refresh:
         log.info("index of %s read from cache %s (refresh to rescan)", root_s, cache_path)
         return iter_index_csv(cache_path)
     result = build_index(root_s, load_data=load_data, storage=storage)
+    if not result.fields:  # never cache an empty listing: the next start must look again
+        return result.fields
     try:
         write_index_cache(result, root_s, cache_path)
     except OSError as exc:
