@@ -166,9 +166,19 @@ def _jump_preview(args: argparse.Namespace) -> int:
 
 
 def _jump_prepare(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
     from dinocell_core.ssl.prepare import prepare_fields
+    from dinocell_core.ssl.prepared_store import MANIFEST
 
     cfg, _patch = load_data_section(args.source, args.overrides)
     summary = prepare_fields(cfg, args.output, workers=args.workers)
     print(summary)
+    manifest = json.loads((Path(args.output) / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("n_failed"):  # a partial store is not a success: scripts and Slurm must see it
+        print(f"dinocell-core: error: {manifest['n_failed']} field(s) could not be prepared (listed in "
+              f"{Path(args.output) / MANIFEST}); fix or exclude them and run again (prepared fields are kept)",
+              file=sys.stderr)
+        return 1
     return 0

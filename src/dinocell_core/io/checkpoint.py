@@ -113,7 +113,7 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     if not p.is_file():
         raise CheckpointError(f"{p}: file does not exist")
     data = p.read_bytes()
-    if data[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
         raise CheckpointError(
             f"{p}: this is a pickle/torch.save file; DINOCell only loads safetensors files it can verify "
             "(pickles can run arbitrary code)"
