@@ -6,6 +6,7 @@ same way everywhere. CLAHE runs on a 16-bit rendering of the normalised image, n
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,14 @@ import numpy as np
 import tifffile
 
 from dinocell_core.errors import DinocellError
+
+
+log = logging.getLogger(__name__)
+
+#: the largest image read_image decodes (16384² pixels): a small compressed file can declare a huge image
+MAX_PIXELS = 2**28
+#: above this fraction of NaN/inf pixels an image is refused rather than segmented with them masked
+MAX_NONFINITE_FRACTION = 0.25
 
 
 class ImageError(DinocellError, ValueError):
@@ -58,7 +67,11 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(f"{p}: file not found")
     try:
         if p.suffix.lower() in (".tif", ".tiff"):
-            arr = tifffile.imread(p)
+            with tifffile.TiffFile(p) as tif:
+                if not tif.series:
+                    raise ImageError(f"{p}: TIFF has no images")
+                check_size(tif.series[0].shape, p)  # from the header, before anything is decoded
+                arr = tif.series[0].asarray()
         else:
             arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
             if arr is None:
@@ -73,6 +86,26 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
     return arr
+
+
+def check_size(shape: tuple[int, ...], name: object) -> None:
+    """Refuse an image that declares more than :data:`MAX_PIXELS` pixels (a decompression bomb or a mistake)."""
+    n = int(np.prod([int(x) for x in shape], dtype=np.float64))
+    if n > MAX_PIXELS:
+        raise ImageError(f"{name}: declares {n:,} pixels (shape {tuple(shape)}), more than the {MAX_PIXELS:,} "
+                         "DINOCell decodes; crop or tile it first")
+
+
+def real_pixels(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """``img`` with a numeric real pixel type: bool becomes 0/1 (uint8); complex or non-numeric is refused."""
+    a = np.asarray(img)
+    if a.dtype == np.bool_:
+        return a.view(np.uint8)
+    if a.dtype.kind == "c":
+        raise ImageError(f"{name}: complex-valued pixels ({a.dtype}); save the magnitude or phase as a real image")
+    if a.dtype.kind not in "uif":
+        raise ImageError(f"{name}: pixel type {a.dtype} is not a numeric image")
+    return a
 
 
 def select_channel(img: np.ndarray, channel: int | None = None, name: str = "image") -> np.ndarray:
@@ -98,5 +131,20 @@ def select_channel(img: np.ndarray, channel: int | None = None, name: str = "ima
 def prepare_image(img: np.ndarray, channel: int | None = None, low: float = 1.0, high: float = 99.8,
                   name: str = "image") -> np.ndarray:
     """Raw image → float32 [0, 1] by whole-image percentiles (a subsample on big images); used by training and
-    inference alike."""
-    return normalize_percentile(select_channel(img, channel, name), low, high)
+    inference alike. Any real pixel type works; NaN/inf pixels (up to :data:`MAX_NONFINITE_FRACTION`) are masked:
+    percentiles come from the finite pixels and masked pixels read as background, with a warning naming them."""
+    plane = select_channel(real_pixels(img, name), channel, name)
+    if plane.dtype.kind != "f":
+        return normalize_percentile(plane, low, high)
+    finite = np.isfinite(plane)
+    n_bad = int(plane.size - np.count_nonzero(finite))
+    if n_bad == 0:
+        return normalize_percentile(plane, low, high)
+    if n_bad == plane.size:
+        raise ImageError(f"{name}: every pixel is NaN or infinite")
+    if n_bad > MAX_NONFINITE_FRACTION * plane.size:
+        raise ImageError(f"{name}: {n_bad / plane.size:.1%} of the pixels are NaN or infinite (more than "
+                         f"{MAX_NONFINITE_FRACTION:.0%}); fix the image before segmenting it")
+    log.warning("%s: %d NaN/inf pixels (%.2f%%) masked as background", name, n_bad, 100.0 * n_bad / plane.size)
+    lo, hi = (float(v) for v in np.percentile(plane[finite], [low, high]))
+    return scale_to_unit(np.where(finite, plane, np.float32(lo)), lo, hi)

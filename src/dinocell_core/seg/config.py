@@ -71,6 +71,13 @@ class BackboneSection(StrictModel):
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
     finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
 
+    @model_validator(mode="after")
+    def _arch(self) -> "BackboneSection":
+        from dinocell_core.archs import check_backbone
+
+        check_backbone(self.arch, self.patch_size, self.kwargs, "backbone", key="backbone")
+        return self
+
 
 class DecoderSection(StrictModel):
     layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
@@ -110,7 +117,7 @@ class DecoderConfig(StrictModel):
     """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
 
     name: str = "dinocell"
-    seed: int = 0
+    seed: int = PField(0, ge=0, le=2**32 - 1)
     backbone: BackboneSection = PField(default_factory=BackboneSection)
     decoder: DecoderSection = PField(default_factory=DecoderSection)
     data: SegDataConfig
@@ -139,3 +146,9 @@ class DecoderConfig(StrictModel):
 
     def channel_list(self) -> list[str | None]:
         return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
+
+
+#: keys a resumed decoder run may change (everything else must match its config.yaml / checkpoint): logging,
+#: checkpointing and where it runs, never what it learns or how it is scored
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_last", "train.device", "train.threads",
+                     "inference.batch_size")

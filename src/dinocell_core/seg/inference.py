@@ -122,10 +122,13 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model: torch.nn.Module | None = self.bundle.build_model(self.device)
         self.patch_size = int(meta["backbone"]["patch_size"])
-        self.tile_size = int(tile_size or meta["tile_size"])
+        self.tile_size = int(tile_size if tile_size is not None else meta["tile_size"])
         self.overlap = int(overlap if overlap is not None else meta.get("overlap", self.tile_size // 8))
-        if self.tile_size % self.patch_size:
-            raise ValueError(f"tile size {self.tile_size} must be a multiple of the patch size {self.patch_size}")
+        if self.tile_size < 1 or self.tile_size % self.patch_size:
+            raise ValueError(f"tile size {self.tile_size} must be a positive multiple of the patch size "
+                             f"{self.patch_size}")
+        if not 0 <= 2 * self.overlap < self.tile_size:
+            raise ValueError(f"overlap {self.overlap} must be ≥ 0 and below half the tile size {self.tile_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")
         self.batch_size = batch_size
@@ -135,10 +138,11 @@ class Segmenter:
         self.thresholds = self.bundle.thresholds
         self.timings: dict[str, float] = {}
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """The training preprocessing: channel selection + whole-image percentile normalisation."""
+    def preprocess(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """The training preprocessing: channel selection + whole-image percentile normalisation (``name`` is the
+        file named in errors and NaN warnings)."""
         t0 = time.perf_counter()
-        out = prepare_image(image, self.channel, self.low, self.high)
+        out = prepare_image(image, self.channel, self.low, self.high, name)
         self.timings["preprocessing"] = self.timings.get("preprocessing", 0.0) + time.perf_counter() - t0
         return out
 

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from dinocell_core.config import check_resume_changes, config_to_dict, read_yaml
 from dinocell_core.device import resolve_device
-from dinocell_core.io.checkpoint import CheckpointManager
+from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
 from dinocell_core.schedules import warmup_cosine
 from dinocell_core.seg.bundle import save_bundle, unique_state
-from dinocell_core.seg.config import DecoderConfig, SegDataConfig
+from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig
 from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
 from dinocell_core.seg.distance import labels_from_distance
@@ -127,13 +128,28 @@ def _modality(channel: str | None) -> str:
 
 
 def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
-    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths."""
+    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths.
+
+    The run's writer lock is held throughout; a refused start (run busy, resume with a changed config) raises
+    before anything in the run directory is written."""
     run = RunDir(run_dir)
-    run.write_config(cfg)
+    with run.lock():
+        run.remove_orphan_temp_files()
+        ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
+        latest = ckpts.latest()
+        if latest is not None:  # the same check as pretraining: the checkpoint was trained with the old values
+            if run.exists():
+                check_resume_changes(read_yaml(run.config_path), cfg, run.config_path, RESUMABLE_CHANGES)
+            else:
+                check_resume_changes(read_state_config(latest), cfg, latest, RESUMABLE_CHANGES)
+        run.write_config(cfg)
+        return _run(cfg, run, ckpts, None if latest is None else load_state(latest))
+
+
+def _run(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict | None) -> list[Path]:
     channels = cfg.channel_list()
     total = cfg.train.steps * len(channels)
     models_dir = Path(cfg.models_dir) if cfg.models_dir else run.path / "models"
-    ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
     status = run.read_status()
     run.update_status(state="running", kind="decoder", total_steps=total, error=None,
                       started_at=status.get("started_at", time.time()), step=status.get("step", 0))
@@ -141,7 +157,6 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        state = ckpts.load_latest()
         with StopRequest() as stop:
             exported = _train_channels(cfg, run, ckpts, state, channels, total, models_dir, device, stop)
         if stop.requested:
@@ -159,8 +174,8 @@ def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, s
                     stop: StopRequest) -> list[Path]:
     start_ci = int(state["channel_index"]) if state else 0
     exported: list[Path] = [Path(p) for p in (state or {}).get("exported", [])]
+    run.truncate_metrics_after(int(state["step"]) if state else 0)  # a run killed before its first checkpoint too
     if state:
-        run.truncate_metrics_after(int(state["step"]))
         log.info("resuming at step %d (channel %s)", state["step"], channels[start_ci])
     for ci in range(start_ci, len(channels)):
         channel = channels[ci]
@@ -206,7 +221,7 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         p = ckpts.save(base + step_local, {
             "step": base + step_local, "channel_index": ci, "model": unique_state(model.state_dict())[0],
             "optimizer": opt.state_dict(), "best": best, "rng": _rng_state_to(rng),
-            "exported": [str(x) for x in exported]})
+            "exported": [str(x) for x in exported], "config": config_to_dict(cfg)})
         run.update_status(last_checkpoint=str(p))
 
     while local < tc.steps:
