@@ -51,11 +51,27 @@ def test_distance_map_exact_edt_on_a_square() -> None:
     assert d[4, 4] == 1.0 and d[2, 4] == pytest.approx(1 / 3) and d[3, 4] == pytest.approx(2 / 3)
 
 
-def test_distance_map_cell_at_the_image_edge_has_a_boundary_there() -> None:
+def test_image_edge_is_no_border_as_in_reflect_padded_inference() -> None:
+    """Targets treat the image edge as inference's mirror does: the map of a cropped label image equals the map
+    of its mirror-padded version cropped back (the network sees that mirror through reflect padding)."""
     lab = np.zeros((6, 6), np.int32)
     lab[:, :3] = 1
     d = distance_map(lab)
-    assert d[:, 0].max() < 1.0 and d[2, 1] == 1.0
+    assert np.all(d[:, 0] == 1.0) and d[2, 2] < 1.0  # rises towards the edge, border only at column 3
+    cells = touching_disks(size=96, n=10, seed=1)[:, 30:]  # cells cut by the left edge
+    w = cells.shape[1]  # a whole mirror copy, so no copy is itself cut by the padded image's edge
+    mirrored = distance_map(np.pad(cells, ((0, 0), (w, 0)), mode="symmetric"))[:, w:]
+    assert np.any(cells[:, 0] > 0)
+    np.testing.assert_allclose(distance_map(cells), mirrored, atol=1e-6)
+
+
+def test_labels_of_any_integer_width() -> None:
+    """uint32/uint64 ids ≥ 2³¹ (which wrapped negative in an int32 cast) give the same target as compact ids."""
+    lab = touching_disks(size=64, n=6, seed=3)
+    ref = distance_map(lab)
+    for dtype, offset in ((np.uint32, 2**31), (np.uint64, 2**40), (np.int64, 2**33)):
+        big = np.where(lab > 0, lab.astype(dtype) + dtype(offset), 0).astype(dtype)
+        np.testing.assert_array_equal(distance_map(big), ref)
 
 
 def test_touching_cells_dip_at_their_border_and_split() -> None:

@@ -27,7 +27,7 @@ class SegDataConfig(StrictModel):
 
     format: Literal["pairs", "folders", "livecell", "jump"]
     path: str
-    images_dir: str | None = None  # livecell: folder of the images named in the JSON
+    images_dir: str | None = None  # livecell: image folder; default: found next to the JSON or in images/...
     channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
     max_images: int | None = PField(None, ge=1)
     low: float = PField(1.0, ge=0, lt=100)
@@ -43,8 +43,6 @@ class SegDataConfig(StrictModel):
             if not str(self.channel).strip().isdigit():
                 raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
                                  f"not {self.channel!r}")
-        if self.format == "livecell" and self.images_dir is None:
-            raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
         return self
 
 

@@ -26,8 +26,12 @@ from dinocell_core.seg.config import (
 def distance_map(labels: np.ndarray) -> np.ndarray:
     """Per-cell normalised exact Euclidean distance transform, float32 in [0, 1], background 0.
 
-    Works on per-object crops (``find_objects``) padded by one pixel, so the cost is O(total object area)
-    rather than O(cells × pixels).
+    Works on per-object crops (``find_objects``) widened by one pixel, so the cost is O(total object area)
+    rather than O(cells × pixels). Labels of any integer width are accepted (ids ≥ 2³¹ included).
+
+    Image-edge convention: the image edge is **not** a cell border. A cell cut by the edge keeps rising towards
+    it, as if the image were mirrored there — which is exactly what inference shows the network, since it
+    reflect-pads the image (``seg.inference``). Training targets and inference therefore agree.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
@@ -37,19 +41,47 @@ def distance_map(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(lab.shape, dtype=np.float32)
     if lab.size == 0 or lab.max() <= 0:
         return out
+    lab = sequential_labels(lab)
     for idx, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
             continue
         y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
         x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
         cell = lab[y0:y1, x0:x1] == idx
-        # pad so cells touching the image edge still get a boundary there
-        d = ndi.distance_transform_edt(np.pad(cell, 1))[1:-1, 1:-1]
+        # the widened crop holds a non-cell pixel on every side except where it meets the image edge, so the
+        # EDT sees a border everywhere but there
+        d = ndi.distance_transform_edt(cell) if not cell.all() else _edt_whole_image(cell)
         m = d.max()
         if m > 0:
             view = out[y0:y1, x0:x1]
             view[cell] = (d[cell] / m).astype(np.float32)
     return out
+
+
+def _edt_whole_image(cell: np.ndarray) -> np.ndarray:
+    """A cell covering the whole image has no border at all: constant map (it peaks everywhere)."""
+    return np.ones(cell.shape, np.float64)
+
+
+def sequential_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as int32 ids 1..n in the order of the original ids (0 stays background), for any integer width.
+
+    Ids ≥ 2³¹ would wrap negative in an int32 cast, and sparse huge ids would make ``find_objects`` allocate one
+    slot per id; already-compact int32 labels are returned as they are.
+    """
+    lab = np.asarray(labels)
+    if lab.size == 0:
+        return lab.astype(np.int32)
+    if lab.dtype == np.int32 and lab.min() >= 0 and lab.max() <= 4 * lab.size:
+        return lab
+    if np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
+        raise ValueError("labels must be non-negative")
+    if lab.max() <= min(np.iinfo(np.int32).max, 4 * lab.size):
+        return lab.astype(np.int32)
+    ids, inv = np.unique(lab.ravel(), return_inverse=True)
+    if ids[0] != 0:
+        inv = inv + 1
+    return inv.reshape(lab.shape).astype(np.int32)
 
 
 def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_THRESHOLD,

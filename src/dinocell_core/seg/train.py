@@ -51,6 +51,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MSE over the pixels with weight > 0 (crowd regions carry weight 0); plain MSE when all weights are 1."""
+    return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1.0)
+
+
 def make_optimizer(model: DistanceDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
     set_trainable(model, cfg.backbone.finetune_blocks)
     head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -85,7 +90,8 @@ def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfi
              device: torch.device) -> dict[str, float]:
     """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
     maps = validation_maps(model, samples, cfg, device)
-    return score_thresholds(maps, [s.labels for s in samples], cfg.inference.thresholds.model_dump())
+    return score_thresholds(maps, [s.labels for s in samples], cfg.inference.thresholds.model_dump(),
+                            [s.ignore for s in samples])
 
 
 def tune_bundle(bundle_path: Path, samples: list[SegSample], cfg: DecoderConfig, device: torch.device) -> dict:
@@ -94,10 +100,10 @@ def tune_bundle(bundle_path: Path, samples: list[SegSample], cfg: DecoderConfig,
     bundle = load_bundle(bundle_path)
     model = bundle.build_model(device)
     maps = validation_maps(model, samples, cfg, device)
-    truths = [s.labels for s in samples]
+    truths, crowds = [s.labels for s in samples], [s.ignore for s in samples]
     configured = cfg.inference.thresholds.model_dump()
-    before = score_thresholds(maps, truths, configured)
-    result = tune_thresholds(maps, truths)
+    before = score_thresholds(maps, truths, configured, crowds)
+    result = tune_thresholds(maps, truths, crowds=crowds, start=configured)
     meta = {k: v for k, v in bundle.metadata.items() if k not in ("format", "aliases")}
     meta["thresholds"] = result["thresholds"]
     meta["validation_metrics"] = result["metrics"]
@@ -242,9 +248,9 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         f = lr_factor(local, tc.steps, tc.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        x, y = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        x, y, w = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
+        xt, yt, wt = (torch.from_numpy(a).to(device) for a in (x, y, w))
+        loss = weighted_mse(model(xt), yt, wt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

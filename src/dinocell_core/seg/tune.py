@@ -15,21 +15,26 @@ import numpy as np
 
 from dinocell_core.seg.config import TUNE_FILL, TUNE_GROW, TUNE_MIN_SIZE, TUNE_PEAK
 from dinocell_core.seg.distance import labels_with
-from dinocell_core.seg.metrics import AP_THRESHOLDS, evaluate_pairs
+from dinocell_core.seg.metrics import AP_THRESHOLDS, drop_crowd_predictions, evaluate_pairs
 
 
-def score_thresholds(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                     thresholds: dict[str, Any]) -> dict[str, Any]:
-    """Pooled scores of one threshold setting over cached distance maps."""
-    pairs = [(gt, labels_with(d, thresholds)) for d, gt in zip(maps, truths)]
+def score_thresholds(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], thresholds: dict[str, Any],
+                     crowds: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
+    """Pooled scores of one threshold setting over cached distance maps (crowd regions not scored)."""
+    crowds = crowds if crowds is not None else [None] * len(maps)
+    pairs = [(gt, drop_crowd_predictions(labels_with(d, thresholds), c)) for d, gt, c in zip(maps, truths, crowds)]
     return evaluate_pairs(pairs, AP_THRESHOLDS).as_dict()
 
 
 def tune_thresholds(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                     peaks: Sequence[float] = TUNE_PEAK, fills: Sequence[float] = TUNE_FILL,
                     grows: Sequence[float | None] = TUNE_GROW,
-                    min_sizes: Sequence[int] = TUNE_MIN_SIZE) -> dict[str, Any]:
+                    min_sizes: Sequence[int] = TUNE_MIN_SIZE,
+                    crowds: Sequence[np.ndarray | None] | None = None,
+                    start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Grid search: every (peak, fill, grow) with min_size 0, then min_size for the best of those.
+
+    ``start`` (the configured thresholds) is scored first and kept unless a combination beats it strictly.
 
     Returns ``{"thresholds": best, "metrics": its scores, "tried": [{thresholds, ap_mean, seg, ap@0.50}, ...]}``.
     """
@@ -41,12 +46,14 @@ def tune_thresholds(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray],
 
     def consider(th: dict[str, Any]) -> None:
         nonlocal best
-        m = score_thresholds(maps, truths, th)
+        m = score_thresholds(maps, truths, th, crowds)
         tried.append({"thresholds": th, "ap_mean": m["ap_mean"], "seg": m["seg"], "ap@0.50": m["ap@0.50"]})
         key = (round(float(m["ap_mean"]), 6), round(float(m["seg"]), 6))
         if best is None or key > best[0]:
             best = (key, th, m)
 
+    if start is not None:
+        consider({k: start[k] for k in ("peak", "fill", "grow", "min_size")})
     for peak in peaks:
         for fill in fills:
             if fill >= peak:
