@@ -132,3 +132,23 @@ def test_small_image_is_padded_to_the_tile() -> None:
     (prep,) = prepare_samples([SegSample("small", (lab > 0).astype(np.float32), lab)])
     im, tg, _ = random_tile(prep, 32, np.random.default_rng(1), SegAugmentConfig(scale=(1.0, 1.0)))
     assert im.shape == (32, 32)
+
+
+def test_uint32_and_uint64_label_files_keep_every_cell(tmp_path) -> None:
+    """Label TIFFs with ids ≥ 2³¹ (uint32) and ≥ 2⁴⁰ (uint64): every cell survives (an int32 cast wrapped them
+    negative and they vanished from the targets)."""
+    img, lab = blobs()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    big32 = np.where(lab > 0, lab.astype(np.uint32) + np.uint32(2**31 + 5), 0).astype(np.uint32)
+    big64 = np.where(lab > 0, lab.astype(np.uint64) * np.uint64(2**40), 0).astype(np.uint64)
+    for name, mask in (("u32", big32), ("u64", big64)):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", img)
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", mask)
+        assert tifffile.imread(tmp_path / "masks" / f"{name}.tif").dtype == mask.dtype
+    samples = load_samples(SegDataConfig(format="folders", path=str(tmp_path)))
+    for s in samples:
+        assert s.labels.dtype == np.int32 and s.labels.min() == 0
+        np.testing.assert_array_equal(s.labels, lab)  # same cells, ids renumbered in order
+        (prep,) = prepare_samples([s])
+        assert all(prep.target[lab == i].max() == 1.0 for i in (1, 2))

@@ -44,10 +44,11 @@ def dataset_config(path: str | os.PathLike[str], bundle: Bundle, channel: str | 
 
 def object_scores(labels: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """A confidence per object (ascending id) for COCO AP's ranking: its mean distance-map value."""
-    n = int(labels.max())
-    if n == 0:
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if ids.size == 0:
         return np.zeros(0)
-    return np.asarray(ndi.mean(dist, labels, index=np.arange(1, n + 1)), float)
+    return np.asarray(ndi.mean(dist, labels, index=ids), float)
 
 
 def evaluate_bundle(bundle_path: str | os.PathLike[str], dataset: str | os.PathLike[str] | SegDataConfig,
