@@ -40,15 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sg.add_argument("--peak", type=_unit_open, default=None, help="peak threshold in (0, 1) (default: the bundle's)")
     sg.add_argument("--fill", type=_unit_half_open, default=None,
                     help="fill threshold in [0, 1) (default: the bundle's)")
+    sg.add_argument("--grow", type=_unit_half_open, default=None,
+                    help="cells grow back to their border inside map > grow, in [0, 1) (default: the bundle's)")
     sg.add_argument("--min-size", type=_non_negative_int, default=None,
-                    help="drop objects smaller than this (pixels)")
+                    help="drop objects smaller than this (pixels; default: the bundle's)")
     sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
     sg.set_defaults(handler=_segment)
 
     ev = subparsers.add_parser("evaluate", help="score a model bundle on an annotated dataset",
                                description="AP@0.50…0.95, F1, CTC SEG/DET/OP_CSB pooled over the images of "
                                            "DATASET (Cellpose *_img/*_masks folder, images/+masks/, LIVECell COCO "
-                                           "JSON, or a JUMP fixture). Prints a table and writes JSON.")
+                                           "JSON, or a JUMP fixture) and COCO mask AP; thresholds are the "
+                                           "bundle's. Prints a table and writes JSON.")
     ev.add_argument("model", type=Path)
     ev.add_argument("dataset", type=Path)
     ev.add_argument("-o", "--output", type=Path, default=None, help="JSON file (default: <model>.eval.json)")
@@ -57,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--tile-size", type=_positive_int, default=None)
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--max-images", type=_positive_int, default=None)
+    ev.add_argument("--images", type=Path, default=None,
+                    help="image folder of a COCO/LIVECell JSON (default: next to it, or images/livecell_*_images/ "
+                         "of the official layout)")
+    ev.add_argument("--peak", type=_unit_open, default=None, help="default: the bundle's (tuned on validation)")
+    ev.add_argument("--fill", type=_unit_half_open, default=None, help="default: the bundle's")
+    ev.add_argument("--grow", type=_unit_half_open, default=None, help="default: the bundle's")
+    ev.add_argument("--min-size", type=_non_negative_int, default=None, help="default: the bundle's")
     ev.set_defaults(handler=_evaluate)
 
     md = subparsers.add_parser("models", help="the model registry (a folder of bundles)")
@@ -225,7 +235,8 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
     from dinocell_core.io.fsutil import atomic_path
     from dinocell_core.seg.distance import compact_labels
 
-    labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
+    labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size,
+                        grow_threshold=args.grow)
     out = compact_labels(labels)
     labels_path = stem.parent / f"{stem.name}_labels.tiff"
     with atomic_path(labels_path) as tmp:
@@ -249,7 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(args.model, args.dataset, device=args.device, tile_size=args.tile_size,
                                  batch_size=args.batch_size, channel=args.channel, max_images=args.max_images,
-                                 progress=progress)
+                                 progress=progress, images_dir=args.images, peak=args.peak, fill=args.fill,
+                                 grow=args.grow, min_size=args.min_size)
     out = args.output or args.model.with_suffix(".eval.json")
     atomic_write_json(out, result)
     print(format_table(result))

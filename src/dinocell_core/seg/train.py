@@ -2,7 +2,8 @@
 
 One run directory covers the whole channel list (``channels``): steps count globally, every metrics record names
 its channel, checkpoints carry the channel index, so a killed run resumes inside the channel it was training. The
-best validation model of each channel (AP@0.5 on held-out images) is exported as a bundle into ``models_dir``.
+best validation model of each channel (AP@0.5 on held-out images) is exported as a bundle into ``models_dir``;
+its post-processing thresholds are then tuned on the same held-out images and written into the bundle.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_stat
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
 from dinocell_core.schedules import warmup_cosine
-from dinocell_core.seg.bundle import save_bundle, unique_state
+from dinocell_core.seg.bundle import load_bundle, save_bundle, unique_state
 from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig
 from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
-from dinocell_core.seg.distance import labels_from_distance
 from dinocell_core.seg.inference import run_tiled
-from dinocell_core.seg.metrics import AP_THRESHOLDS, evaluate_pairs
+from dinocell_core.seg.tune import score_thresholds, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return warmup_cosine(step + 1, total + 1, 1.0, 0.0, warmup)
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MSE over the pixels with weight > 0 (crowd regions carry weight 0); plain MSE when all weights are 1."""
+    return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1.0)
+
+
 def make_optimizer(model: DistanceDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
     set_trainable(model, cfg.backbone.finetune_blocks)
     head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -68,21 +73,46 @@ def train_mode(model: DistanceDecoder, finetune_blocks: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfig,
-             device: torch.device) -> dict[str, float]:
-    """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
+def validation_maps(model: torch.nn.Module, samples: list[SegSample], cfg: DecoderConfig,
+                    device: torch.device) -> list[np.ndarray]:
+    """Distance maps of the held-out images, tiled exactly as inference tiles them."""
     model.eval()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-    th = cfg.inference.thresholds
-    pairs = []
-    for s in samples:
-        dist = run_tiled(predict, s.image, cfg.train.tile_size, cfg.inference.overlap, cfg.inference.batch_size,
-                         model.patch_size)
-        pairs.append((s.labels, labels_from_distance(dist, th.peak, th.fill, th.min_size)))
-    return evaluate_pairs(pairs, AP_THRESHOLDS).as_dict()
+    return [run_tiled(predict, s.image, cfg.train.tile_size, cfg.inference.overlap, cfg.inference.batch_size,
+                      model.patch_size) for s in samples]
+
+
+def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfig,
+             device: torch.device) -> dict[str, float]:
+    """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
+    maps = validation_maps(model, samples, cfg, device)
+    return score_thresholds(maps, [s.labels for s in samples], cfg.inference.thresholds.model_dump(),
+                            [s.ignore for s in samples])
+
+
+def tune_bundle(bundle_path: Path, samples: list[SegSample], cfg: DecoderConfig, device: torch.device) -> dict:
+    """Search the thresholds for the exported (best) model on the validation images; rewrite its bundle with
+    them, their scores and the search record. Idempotent, so a run killed here redoes it on resume."""
+    bundle = load_bundle(bundle_path)
+    model = bundle.build_model(device)
+    maps = validation_maps(model, samples, cfg, device)
+    truths, crowds = [s.labels for s in samples], [s.ignore for s in samples]
+    configured = cfg.inference.thresholds.model_dump()
+    before = score_thresholds(maps, truths, configured, crowds)
+    result = tune_thresholds(maps, truths, crowds=crowds, start=configured)
+    meta = {k: v for k, v in bundle.metadata.items() if k not in ("format", "aliases")}
+    meta["thresholds"] = result["thresholds"]
+    meta["validation_metrics"] = result["metrics"]
+    meta["threshold_search"] = {"objective": "ap_mean, then seg", "images": len(samples),
+                                "configured": configured, "configured_metrics": before, "tried": result["tried"]}
+    save_bundle(bundle_path, model, meta)
+    log.info("thresholds tuned on %d validation images: %s (mean AP %.3f → %.3f, SEG %.3f → %.3f)",
+             len(samples), result["thresholds"], before["ap_mean"], result["metrics"]["ap_mean"], before["seg"],
+             result["metrics"]["seg"])
+    return result
 
 
 def _summary(samples: list[SegSample]) -> dict[str, Any]:
@@ -104,8 +134,7 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
                     "width": cfg.decoder.width, "stem_width": cfg.decoder.stem_width},
         "preprocessing": {"normalisation": "percentile", "low": cfg.data.low, "high": cfg.data.high,
                           "channel_index": None if cfg.data.format == "jump" else cfg.data.channel},
-        "thresholds": {"peak": cfg.inference.thresholds.peak, "fill": cfg.inference.thresholds.fill,
-                       "min_size": cfg.inference.thresholds.min_size},
+        "thresholds": cfg.inference.thresholds.model_dump(),
         "tile_size": cfg.train.tile_size,
         "overlap": cfg.inference.overlap,
         "training_data": {"format": cfg.data.format, "path": cfg.data.path, "train": _summary(train),
@@ -232,9 +261,9 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         f = lr_factor(local, tc.steps, tc.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        x, y = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        x, y, w = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
+        xt, yt, wt = (torch.from_numpy(a).to(device) for a in (x, y, w))
+        loss = weighted_mse(model(xt), yt, wt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -262,6 +291,10 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
                 save_bundle(bundle_path, model, meta)
         if local % tc.checkpoint_every == 0 or local == tc.steps:
             checkpoint(local)
+    if cfg.inference.tune_thresholds:
+        result = tune_bundle(bundle_path, val_s, cfg, device)
+        run.append_metrics({"step": base + local, "channel": channel, "tuned_thresholds": result["thresholds"],
+                            **{f"val_tuned_{k}": v for k, v in result["metrics"].items()}})
     return bundle_path
 
 
