@@ -12,9 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from dinocell_core.archs import ArchitectureError, backbone_params, check_memory, ARCH_SPECS
+from dinocell_core.archs import (
+    ARCH_SPECS,
+    ArchitectureError,
+    backbone_params,
+    check_memory,
+)
 from dinocell_core.cli import main
-from dinocell_core.io.checkpoint import CheckpointError, load_state, save_state, save_tensors
+from dinocell_core.io.checkpoint import (
+    CheckpointError,
+    load_state,
+    save_state,
+    save_tensors,
+)
 from dinocell_core.io.tiffio import write_tiff
 from dinocell_core.seg.bundle import BundleError, load_bundle, save_bundle, unique_state
 from dinocell_core.seg.inference import Segmenter

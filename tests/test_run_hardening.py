@@ -20,7 +20,14 @@ from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.runs.launch import LaunchError, launch_local
 from dinocell_core.runs.rundir import RunDir, RunLock, RunLockedError, read_metrics
 from dinocell_core.ssl.trainer import run_pretraining
-from tests.test_pretrain import _cli, _comparable, _env, _wait_for_step, tiny_config, tiny_overrides
+from tests.test_pretrain import (
+    _cli,
+    _comparable,
+    _env,
+    _wait_for_step,
+    tiny_config,
+    tiny_overrides,
+)
 
 HOLD = "import sys, time; from dinocell_core.runs.rundir import RunLock; RunLock(sys.argv[1]).acquire(); " \
        "print('held', flush=True); time.sleep(600)"

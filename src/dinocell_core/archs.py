@@ -45,7 +45,7 @@ PATCH_SIZES = (8, 16)  # powers of two: the decoder upsamples ×2 per stage
 
 #: the only backbone keyword arguments accepted (config ``model.kwargs`` / bundle ``backbone.kwargs``): plain
 #: numbers with bounds. Anything else — a path (``checkpoint_path``, ``pretrained_cfg_overlay``), a size — is refused.
-BACKBONE_KWARGS = ("depth", "drop_path_rate", "rope_rescale_coords")
+BACKBONE_KWARGS = ("depth", "drop_path_rate", "rope_rescale_coords", "init_values")
 DECODER_MAX_WIDTH = 1024
 DECODER_MAX_LAYERS = 8
 
@@ -80,6 +80,8 @@ def check_backbone(arch: Any, patch_size: Any, kwargs: Any, source: str, key: st
             _number(value, where, source, 1, spec.depth, integer=True)
         elif name == "drop_path_rate":
             _number(value, where, source, 0.0, 0.99)
+        elif name == "init_values":  # LayerScale init
+            _number(value, where, source, 0.0, 10.0)
         elif value is not None:
             _number(value, where, source, 1.0, 16.0)
     return spec
