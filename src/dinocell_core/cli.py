@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "dinocell_core.commands.segment",
     "dinocell_core.commands.pretrain",
     "dinocell_core.commands.demo",
+    "dinocell_core.commands.profile",
 ]
 
 
