@@ -148,8 +148,15 @@ def make_embedder(s: EmbedSettings) -> TileEmbedder:
         model = load_backbone(s.arch or "vit_small", patch_size=s.patch_size, **(s.model_kwargs or {}))
         label = f"random init ({s.arch or 'vit_small'}, seed {s.seed})"
     else:
-        model = backbone_from_weights(s.backbone, s.arch, s.patch_size)
-        label = str(s.backbone)
+        from dinocell_core.io.checkpoint import CheckpointError, resolve_checkpoint
+
+        try:
+            resolved = resolve_checkpoint(Path(s.backbone).expanduser())  # a run dir → its newest checkpoint
+        except CheckpointError as exc:
+            raise ProfileError(str(exc)) from None
+        model = backbone_from_weights(str(resolved), s.arch, s.patch_size)
+        st = resolved.stat()
+        label = f"{resolved.resolve()} ({st.st_size} B, mtime {int(st.st_mtime)})"
     return BackboneEmbedder(model, device, s.tokens, s.batch_size, label)
 
 
@@ -270,10 +277,10 @@ def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Seq
     mpath = parts / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
-        if {k: old.get(k) for k in ("settings", "fields", "chunk_sites")} != \
-                {k: manifest[k] for k in ("settings", "fields", "chunk_sites")}:
-            raise ProfileError(f"{parts} holds a run with other settings or other fields; use the same options to "
-                               "resume, or delete that folder to start over")
+        keys = ("settings", "fields", "chunk_sites", "embedder")
+        if {k: old.get(k) for k in keys} != json.loads(json.dumps({k: manifest[k] for k in keys})):
+            raise ProfileError(f"{parts} holds a run with other settings, other fields or another checkpoint; use "
+                               "the same options to resume, or delete that folder to start over")
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(mpath, manifest)

@@ -119,7 +119,7 @@ def prepare(df: pd.DataFrame, s: EvalSettings, source: str = "profiles"
     _require(df, [s.plate_col, s.pert_col, s.control_col], source)
     _, feats = split_columns(df, source)
     notes: list[str] = []
-    df = df.copy()
+    df = df.reset_index(drop=True)
     x = df[feats].to_numpy(dtype=np.float64)
     empty_cols = [f for f, ok in zip(feats, np.isfinite(x).any(axis=0)) if not ok]
     if empty_cols:
