@@ -164,3 +164,20 @@ def test_gene_matching_tasks_on_two_modalities():
     for name in ("crispr_gene_matching", "compound_crispr_matching"):
         t = ev.tasks[name].table
         assert not t.isna().any().any() and t["mean_average_precision"].max() > 0.9
+
+
+def test_spherize_needs_more_negcon_wells_than_features():
+    df = planted_profiles(plates=2, negcon_per_plate=8, features=32, seed=0)
+    with pytest.raises(ProfileError, match="more negcon wells than features"):
+        evaluate_profiles(df, EvalSettings(normalize="spherize_mad", null_size=NULL))
+
+
+def test_profiles_without_spread_are_refused():
+    """Near-identical profiles (a random ViT's raw CLS) tie in every ranking; copairs would report mAP 1.0."""
+    df = planted_profiles(seed=0)
+    x = df[FEATS].to_numpy()
+    df[FEATS] = 5.0 + 1e-9 * x
+    with pytest.raises(ProfileError, match="same way"):
+        evaluate_profiles(df, EvalSettings(normalize="none", null_size=NULL))
+    ev = evaluate_profiles(df, EvalSettings(normalize="negcon_mad", null_size=NULL))  # MAD scaling restores it
+    assert ev.summary()["replicate_retrieval"]["fraction_retrieved"] > 0

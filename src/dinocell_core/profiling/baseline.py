@@ -26,7 +26,7 @@ def tile_statistics(tile: np.ndarray) -> np.ndarray:
     g1, g2, g8 = (ndi.gaussian_filter(t, s) for s in (1.0, 2.0, 8.0))
     dog2, dog8 = float(np.abs(g1 - g2).mean()), float(np.abs(g2 - g8).mean())
     fg = g1 > max(mean + std, 1e-6)
-    labels, n = ndi.label(fg)
+    _, n = ndi.label(fg)
     area = float(fg.sum()) / n if n else 0.0
     return np.array([mean, std, *q, skew, grad, lap, dog2, dog8, float(fg.mean()), 1000.0 * n / t.size, area],
                     dtype=np.float32)

@@ -89,11 +89,16 @@ class TrainingEvaluator:
         return annotate(wells, self.metadata)
 
     def __call__(self, backbone: Any) -> dict[str, float]:
-        """{eval_fraction_retrieved, eval_mean_map, eval_seconds} of ``backbone`` (left in eval mode)."""
+        """{eval_fraction_retrieved, eval_mean_map, eval_seconds} of ``backbone`` (left in eval mode), or
+        {eval_error, eval_seconds} when the profiles cannot be scored (also logged)."""
         from dinocell_core.profiling.evaluate import evaluate_profiles
 
         t0 = time.perf_counter()
-        ev = evaluate_profiles(self.profiles(backbone), self.settings, source=f"eval plates under {self.root}")
+        try:
+            ev = evaluate_profiles(self.profiles(backbone), self.settings, source=f"eval plates under {self.root}")
+        except ProfileError as exc:  # e.g. degenerate profiles early in a run: report it, keep training
+            log.error("eval: no score at this step: %s", exc)
+            return {"eval_error": str(exc), "eval_seconds": time.perf_counter() - t0}
         s = ev.tasks["replicate_retrieval"].summary
         for note in ev.exclusions:
             log.info("eval: excluded %s", note)

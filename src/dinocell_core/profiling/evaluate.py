@@ -153,6 +153,22 @@ def prepare(df: pd.DataFrame, s: EvalSettings, source: str = "profiles"
     return df, feats, notes
 
 
+DEGENERATE_COS = 1e-6  # profiles closer than this to one direction rank by float noise (float32 cosines)
+
+
+def check_spread(df: pd.DataFrame, feats: list[str], method: str) -> None:
+    """Refuse profiles that all point the same way: their cosines tie and copairs' ranking of ties is arbitrary
+    (a random-init ViT's raw CLS scores mAP 1.0 that way)."""
+    x = feature_matrix(df, feats)
+    centre = x.mean(axis=0)
+    norms = np.linalg.norm(x, axis=1) * max(float(np.linalg.norm(centre)), 1e-300)
+    cos = (x @ centre) / np.maximum(norms, 1e-300)
+    if np.all(np.isfinite(cos)) and float(1.0 - cos.min()) < DEGENERATE_COS:
+        raise ProfileError(f"every profile points the same way after normalisation {method!r} (cosine to the mean "
+                           f"≥ 1 − {DEGENERATE_COS:g}): the features carry no well-to-well signal and mAP would "
+                           "rank ties; use negcon_mad or spherize_mad")
+
+
 def _drop_single_replicates(df: pd.DataFrame, s: EvalSettings, notes: list[str]) -> pd.DataFrame:
     trt = df[df[NEGCON_FLAG] == 0]
     counts = trt.groupby(s.pert_col).size()
@@ -312,6 +328,7 @@ def evaluate_profiles(df: pd.DataFrame, s: EvalSettings | None = None, source: s
     ev.exclusions.extend(norm.notes)
     table = _drop_single_replicates(norm.table, s, ev.exclusions)
     ev.n_wells, ev.n_features = int(len(table)), len(norm.features)
+    check_spread(table, norm.features, s.normalize)
     rr = replicate_retrieval(table, norm.features, s, ev.exclusions)
     ev.tasks["replicate_retrieval"] = rr
     if s.matching:

@@ -85,8 +85,15 @@ def normalize_profiles(df: pd.DataFrame, features: list[str], plate_col: str, me
     else:
         from pycytominer import normalize
 
-        sph = normalize(work, features=keep, meta_features=meta, samples=NEGCON_QUERY, method="spherize",
-                        spherize_method=SPHERIZE_METHOD, spherize_epsilon=SPHERIZE_EPSILON)
+        n_neg = int((work[NEGCON_FLAG] == 1).sum())
+        if n_neg <= len(keep):
+            raise ProfileError(f"spherize_mad fits a {len(keep)}×{len(keep)} whitening on {n_neg} negcon wells: it "
+                               "needs more negcon wells than features (use negcon_mad, or fewer features)")
+        try:
+            sph = normalize(work, features=keep, meta_features=meta, samples=NEGCON_QUERY, method="spherize",
+                            spherize_method=SPHERIZE_METHOD, spherize_epsilon=SPHERIZE_EPSILON)
+        except ValueError as exc:
+            raise ProfileError(f"spherize_mad: pycytominer could not sphere the negcon wells: {exc}") from None
         sph.index = work.index
         flat = _constant_in_negcon(sph.assign(**{NEGCON_FLAG: 1}), keep, plate_col, per_plate=True)
         if flat:

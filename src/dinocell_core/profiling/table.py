@@ -26,7 +26,7 @@ def _kind(path: str | os.PathLike[str]) -> str:
     name = str(path).lower()
     if name.endswith(".parquet"):
         return "parquet"
-    if name.endswith(".csv") or name.endswith(".csv.gz"):
+    if name.endswith((".csv", ".csv.gz")):
         return "csv"
     raise ProfileError(f"{path}: unknown profile format; use one of {', '.join(SUFFIXES)}")
 
