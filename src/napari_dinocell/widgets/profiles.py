@@ -64,10 +64,10 @@ def point_colors(wm: WellMap, by: str, pert_col: str, plate_col: str) -> tuple[n
     if by == "retrieval":
         hit = set(wm.results.loc[wm.results["below_corrected_p"].astype(bool), pert_col].astype(str))
         retrieved = wm.meta[pert_col].astype(str).isin(hit).to_numpy() & ~neg
-        colors[retrieved] = (0.12, 0.47, 0.71, 1.0)
-        colors[~retrieved & ~neg] = (1.0, 0.5, 0.05, 1.0)
-        legend.update({"retrieved (q < 0.05)": colors[retrieved][0] if retrieved.any() else (0.12, 0.47, 0.71, 1),
-                       "not retrieved": (1.0, 0.5, 0.05, 1.0)})
+        blue, orange = (0.12, 0.47, 0.71, 1.0), (1.0, 0.5, 0.05, 1.0)
+        colors[retrieved] = blue
+        colors[~retrieved & ~neg] = orange
+        legend.update({"retrieved (q < 0.05)": blue, "not retrieved": orange})
         return colors, legend
     col = pert_col if by == "perturbation" else plate_col
     values = wm.meta[col].astype(str).to_numpy()
