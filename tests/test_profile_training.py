@@ -78,3 +78,21 @@ def test_runs_widget_plots_eval(make_napari_viewer, qtbot, eval_run: Path):
     assert "loss_total" in widget.series and "eval_fraction_retrieved" in widget.series
     assert widget._lines["eval_mean_map"].axes is widget.ax_eval is not None
     assert widget._lines["loss_total"].axes is widget.ax
+
+
+def test_embed_with_a_pretraining_run_as_backbone(fixture_root, eval_run: Path, tmp_path: Path):
+    """``profile embed --backbone RUN_DIR`` uses the newest checkpoint's teacher (architecture from the run)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.csv"
+    r = subprocess.run([sys.executable, "-m", "dinocell_core.cli", "profile", "embed", str(fixture_root), "-o",
+                        str(out), "--backbone", str(eval_run), "--tile", "64", "--tokens", "mean_patch", "--quiet",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    info = json.loads(Path(f"{out}.json").read_text())
+    assert "step_4" in info["embedder"]["label"] and info["embedder"]["num_blocks"] == 2
+    assert info["n_wells"] == 8
