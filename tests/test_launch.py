@@ -36,8 +36,9 @@ def test_job_command_single_and_torchrun(tmp_path):
     assert single == ["py", "-m", "dinocell_core.cli", "pretrain", str(tmp_path / "r" / "config.yaml"),
                       "--run-dir", str(tmp_path / "r")]
     multi = job_command("pretrain", tmp_path / "r", nproc=4, python="py")
-    assert multi[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert multi[5:9] == ["-m", "dinocell_core.cli", "pretrain", str(tmp_path / "r" / "config.yaml")]
+    assert multi[:6] == ["py", "-m", "dinocell_core.runs.torchrun", "--standalone", "--nproc_per_node=4",
+                         "--shutdown_timeout=100"]
+    assert multi[6:10] == ["-m", "dinocell_core.cli", "pretrain", str(tmp_path / "r" / "config.yaml")]
     assert job_command("decoder", tmp_path / "r", python="py")[3] == "train-decoder"
     with pytest.raises(LaunchError, match="one device"):  # the decoder trainer is not DDP-aware
         job_command("decoder", tmp_path / "r", nproc=2)

@@ -156,3 +156,91 @@ def test_cli_index_of_a_bucket_prefix(server, tmp_path):
     from dinocell_core.jump.index import read_index_csv
 
     assert len(read_index_csv(out)) == 3
+
+
+@pytest.fixture
+def tarpit():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung proxy or mirror)."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join(timeout=5)
+    for s in held:
+        s.close()
+    srv.close()
+
+
+def test_a_silent_endpoint_times_out_with_one_clear_error(tarpit):
+    import time
+
+    from dinocell_core.io.storage import StorageError
+
+    store = S3Storage(endpoint_url=tarpit, timeout_s=0.5, attempts=2)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=rf"S3 listing failed after 2 attempt\(s\) of 0.5 s at {tarpit}"):
+        index_fields(PREFIX, storage=store)
+    assert time.monotonic() - t0 < 30  # bounded: attempts × timeout (+ backoff), not minutes
+    with pytest.raises(BadImageError, match="S3 reading failed"):
+        read_tiff(PREFIX + "images/x.tiff", storage=store)
+
+
+def _cli_index(root: str, endpoint: str, home: Path, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HOME": str(home),
+           "DINOCELL_S3_TIMEOUT_S": "0.5", "DINOCELL_S3_ATTEMPTS": "2"}
+    return subprocess.run([sys.executable, "-m", "dinocell_core.cli", "jump", "index", root, "--endpoint-url",
+                           endpoint, *extra], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_on_a_dead_endpoint_fails_in_one_line_and_caches_nothing(tarpit, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for endpoint in (tarpit, refused):
+        r = _cli_index(PREFIX, endpoint, tmp_path)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("scanning:")]  # no tqdm
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert "S3 listing failed" in lines[0] and endpoint in lines[0] and "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("index_*.csv"))  # a failed listing is never cached
+
+
+def test_empty_listing_is_not_cached_and_cache_key_includes_the_endpoint(server, tmp_path):
+    from dinocell_core.jump.index import default_cache_path
+
+    r = _cli_index(f"s3://{BUCKET}/no-such-prefix/", server["endpoint"], tmp_path)
+    assert r.returncode == 1 and "no-such-prefix/: no such S3 prefix at " + server["endpoint"] in r.stderr
+    server["client"].put_object(Bucket=BUCKET, Key="other/readme.txt", Body=b"x", ACL="public-read")
+    r = _cli_index(f"s3://{BUCKET}/other/", server["endpoint"], tmp_path)
+    assert r.returncode == 1 and "no complete CPJUMP1 fields found under s3://" in r.stderr
+    assert not list(tmp_path.rglob("index_*.csv"))
+    assert default_cache_path(PREFIX, "http://a:1") != default_cache_path(PREFIX, "http://b:2") \
+        != default_cache_path(PREFIX)
+    r = _cli_index(PREFIX, server["endpoint"], tmp_path)
+    assert r.returncode == 0 and "3 complete fields" in r.stdout
+    cached = list((tmp_path / ".cache" / "dinocell").glob("index_*.csv"))
+    assert len(cached) == 1
+    # the same prefix at another endpoint is another listing, not this cache
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        other = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert _cli_index(PREFIX, other, tmp_path).returncode == 1

@@ -14,9 +14,9 @@ from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.seg.config import SegAugmentConfig, SegDataConfig
 from dinocell_core.seg.data import (
     SegDataError,
+    SegSample,
     detect_format,
     load_samples,
-    polygons_to_mask,
     prepare_samples,
     random_tile,
     split_samples,
@@ -81,13 +81,8 @@ def test_livecell_coco_with_annotations_as_dict(tmp_path) -> None:
     path.write_text(json.dumps(coco))
     assert detect_format(path) == "livecell"
     (s,) = load_samples(SegDataConfig(format="livecell", path=str(path), images_dir=str(tmp_path)))
-    assert s.labels.max() == 2 and (s.labels == 1).sum() == 200  # cv2.fillPoly includes the boundary
+    assert s.labels.max() == 2 and 170 <= (s.labels == 1).sum() <= 200  # pycocotools' polygon rasteriser
     assert s.labels[25, 40] == 2 and s.labels[0, 0] == 0
-
-
-def test_polygons_reject_rle() -> None:
-    with pytest.raises(SegDataError, match="RLE"):
-        polygons_to_mask((4, 4), [{"id": 3, "segmentation": {"counts": "x", "size": [4, 4]}}])
 
 
 def test_jump_fixture_dna_gives_nuclei_other_channels_cells(tmp_path) -> None:
@@ -120,20 +115,40 @@ def test_select_channel_and_prepare() -> None:
 def test_random_tiles_keep_image_and_target_aligned() -> None:
     _, lab = blobs((80, 90))
     img = (lab > 0).astype(np.float32)
-    (prep,) = prepare_samples([type("S", (), {"image": img, "labels": lab})()])
+    (prep,) = prepare_samples([SegSample("blobs", img, lab)])
     aug = SegAugmentConfig(intensity=0.0, gamma=(1.0, 1.0), scale=(0.8, 1.25))
     rng = np.random.default_rng(0)
     for _ in range(20):
-        im, tg = random_tile(prep, 32, rng, aug)
+        im, tg, _ = random_tile(prep, 32, rng, aug)
         assert im.shape == tg.shape == (32, 32) and tg.min() >= 0 and tg.max() <= 1
         # the warped image and target agree on what is cell, up to the resampled border
         assert np.mean((im > 0.5) == (tg > 0.05)) > 0.93
-    x, y = tile_batch([prep], 5, 24, rng, SegAugmentConfig(invert_p=1.0))
+    x, y, w = tile_batch([prep], 5, 24, rng, SegAugmentConfig(invert_p=1.0))
     assert x.shape == y.shape == (5, 1, 24, 24) and x.dtype == np.float32
 
 
 def test_small_image_is_padded_to_the_tile() -> None:
     _, lab = blobs((20, 20))
-    (prep,) = prepare_samples([type("S", (), {"image": (lab > 0).astype(np.float32), "labels": lab})()])
-    im, tg = random_tile(prep, 32, np.random.default_rng(1), SegAugmentConfig(scale=(1.0, 1.0)))
+    (prep,) = prepare_samples([SegSample("small", (lab > 0).astype(np.float32), lab)])
+    im, tg, _ = random_tile(prep, 32, np.random.default_rng(1), SegAugmentConfig(scale=(1.0, 1.0)))
     assert im.shape == (32, 32)
+
+
+def test_uint32_and_uint64_label_files_keep_every_cell(tmp_path) -> None:
+    """Label TIFFs with ids ≥ 2³¹ (uint32) and ≥ 2⁴⁰ (uint64): every cell survives (an int32 cast wrapped them
+    negative and they vanished from the targets)."""
+    img, lab = blobs()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    big32 = np.where(lab > 0, lab.astype(np.uint32) + np.uint32(2**31 + 5), 0).astype(np.uint32)
+    big64 = np.where(lab > 0, lab.astype(np.uint64) * np.uint64(2**40), 0).astype(np.uint64)
+    for name, mask in (("u32", big32), ("u64", big64)):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", img)
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", mask)
+        assert tifffile.imread(tmp_path / "masks" / f"{name}.tif").dtype == mask.dtype
+    samples = load_samples(SegDataConfig(format="folders", path=str(tmp_path)))
+    for s in samples:
+        assert s.labels.dtype == np.int32 and s.labels.min() == 0
+        np.testing.assert_array_equal(s.labels, lab)  # same cells, ids renumbered in order
+        (prep,) = prepare_samples([s])
+        assert all(prep.target[lab == i].max() == 1.0 for i in (1, 2))

@@ -51,11 +51,27 @@ def test_distance_map_exact_edt_on_a_square() -> None:
     assert d[4, 4] == 1.0 and d[2, 4] == pytest.approx(1 / 3) and d[3, 4] == pytest.approx(2 / 3)
 
 
-def test_distance_map_cell_at_the_image_edge_has_a_boundary_there() -> None:
+def test_image_edge_is_no_border_as_in_reflect_padded_inference() -> None:
+    """Targets treat the image edge as inference's mirror does: the map of a cropped label image equals the map
+    of its mirror-padded version cropped back (the network sees that mirror through reflect padding)."""
     lab = np.zeros((6, 6), np.int32)
     lab[:, :3] = 1
     d = distance_map(lab)
-    assert d[:, 0].max() < 1.0 and d[2, 1] == 1.0
+    assert np.all(d[:, 0] == 1.0) and d[2, 2] < 1.0  # rises towards the edge, border only at column 3
+    cells = touching_disks(size=96, n=10, seed=1)[:, 30:]  # cells cut by the left edge
+    w = cells.shape[1]  # a whole mirror copy, so no copy is itself cut by the padded image's edge
+    mirrored = distance_map(np.pad(cells, ((0, 0), (w, 0)), mode="symmetric"))[:, w:]
+    assert np.any(cells[:, 0] > 0)
+    np.testing.assert_allclose(distance_map(cells), mirrored, atol=1e-6)
+
+
+def test_labels_of_any_integer_width() -> None:
+    """uint32/uint64 ids ≥ 2³¹ (which wrapped negative in an int32 cast) give the same target as compact ids."""
+    lab = touching_disks(size=64, n=6, seed=3)
+    ref = distance_map(lab)
+    for dtype, offset in ((np.uint32, 2**31), (np.uint64, 2**40), (np.int64, 2**33)):
+        big = np.where(lab > 0, lab.astype(dtype) + dtype(offset), 0).astype(dtype)
+        np.testing.assert_array_equal(distance_map(big), ref)
 
 
 def test_touching_cells_dip_at_their_border_and_split() -> None:
@@ -109,14 +125,95 @@ def test_round_trip_on_fixture_masks(fixture_masks) -> None:
 
 
 def test_component_shortcut_matches_a_plain_watershed() -> None:
-    """Single-marker parts are filled without flooding; the result must equal skimage's watershed (ties aside)."""
+    """Single-marker parts are filled without flooding; the cores must equal skimage's watershed (ties aside)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
     rng = np.random.default_rng(1)
     lab = touching_disks(size=160, n=30, seed=4)
     d = np.clip(distance_map(lab) + rng.normal(0, 0.05, lab.shape), 0, 1).astype(np.float32)
-    ours = labels_from_distance(d)
+    ours = labels_from_distance(d, connectivity=1, min_marker_size=1, grow_threshold=0.09)  # no growth
     markers, _ = ndi.label(d > 0.47)
     ref = watershed(-d, markers, mask=d > 0.09)
     assert np.mean(ours == ref) > 0.999 and ours.max() == ref.max()
+
+
+def ellipse_cells(size: int = 192) -> np.ndarray:
+    """Hand-made elongated cells (axes up to 70 × 9 px, several orientations), some touching end to side."""
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    lab = np.zeros((size, size), np.int32)
+    specs = [(40, 50, 35, 9, 0.3), (60, 120, 30, 7, -0.5), (120, 60, 45, 10, 1.2), (140, 140, 25, 12, 0.0),
+             (150, 100, 20, 6, 1.57), (90, 80, 18, 14, 0.8), (30, 150, 28, 8, 2.0)]
+    for i, (cy, cx, a, b, th) in enumerate(specs, start=1):
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+        lab[(u / a) ** 2 + (v / b) ** 2 <= 1] = i  # later cells are drawn over earlier ones: touching borders
+    return lab
+
+
+def big_touching_disks(size: int = 256) -> np.ndarray:
+    """Disks of radius 12–45 px, where the old fill threshold cut the widest rings, most of them touching."""
+    yy, xx = np.mgrid[:size, :size]
+    specs = [(60, 60, 45), (60, 150, 45), (150, 60, 30), (140, 130, 25), (200, 200, 40), (120, 210, 20),
+             (220, 110, 12), (25, 230, 15)]
+    lab = np.zeros((size, size), np.int32)
+    for i, (cy, cx, r) in enumerate(specs, start=1):
+        lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (lab == 0)] = i
+    return lab
+
+
+def test_perfect_map_comes_back_at_high_iou_with_the_defaults(fixture_masks) -> None:
+    """Issue 14: a perfect distance map must not cap IoU — AP@0.9 ≥ 0.95 at the defaults, on the fixture masks
+    and on hand-made touching / elongated cells (the old fill-only post-processing fails the hand-made ones)."""
+    hand = [ellipse_cells(), big_touching_disks(), *(touching_disks(seed=s) for s in range(3))]
+    for name, masks in {**fixture_masks, "hand-made": hand}.items():
+        pairs = [(gt, labels_from_distance(distance_map(gt))) for gt in masks]
+        m = evaluate_pairs(pairs).as_dict()
+        assert m["ap@0.90"] >= 0.95, (name, m)
+        assert m["seg"] >= 0.97, (name, m)
+    old = evaluate_pairs([(gt, labels_from_distance(distance_map(gt), grow_threshold=0.09)) for gt in hand[:2]])
+    assert old.as_dict()["ap@0.90"] < 0.7  # the ceiling this replaces: no growth loses each cell's outer ring
+
+
+def test_growth_stops_at_the_neighbour_and_at_the_cells_ring() -> None:
+    lab = big_touching_disks()
+    d = distance_map(lab)
+    out = labels_from_distance(d)
+    assert np.all(out[lab == 0] == 0)  # nothing grows into true background (its map is 0)
+    noisy = d + np.float32(0.004)  # a faint haze below every cell's ring level: ignored
+    assert np.array_equal(labels_from_distance(noisy) > 0, out > 0)
+
+
+def test_small_markers_merge_but_small_cells_stay() -> None:
+    """A 1–2 px peak next to a cell's main peak (same fill region) is dropped; a lone small cell is kept."""
+    d = np.zeros((40, 60), np.float32)
+    d[5:35, 5:35] = 0.3
+    d[10:30, 10:30] = 0.9
+    d[6, 33] = 0.6  # a ragged one-pixel peak in the fringe of the same cell
+    d[18:21, 48:51] = 0.6  # a 3×3 cell on its own
+    d[19, 49] = 0.9
+    out = labels_from_distance(d, grow_threshold=0.09)
+    assert out.max() == 2
+    assert labels_from_distance(d, grow_threshold=0.09, min_marker_size=1).max() == 3
+
+
+def test_no_tiny_fragments_on_a_noisy_map() -> None:
+    rng = np.random.default_rng(5)
+    lab = touching_disks(size=192, n=30, seed=2)
+    d = np.clip(distance_map(lab) + rng.normal(0, 0.06, lab.shape), 0, 1).astype(np.float32)
+    out = labels_from_distance(d)
+    sizes = np.bincount(out.ravel())[1:]
+    assert sizes.size > 20 and sizes.min() > 2
+
+
+def test_resolve_thresholds_and_bad_keys() -> None:
+    from dinocell_core.seg.distance import labels_with, resolve_thresholds
+
+    old_bundle = {"peak": 0.5, "fill": 0.1, "min_size": 0}  # written before "grow" existed
+    th = resolve_thresholds(old_bundle, min_size=7)
+    assert th == {"peak": 0.5, "fill": 0.1, "grow": 0.01, "min_size": 7}
+    assert resolve_thresholds(old_bundle, fill=0.005)["grow"] == 0.005
+    with pytest.raises(ValueError, match="unknown threshold"):
+        resolve_thresholds(old_bundle, peek=0.3)
+    lab = big_touching_disks()
+    assert np.array_equal(labels_with(distance_map(lab), {}), labels_from_distance(distance_map(lab)))

@@ -27,6 +27,7 @@ from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dinocell_core.archs import ARCH_SPECS, check_backbone
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.checkpoint import CheckpointError, load_state, load_tensors, resolve_checkpoint
 
@@ -39,13 +40,8 @@ N_REGISTERS = 4
 EXPORT_FORMAT = "dinocell-backbone/1"
 PRETRAIN_FORMAT = "dinocell-pretrain/1"
 
-#: arch name → (timm model, overrides). ``vit_test`` is a tiny model for CPU tests (head dim 64 as the real ones).
-ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
-    "vit_test": ("vit_small_patch16_dinov3_qkvb", {"embed_dim": 192, "depth": 4, "num_heads": 3}),
-    "vit_small": ("vit_small_patch16_dinov3_qkvb", {}),
-    "vit_base": ("vit_base_patch16_dinov3_qkvb", {}),
-    "vit_large": ("vit_large_patch16_dinov3_qkvb", {}),
-}
+#: arch name → (timm model, overrides); the presets and their bounds live in :mod:`dinocell_core.archs`.
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {k: (s.timm_name, s.timm_overrides()) for k, s in ARCH_SPECS.items()}
 
 if timm.__version__ != TIMM_VERSION:  # the masked forward uses timm's private _pos_embed
     raise ImportError(f"DINOCell needs timm=={TIMM_VERSION} (found {timm.__version__}); "
@@ -59,10 +55,9 @@ class WeightsError(DinocellError, ValueError):
 class DinoBackbone(nn.Module):
     """A DINOv3 ViT returning CLS, register and patch tokens (after the final norm) with optional iBOT masking."""
 
-    def __init__(self, arch: str, patch_size: int, **kwargs: Any) -> None:
+    def __init__(self, arch: str, patch_size: int, source: str = "backbone", **kwargs: Any) -> None:
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown backbone arch {arch!r}; expected one of {sorted(ARCHS)}")
+        check_backbone(arch, patch_size, kwargs, source)  # before timm sees anything (no path-like arguments)
         name, overrides = ARCHS[arch]
         args = {**overrides, **kwargs}
         self.arch = arch

@@ -19,6 +19,7 @@ from dinocell_core.errors import DinocellError
 COMMAND_MODULES = [
     "dinocell_core.commands.data",
     "dinocell_core.commands.segment",
+    "dinocell_core.commands.plate",
     "dinocell_core.commands.pretrain",
     "dinocell_core.commands.demo",
     "dinocell_core.commands.profile",

@@ -23,9 +23,10 @@ class ConfigError(DinocellError, ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too."""
+    """Base for config sections: unknown keys are errors, values are validated on assignment too, and floats must
+    be finite (``optim.lr=.inf`` made a run skip every step and still "finish")."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=StrictModel)
@@ -108,6 +109,29 @@ def load_config(model_cls: type[M], path: str | Path | None = None, overrides: S
     if overrides:
         source += " + overrides"
     return validate_config(model_cls, data, source)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and k != "kwargs":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_changes(old: Mapping[str, Any], new: BaseModel, source: str | Path,
+                         allowed: Sequence[str]) -> None:
+    """Refuse resuming a run (whose config was ``old``, from ``source``) with a config that changes any key
+    outside ``allowed``: the checkpoint was trained with the old values."""
+    a, b = _flat(old), _flat(config_to_dict(new))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
+    if changed:
+        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"{source}: this run has checkpoints and the new config changes {details}. "
+                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def _jump_index(args: argparse.Namespace) -> int:
         from dinocell_core.io.storage import S3Storage
 
         storage = S3Storage(endpoint_url=args.endpoint_url)
-    cache = args.cache or default_cache_path(args.root)
+    cache = args.cache or default_cache_path(args.root, storage.endpoint_url if storage is not None else None)
     if cache.is_file() and not args.refresh and not args.load_data:
         fields = read_index_csv(cache)
         report = json.loads(cache.with_suffix(".json").read_text()) if cache.with_suffix(".json").is_file() else {}
@@ -108,6 +108,9 @@ def _jump_index(args: argparse.Namespace) -> int:
         with tqdm(unit="file", desc="scanning") as bar:
             result = build_index(args.root, load_data=args.load_data, storage=storage, progress=bar.update)
         fields = result.fields
+        if not fields:  # an empty listing is never cached: the next run looks again
+            raise ValueError(f"no complete CPJUMP1 fields found under {args.root}"
+                             + (f" at endpoint {storage.endpoint_url}" if storage and storage.endpoint_url else ""))
         write_index_cache(result, args.root, cache)
         print(f"{len(fields)} complete fields from {result.n_files} files in {result.seconds:.2f} s "
               f"(cached in {cache})")
@@ -163,9 +166,19 @@ def _jump_preview(args: argparse.Namespace) -> int:
 
 
 def _jump_prepare(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
     from dinocell_core.ssl.prepare import prepare_fields
+    from dinocell_core.ssl.prepared_store import MANIFEST
 
     cfg, _patch = load_data_section(args.source, args.overrides)
     summary = prepare_fields(cfg, args.output, workers=args.workers)
     print(summary)
+    manifest = json.loads((Path(args.output) / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("n_failed"):  # a partial store is not a success: scripts and Slurm must see it
+        print(f"dinocell-core: error: {manifest['n_failed']} field(s) could not be prepared (listed in "
+              f"{Path(args.output) / MANIFEST}); fix or exclude them and run again (prepared fields are kept)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -41,12 +41,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir or Path("runs") / f"pretrain-{cfg.name}")
     rank = int(os.environ.get("RANK", "0"))
     run.path.mkdir(parents=True, exist_ok=True)
-    setup_logging(run.log_path if rank == 0 else run.path / f"run.rank{rank}.log", rank=rank)
+    lock = run.lock()
+    if rank == 0:
+        lock.acquire()  # before run.log is opened: a refused second trainer writes nothing into the run
     try:
+        setup_logging(run.log_path if rank == 0 else run.path / f"run.rank{rank}.log", rank=rank)
         run_pretraining(cfg, run.path)
     except FloatingPointError as exc:
         print(f"dinocell-core: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
     if rank == 0 and run.read_status().get("state") == "stopped":
         print(f"stopped; resume with the same command (run dir {run.path})", file=sys.stderr)
         # under torchrun a non-zero exit of rank 0 reads as a crash (ChildFailedError + traceback): a clean stop

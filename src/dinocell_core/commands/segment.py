@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,28 +33,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sg.add_argument("inputs", nargs="+", type=Path, help="image files (TIFF, PNG, ...)")
     sg.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     sg.add_argument("--channel", type=int, default=None, help="channel index of multichannel images")
-    sg.add_argument("--tile-size", type=int, default=None, help="default: the bundle's")
-    sg.add_argument("--overlap", type=int, default=None, help="default: the bundle's")
-    sg.add_argument("--batch-size", type=int, default=4, help="tiles per network call (lower on OOM)")
+    sg.add_argument("--tile-size", type=_positive_int, default=None, help="default: the bundle's")
+    sg.add_argument("--overlap", type=_non_negative_int, default=None, help="default: the bundle's")
+    sg.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per network call (lower on OOM)")
     sg.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    sg.add_argument("--peak", type=float, default=None, help="peak threshold (default: the bundle's)")
-    sg.add_argument("--fill", type=float, default=None, help="fill threshold (default: the bundle's)")
-    sg.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this (pixels)")
+    sg.add_argument("--peak", type=_unit_open, default=None, help="peak threshold in (0, 1) (default: the bundle's)")
+    sg.add_argument("--fill", type=_unit_half_open, default=None,
+                    help="fill threshold in [0, 1) (default: the bundle's)")
+    sg.add_argument("--grow", type=_unit_half_open, default=None,
+                    help="cells grow back to their border inside map > grow, in [0, 1) (default: the bundle's)")
+    sg.add_argument("--min-size", type=_non_negative_int, default=None,
+                    help="drop objects smaller than this (pixels; default: the bundle's)")
     sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
     sg.set_defaults(handler=_segment)
 
     ev = subparsers.add_parser("evaluate", help="score a model bundle on an annotated dataset",
                                description="AP@0.50…0.95, F1, CTC SEG/DET/OP_CSB pooled over the images of "
                                            "DATASET (Cellpose *_img/*_masks folder, images/+masks/, LIVECell COCO "
-                                           "JSON, or a JUMP fixture). Prints a table and writes JSON.")
+                                           "JSON, or a JUMP fixture) and COCO mask AP; thresholds are the "
+                                           "bundle's. Prints a table and writes JSON.")
     ev.add_argument("model", type=Path)
     ev.add_argument("dataset", type=Path)
     ev.add_argument("-o", "--output", type=Path, default=None, help="JSON file (default: <model>.eval.json)")
     ev.add_argument("--channel", default=None, help="JUMP channel name, or channel index of multichannel images")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--tile-size", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--max-images", type=int, default=None)
+    ev.add_argument("--tile-size", type=_positive_int, default=None)
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument("--max-images", type=_positive_int, default=None)
+    ev.add_argument("--images", type=Path, default=None,
+                    help="image folder of a COCO/LIVECell JSON (default: next to it, or images/livecell_*_images/ "
+                         "of the official layout)")
+    ev.add_argument("--peak", type=_unit_open, default=None, help="default: the bundle's (tuned on validation)")
+    ev.add_argument("--fill", type=_unit_half_open, default=None, help="default: the bundle's")
+    ev.add_argument("--grow", type=_unit_half_open, default=None, help="default: the bundle's")
+    ev.add_argument("--min-size", type=_non_negative_int, default=None, help="default: the bundle's")
     ev.set_defaults(handler=_evaluate)
 
     md = subparsers.add_parser("models", help="the model registry (a folder of bundles)")
@@ -63,6 +76,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ml.add_argument("--channel", default=None, help="only models for this channel (e.g. DNA, 5, brightfield)")
     ml.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ml.set_defaults(handler=_models_list)
+
+
+def _number(text: str, kind: type, ok: object, what: str) -> object:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not ok(value):  # type: ignore[operator]
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "an integer ≥ 1")  # type: ignore[return-value]
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer ≥ 0")  # type: ignore[return-value]
+
+
+def _unit_open(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")  # type: ignore[return-value]
+
+
+def _unit_half_open(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # type: ignore[return-value]
+
+
+def output_stems(inputs: list[Path], output: Path) -> dict[Path, Path]:
+    """Input → output path stem (``OUT/<relative folder>/<name>``), unique per input.
+
+    Inputs from several folders keep their folder below the deepest common one (CPJUMP1 repeats the same file name
+    on every plate); two inputs that would still share an output (``a.tif`` and ``a.png``) are refused before any
+    work, naming both."""
+    from dinocell_core.errors import DinocellError
+
+    resolved = [p.resolve() for p in inputs]
+    common = Path(os.path.commonpath([r.parent for r in resolved])) if resolved else Path()
+    stems: dict[Path, Path] = {}
+    owner: dict[Path, Path] = {}
+    for given, r in zip(inputs, resolved):
+        stem = output / r.parent.relative_to(common) / _image_stem(r.name)
+        if stem in owner:
+            same = owner[stem] == given or owner[stem].resolve() == r
+            raise DinocellError(f"{given} is given twice" if same else
+                                f"{owner[stem]} and {given} would both write {stem}_labels.tiff; rename one or "
+                                "segment them into different output folders")
+        owner[stem] = given
+        stems[given] = stem
+    return stems
+
+
+def _image_stem(name: str) -> str:
+    """The name without its image extension (``x.ome.tiff`` → ``x``; ``a.v2.tif`` → ``a.v2``)."""
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -76,8 +145,9 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / f"decoder-{cfg.name}"
     run = RunDir(run_dir)
     run.create()
-    setup_logging(run.log_path)
-    paths = run_decoder_training(cfg, run_dir)
+    with run.lock():  # before run.log is opened: a refused second trainer writes nothing into the run
+        setup_logging(run.log_path)
+        paths = run_decoder_training(cfg, run_dir)
     state = run.read_status().get("state")
     for p in paths:
         print(p)
@@ -95,25 +165,36 @@ def _segment(args: argparse.Namespace) -> int:
     from dinocell_core.io.images import read_image
     from dinocell_core.seg.inference import Segmenter
 
+    stems = output_stems(list(args.inputs), args.output)  # collisions refused before the model is even loaded
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
                     batch_size=args.batch_size, channel=args.channel)
     args.output.mkdir(parents=True, exist_ok=True)
-    pending: Future | None = None
+    pending: tuple[Path, Future] | None = None
     failed: list[Path] = []
+
+    def settle() -> None:
+        """Wait for the field in flight; its failure is that image's, not the batch's."""
+        if pending is None:
+            return
+        path, fut = pending
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001 - any per-image failure is reported and counted, never fatal
+            print(f"{path}: skipped: {_one_line(exc)}", file=sys.stderr)
+            failed.append(path)
+
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as post:
             for path in args.inputs:
                 try:  # one failed or unusable image does not stop a batch
-                    dist = _distance(seg, read_image(path), path.name)
-                except (OSError, ValueError) as exc:
-                    print(f"{path}: skipped: {exc}", file=sys.stderr)
+                    dist = _distance(seg, read_image(path), str(path))
+                except Exception as exc:  # noqa: BLE001 - reported per image, counted in the exit code
+                    print(f"{path}: skipped: {_one_line(exc)}", file=sys.stderr)
                     failed.append(path)
                     continue
-                if pending is not None:
-                    pending.result()  # one field in flight at most; its errors surface here
-                pending = post.submit(_finish_field, seg, args, path, dist)
-            if pending is not None:
-                pending.result()
+                settle()  # one field in flight at most
+                pending = (path, post.submit(_finish_field, seg, args, path, dist, stems[path]))
+            settle()
     finally:
         seg.release()
     if failed:
@@ -122,14 +203,22 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    from dinocell_core.errors import DinocellError
+
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, DinocellError) else f"{type(exc).__name__}: {text}"
+
+
 def _distance(seg: Segmenter, image: np.ndarray, name: str) -> np.ndarray:
     """The network pass over all tiles of one image, with a progress bar."""
     import numpy as np
     from tqdm import tqdm
 
     dist = None
-    with tqdm(desc=name, unit="tile", leave=False) as bar:
-        for item in seg.iter_distance(image):
+    prepared = seg.preprocess(image, name=name)
+    with tqdm(desc=Path(name).name, unit="tile", leave=False) as bar:
+        for item in seg.iter_prepared(prepared):
             if isinstance(item, np.ndarray):
                 dist = item
             else:
@@ -139,22 +228,23 @@ def _distance(seg: Segmenter, image: np.ndarray, name: str) -> np.ndarray:
     return dist
 
 
-def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np.ndarray) -> None:
-    """Labels from the distance map, then the TIFFs (atomically)."""
+def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np.ndarray, stem: Path) -> None:
+    """Labels from the distance map, then the TIFFs (atomically) at ``stem`` (see :func:`output_stems`)."""
     import tifffile
 
     from dinocell_core.io.fsutil import atomic_path
     from dinocell_core.seg.distance import compact_labels
 
-    labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size)
+    labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size,
+                        grow_threshold=args.grow)
     out = compact_labels(labels)
-    stem = path.name.split(".")[0]
-    with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
+    labels_path = stem.parent / f"{stem.name}_labels.tiff"
+    with atomic_path(labels_path) as tmp:
         tifffile.imwrite(tmp, out, compression="zlib")
     if args.save_distance:
-        with atomic_path(args.output / f"{stem}_distance.tiff") as tmp:
+        with atomic_path(stem.parent / f"{stem.name}_distance.tiff") as tmp:
             tifffile.imwrite(tmp, dist, compression="zlib")
-    print(f"{path}: {int(labels.max())} cells → {args.output / f'{stem}_labels.tiff'}")
+    print(f"{path}: {int(labels.max())} cells → {labels_path}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -170,7 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         result = evaluate_bundle(args.model, args.dataset, device=args.device, tile_size=args.tile_size,
                                  batch_size=args.batch_size, channel=args.channel, max_images=args.max_images,
-                                 progress=progress)
+                                 progress=progress, images_dir=args.images, peak=args.peak, fill=args.fill,
+                                 grow=args.grow, min_size=args.min_size)
     out = args.output or args.model.with_suffix(".eval.json")
     atomic_write_json(out, result)
     print(format_table(result))
@@ -181,16 +272,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from dinocell_core.seg.bundle import list_bundles
 
-    infos = list_bundles(args.folder, channel=args.channel)
+    infos = list_bundles(args.folder, channel=args.channel, include_broken=True)
     if args.json:
-        print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata}
-                          for b in infos], indent=1, default=str))
+        print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata,
+                           "problem": b.problem} for b in infos], indent=1, default=str))
         return 0
     if not infos:
         print(f"no model bundles in {args.folder}" + (f" for channel {args.channel}" if args.channel else ""))
         return 0
     print(f"{'name':<28} {'channel':<12} {'backbone':<16} {'tile':>5} {'val AP@0.5':>10}  path")
     for b in infos:
+        if b.problem is not None:
+            print(f"{b.name:<28} UNUSABLE: {b.problem}")
+            continue
         m = b.metadata
         bb = f"{m['backbone']['arch']}/{m['backbone']['patch_size']}"
         ap = (m.get("validation_metrics") or {}).get("ap@0.50")

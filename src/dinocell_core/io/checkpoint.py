@@ -1,8 +1,10 @@
-"""Self-verifying checkpoint files: safetensors tensors + JSON metadata + a digest of every tensor byte.
+"""Self-verifying checkpoint files: safetensors tensors + JSON metadata + one digest over both.
 
 Nothing here unpickles. A nested training state (model, optimizer, scheduler scalars, RNG) is split into flat
-tensors and a JSON skeleton; the sha256 over all tensor bytes is stored in the header, so a truncated, corrupted
-or foreign file is refused with a message that names it instead of being silently loaded.
+tensors and a JSON skeleton; one sha256 over the canonical JSON of the metadata and every tensor byte is stored in
+the header, so a truncated, corrupted, edited or foreign file is refused with a message that names it instead of
+being silently loaded. (A digest proves integrity, not origin: whoever edits a file can recompute it, which is why
+bundles' architecture fields are also checked against an allow-list before anything is built.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "dinocell-state/1"
 _META_KEY = "dinocell"
+DIGEST_VERSION = 2  # 1: tensors only (accepted metadata edits); 2: metadata + tensors
 
 
 class CheckpointError(DinocellError, RuntimeError):
@@ -42,6 +45,19 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _canonical_meta(meta: Any) -> bytes:
+    """The metadata as the digest sees it: what a JSON round trip gives, keys sorted, no whitespace."""
+    return json.dumps(json.loads(json.dumps(meta, default=str)), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _full_digest(meta: Any, tensor_digest: str) -> str:
+    h = hashlib.sha256(b"dinocell-digest/2\0")
+    h.update(_canonical_meta(meta))
+    h.update(b"\0")
+    h.update(tensor_digest.encode())
     return h.hexdigest()
 
 
@@ -84,7 +100,10 @@ def _unflatten(node: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Write flat tensors + JSON-able ``meta`` atomically, with the digest in the header."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {_META_KEY: json.dumps({"meta": meta, "sha256": _digest(clean)}, default=str)}
+    tensor_digest = _digest(clean)
+    record = {"meta": meta, "sha256": tensor_digest, "digest_version": DIGEST_VERSION,
+              "digest": _full_digest(meta, tensor_digest)}
+    header = {_META_KEY: json.dumps(record, default=str)}
     atomic_write_bytes(path, st_save(clean, metadata=header))
 
 
@@ -94,7 +113,7 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     if not p.is_file():
         raise CheckpointError(f"{p}: file does not exist")
     data = p.read_bytes()
-    if data[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
         raise CheckpointError(
             f"{p}: this is a pickle/torch.save file; DINOCell only loads safetensors files it can verify "
             "(pickles can run arbitrary code)"
@@ -108,10 +127,68 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     raw = (header.get("__metadata__") or {}).get(_META_KEY)
     if raw is None:
         raise CheckpointError(f"{p}: safetensors file without DINOCell metadata (not written by DINOCell)")
-    info = json.loads(raw)
+    info = _parse_info(p, raw)
     if _digest(tensors) != info.get("sha256"):
         raise CheckpointError(f"{p}: tensor data does not match its recorded sha256 digest (corrupted or tampered)")
+    if _full_digest(info["meta"], info["sha256"]) != info.get("digest"):
+        raise CheckpointError(f"{p}: metadata does not match its recorded digest (edited, corrupted or tampered); "
+                              "use an unmodified copy of the file")
     return tensors, info["meta"]
+
+
+def _parse_info(p: Path, raw: Any) -> dict[str, Any]:
+    try:
+        info = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{p}: DINOCell metadata is not valid JSON (corrupted or tampered): {exc}") from None
+    if not isinstance(info, dict) or "meta" not in info:
+        raise CheckpointError(f"{p}: DINOCell metadata lacks its 'meta' record (corrupted or tampered)")
+    if info.get("digest_version") != DIGEST_VERSION or "digest" not in info:
+        raise CheckpointError(f"{p}: written by an older DINOCell whose digest did not cover the metadata; "
+                              "re-export or retrain it with this version (edits to its metadata cannot be detected)")
+    return info
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
+    """The safetensors header and the byte size the file must have (header + tensor data), without reading
+    the tensors: listing a folder stays instant and a truncated file is still recognised."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise CheckpointError(f"{p}: not a safetensors file")
+            header = json.loads(fh.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{p}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{p}: not a safetensors file")
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    return header, 8 + n + max(ends, default=0)
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The DINOCell metadata from the header alone; a file shorter than its header says is refused (truncated)."""
+    p = Path(path)
+    header, size = read_header(p)
+    raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    if raw is None:
+        raise CheckpointError(f"{p}: safetensors file without DINOCell metadata (not written by DINOCell)")
+    actual = p.stat().st_size
+    if actual < size:
+        raise CheckpointError(f"{p}: truncated ({actual} of {size} bytes; an interrupted copy or download?)")
+    return _parse_info(p, raw)["meta"]
+
+
+def read_state_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run config stored in a training-state checkpoint (the file is verified first)."""
+    _, meta = load_tensors(path)
+    items = (meta.get("skeleton") or {}).get("__dict__") or []
+    config = next((_unflatten(v, {}) for k, v in items if k == "config"), None)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: checkpoint holds no run config to check a resume against")
+    return config
 
 
 def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:

@@ -4,6 +4,10 @@ The filesystem client is created lazily in each process and never pickled: DataL
 the settings only (an earlier loader pickled a boto3 client from the parent into its workers). Cached files are
 written atomically (temp + rename) and evicted least-recently-used by bytes, so several workers can share one
 cache folder; a file evicted by another worker between lookup and read is simply downloaded again.
+
+Every request has a connect and a read timeout and a bounded number of attempts, so an endpoint that accepts
+connections and never answers (or a wrong ``--endpoint-url``) ends in one :class:`StorageError` naming the URL and
+endpoint within ``attempts × timeout`` seconds, instead of hanging for minutes and then reporting an empty bucket.
 """
 
 from __future__ import annotations
@@ -17,17 +21,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dinocell_core.errors import DinocellError
+
 log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "DINOCELL_S3_ENDPOINT_URL"
+TIMEOUT_ENV = "DINOCELL_S3_TIMEOUT_S"  # seconds per connect / read (default 20)
+ATTEMPTS_ENV = "DINOCELL_S3_ATTEMPTS"  # tries per request (default 4)
+
+
+class StorageError(DinocellError, OSError):
+    """Remote storage could not be reached or answered with an error (the message names URL and endpoint)."""
+
+
+def _env_number(name: str, default: float, kind: type = float) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise StorageError(f"environment variable {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise StorageError(f"environment variable {name}={raw!r} must be > 0")
+    return value
 
 
 class S3Storage:
     """Reads objects by ``s3://bucket/key`` URL; ``endpoint_url`` points at a mirror or a test server."""
 
     def __init__(self, endpoint_url: str | None = None, anon: bool = True, cache_dir: str | os.PathLike[str] |
-                 None = None, cache_bytes: int = 0) -> None:
+                 None = None, cache_bytes: int = 0, timeout_s: float | None = None,
+                 attempts: int | None = None) -> None:
         self.endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get(ENDPOINT_ENV) or None
+        self.timeout_s = float(timeout_s) if timeout_s is not None else _env_number(TIMEOUT_ENV, 20.0)
+        self.attempts = int(attempts) if attempts is not None else _env_number(ATTEMPTS_ENV, 4, int)
         self.anon = anon
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_bytes = int(cache_bytes)
@@ -56,8 +84,12 @@ class S3Storage:
             kwargs: dict[str, Any] = {}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
-            self._fs = s3fs.S3FileSystem(anon=self.anon, client_kwargs=kwargs, skip_instance_cache=True,
-                                         use_listings_cache=False)
+            # botocore tries once per call; s3fs retries timeouts/connection errors (with backoff) up to attempts
+            config = {"connect_timeout": self.timeout_s, "read_timeout": self.timeout_s,
+                      "retries": {"max_attempts": 1, "mode": "standard"}}
+            self._fs = s3fs.S3FileSystem(anon=self.anon, client_kwargs=kwargs, config_kwargs=config,
+                                         skip_instance_cache=True, use_listings_cache=False)
+            self._fs.retries = self.attempts
             self._pid = os.getpid()
         return self._fs
 
@@ -97,8 +129,19 @@ class S3Storage:
         return data
 
     def _download(self, url: str) -> bytes:
-        with self.fs.open(_strip(url), "rb") as fh:
-            return fh.read()
+        try:
+            with self.fs.open(_strip(url), "rb") as fh:
+                return fh.read()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as exc:  # botocore/aiohttp/asyncio raise many types for network failures
+            raise self._error("reading", url, exc) from None
+
+    def _error(self, what: str, url: str, exc: BaseException) -> StorageError:
+        where = self.endpoint_url or "the default AWS endpoint"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return StorageError(f"{url}: S3 {what} failed after {self.attempts} attempt(s) of {self.timeout_s:g} s at "
+                            f"{where} ({type(exc).__name__}: {reason}); check the network and --endpoint-url")
 
     def evict(self) -> int:
         """Delete least-recently-used cache files until the cache fits ``cache_bytes``; returns bytes freed."""
@@ -142,7 +185,19 @@ class S3Storage:
         """(folder relative to ``url``, file names) for every folder below ``url``, one folder listing at a time
         (so a progress bar moves while ~3 M CPJUMP1 keys are listed); hidden folders are skipped."""
         base = _strip(url).rstrip("/")
-        for dirpath, dirnames, filenames in self.fs.walk(base):
+        walker = self.fs.walk(base, on_error="raise")  # fsspec's default omits failed listings: an "empty" bucket
+        while True:
+            try:
+                dirpath, dirnames, filenames = next(walker)
+            except StopIteration:
+                return
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{url}: no such S3 prefix at "
+                                        f"{self.endpoint_url or 'the default AWS endpoint'}") from None
+            except PermissionError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - network errors of many types end in one clear message
+                raise self._error("listing", url, exc) from None
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel = dirpath[len(base):].strip("/")
             if filenames:

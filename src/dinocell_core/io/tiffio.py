@@ -52,7 +52,9 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
         with tifffile.TiffFile(source) as tif:
             if not tif.pages:
                 raise BadImageError(path, "TIFF has no image pages")
-            arr = tif.pages[0].asarray()
+            page = tif.pages[0]
+            _check_declared(path, tuple(page.shape), shape)  # from the header, before anything is decoded
+            arr = page.asarray()
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -75,6 +77,39 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
     if arr.ndim != 2:
         raise BadImageError(path, f"expected a 2-D single-channel image, got shape {tuple(arr.shape)}")
     return arr
+
+
+#: the largest page read_tiff decodes (16384² pixels): an 800 KB compressed file can declare gigabytes
+MAX_PIXELS = 2**28
+
+
+def _check_declared(path: str, declared: tuple[int, ...], shape: tuple[int, ...] | None) -> None:
+    squeezed = declared
+    while len(squeezed) > 2 and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+    if shape is not None and tuple(squeezed) != tuple(shape):
+        raise BadImageError(path, f"shape {tuple(squeezed)}, expected {tuple(shape)}")
+    n = int(np.prod(declared, dtype=np.float64))
+    if n > MAX_PIXELS:
+        raise BadImageError(path, f"declares {n:,} pixels (shape {declared}), more than the {MAX_PIXELS:,} DINOCell "
+                                  "decodes (a decompression bomb or a mistake)")
+
+
+def odd_shape(shapes: dict[str, tuple[int, ...]]) -> BadImageError | None:
+    """The error for the file whose shape differs from the others of one field (majority wins), or None.
+
+    The first channel read used to define the shape, so a wrong-size ch1 was blamed on the good ch2."""
+    from collections import Counter
+
+    counts = Counter(shapes.values())
+    if len(counts) <= 1:
+        return None
+    (common, n_common), *_ = counts.most_common()
+    odd = [p for p, s in shapes.items() if s != common]
+    if n_common == 1:  # no majority (two files, two shapes): name both
+        items = list(shapes.items())
+        return BadImageError(items[0][0], f"shape {items[0][1]} differs from {items[1][1]} of {items[1][0]}")
+    return BadImageError(odd[0], f"shape {shapes[odd[0]]}, but the field's other {n_common} channels are {common}")
 
 
 def write_tiff(path: str | os.PathLike[str], image: np.ndarray, compression: str | None = "lzw") -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, NAME_TO_CHANNEL, channel_number
 
@@ -62,6 +63,10 @@ def join_path(root: str | os.PathLike[str], rel: str) -> str:
     if "://" in root_s:
         return root_s.rstrip("/") + "/" + rel
     return os.path.join(root_s, rel)
+
+
+class IndexFileError(DinocellError, ValueError):
+    """An index or load_data CSV cannot be read (the message names the file, the line and the fix)."""
 
 
 @dataclass
@@ -374,7 +379,10 @@ def is_load_data_csv(path: str | os.PathLike[str]) -> bool:
     if not (p.endswith(".csv") or p.endswith(".csv.gz")) or not os.path.isfile(p):
         return False
     with _open_text(p) as fh:
-        header = fh.readline()
+        try:
+            header = fh.readline()
+        except (UnicodeDecodeError, EOFError, OSError):  # binary or broken .gz: not a load_data CSV
+            return False
     return "URL_Orig" in header or "FileName_Orig" in header
 
 
@@ -394,11 +402,24 @@ def iter_index_csv(path: str | os.PathLike[str]) -> Iterator[Field]:
     """Fields of a contract index CSV, one at a time; a wrong header or row is an error naming file and line."""
     with _open_text(path) as fh:
         reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
+        try:
+            cols = reader.fieldnames or []
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise IndexFileError(f"{path}: not a text CSV file ({exc.__class__.__name__}); give a CPJUMP1 folder, an "
+                             "s3:// prefix, a DINOCell index CSV or a load_data CSV") from None
         missing = [c for c in ("plate", "well", "site", *(f"ch{c}" for c in ALL_CHANNELS)) if c not in cols]
         if missing:
-            raise ValueError(f"{path}: not a DINOCell index CSV (missing columns {', '.join(missing)})")
-        for n, row in enumerate(reader, start=2):
+            raise IndexFileError(f"{path}: not a DINOCell index CSV (missing columns {', '.join(missing)})")
+        n = 1
+        rows = iter(reader)
+        while True:
+            n += 1
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise IndexFileError(f"{path}:{n}: not readable as CSV text ({exc.__class__.__name__})") from None
             try:
                 paths = {c: row[f"ch{c}"] for c in ALL_CHANNELS if row.get(f"ch{c}")}
                 folder = row.get("plate_folder") or row["plate"]
@@ -406,7 +427,7 @@ def iter_index_csv(path: str | os.PathLike[str]) -> Iterator[Field]:
                               batch=row.get("batch") or "", plate_folder=folder, sk=int(row.get("sk") or 1),
                               paths=paths)
             except (KeyError, ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: bad index row ({exc})") from None
+                raise IndexFileError(f"{path}:{n}: bad index row ({exc})") from None
             yield field
 
 
@@ -414,12 +435,14 @@ def read_index_csv(path: str | os.PathLike[str]) -> list[Field]:
     return list(iter_index_csv(path))
 
 
-def default_cache_path(root: str | os.PathLike[str]) -> Path:
-    """``<root>/.dinocell/index.csv`` for a writable local root, else a per-root file under ~/.cache/dinocell."""
+def default_cache_path(root: str | os.PathLike[str], endpoint_url: str | None = None) -> Path:
+    """``<root>/.dinocell/index.csv`` for a writable local root, else a file under ~/.cache/dinocell per root and
+    S3 endpoint (the same bucket name on a mirror or test server is another listing)."""
     root_s = os.fspath(root)
     if "://" not in root_s and os.path.isdir(root_s) and os.access(root_s, os.W_OK):
         return Path(root_s) / ".dinocell" / "index.csv"
-    digest = hashlib.sha1(root_s.encode()).hexdigest()[:16]
+    key = root_s if not endpoint_url else f"{root_s}\n{endpoint_url}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "dinocell" / f"index_{digest}.csv"
 
 
@@ -449,11 +472,14 @@ def _fields_source(root: str | os.PathLike[str], cache: str | os.PathLike[str] |
     root_s = os.fspath(root)
     if os.path.isfile(root_s) and not is_load_data_csv(root_s):
         return iter_index_csv(root_s)
-    cache_path = Path(cache) if cache is not None else default_cache_path(root_s)
+    endpoint = getattr(storage, "endpoint_url", None)
+    cache_path = Path(cache) if cache is not None else default_cache_path(root_s, endpoint)
     if cache_path.is_file() and not refresh:
         log.info("index of %s read from cache %s (refresh to rescan)", root_s, cache_path)
         return iter_index_csv(cache_path)
     result = build_index(root_s, load_data=load_data, storage=storage)
+    if not result.fields:  # never cache an empty listing: the next start must look again
+        return result.fields
     try:
         write_index_cache(result, root_s, cache_path)
     except OSError as exc:

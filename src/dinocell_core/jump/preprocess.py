@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dinocell_core.io.images import apply_clahe, normalize_percentile
-from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.io.tiffio import BadImageError, odd_shape, read_tiff
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS
 from dinocell_core.jump.index import Field, join_path
 
@@ -114,11 +114,13 @@ class Preprocessor:
 def read_field(root: str | os.PathLike[str], field: Field, channels: Sequence[int] = ALL_CHANNELS,
                storage: Any = None, dtype: Any = np.uint16) -> np.ndarray:
     """Read ``channels`` of a field as [C, H, W] uint16; all channels must share one shape."""
-    arrays: list[np.ndarray] = []
+    arrays: dict[str, np.ndarray] = {}
     for ch in channels:
         if ch not in field.paths:
             raise BadImageError(f"{field.key} ch{ch}", "channel missing from the index")
-        arr = read_tiff(field.path(root, ch), storage=storage, dtype=dtype,
-                        shape=arrays[0].shape if arrays else None)
-        arrays.append(arr)
-    return np.stack(arrays)
+        path = str(field.path(root, ch))
+        arrays[path] = read_tiff(path, storage=storage, dtype=dtype)
+    bad = odd_shape({p: a.shape for p, a in arrays.items()})
+    if bad is not None:
+        raise bad
+    return np.stack(list(arrays.values()))

@@ -66,6 +66,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_(t, "max").item() > 0)
 
 
+def broadcast_from_main(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (a refusal decided by rank 0 alone must end every rank, not hang them)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_text
-from dinocell_core.runs.rundir import RunDir
+from dinocell_core.runs.rundir import RunDir, RunLockedError, check_run_free
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 JOB_COMMANDS: dict[str, str] = {"pretrain": "pretrain", "decoder": "train-decoder"}
 #: kinds whose trainer is DDP-aware; N torchrun copies of any other trainer would each train the same run
 DISTRIBUTED_KINDS = frozenset({"pretrain"})
+#: seconds torchrun waits for its ranks to checkpoint after a stop signal before it kills them
+SHUTDOWN_TIMEOUT_S = 100
 
 
 class LaunchError(DinocellError, RuntimeError):
@@ -79,7 +81,9 @@ def job_command(kind: str, run_dir: str | os.PathLike[str], nproc: int = 1, pyth
     job = ["-m", "dinocell_core.cli", JOB_COMMANDS[kind], str(run.config_path), "--run-dir", str(run.path)]
     if nproc == 1:
         return [python, *job]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *job]
+    # our torchrun front exits 0 after a clean stop; 100 s for the ranks to checkpoint (Slurm warns 120 s ahead)
+    return [python, "-m", "dinocell_core.runs.torchrun", "--standalone", f"--nproc_per_node={nproc}",
+            f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}", *job]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -116,6 +120,10 @@ def effective_state(status: Mapping[str, object]) -> str:
 
 
 def _check_not_running(run: RunDir) -> None:
+    try:  # the trainer's OS lock: exact even when status.json is stale or the job runs under another launcher
+        check_run_free(run.path)
+    except RunLockedError as exc:
+        raise LaunchError(str(exc)) from None
     status = run.read_status()
     if effective_state(status) in ("running", "queued"):
         raise LaunchError(

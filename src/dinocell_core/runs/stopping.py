@@ -3,8 +3,10 @@ the training loop checks after each step, so it can checkpoint and end in state 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -32,3 +34,29 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM/SIGINT while child processes (DataLoader workers) start, so they are born with them blocked.
+
+    Slurm, ``scancel``, systemd and Ctrl-C signal the whole process group: workers that died of it first made the
+    trainer's next batch fail, so the run ended "failed" without its stop checkpoint. A blocked mask survives
+    fork and exec; a signal arriving meanwhile is held pending and reaches this process's handler on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def ignore_stop_signals() -> None:
+    """For worker processes: the parent decides when to stop and shuts its workers down itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

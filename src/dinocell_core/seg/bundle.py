@@ -16,14 +16,23 @@ from typing import Any
 
 import torch
 
+from dinocell_core.archs import (
+    ArchitectureError,
+    backbone_params,
+    check_backbone,
+    check_decoder,
+    check_memory,
+    decoder_params,
+)
 from dinocell_core.errors import DinocellError
-from dinocell_core.io.checkpoint import CheckpointError, load_tensors, save_tensors
+from dinocell_core.io.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dinocell-bundle/1"
 SUFFIX = ".safetensors"
 REQUIRED = ("name", "channel", "backbone", "decoder", "preprocessing", "thresholds", "tile_size")
+MAX_TILE = 4096
 
 
 class BundleError(DinocellError, ValueError):
@@ -38,6 +47,7 @@ class BundleInfo:
     channel: str
     path: Path
     metadata: dict[str, Any]
+    problem: str | None = None  # set (and the bundle unusable) when listed with include_broken=True
 
 
 @dataclass
@@ -65,10 +75,9 @@ class Bundle:
         from dinocell_core.backbone import load_backbone
         from dinocell_core.seg.decoder import DistanceDecoder
 
-        bb_meta = self.metadata["backbone"]
-        dec = self.metadata["decoder"]
+        bb_meta, dec = check_architecture(self.path, self.metadata)
         backbone = load_backbone(bb_meta["arch"], patch_size=int(bb_meta["patch_size"]), weights=None,
-                                 **bb_meta.get("kwargs", {}))
+                                 source=str(self.path), **(bb_meta.get("kwargs") or {}))
         model = DistanceDecoder(backbone, layers=dec["layers"], width=int(dec["width"]),
                                 stem_width=int(dec["stem_width"]))
         try:
@@ -124,6 +133,22 @@ def restore_aliases(tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -
     return out
 
 
+def check_architecture(p: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Allow-list the architecture fields of a bundle and check the memory it needs, before anything is built."""
+    bb, dec = meta.get("backbone"), meta.get("decoder")
+    if not isinstance(bb, dict):
+        raise BundleError(f"{p}: backbone must be a mapping, got {type(bb).__name__}")
+    try:
+        spec = check_backbone(bb.get("arch"), bb.get("patch_size"), bb.get("kwargs"), str(p))
+        depth = int((bb.get("kwargs") or {}).get("depth", spec.depth))
+        check_decoder(dec, depth, str(p))
+        n_params = backbone_params(spec, int(bb["patch_size"]), depth) + decoder_params(dec, spec.embed_dim)
+        check_memory(n_params, str(p))
+    except ArchitectureError as exc:
+        raise BundleError(str(exc)) from None
+    return bb, dec
+
+
 def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
@@ -132,7 +157,30 @@ def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise BundleError(f"{p}: bundle metadata lacks {', '.join(missing)}")
+    _check_run_settings(p, meta)
     return meta
+
+
+def _check_run_settings(p: Path, meta: dict[str, Any]) -> None:
+    """Thresholds and tiling a bundle asks for: finite and in range (they decide what the user gets)."""
+    th = meta["thresholds"]
+    if not isinstance(th, dict):
+        raise BundleError(f"{p}: thresholds must be a mapping")
+    for key, low_open in (("peak", True), ("fill", False)):
+        v = th.get(key)
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not v < 1
+                or not (v > 0 if low_open else v >= 0)):
+            raise BundleError(f"{p}: thresholds.{key} must be a number in {'(' if low_open else '['}0, 1), "
+                              f"got {v!r}")
+    ms = th.get("min_size", 0)
+    if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
+        raise BundleError(f"{p}: thresholds.min_size must be an integer ≥ 0, got {ms!r}")
+    tile = meta["tile_size"]
+    if isinstance(tile, bool) or not isinstance(tile, int) or not 16 <= tile <= MAX_TILE:
+        raise BundleError(f"{p}: tile_size must be an integer in [16, {MAX_TILE}], got {tile!r}")
+    overlap = meta.get("overlap", 0)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= 2 * overlap < tile:
+        raise BundleError(f"{p}: overlap must be an integer in [0, tile_size/2), got {overlap!r}")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -151,15 +199,11 @@ def read_bundle_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     _refuse_pickle(p)
     try:
-        with open(p, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise BundleError(f"{p}: not a safetensors file")
-            header = json.loads(fh.read(n))
-        raw = header["__metadata__"]["dinocell"]
-        meta = json.loads(raw)["meta"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{p}: not a DINOCell model bundle ({type(exc).__name__}: {exc})") from None
+        meta = read_meta(p)
+    except CheckpointError as exc:
+        raise BundleError(str(exc)) from None
+    except OSError as exc:
+        raise BundleError(f"{p}: cannot read ({type(exc).__name__}: {exc})") from None
     return _check_meta(p, meta)
 
 
@@ -172,9 +216,11 @@ def _channel_key(channel: str | int) -> str:
         return str(channel).strip().lower()
 
 
-def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = None) -> list[BundleInfo]:
+def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = None,
+                 include_broken: bool = False) -> list[BundleInfo]:
     """Bundles in ``folder`` (sorted by name), optionally only those for ``channel`` (a JUMP name/number or any
-    modality label such as ``phase``). Files that are not bundles are skipped with a log message."""
+    modality label such as ``phase``). Files that are not usable bundles (truncated, foreign, edited) are skipped
+    with a log message, or listed with ``problem`` set when ``include_broken``."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: models folder not found")
@@ -185,6 +231,8 @@ def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = Non
             meta = read_bundle_metadata(p)
         except BundleError as exc:
             log.info("skipping %s", exc)
+            if include_broken and channel is None:
+                out.append(BundleInfo(p.stem, "?", p, {}, problem=str(exc)))
             continue
         if want is not None and _channel_key(meta["channel"]) != want:
             continue

@@ -17,6 +17,9 @@ from dinocell_core.config import StrictModel
 DEFAULT_PEAK_THRESHOLD = 0.47
 DEFAULT_FILL_THRESHOLD = 0.09
 DEFAULT_MIN_SIZE = 0
+DEFAULT_GROW_THRESHOLD = 0.01
+MARKER_CONNECTIVITY = 2
+MIN_MARKER_SIZE = 3
 
 
 class SegDataConfig(StrictModel):
@@ -24,7 +27,7 @@ class SegDataConfig(StrictModel):
 
     format: Literal["pairs", "folders", "livecell", "jump"]
     path: str
-    images_dir: str | None = None  # livecell: folder of the images named in the JSON
+    images_dir: str | None = None  # livecell: image folder; default: found next to the JSON or in images/...
     channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
     max_images: int | None = PField(None, ge=1)
     low: float = PField(1.0, ge=0, lt=100)
@@ -40,8 +43,6 @@ class SegDataConfig(StrictModel):
             if not str(self.channel).strip().isdigit():
                 raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
                                  f"not {self.channel!r}")
-        if self.format == "livecell" and self.images_dir is None:
-            raise ValueError("format 'livecell' needs images_dir (the folder holding the .tif files)")
         return self
 
 
@@ -71,6 +72,13 @@ class BackboneSection(StrictModel):
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
     finetune_blocks: int = PField(0, ge=0)  # 0 = frozen backbone
 
+    @model_validator(mode="after")
+    def _arch(self) -> "BackboneSection":
+        from dinocell_core.archs import check_backbone
+
+        check_backbone(self.arch, self.patch_size, self.kwargs, "backbone", key="backbone")
+        return self
+
 
 class DecoderSection(StrictModel):
     layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
@@ -95,22 +103,39 @@ class TrainSection(StrictModel):
 
 
 class ThresholdSection(StrictModel):
-    peak: float = PField(DEFAULT_PEAK_THRESHOLD, gt=0, lt=1)
-    fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)
-    min_size: int = PField(0, ge=0)
+    """Post-processing of the distance map (see ``seg.distance.labels_from_distance``)."""
+
+    peak: float = PField(DEFAULT_PEAK_THRESHOLD, gt=0, lt=1)  # markers: map > peak
+    fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)  # cores: watershed inside map > fill
+    grow: float = PField(DEFAULT_GROW_THRESHOLD, ge=0, lt=1)  # cores grow back into map > grow (= fill: off)
+    min_size: int = PField(DEFAULT_MIN_SIZE, ge=0)  # objects below this many px are dropped
+
+    @model_validator(mode="after")
+    def _order(self) -> "ThresholdSection":
+        if not self.grow <= self.fill < self.peak:
+            raise ValueError(f"thresholds need grow ≤ fill < peak, got {self.grow} / {self.fill} / {self.peak}")
+        return self
 
 
 class InferenceSection(StrictModel):
     overlap: int = PField(32, ge=0)
     batch_size: int = PField(8, ge=1)
     thresholds: ThresholdSection = PField(default_factory=ThresholdSection)
+    tune_thresholds: bool = True  # after training: search peak/fill/grow/min_size on the validation images
+
+
+#: the validation search after decoder training (``seg.tune``): every (peak, fill, grow) combination, then min_size
+TUNE_PEAK = (0.3, 0.4, 0.47, 0.55, 0.65)
+TUNE_FILL = (0.05, 0.09, 0.15, 0.25)
+TUNE_GROW = (DEFAULT_GROW_THRESHOLD, 0.04, None)  # None: grow = fill (no growth)
+TUNE_MIN_SIZE = (0, 5, 15, 40)
 
 
 class DecoderConfig(StrictModel):
     """The ``train-decoder`` config (see configs/decoder_*.yaml)."""
 
     name: str = "dinocell"
-    seed: int = 0
+    seed: int = PField(0, ge=0, le=2**32 - 1)
     backbone: BackboneSection = PField(default_factory=BackboneSection)
     decoder: DecoderSection = PField(default_factory=DecoderSection)
     data: SegDataConfig
@@ -131,11 +156,15 @@ class DecoderConfig(StrictModel):
                              f"{self.backbone.patch_size}")
         if t <= 2 * self.inference.overlap:
             raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
-        if self.inference.thresholds.fill >= self.inference.thresholds.peak:
-            raise ValueError("inference.thresholds.fill must be below inference.thresholds.peak")
         if self.channels is not None and not self.channels:
             raise ValueError("channels must list at least one channel (or be omitted)")
         return self
 
     def channel_list(self) -> list[str | None]:
         return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
+
+
+#: keys a resumed decoder run may change (everything else must match its config.yaml / checkpoint): logging,
+#: checkpointing and where it runs, never what it learns or how it is scored
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_last", "train.device", "train.threads",
+                     "inference.batch_size")

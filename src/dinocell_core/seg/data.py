@@ -19,7 +19,7 @@ import numpy as np
 
 from dinocell_core.io.images import ImageError, prepare_image, read_image
 from dinocell_core.seg.config import SegAugmentConfig, SegDataConfig
-from dinocell_core.seg.distance import distance_map
+from dinocell_core.seg.distance import distance_map, sequential_labels
 
 IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -37,20 +37,28 @@ class SegSample:
     name: str
     image: np.ndarray
     labels: np.ndarray
+    ignore: np.ndarray | None = None  # bool [H, W]: crowd regions (COCO iscrowd), neither cell nor background
 
 
 def _as_labels(mask: np.ndarray, name: str) -> np.ndarray:
+    """Any integer (or integer-valued float) label image → int32 ids; ids ≥ 2³¹ are renumbered in order
+    instead of wrapping negative."""
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] in (3, 4) and all(np.array_equal(m[..., 0], m[..., i]) for i in (1, 2)):
         m = m[..., 0]
     if m.ndim != 2:
         raise SegDataError(f"{name}: a label image must be 2-D, got shape {m.shape}")
+    if m.dtype == bool:
+        m = m.astype(np.uint8)
     if not np.issubdtype(m.dtype, np.integer):
         if not np.all(np.mod(m, 1) == 0):
             raise SegDataError(f"{name}: label image has non-integer values")
-    if m.min() < 0:
+        if m.size and m.max() >= 2**53:
+            raise SegDataError(f"{name}: float label ids above 2^53 are not exact; store labels as integers")
+        m = m.astype(np.int64)
+    if m.size and m.min() < 0:
         raise SegDataError(f"{name}: label image has negative values")
-    return m.astype(np.int32)
+    return sequential_labels(m)
 
 
 def _sample(name: str, raw: np.ndarray, labels: np.ndarray, cfg: SegDataConfig) -> SegSample:
@@ -105,23 +113,97 @@ def folder_files(folder: Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def polygons_to_mask(shape: tuple[int, int], annotations: Sequence[dict], name: str = "annotations") -> np.ndarray:
-    """COCO polygon annotations → int32 instance labels (id = position + 1; later objects drawn on top)."""
+def annotation_mask(ann: dict, shape: tuple[int, int], name: str = "annotations") -> np.ndarray:
+    """One COCO annotation → bool mask via pycocotools: polygons each filled on their own and united (a
+    duplicated or overlapping polygon never punches a hole), uncompressed or compressed RLE decoded as stored."""
+    from pycocotools import mask as mask_utils
+
+    h, w = shape
+    seg = ann.get("segmentation")
+    where = f"{name}: annotation {ann.get('id')}"
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if list(size or []) != [h, w]:
+            raise SegDataError(f"{where}: RLE size {size} differs from the image size {[h, w]}")
+        counts = seg.get("counts")
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+        else:
+            raise SegDataError(f"{where}: RLE counts must be a list or a string")
+    elif isinstance(seg, list):
+        polys = [list(map(float, p)) for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6]
+        if not polys:
+            return np.zeros(shape, bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+    elif not seg:
+        return np.zeros(shape, bool)
+    else:
+        raise SegDataError(f"{where}: segmentation must be polygons or RLE, got {type(seg).__name__}")
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as exc:  # pycocotools raises bare ValueError/TypeError on corrupt counts
+        raise SegDataError(f"{where}: cannot decode its RLE ({type(exc).__name__}: {exc})") from None
+
+
+def coco_to_labels(shape: tuple[int, int], annotations: Sequence[dict],
+                   name: str = "annotations") -> tuple[np.ndarray, np.ndarray | None]:
+    """COCO annotations of one image → (int32 instance labels, crowd mask or None).
+
+    Instances get ids 1..n in annotation order (a later object is drawn over an earlier one where they
+    overlap); ``iscrowd`` annotations are not instances: they form the ignore mask (COCO's semantics).
+    """
     lab = np.zeros(shape, np.int32)
-    for i, ann in enumerate(annotations, start=1):
-        seg = ann.get("segmentation")
-        if isinstance(seg, dict):
-            raise SegDataError(f"{name}: RLE segmentations are not supported (annotation {ann.get('id')})")
-        if not seg:
-            continue
-        polys = [np.round(np.asarray(s, np.float64).reshape(-1, 2)).astype(np.int32) for s in seg if len(s) >= 6]
-        if polys:
-            cv2.fillPoly(lab, polys, int(i))
-    return lab
+    crowd = np.zeros(shape, bool)
+    i = 0
+    for ann in annotations:
+        m = annotation_mask(ann, shape, name)
+        if ann.get("iscrowd", 0):
+            crowd |= m
+        elif m.any():
+            i += 1
+            lab[m] = i
+    return lab, (crowd if crowd.any() else None)
+
+
+def polygons_to_mask(shape: tuple[int, int], annotations: Sequence[dict], name: str = "annotations") -> np.ndarray:
+    """COCO annotations (polygons or RLE) → int32 instance labels; crowd annotations are left out."""
+    return coco_to_labels(shape, annotations, name)[0]
+
+
+LIVECELL_IMAGE_DIRS = ("images/livecell_test_images", "images/livecell_train_val_images", "images", ".")
+
+
+def _image_path(root: Path, fname: str) -> Path:
+    p = root / fname
+    if not p.is_file() and "_Phase_" in fname:  # per-cell-type sub-folders
+        p = root / fname.split("_Phase_")[0] / fname
+    return p
+
+
+def find_images_dir(json_path: Path, file_names: Sequence[str]) -> Path:
+    """Where the images of a COCO JSON are: next to it, or — the official LIVECell layout, with
+    ``annotations/LIVECell/livecell_coco_test.json`` apart from ``images/livecell_test_images/`` — in an
+    ``images/...`` folder of one of its parent folders."""
+    if not file_names:
+        return json_path.parent
+    probe = file_names[0]
+    looked = []
+    for base in [json_path.parent, *list(json_path.parents)[:4]]:
+        for sub in LIVECELL_IMAGE_DIRS:
+            d = (base / sub).resolve()
+            if d in looked:
+                continue
+            looked.append(d)
+            if _image_path(d, probe).is_file():
+                return d
+    raise SegDataError(f"{json_path}: cannot find its images (looked for {probe} in "
+                       f"{', '.join(str(d) for d in looked[:6])}, ...); pass the image folder (images_dir / --images)")
 
 
 def livecell_samples(cfg: SegDataConfig) -> list[SegSample]:
-    """LIVECell COCO JSON; annotations stored as a dict keyed by id (some LIVECell files) are handled."""
+    """LIVECell / COCO JSON; annotations stored as a dict keyed by id (some LIVECell files) are handled."""
     path = Path(cfg.path)
     try:
         coco = json.loads(path.read_text())
@@ -135,16 +217,20 @@ def livecell_samples(cfg: SegDataConfig) -> list[SegSample]:
     by_image: dict[int, list[dict]] = {}
     for a in anns:
         by_image.setdefault(a["image_id"], []).append(a)
-    root = Path(cfg.images_dir or ".")
+    infos = coco["images"][: cfg.max_images]
+    root = Path(cfg.images_dir) if cfg.images_dir else find_images_dir(path, [i["file_name"] for i in infos])
     out = []
-    for info in coco["images"][: cfg.max_images]:
+    for info in infos:
         fname = info["file_name"]
-        p = root / fname
-        if not p.is_file() and "_Phase_" in fname:  # per-cell-type sub-folders
-            p = root / fname.split("_Phase_")[0] / fname
-        raw = read_image(p)
-        labels = polygons_to_mask(raw.shape[:2], by_image.get(info["id"], []), f"{path} image {fname}")
-        out.append(_sample(fname, raw, labels, cfg))
+        raw = read_image(_image_path(root, fname))
+        shape = raw.shape[:2]
+        if "height" in info and "width" in info and (int(info["height"]), int(info["width"])) != shape:
+            raise SegDataError(f"{path}: image {fname} is {shape[0]}×{shape[1]} px but the JSON says "
+                               f"{info['height']}×{info['width']}")
+        labels, crowd = coco_to_labels(shape, by_image.get(info["id"], []), f"{path} image {fname}")
+        sample = _sample(fname, raw, labels, cfg)
+        sample.ignore = crowd
+        out.append(sample)
     return out
 
 
@@ -223,40 +309,47 @@ def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int) 
 class PreparedSample:
     image: np.ndarray
     target: np.ndarray
+    weight: np.ndarray | None = None  # float32 loss weight: 0 on crowd (ignore) pixels
 
 
 def prepare_samples(samples: Sequence[SegSample]) -> list[PreparedSample]:
     """Distance targets computed once per full image (a crop would cut cells and change their maxima)."""
-    return [PreparedSample(s.image, distance_map(s.labels)) for s in samples]
+    return [PreparedSample(s.image, distance_map(s.labels),
+                           None if s.ignore is None else (~s.ignore).astype(np.float32)) for s in samples]
 
 
 def random_tile(sample: PreparedSample, tile: int, rng: np.random.Generator,
-                aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image, target) tile of ``tile``×``tile``; images smaller than the window are zero-padded."""
+                aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented (image, target, loss weight) tile of ``tile``×``tile``; images smaller than the window are
+    zero-padded (weight 1 there: the padding is background, as the image's edge is at inference)."""
     s = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))))
     win = max(8, int(round(tile / s)))
     img, tgt = sample.image, sample.target
+    wgt = sample.weight if sample.weight is not None else np.ones(img.shape, np.float32)
     h, w = img.shape
     if h < win or w < win:
         ph, pw = max(0, win - h), max(0, win - w)
         img = np.pad(img, ((0, ph), (0, pw)))
         tgt = np.pad(tgt, ((0, ph), (0, pw)))
+        wgt = np.pad(wgt, ((0, ph), (0, pw)), constant_values=1.0)
         h, w = img.shape
     y = int(rng.integers(0, h - win + 1))
     x = int(rng.integers(0, w - win + 1))
     im = img[y : y + win, x : x + win]
     tg = tgt[y : y + win, x : x + win]
+    wt = wgt[y : y + win, x : x + win]
     if win != tile:
         im = cv2.resize(im, (tile, tile), interpolation=cv2.INTER_LINEAR)
         tg = np.clip(cv2.resize(tg, (tile, tile), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+        wt = cv2.resize(wt, (tile, tile), interpolation=cv2.INTER_NEAREST)
     if aug.flips:
         if rng.random() < 0.5:
-            im, tg = im[:, ::-1], tg[:, ::-1]
+            im, tg, wt = im[:, ::-1], tg[:, ::-1], wt[:, ::-1]
         if rng.random() < 0.5:
-            im, tg = im[::-1], tg[::-1]
+            im, tg, wt = im[::-1], tg[::-1], wt[::-1]
     if aug.rot90:
         k = int(rng.integers(0, 4))
-        im, tg = np.rot90(im, k), np.rot90(tg, k)
+        im, tg, wt = np.rot90(im, k), np.rot90(tg, k), np.rot90(wt, k)
     im = np.ascontiguousarray(im, dtype=np.float32)
     if aug.intensity > 0:
         gain = 1.0 + rng.uniform(-aug.intensity, aug.intensity)
@@ -266,15 +359,17 @@ def random_tile(sample: PreparedSample, tile: int, rng: np.random.Generator,
         im = np.power(np.clip(im, 0.0, 1.0), np.float32(g))
     if aug.invert_p > 0 and rng.random() < aug.invert_p:
         im = 1.0 - im
-    return im.astype(np.float32, copy=False), np.ascontiguousarray(tg, dtype=np.float32)
+    return (im.astype(np.float32, copy=False), np.ascontiguousarray(tg, dtype=np.float32),
+            np.ascontiguousarray(wt, dtype=np.float32))
 
 
 def tile_batch(samples: Sequence[PreparedSample], batch: int, tile: int, rng: np.random.Generator,
-               aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """[B, 1, T, T] images and targets, each tile from a uniformly chosen sample."""
-    imgs, tgts = [], []
+               aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[B, 1, T, T] images, targets and loss weights, each tile from a uniformly chosen sample."""
+    imgs, tgts, wgts = [], [], []
     for _ in range(batch):
-        im, tg = random_tile(samples[int(rng.integers(0, len(samples)))], tile, rng, aug)
+        im, tg, wt = random_tile(samples[int(rng.integers(0, len(samples)))], tile, rng, aug)
         imgs.append(im)
         tgts.append(tg)
-    return np.stack(imgs)[:, None], np.stack(tgts)[:, None]
+        wgts.append(wt)
+    return np.stack(imgs)[:, None], np.stack(tgts)[:, None], np.stack(wgts)[:, None]

@@ -6,18 +6,32 @@ shared border: that dip is what lets the watershed split them (a global normalis
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
-from dinocell_core.seg.config import DEFAULT_FILL_THRESHOLD, DEFAULT_MIN_SIZE, DEFAULT_PEAK_THRESHOLD
+from dinocell_core.seg.config import (
+    DEFAULT_FILL_THRESHOLD,
+    DEFAULT_GROW_THRESHOLD,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_PEAK_THRESHOLD,
+    MARKER_CONNECTIVITY,
+    MIN_MARKER_SIZE,
+)
 
 
 def distance_map(labels: np.ndarray) -> np.ndarray:
     """Per-cell normalised exact Euclidean distance transform, float32 in [0, 1], background 0.
 
-    Works on per-object crops (``find_objects``) padded by one pixel, so the cost is O(total object area)
-    rather than O(cells × pixels).
+    Works on per-object crops (``find_objects``) widened by one pixel, so the cost is O(total object area)
+    rather than O(cells × pixels). Labels of any integer width are accepted (ids ≥ 2³¹ included).
+
+    Image-edge convention: the image edge is **not** a cell border. A cell cut by the edge keeps rising towards
+    it, as if the image were mirrored there — which is exactly what inference shows the network, since it
+    reflect-pads the image (``seg.inference``). Training targets and inference therefore agree.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
@@ -27,14 +41,16 @@ def distance_map(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(lab.shape, dtype=np.float32)
     if lab.size == 0 or lab.max() <= 0:
         return out
+    lab = sequential_labels(lab)
     for idx, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
             continue
         y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
         x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
         cell = lab[y0:y1, x0:x1] == idx
-        # pad so cells touching the image edge still get a boundary there
-        d = ndi.distance_transform_edt(np.pad(cell, 1))[1:-1, 1:-1]
+        # the widened crop holds a non-cell pixel on every side except where it meets the image edge, so the
+        # EDT sees a border everywhere but there
+        d = ndi.distance_transform_edt(cell) if not cell.all() else _edt_whole_image(cell)
         m = d.max()
         if m > 0:
             view = out[y0:y1, x0:x1]
@@ -42,25 +58,69 @@ def distance_map(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _edt_whole_image(cell: np.ndarray) -> np.ndarray:
+    """A cell covering the whole image has no border at all: constant map (it peaks everywhere)."""
+    return np.ones(cell.shape, np.float64)
+
+
+def sequential_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as int32 ids 1..n in the order of the original ids (0 stays background), for any integer width.
+
+    Ids ≥ 2³¹ would wrap negative in an int32 cast, and sparse huge ids would make ``find_objects`` allocate one
+    slot per id; already-compact int32 labels are returned as they are.
+    """
+    lab = np.asarray(labels)
+    if lab.size == 0:
+        return lab.astype(np.int32)
+    if lab.dtype == np.int32 and lab.min() >= 0 and lab.max() <= 4 * lab.size:
+        return lab
+    if np.issubdtype(lab.dtype, np.signedinteger) and lab.min() < 0:
+        raise ValueError("labels must be non-negative")
+    if lab.max() <= min(np.iinfo(np.int32).max, 4 * lab.size):
+        return lab.astype(np.int32)
+    ids, inv = np.unique(lab.ravel(), return_inverse=True)
+    if ids[0] != 0:
+        inv = inv + 1
+    return inv.reshape(lab.shape).astype(np.int32)
+
+
 def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_THRESHOLD,
                          fill_threshold: float = DEFAULT_FILL_THRESHOLD,
-                         min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
+                         min_size: int = DEFAULT_MIN_SIZE, grow_threshold: float = DEFAULT_GROW_THRESHOLD,
+                         connectivity: int = MARKER_CONNECTIVITY,
+                         min_marker_size: int = MIN_MARKER_SIZE) -> np.ndarray:
     """Instance labels (int32, sequential) from a distance map.
 
-    Markers are the connected components of ``dist > peak_threshold`` (not contour centroids: a C-shaped peak's
-    centroid can fall outside the cell); watershed of ``-dist`` inside ``dist > fill_threshold``. Fill regions
-    without a marker stay background. ``min_size`` drops objects smaller than that many pixels.
+    1. Markers: connected components (``connectivity`` 1 = 4-, 2 = 8-neighbours) of ``dist > peak_threshold``;
+       a marker smaller than ``min_marker_size`` px is dropped when another marker shares its fill region (a
+       ragged peak's fringe, not a cell), kept when it is alone (a small cell).
+    2. Cores: watershed of ``-dist`` from the markers inside ``dist > fill_threshold``; fill regions without a
+       marker stay background.
+    3. Growth back to the border: per-cell normalisation puts a cell's outer ring at 1/R (R its inradius in px),
+       so the fill threshold erodes every core by ``fill·R`` px — IoU 0.84–0.88 with a perfect map. Each core
+       grows into ``dist > grow_threshold`` by at most the ring it lost, ``ceil(fill·R / (1 − fill)) + 1`` px
+       (R estimated from the core's area), never into another cell.
+    4. Objects smaller than ``min_size`` px are dropped.
     """
     d = np.asarray(dist, dtype=np.float32)
     if d.ndim != 2:
         raise ValueError(f"labels_from_distance expects a 2-D map, got shape {d.shape}")
     if not 0.0 <= fill_threshold < peak_threshold:
         raise ValueError(f"need 0 <= fill_threshold < peak_threshold, got {fill_threshold} / {peak_threshold}")
+    if not 0.0 <= grow_threshold <= fill_threshold:
+        raise ValueError(f"need 0 <= grow_threshold <= fill_threshold, got {grow_threshold} / {fill_threshold}")
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}")
     fill = d > fill_threshold
-    markers, n = ndi.label(d > peak_threshold)
+    markers, n = ndi.label(d > peak_threshold, structure=ndi.generate_binary_structure(2, connectivity))
     if n == 0:
         return np.zeros(d.shape, dtype=np.int32)
-    labels = _watershed_by_component(d, markers, n, fill)
+    parts, n_parts = ndi.label(fill)
+    if min_marker_size > 1:
+        markers, n = _drop_small_markers(markers, n, parts, n_parts, min_marker_size)
+    labels = _watershed_by_component(d, markers, n, parts, n_parts)
+    if grow_threshold < fill_threshold:
+        _grow_to_border(labels, d, n, fill_threshold, grow_threshold)
     if min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
@@ -71,13 +131,90 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
     return labels.astype(np.int32, copy=False)
 
 
+def _drop_small_markers(markers: np.ndarray, n: int, parts: np.ndarray, n_parts: int,
+                        min_marker_size: int) -> tuple[np.ndarray, int]:
+    """Remove markers below ``min_marker_size`` px that share their fill part with another marker; relabel."""
+    sizes = np.bincount(markers.ravel(), minlength=n + 1)
+    inside = markers > 0
+    part_of = np.zeros(n + 1, np.int64)
+    part_of[markers[inside]] = parts[inside]
+    per_part = np.bincount(part_of[1:], minlength=n_parts + 1)
+    drop = (sizes < min_marker_size) & (per_part[part_of] > 1)
+    drop[0] = False
+    if not drop.any():
+        return markers, n
+    lut = np.zeros(n + 1, np.int32)
+    keep = np.flatnonzero(~drop[1:]) + 1
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    return lut[markers], int(keep.size)
+
+
+RING_FRACTION = 0.5
+_N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_N8 = _N4 + ((-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow: float) -> None:
+    """Grow every core (in place) into ``grow < d ≤ fill`` by at most the ring the fill threshold cut off.
+
+    A breadth-first flood over the ring pixels next to the growing cells only (the ring is a thin band, so this
+    costs a few ms per 1080² field), alternating 4- and 8-neighbour steps (an octagonal approximation of
+    Euclidean distance). A pixel joins the labelled neighbour with the highest distance value — the watershed's
+    choice — so touching cells meet at their dip.
+    """
+    h, w = labels.shape
+    lab = np.pad(labels, 1)
+    dp = np.pad(d, 1)
+    W = w + 2
+    flat_lab = lab.ravel()
+    flat_d = dp.ravel()
+    open_ = ((dp > grow) & (lab == 0)).ravel()  # ring pixels not yet taken (the pad is never open)
+    if not open_.any():
+        return
+    area = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+    radius = np.sqrt(area / np.pi)  # inradius of a disk of that area: an upper bound for elongated cores
+    full = np.maximum(radius / (1.0 - fill), 1.0)  # the cell's own R, before the fill threshold eroded it
+    limit = np.ceil(fill * full).astype(np.int64) + 1
+    limit[0] = 0
+    level = np.maximum(RING_FRACTION / full, grow)  # the cell's ring sits at 1/R: stop below half of that
+    level[0] = np.inf
+    n8 = np.array([dy * W + dx for dy, dx in _N8], np.int64)
+    ring = np.flatnonzero(open_)
+    frontier = ring[(flat_lab[ring[:, None] + n8[None, :]] > 0).any(1)]  # open pixels next to a core
+    for step in range(1, int(limit.max()) + 1):
+        if frontier.size == 0:
+            break
+        offs = n8 if step % 2 == 0 else n8[:4]
+        nb = frontier[:, None] + offs[None, :]
+        nl = flat_lab[nb]
+        ok = (nl > 0) & (limit[nl] >= step) & (flat_d[frontier][:, None] > level[nl])
+        score = np.where(ok, flat_d[nb], -1.0)
+        best = score.argmax(1)
+        rows = np.arange(frontier.size)
+        take = ok[rows, best]
+        new = frontier[take]
+        flat_lab[new] = nl[rows, best][take]
+        open_[new] = False
+        frontier = np.union1d(frontier[~take], _open_neighbours(new, n8, open_))
+    labels[...] = lab[1:-1, 1:-1]
+
+
+def _open_neighbours(pixels: np.ndarray, offs: np.ndarray, open_: np.ndarray) -> np.ndarray:
+    """Flat indices of the open pixels among the ``offs``-neighbours of ``pixels`` (unique, sorted)."""
+    if pixels.size == 0:
+        return pixels
+    nb = (pixels[:, None] + offs[None, :]).ravel()
+    return np.unique(nb[open_[nb]])
+
+
 def compact_labels(labels: np.ndarray) -> np.ndarray:
     """uint16 when the ids fit: half the size of int32 in TIFFs, and napari builds and uploads a 2048² uint16
     labels layer ~2× faster."""
     return labels.astype(np.uint16) if labels.max(initial=0) < np.iinfo(np.uint16).max else labels
 
 
-def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, fill: np.ndarray) -> np.ndarray:
+def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, parts: np.ndarray,
+                            n_parts: int) -> np.ndarray:
     """``watershed(-d, markers, mask=fill)`` (up to tie-breaking between equal values), run only where it has
     something to decide.
 
@@ -85,7 +222,6 @@ def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, fill: np
     background, so the (costly) priority flood runs only inside the bounding boxes of parts with two or more
     markers. Labels stay the marker ids 1..n, which are sequential already.
     """
-    parts, n_parts = ndi.label(fill)
     part_of_marker = np.zeros(n + 1, np.int64)
     inside = markers > 0
     part_of_marker[markers[inside]] = parts[inside]
@@ -106,3 +242,32 @@ def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, fill: np
             ws = watershed(-d[sl], np.where(mask, markers[sl], 0), mask=mask)
             labels[sl][mask] = ws[mask]
     return labels
+
+
+THRESHOLD_KEYS = ("peak", "fill", "grow", "min_size")
+
+
+def resolve_thresholds(base: Mapping[str, Any], **overrides: float | int | None) -> dict[str, float | int]:
+    """A bundle's thresholds (``peak``, ``fill``, ``grow``, ``min_size``) with the overrides that are not None.
+
+    Keys a bundle lacks take the defaults (bundles written before ``grow`` existed grow their cells back too).
+    Unknown override names are an error, so a typo cannot silently fall back to the bundle's value.
+    """
+    unknown = set(overrides) - set(THRESHOLD_KEYS)
+    if unknown:
+        raise ValueError(f"unknown threshold(s) {sorted(unknown)}; use {', '.join(THRESHOLD_KEYS)}")
+    out: dict[str, float | int] = {"peak": DEFAULT_PEAK_THRESHOLD, "fill": DEFAULT_FILL_THRESHOLD,
+                                   "grow": DEFAULT_GROW_THRESHOLD, "min_size": DEFAULT_MIN_SIZE}
+    out.update({k: base[k] for k in THRESHOLD_KEYS if base.get(k) is not None})
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    out["grow"] = min(float(out["grow"]), float(out["fill"]))  # a lower fill than the bundle's grow: no conflict
+    out["min_size"] = int(out["min_size"])
+    return out
+
+
+def labels_with(dist: np.ndarray, thresholds: Mapping[str, Any]) -> np.ndarray:
+    """:func:`labels_from_distance` with a thresholds dict as bundles store it — the one post-processing call
+    that ``segment``, ``evaluate``, validation, tuning, ``segment-plate`` and napari share."""
+    th = resolve_thresholds(thresholds)
+    return labels_from_distance(dist, peak_threshold=float(th["peak"]), fill_threshold=float(th["fill"]),
+                                min_size=int(th["min_size"]), grow_threshold=float(th["grow"]))

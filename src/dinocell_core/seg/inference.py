@@ -19,7 +19,7 @@ import torch
 from dinocell_core.device import resolve_device
 from dinocell_core.io.images import prepare_image
 from dinocell_core.seg.bundle import Bundle, load_bundle
-from dinocell_core.seg.distance import labels_from_distance
+from dinocell_core.seg.distance import labels_with, resolve_thresholds
 
 EPS_WEIGHT = 1e-3
 Progress = tuple[int, int]
@@ -122,23 +122,27 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model: torch.nn.Module | None = self.bundle.build_model(self.device)
         self.patch_size = int(meta["backbone"]["patch_size"])
-        self.tile_size = int(tile_size or meta["tile_size"])
+        self.tile_size = int(tile_size if tile_size is not None else meta["tile_size"])
         self.overlap = int(overlap if overlap is not None else meta.get("overlap", self.tile_size // 8))
-        if self.tile_size % self.patch_size:
-            raise ValueError(f"tile size {self.tile_size} must be a multiple of the patch size {self.patch_size}")
+        if self.tile_size < 1 or self.tile_size % self.patch_size:
+            raise ValueError(f"tile size {self.tile_size} must be a positive multiple of the patch size "
+                             f"{self.patch_size}")
+        if not 0 <= 2 * self.overlap < self.tile_size:
+            raise ValueError(f"overlap {self.overlap} must be ≥ 0 and below half the tile size {self.tile_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")
         self.batch_size = batch_size
         pre = meta["preprocessing"]
         self.low, self.high = float(pre["low"]), float(pre["high"])
         self.channel = channel
-        self.thresholds = self.bundle.thresholds
+        self.thresholds = resolve_thresholds(self.bundle.thresholds)  # the bundle's, defaults for keys it lacks
         self.timings: dict[str, float] = {}
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """The training preprocessing: channel selection + whole-image percentile normalisation."""
+    def preprocess(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """The training preprocessing: channel selection + whole-image percentile normalisation (``name`` is the
+        file named in errors and NaN warnings)."""
         t0 = time.perf_counter()
-        out = prepare_image(image, self.channel, self.low, self.high)
+        out = prepare_image(image, self.channel, self.low, self.high, name)
         self.timings["preprocessing"] = self.timings.get("preprocessing", 0.0) + time.perf_counter() - t0
         return out
 
@@ -165,16 +169,13 @@ class Segmenter:
         return _last(self.iter_distance(image))
 
     def labels(self, distance: np.ndarray, peak_threshold: float | None = None,
-               fill_threshold: float | None = None, min_size: int | None = None) -> np.ndarray:
+               fill_threshold: float | None = None, min_size: int | None = None,
+               grow_threshold: float | None = None) -> np.ndarray:
         """Instance labels from a (cached) distance map — no network pass; unset thresholds use the bundle's."""
         t0 = time.perf_counter()
-        th = self.thresholds
-        out = labels_from_distance(
-            distance,
-            peak_threshold=th["peak"] if peak_threshold is None else peak_threshold,
-            fill_threshold=th["fill"] if fill_threshold is None else fill_threshold,
-            min_size=int(th.get("min_size", 0) if min_size is None else min_size),
-        )
+        th = resolve_thresholds(self.thresholds, peak=peak_threshold, fill=fill_threshold, min_size=min_size,
+                                grow=grow_threshold)
+        out = labels_with(distance, th)
         self.timings["postprocessing"] = self.timings.get("postprocessing", 0.0) + time.perf_counter() - t0
         return out
 

@@ -201,3 +201,114 @@ def seg_det(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """CTC SEG, DET and OP_CSB of one image pair."""
     c = ctc_counts(overlap(gt, pred))
     return {"seg": c.seg, "det": c.det, "op_csb": c.op_csb}
+
+
+# ------------------------------------------------------------------------------------ crowd regions, COCO AP
+
+def drop_crowd_predictions(pred: np.ndarray, crowd: np.ndarray | None) -> np.ndarray:
+    """Predicted objects lying mostly (> 50 % of their area) in a crowd region removed: COCO does not count a
+    detection matched to an ``iscrowd`` region as a false positive, and the crowd's cells are not references."""
+    if crowd is None or not crowd.any():
+        return pred
+    p = np.asarray(pred)
+    area = np.bincount(p.ravel())
+    inside = np.bincount(p[crowd].ravel(), minlength=area.size)
+    drop = inside * 2 > area
+    drop[0] = False
+    if not drop.any():
+        return p
+    out = p.copy()
+    out[drop[p]] = 0
+    return out
+
+
+#: LIVECell's evaluator raises COCO's 100 detections per image (its images hold up to ~3,000 cells) to one
+#: maxDets value; 2,000 is the figure its benchmark reports with
+COCO_MAX_DETS = 2000
+
+
+def _instance_rles(labels: np.ndarray) -> tuple[list[dict], np.ndarray]:
+    """Compressed RLE of every object of a label image (ids ascending) via pycocotools, and the ids."""
+    from pycocotools import mask as mask_utils
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels)
+    ids, inv = np.unique(lab.ravel(), return_inverse=True)
+    dense = inv.reshape(lab.shape).astype(np.int64) + (0 if ids.size and ids[0] == 0 else 1)  # objects 1..n
+    ids = ids[ids != 0]
+    rles = []
+    for k, sl in enumerate(ndi.find_objects(dense), start=1):
+        m = np.zeros(lab.shape, np.uint8, order="F")
+        m[sl] = dense[sl] == k
+        rles.append(mask_utils.encode(m))
+    return rles, ids
+
+
+def coco_mask_ap(items: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]],
+                 max_dets: int = COCO_MAX_DETS) -> dict[str, float]:
+    """COCO mask AP (IoU 0.50:0.95), AP50, AP75 and AR via pycocotools ``COCOeval`` (``iouType='segm'``,
+    single category, ``maxDets=[max_dets]`` as LIVECell's evaluator sets it).
+
+    ``items``: (gt labels, predicted labels, per-object scores in ascending id order or None = all 1,
+    crowd mask or None) per image. Crowd masks become ``iscrowd`` ground truth, which COCOeval ignores.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, gts, dets = [], [], []
+    for img_id, (gt, pred, scores, crowd) in enumerate(items, start=1):
+        gt, pred = _check_pair(gt, pred)
+        h, w = gt.shape
+        images.append({"id": img_id, "height": h, "width": w})
+        g_rles, _ = _instance_rles(gt)
+        for r in g_rles:
+            gts.append({"segmentation": r, "area": float(_rle_area(r)), "iscrowd": 0})
+        if crowd is not None and crowd.any():
+            r = _instance_rles(crowd.astype(np.uint8))[0][0]
+            gts.append({"segmentation": r, "area": float(_rle_area(r)), "iscrowd": 1})
+        p_rles, p_ids = _instance_rles(pred)
+        sc = np.ones(len(p_ids)) if scores is None else np.asarray(scores, float)
+        if sc.shape != (len(p_ids),):
+            raise ValueError(f"image {img_id}: {len(p_ids)} predicted objects but {sc.size} scores")
+        for r, s in zip(p_rles, sc):
+            dets.append({"image_id": img_id, "category_id": 1, "segmentation": r, "score": float(s)})
+        for a in gts:
+            a.setdefault("image_id", img_id)
+    if not images:
+        raise ValueError("coco_mask_ap needs at least one image")
+    for k, a in enumerate(gts, start=1):
+        a.update(id=k, category_id=1)
+    for k, a in enumerate(dets, start=1):
+        a.update(id=k, area=float(_rle_area(a["segmentation"])))
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1, "name": "cell"}]}
+        coco_gt.createIndex()
+        if not dets:
+            return {"coco_ap": 0.0, "coco_ap50": 0.0, "coco_ap75": 0.0, "coco_ar": 0.0}
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": images, "annotations": dets, "categories": [{"id": 1, "name": "cell"}]}
+        coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        ev.params.maxDets = [int(max_dets)]
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"][:, :, 0, 0, 0]  # [iou, recall] for area 'all', the one maxDets
+    rec = ev.eval["recall"][:, 0, 0, 0]
+
+    def mean_valid(a: np.ndarray) -> float:
+        v = a[a > -1]
+        return float(v.mean()) if v.size else 0.0
+
+    return {"coco_ap": mean_valid(prec), "coco_ap50": mean_valid(prec[0]), "coco_ap75": mean_valid(prec[5]),
+            "coco_ar": mean_valid(rec)}
+
+
+def _rle_area(rle: dict) -> int:
+    from pycocotools import mask as mask_utils
+
+    return int(mask_utils.area(rle))

@@ -2,7 +2,8 @@
 
 One run directory covers the whole channel list (``channels``): steps count globally, every metrics record names
 its channel, checkpoints carry the channel index, so a killed run resumes inside the channel it was training. The
-best validation model of each channel (AP@0.5 on held-out images) is exported as a bundle into ``models_dir``.
+best validation model of each channel (AP@0.5 on held-out images) is exported as a bundle into ``models_dir``;
+its post-processing thresholds are then tuned on the same held-out images and written into the bundle.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from dinocell_core.config import check_resume_changes, config_to_dict, read_yaml
 from dinocell_core.device import resolve_device
-from dinocell_core.io.checkpoint import CheckpointManager
+from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
-from dinocell_core.seg.bundle import save_bundle, unique_state
-from dinocell_core.seg.config import DecoderConfig, SegDataConfig
+from dinocell_core.schedules import warmup_cosine
+from dinocell_core.seg.bundle import load_bundle, save_bundle, unique_state
+from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig
 from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
-from dinocell_core.seg.distance import labels_from_distance
 from dinocell_core.seg.inference import run_tiled
-from dinocell_core.seg.metrics import AP_THRESHOLDS, evaluate_pairs
+from dinocell_core.seg.tune import score_thresholds, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,13 @@ def build_model(cfg: DecoderConfig) -> DistanceDecoder:
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    """Linear warmup (the first step already learns), then cosine decay towards 0 at the last step."""
+    return warmup_cosine(step + 1, total + 1, 1.0, 0.0, warmup)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MSE over the pixels with weight > 0 (crowd regions carry weight 0); plain MSE when all weights are 1."""
+    return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1.0)
 
 
 def make_optimizer(model: DistanceDecoder, cfg: DecoderConfig) -> torch.optim.Optimizer:
@@ -69,21 +73,46 @@ def train_mode(model: DistanceDecoder, finetune_blocks: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfig,
-             device: torch.device) -> dict[str, float]:
-    """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
+def validation_maps(model: torch.nn.Module, samples: list[SegSample], cfg: DecoderConfig,
+                    device: torch.device) -> list[np.ndarray]:
+    """Distance maps of the held-out images, tiled exactly as inference tiles them."""
     model.eval()
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
-    th = cfg.inference.thresholds
-    pairs = []
-    for s in samples:
-        dist = run_tiled(predict, s.image, cfg.train.tile_size, cfg.inference.overlap, cfg.inference.batch_size,
-                         model.patch_size)
-        pairs.append((s.labels, labels_from_distance(dist, th.peak, th.fill, th.min_size)))
-    return evaluate_pairs(pairs, AP_THRESHOLDS).as_dict()
+    return [run_tiled(predict, s.image, cfg.train.tile_size, cfg.inference.overlap, cfg.inference.batch_size,
+                      model.patch_size) for s in samples]
+
+
+def validate(model: DistanceDecoder, samples: list[SegSample], cfg: DecoderConfig,
+             device: torch.device) -> dict[str, float]:
+    """Segment the held-out images exactly as inference will (tiling, thresholds) and score them, pooled."""
+    maps = validation_maps(model, samples, cfg, device)
+    return score_thresholds(maps, [s.labels for s in samples], cfg.inference.thresholds.model_dump(),
+                            [s.ignore for s in samples])
+
+
+def tune_bundle(bundle_path: Path, samples: list[SegSample], cfg: DecoderConfig, device: torch.device) -> dict:
+    """Search the thresholds for the exported (best) model on the validation images; rewrite its bundle with
+    them, their scores and the search record. Idempotent, so a run killed here redoes it on resume."""
+    bundle = load_bundle(bundle_path)
+    model = bundle.build_model(device)
+    maps = validation_maps(model, samples, cfg, device)
+    truths, crowds = [s.labels for s in samples], [s.ignore for s in samples]
+    configured = cfg.inference.thresholds.model_dump()
+    before = score_thresholds(maps, truths, configured, crowds)
+    result = tune_thresholds(maps, truths, crowds=crowds, start=configured)
+    meta = {k: v for k, v in bundle.metadata.items() if k not in ("format", "aliases")}
+    meta["thresholds"] = result["thresholds"]
+    meta["validation_metrics"] = result["metrics"]
+    meta["threshold_search"] = {"objective": "ap_mean, then seg", "images": len(samples),
+                                "configured": configured, "configured_metrics": before, "tried": result["tried"]}
+    save_bundle(bundle_path, model, meta)
+    log.info("thresholds tuned on %d validation images: %s (mean AP %.3f → %.3f, SEG %.3f → %.3f)",
+             len(samples), result["thresholds"], before["ap_mean"], result["metrics"]["ap_mean"], before["seg"],
+             result["metrics"]["seg"])
+    return result
 
 
 def _summary(samples: list[SegSample]) -> dict[str, Any]:
@@ -105,8 +134,7 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
                     "width": cfg.decoder.width, "stem_width": cfg.decoder.stem_width},
         "preprocessing": {"normalisation": "percentile", "low": cfg.data.low, "high": cfg.data.high,
                           "channel_index": None if cfg.data.format == "jump" else cfg.data.channel},
-        "thresholds": {"peak": cfg.inference.thresholds.peak, "fill": cfg.inference.thresholds.fill,
-                       "min_size": cfg.inference.thresholds.min_size},
+        "thresholds": cfg.inference.thresholds.model_dump(),
         "tile_size": cfg.train.tile_size,
         "overlap": cfg.inference.overlap,
         "training_data": {"format": cfg.data.format, "path": cfg.data.path, "train": _summary(train),
@@ -129,13 +157,28 @@ def _modality(channel: str | None) -> str:
 
 
 def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
-    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths."""
+    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths.
+
+    The run's writer lock is held throughout; a refused start (run busy, resume with a changed config) raises
+    before anything in the run directory is written."""
     run = RunDir(run_dir)
-    run.write_config(cfg)
+    with run.lock():
+        run.remove_orphan_temp_files()
+        ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
+        latest = ckpts.latest()
+        if latest is not None:  # the same check as pretraining: the checkpoint was trained with the old values
+            if run.exists():
+                check_resume_changes(read_yaml(run.config_path), cfg, run.config_path, RESUMABLE_CHANGES)
+            else:
+                check_resume_changes(read_state_config(latest), cfg, latest, RESUMABLE_CHANGES)
+        run.write_config(cfg)
+        return _run(cfg, run, ckpts, None if latest is None else load_state(latest))
+
+
+def _run(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict | None) -> list[Path]:
     channels = cfg.channel_list()
     total = cfg.train.steps * len(channels)
     models_dir = Path(cfg.models_dir) if cfg.models_dir else run.path / "models"
-    ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
     status = run.read_status()
     run.update_status(state="running", kind="decoder", total_steps=total, error=None,
                       started_at=status.get("started_at", time.time()), step=status.get("step", 0))
@@ -143,7 +186,6 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        state = ckpts.load_latest()
         with StopRequest() as stop:
             exported = _train_channels(cfg, run, ckpts, state, channels, total, models_dir, device, stop)
         if stop.requested:
@@ -161,8 +203,8 @@ def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, s
                     stop: StopRequest) -> list[Path]:
     start_ci = int(state["channel_index"]) if state else 0
     exported: list[Path] = [Path(p) for p in (state or {}).get("exported", [])]
+    run.truncate_metrics_after(int(state["step"]) if state else 0)  # a run killed before its first checkpoint too
     if state:
-        run.truncate_metrics_after(int(state["step"]))
         log.info("resuming at step %d (channel %s)", state["step"], channels[start_ci])
     for ci in range(start_ci, len(channels)):
         channel = channels[ci]
@@ -208,7 +250,7 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         p = ckpts.save(base + step_local, {
             "step": base + step_local, "channel_index": ci, "model": unique_state(model.state_dict())[0],
             "optimizer": opt.state_dict(), "best": best, "rng": _rng_state_to(rng),
-            "exported": [str(x) for x in exported]})
+            "exported": [str(x) for x in exported], "config": config_to_dict(cfg)})
         run.update_status(last_checkpoint=str(p))
 
     while local < tc.steps:
@@ -219,9 +261,9 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         f = lr_factor(local, tc.steps, tc.warmup_steps)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        x, y = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
-        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss = torch.nn.functional.mse_loss(model(xt), yt)
+        x, y, w = tile_batch(prepared, tc.batch_size, tc.tile_size, rng, cfg.augment)
+        xt, yt, wt = (torch.from_numpy(a).to(device) for a in (x, y, w))
+        loss = weighted_mse(model(xt), yt, wt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -249,6 +291,10 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
                 save_bundle(bundle_path, model, meta)
         if local % tc.checkpoint_every == 0 or local == tc.steps:
             checkpoint(local)
+    if cfg.inference.tune_thresholds:
+        result = tune_bundle(bundle_path, val_s, cfg, device)
+        run.append_metrics({"step": base + local, "channel": channel, "tuned_thresholds": result["thresholds"],
+                            **{f"val_tuned_{k}": v for k, v in result["metrics"].items()}})
     return bundle_path
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field as PField
 from pydantic import field_validator, model_validator
 
-from dinocell_core.config import ConfigError, StrictModel, config_to_dict
+from dinocell_core.config import StrictModel, check_resume_changes
 from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
 
 SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_256", "none")
@@ -138,6 +138,16 @@ class ModelSection(StrictModel):
     rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
 
+    @model_validator(mode="after")
+    def _arch(self) -> "ModelSection":
+        from dinocell_core.archs import check_backbone
+
+        for own in ("drop_path_rate", "rope_rescale_coords"):
+            if own in self.kwargs:
+                raise ValueError(f"kwargs.{own}: set model.{own} instead")
+        check_backbone(self.arch, self.patch_size, self.kwargs, "model", key="model")
+        return self
+
 
 class HeadsSection(StrictModel):
     out_dim: int = PField(65536, ge=2)
@@ -230,7 +240,7 @@ class EvalSection(StrictModel):
 
 class PretrainConfig(StrictModel):
     name: str = "pretrain"
-    seed: int = 0
+    seed: int = PField(0, ge=0, le=2**32 - 1)
     model: ModelSection = ModelSection()
     heads: HeadsSection = HeadsSection()
     loss: LossSection = LossSection()
@@ -264,21 +274,5 @@ RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every"
                      *(f"eval.{k}" for k in EvalSection.model_fields))
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path) -> None:
-    a, b = _flat(old), _flat(config_to_dict(new))
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
-        raise ConfigError(f"{config_path}: this run has checkpoints and the new config changes {details}. "
-                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
+    check_resume_changes(old, new, config_path, RESUMABLE_CHANGES)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dinocell_core.errors import DinocellError
-from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.io.tiffio import BadImageError, odd_shape, read_tiff
 from dinocell_core.jump.channels import FLUORESCENT, FMEAN
 from dinocell_core.jump.index import Field, FieldTable, load_field_table
 from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
@@ -101,6 +101,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self._cache_key: str | None = None
         self._cache: dict[Any, np.ndarray] = {}
         self._shape: tuple[int, ...] | None = None
+        self._shape_votes: dict[tuple[int, ...], int] = {}
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
         self.prepared = PreparedStore(cfg.prepared, cfg) if cfg.prepared else None
         self._illum: IlluminationCache | None = None
@@ -111,7 +112,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """Workers get settings and the field table, never the parent's decoded-image caches."""
         state = self.__dict__.copy()
-        state.update(_cache_key=None, _cache={}, _shape=None, _perms=OrderedDict(), _illum=None)
+        state.update(_cache_key=None, _cache={}, _shape=None, _shape_votes={}, _perms=OrderedDict(), _illum=None)
         return state
 
     # -- stream order
@@ -130,7 +131,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
     def view(self, field: Field, view: Any) -> np.ndarray:
         """One normalised view of ``field`` (a channel number or ``fluorescent_mean``), cached for its siblings."""
         if self._cache_key != field.key:
-            self._cache_key, self._cache, self._shape = field.key, {}, None
+            self._cache_key, self._cache, self._shape, self._shape_votes = field.key, {}, None, {}
         img = self._cache.get(view)
         if img is None:
             img = self._compute_view(field, view)
@@ -141,14 +142,21 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         if self.prepared is not None:
             return self.prepared.view(field, view)
         if view == FMEAN:
-            return self.pre.fluorescent_mean([self.view(field, ch) for ch in FLUORESCENT])
+            views = {str(field.path(self.root, ch)): self.view(field, ch) for ch in FLUORESCENT}
+            bad = odd_shape({p: v.shape for p, v in views.items()})
+            if bad is not None:
+                raise bad
+            return self.pre.fluorescent_mean(list(views.values()))
         return self._channel(field, int(view))
 
     def _channel(self, field: Field, ch: int) -> np.ndarray:
         if ch not in field.paths:
             raise BadImageError(f"{field.key} ch{ch}", "channel missing from the index")
         raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=self._shape)
-        self._shape = raw.shape
+        if self._shape is None:  # the field's shape: the first seen twice (a wrong-size first channel is not it)
+            self._shape_votes[raw.shape] = self._shape_votes.get(raw.shape, 0) + 1
+            if self._shape_votes[raw.shape] >= 2:
+                self._shape = raw.shape
         inv = None
         if self.pre.illumination:
             if self._illum is None:
@@ -294,6 +302,9 @@ class SSLCollate:
 
 
 def _worker_init(_worker_id: int) -> None:
+    from dinocell_core.runs.stopping import ignore_stop_signals
+
+    ignore_stop_signals()  # a process-group SIGTERM is the trainer's to handle; it shuts its workers down itself
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 

@@ -27,18 +27,20 @@ import torch
 from dinocell_core.backbone import PRETRAIN_FORMAT, load_backbone
 from dinocell_core.config import ConfigError, config_to_dict
 from dinocell_core.device import resolve_device
-from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
 from dinocell_core.runs.distributed import (
     DistInfo,
     all_reduce_,
     any_rank,
     barrier,
+    broadcast_from_main,
     init_distributed,
     is_distributed,
     shutdown,
 )
 from dinocell_core.runs.rundir import RunDir
-from dinocell_core.runs.stopping import StopRequest
+from dinocell_core.runs.stopping import StopRequest, stop_signals_blocked
 from dinocell_core.ssl.config import PretrainConfig, check_resume_config
 from dinocell_core.ssl.data import make_ssl_loader
 from dinocell_core.ssl.model import LossWeights, SSLNetwork, ssl_losses
@@ -272,47 +274,79 @@ def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str]) -> Non
         cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = init_distributed(device_hint)
     run = RunDir(run_dir)
+    lock = run.lock()
     try:
-        _run(cfg, run, dist_info)
-    except BaseException as exc:
-        if dist_info.is_main:
-            run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, (ConfigError, FloatingPointError)):
-            log.error("pretraining failed: %s", exc)
-        else:
-            log.exception("pretraining failed")
-        raise
+        resume_path = _preflight(cfg, run, dist_info, lock)  # a refusal leaves the run's files and state alone
+        try:
+            _run(cfg, run, dist_info, resume_path)
+        except BaseException as exc:
+            if dist_info.is_main:
+                run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, (DinocellError, FloatingPointError)):
+                log.error("pretraining failed: %s", exc)
+            else:
+                log.exception("pretraining failed")
+            raise
     finally:
+        lock.release()
         shutdown()
 
 
-def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
+def _preflight(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, lock: Any) -> Path | None:
+    """Rank 0 takes the run's writer lock, removes temp files a killed writer left, and checks a resume against
+    the run's config (config.yaml, else the one stored in the checkpoint); every rank learns the verdict."""
+    error: BaseException | None = None
+    resume_path = None
+    if dist_info.is_main:
+        try:
+            lock.acquire()
+            run.remove_orphan_temp_files()
+            ckpts = CheckpointManager(run.checkpoints_dir)
+            resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
+            if resume_path is not None:
+                from dinocell_core.config import read_yaml
+
+                if run.exists():
+                    check_resume_config(read_yaml(run.config_path), cfg, run.config_path)
+                else:
+                    check_resume_config(read_state_config(resume_path), cfg, resume_path)
+        except DinocellError as exc:
+            error = exc
+    verdict = broadcast_from_main(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        log.error("pretraining refused: %s", error)
+        raise error
+    if verdict is not None:
+        raise DinocellError(f"rank 0 refused the run: {verdict}")
+    return resume_path
+
+
+def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Path | None) -> None:
     main = dist_info.is_main
     device = resolve_device(cfg.train.device, key="train.device", local_rank=dist_info.local_rank)
     ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last, keep_every=cfg.train.keep_every)
-    resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
+    if not main:
+        resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
     if main:
-        if resume_path is not None and run.exists():
-            from dinocell_core.config import read_yaml
-
-            check_resume_config(read_yaml(run.config_path), cfg, run.config_path)
         run.write_config(cfg)
     barrier()
     total = cfg.train.total_steps
     trainer = Trainer(cfg, device, dist_info)
     step = 0
+    counters = [0, 0]  # this rank's good samples and failed reads so far (the failure budget)
     if resume_path is not None:
         state = load_state(resume_path, map_location=device)
         if state.get("kind") != PRETRAIN_FORMAT:
             raise ConfigError(f"{resume_path}: not a pretraining checkpoint")
         step = trainer.load(state)
+        counters = _restored_counters(state.get("data_counters"), dist_info)
         if int(state.get("world_size", dist_info.world_size)) != dist_info.world_size:
             log.warning("resuming a %s-process run on %d processes: the global batch, the LR scaling and the data "
                         "order change from here on", state.get("world_size"), dist_info.world_size)
         del state
         log.info("resumed from %s at step %d", resume_path, step)
-        if main:
-            run.truncate_metrics_after(step)
+    if main:  # also without a checkpoint: a run killed before its first one re-logs its steps from 0
+        run.truncate_metrics_after(step)
     n_params = sum(p.numel() for p in trainer.student.parameters())
     log.info("pretraining %s/p%d (%.1fM params incl. heads) on %s ×%d, batch %d/process, %d steps, peak lr %.3g",
              cfg.model.arch, cfg.model.patch_size, n_params / 1e6, device, dist_info.world_size,
@@ -330,15 +364,17 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
     loader = make_ssl_loader(cfg.data, cfg.model.patch_size, cfg.train.batch_size, cfg.seed, rank=dist_info.rank,
                              world_size=dist_info.world_size, start_step=step, steps=total - step,
                              pin_memory=device.type == "cuda")
+    loader.budget.n_ok, loader.budget.n_failed = counters
     bar = _progress(cfg, total, step) if main else None
     evaluator = _evaluator(cfg, device) if main else None
     window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
     stopped = False
     last_ckpt: Path | None = resume_path
-    n_failed = 0
+    n_failed = counters[1]
     try:
         with StopRequest() as stop:
-            it = iter(loader)
+            with stop_signals_blocked():  # DataLoader workers start here: they must outlive a process-group TERM
+                it = iter(loader)
             while step < total:
                 t_wait = time.perf_counter()
                 batch = next(it)
@@ -366,7 +402,7 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
                                     tb.add_scalar(k, x, step)
                 want_stop = any_rank(stop.requested, device)
                 if step % cfg.train.checkpoint_every == 0 or step == total or want_stop:
-                    last_ckpt = _checkpoint(trainer, ckpts, step, run, main)
+                    last_ckpt = _checkpoint(trainer, ckpts, step, run, main, loader.budget, device)
                 if want_stop:
                     stopped = True
                     break
@@ -381,14 +417,31 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo) -> None:
     log.info("pretraining %s at step %d/%d", "stopped" if stopped else "finished", step, total)
 
 
-def _checkpoint(trainer: Trainer, ckpts: CheckpointManager, step: int, run: RunDir, main: bool) -> Path | None:
+def _checkpoint(trainer: Trainer, ckpts: CheckpointManager, step: int, run: RunDir, main: bool, budget: Any,
+                device: torch.device) -> Path | None:
+    """Every rank calls this: the failure-budget counters of all ranks travel in rank 0's checkpoint."""
+    ws = trainer.dist.world_size
+    counts = torch.zeros(ws, 2, dtype=torch.float64, device=device)
+    counts[trainer.dist.rank, 0], counts[trainer.dist.rank, 1] = budget.n_ok, budget.n_failed
+    all_reduce_(counts)
     path = None
     if main:
-        path = ckpts.save(step, trainer.state(step))
+        state = trainer.state(step)
+        state["data_counters"] = [[int(a), int(b)] for a, b in counts.tolist()]
+        path = ckpts.save(step, state)
         run.update_status(last_checkpoint=str(path), step=step)
         log.info("checkpoint %s", path)
     barrier()
     return path
+
+
+def _restored_counters(saved: Any, dist_info: DistInfo) -> list[int]:
+    """This rank's [good samples, failed reads] from a checkpoint; on another world size, the mean per rank."""
+    if not saved:
+        return [0, 0]
+    if len(saved) == dist_info.world_size:
+        return [int(x) for x in saved[dist_info.rank]]
+    return [sum(int(r[i]) for r in saved) // dist_info.world_size for i in (0, 1)]
 
 
 def _record(cfg: PretrainConfig, trainer: Trainer, terms: dict[str, float], v: StepValues, step: int,

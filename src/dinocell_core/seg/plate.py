@@ -1,0 +1,323 @@
+"""Plate-scale segmentation: every field of the selected plates → labels per field and per-cell measurements.
+
+Models come from a models folder (the bundle registry): the bundle for DNA (ch5) gives ``Nuclei``, the bundle for
+the cell channel (``cells_channel``, or the only non-DNA bundle) gives ``Cells``. Output layout under OUT::
+
+    segment-plate.json                                   what made this folder (models, thresholds, root)
+    labels/<plate folder>/<well>/s<SS>_sk<K>_nuclei.tiff uint16 (uint32 above 65,534 objects), zlib
+    labels/<plate folder>/<well>/s<SS>_sk<K>_cells.tiff  same ids as ObjectNumber / Cells_Parent_Nuclei
+    measurements/<plate folder>/<well>_s<SS>_sk<K>.parquet   one part per field, written last (= field done)
+    <plate folder>.parquet                               all parts of a finished plate, streamed into one file
+
+Resumable: a field counts as done when its measurement part exists (every file is written atomically), so a
+killed run picks up at the next field. Bounded memory: one field is read ahead, one is in the network, one is in
+post-processing/measurement/writing (a thread, overlapping the next field's network pass).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
+from dinocell_core.seg.bundle import BundleInfo, list_bundles
+from dinocell_core.seg.measure import INTENSITY_FEATURES, measure_cells
+
+log = logging.getLogger(__name__)
+
+NUCLEI, CELLS = "Nuclei", "Cells"
+DNA = 5
+MANIFEST = "segment-plate.json"
+METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_PlateFolder", "Metadata_SK")
+
+
+class PlateError(DinocellError):
+    """The models folder, the data root or the output folder cannot be used for a plate run (says why)."""
+
+
+def _key(channel: str) -> int | None:
+    try:
+        return channel_number(channel)
+    except ValueError:
+        return None
+
+
+def choose_models(models_dir: str | os.PathLike[str], cells_channel: str | int | None = None) -> dict[str, BundleInfo]:
+    """``{"Nuclei": DNA bundle, "Cells": cell-channel bundle}`` (either may be absent, not both)."""
+    bundles = list_bundles(models_dir)
+    by_channel: dict[int, list[BundleInfo]] = {}
+    for b in bundles:
+        ch = _key(b.channel)
+        if ch is not None:
+            by_channel.setdefault(ch, []).append(b)
+    out: dict[str, BundleInfo] = {}
+
+    def one(ch: int, role: str) -> BundleInfo:
+        found = by_channel[ch]
+        if len(found) > 1:
+            raise PlateError(f"{models_dir}: several {CHANNELS[ch]} models for {role} "
+                             f"({', '.join(b.path.name for b in found)}); keep one in the folder")
+        return found[0]
+
+    if DNA in by_channel:
+        out[NUCLEI] = one(DNA, NUCLEI)
+    if cells_channel is not None:
+        ch = channel_number(cells_channel)
+        if ch not in by_channel:
+            raise PlateError(f"{models_dir}: no model for channel {CHANNELS[ch]} (--cells-channel)")
+        out[CELLS] = one(ch, CELLS)
+    else:
+        others = sorted(c for c in by_channel if c != DNA)
+        if len(others) > 1:
+            raise PlateError(f"{models_dir}: models for several cell channels "
+                             f"({', '.join(CHANNELS[c] for c in others)}); choose one with --cells-channel")
+        if others:
+            out[CELLS] = one(others[0], CELLS)
+    if not out:
+        raise PlateError(f"{models_dir}: no model bundle for a JUMP channel (need DNA for nuclei and/or a cell "
+                         f"channel; found {[b.name for b in bundles] or 'none'})")
+    return out
+
+
+def field_stem(f: Any) -> str:
+    return f"{f.well}_s{f.site:02d}_sk{f.sk}"
+
+
+@dataclass
+class PlateLayout:
+    """Where one plate run's files go (see the module docstring)."""
+
+    root: Path
+
+    def part(self, f: Any) -> Path:
+        return self.root / "measurements" / f.plate_folder / f"{field_stem(f)}.parquet"
+
+    def labels(self, f: Any, obj: str) -> Path:
+        return self.root / "labels" / f.plate_folder / f.well / f"s{f.site:02d}_sk{f.sk}_{obj.lower()}.tiff"
+
+    def plate_table(self, plate_folder: str) -> Path:
+        return self.root / f"{plate_folder}.parquet"
+
+
+@dataclass
+class PlateResult:
+    total: int = 0
+    done_before: int = 0
+    done: int = 0
+    failed: list[str] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    network_s: float = 0.0
+
+
+def columns_for(objects: Sequence[str], channels: Sequence[str]) -> list[str]:
+    """The fixed column order of every part (so all parts of a plate share one Parquet schema); the same order
+    :func:`~dinocell_core.seg.measure.measure_cells` produces."""
+    from dinocell_core.seg.measure import SHAPE_ORDER
+
+    def features(obj: str) -> list[str]:
+        return ([f"{obj}_AreaShape_{n}" for n in SHAPE_ORDER] + [f"{obj}_Location_Center_X", f"{obj}_Location_Center_Y"]
+                + [f"{obj}_Intensity_{feat}_{ch}" for ch in channels for feat in INTENSITY_FEATURES])
+
+    cols = [*METADATA, "ObjectNumber"]
+    if CELLS not in objects:
+        return cols + features(NUCLEI)
+    cols += features(CELLS)
+    if NUCLEI in objects:
+        cols += ["Cells_Parent_Nuclei", "Cells_Children_Nuclei_Count", *features(NUCLEI)]
+    return cols
+
+
+class PlateRun:
+    """One ``segment-plate`` run (construct, then :meth:`run`)."""
+
+    def __init__(self, models_dir: str | os.PathLike[str], root: str | os.PathLike[str],
+                 out: str | os.PathLike[str], plates: Sequence[str] | None = None, device: str = "auto",
+                 batch_size: int = 8, cells_channel: str | int | None = None,
+                 measure_channels: Sequence[int] = FLUORESCENT) -> None:
+        from dinocell_core.jump.index import load_index
+
+        self.models = choose_models(models_dir, cells_channel)
+        self.root = str(root)
+        self.layout = PlateLayout(Path(out))
+        fields = load_index(root)
+        if plates:
+            wanted = set(plates)
+            fields = [f for f in fields if f.plate in wanted or f.plate_folder in wanted]
+            missing = wanted - {f.plate for f in fields} - {f.plate_folder for f in fields}
+            if missing:
+                raise PlateError(f"{root}: no fields for plate(s) {', '.join(sorted(missing))}")
+        if not fields:
+            raise PlateError(f"{root}: no fields to segment")
+        self.fields = sorted(fields, key=lambda f: (f.plate_folder, f.well, f.site, f.sk))
+        self.device = device
+        self.batch_size = batch_size
+        self.channels = [CHANNELS[c] for c in measure_channels]
+        self.measure_channels = list(measure_channels)
+        self.model_channel = {obj: channel_number(b.channel) for obj, b in self.models.items()}
+        self.columns = columns_for(list(self.models), self.channels)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"root": self.root, "columns": len(self.columns), "measure_channels": self.channels,
+                "models": {obj: {"name": b.name, "channel": b.channel, "path": str(b.path),
+                                 "thresholds": b.metadata.get("thresholds")} for obj, b in self.models.items()}}
+
+    def _check_manifest(self) -> None:
+        path = self.layout.root / MANIFEST
+        mine = self.manifest()
+        if path.is_file():
+            import json
+
+            old = json.loads(path.read_text())
+            if old.get("models") != mine["models"] or old.get("measure_channels") != mine["measure_channels"]:
+                raise PlateError(f"{self.layout.root}: written by another run (models or channels differ, see "
+                                 f"{MANIFEST}); use another output folder")
+        else:
+            atomic_write_json(path, {**mine, "created_at": time.time()})
+
+    def pending(self) -> list[Any]:
+        return [f for f in self.fields if not self.layout.part(f).is_file()]
+
+    def run(self, progress: Callable[[int, int], None] | None = None,
+            max_fields: int | None = None) -> PlateResult:
+        """Segment every field not yet done (at most ``max_fields`` of them); ``progress(done, total)``."""
+        from dinocell_core.seg.inference import Segmenter
+
+        self._check_manifest()
+        todo = self.pending()
+        res = PlateResult(total=len(self.fields), done_before=len(self.fields) - len(todo))
+        if max_fields is not None:
+            todo = todo[:max_fields]
+        t0 = time.perf_counter()
+        segs = {obj: Segmenter(b.path, device=self.device, batch_size=self.batch_size)
+                for obj, b in self.models.items()}
+        done = res.done_before
+        if progress is not None:
+            progress(done, res.total)
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+                    ThreadPoolExecutor(1, thread_name_prefix="postprocess") as post:
+                ahead: Future | None = reader.submit(self._read, todo[0]) if todo else None
+                pending: tuple[Any, Future] | None = None
+                for i, f in enumerate(todo):
+                    assert ahead is not None
+                    try:
+                        images = ahead.result()
+                    except (OSError, ValueError, DinocellError) as exc:
+                        log.warning("%s: skipped: %s", f.key, exc)
+                        res.failed.append(f"{f.key}: {exc}")
+                        images = None
+                    ahead = reader.submit(self._read, todo[i + 1]) if i + 1 < len(todo) else None
+                    dists = None
+                    if images is not None:
+                        tn = time.perf_counter()
+                        dists = {obj: seg.predict_distance(images[self.model_channel[obj]])
+                                 for obj, seg in segs.items()}
+                        res.network_s += time.perf_counter() - tn
+                    if pending is not None:
+                        done += self._collect(*pending, res)
+                        if progress is not None:
+                            progress(done, res.total)
+                        pending = None
+                    if dists is not None:
+                        pending = (f, post.submit(self._finish, f, images, dists, segs))
+                if pending is not None:
+                    done += self._collect(*pending, res)
+                    if progress is not None:
+                        progress(done, res.total)
+        finally:
+            for seg in segs.values():
+                seg.release()
+        res.done = done
+        res.tables = self.write_plate_tables()
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    @staticmethod
+    def _collect(f: Any, fut: Future, res: PlateResult) -> int:
+        try:
+            fut.result()
+            return 1
+        except (OSError, ValueError, DinocellError) as exc:
+            log.warning("%s: failed: %s", f.key, exc)
+            res.failed.append(f"{f.key}: {exc}")
+            return 0
+
+    def _read(self, f: Any) -> dict[int, np.ndarray]:
+        from dinocell_core.io.tiffio import read_tiff
+
+        need = sorted(set(self.model_channel.values()) | set(self.measure_channels))
+        lacking = [CHANNELS[c] for c in self.model_channel.values() if c not in f.paths]
+        if lacking:
+            raise PlateError(f"field lacks the model channel(s) {', '.join(lacking)}")
+        return {c: read_tiff(f.path(self.root, c)) for c in need if c in f.paths}
+
+    def _finish(self, f: Any, images: dict[int, np.ndarray], dists: dict[str, np.ndarray],
+                segs: dict[str, Any]) -> None:
+        """Labels, measurements, files — in the post-processing thread."""
+        import tifffile
+
+        from dinocell_core.seg.distance import compact_labels
+
+        labels = {obj: segs[obj].labels(d) for obj, d in dists.items()}
+        for obj, lab in labels.items():
+            with atomic_path(self.layout.labels(f, obj)) as tmp:
+                tifffile.imwrite(tmp, compact_labels(lab), compression="zlib")
+        table = measure_cells(labels.get(CELLS), labels.get(NUCLEI),
+                              {CHANNELS[c]: images[c] for c in self.measure_channels if c in images})
+        table.insert(0, "Metadata_SK", np.int64(f.sk))
+        table.insert(0, "Metadata_PlateFolder", f.plate_folder)
+        table.insert(0, "Metadata_Site", np.int64(f.site))
+        table.insert(0, "Metadata_Well", f.well)
+        table.insert(0, "Metadata_Plate", f.plate)
+        table = table.reindex(columns=self.columns)  # a channel a field lacks: NaN columns, same schema
+        for c in table.columns:
+            if c not in ("Metadata_Plate", "Metadata_Well", "Metadata_PlateFolder"):
+                kind = "int64" if c in ("Metadata_Site", "Metadata_SK", "ObjectNumber", "Cells_Parent_Nuclei",
+                                        "Cells_Children_Nuclei_Count") else "float64"
+                table[c] = table[c].astype(kind)
+        with atomic_path(self.layout.part(f)) as tmp:
+            table.to_parquet(tmp, index=False)
+
+    def write_plate_tables(self) -> list[Path]:
+        """Stream the parts of every finished plate into ``<plate folder>.parquet`` (one part in memory at once)."""
+        import pyarrow.parquet as pq
+
+        out = []
+        by_plate: dict[str, list[Any]] = {}
+        for f in self.fields:
+            by_plate.setdefault(f.plate_folder, []).append(f)
+        for plate_folder, fields in by_plate.items():
+            parts = [self.layout.part(f) for f in fields]
+            if not all(p.is_file() for p in parts):
+                continue
+            target = self.layout.plate_table(plate_folder)
+            with atomic_path(target) as tmp:
+                writer = None
+                try:
+                    for p in parts:
+                        t = pq.read_table(p)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, t.schema)
+                        writer.write_table(t.cast(writer.schema))
+                finally:
+                    if writer is not None:
+                        writer.close()
+            out.append(target)
+        return out
+
+
+def read_plate(out: str | os.PathLike[str], plate_folder: str) -> pd.DataFrame:
+    """A finished plate's per-cell table (for pycytominer: ``aggregate(read_plate(...), strata=[...])``)."""
+    return pd.read_parquet(PlateLayout(Path(out)).plate_table(plate_folder))
