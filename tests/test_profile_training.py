@@ -94,5 +94,5 @@ def test_embed_with_a_pretraining_run_as_backbone(fixture_root, eval_run: Path, 
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     info = json.loads(Path(f"{out}.json").read_text())
-    assert "step_4" in info["embedder"]["label"] and info["embedder"]["num_blocks"] == 2
+    assert "step_00000004.safetensors" in info["embedder"]["label"] and info["embedder"]["num_blocks"] == 2
     assert info["n_wells"] == 8
