@@ -21,4 +21,4 @@ def test_every_widget_is_a_contribution():
     manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "src" / "napari_dinocell" / "napari.yaml")
                               .read_text())
     widgets = {w["display_name"] for w in manifest["contributions"]["widgets"]}
-    assert widgets == {"Pretrain", "Train decoder", "Runs", "JUMP browser", "Segment", "Backbone features"}
+    assert widgets == {"Pretrain", "Train decoder", "Runs", "JUMP browser", "Segment", "Backbone features", "Profiles"}

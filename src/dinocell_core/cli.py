@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "dinocell_core.commands.plate",
     "dinocell_core.commands.pretrain",
     "dinocell_core.commands.demo",
+    "dinocell_core.commands.profile",
 ]
 
 

@@ -5,7 +5,9 @@ up to thousands of counts, a few saturated pixels; brightfield ~20k ± 1k with t
 which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); ground-truth
 instance masks are written outside ``Images/`` so segmentation can be trained and scored. Each well gets one of
 two phenotypes ("large_sparse", "small_dense") that differ in cell size, density and texture but not in mean
-brightness, so a learned representation can be checked with k-NN.
+brightness, so a learned representation can be checked with k-NN. Which one is set by the CPJUMP1-style design of
+:func:`well_treatment` (DMSO negcon wells on every plate, compounds replicated across plates with graded strength,
+some null, pairs sharing a target), written as CPJUMP1 metadata files so profiles can be scored with copairs.
 """
 
 from __future__ import annotations
@@ -65,8 +67,38 @@ def plate_spec(i: int) -> tuple[str, str, int]:
             "Measurement1", 1)
 
 
-def phenotype_of(plate_index: int, well_index: int) -> str:
-    return PHENOTYPES[(plate_index + well_index) % 2]
+@dataclass(frozen=True)
+class Treatment:
+    """What the fixture's compound platemap puts in one well (the same on every plate, as in CPJUMP1)."""
+
+    broad_sample: str  # "" = DMSO, the negative control (CPJUMP1 leaves it empty)
+    pert_iname: str
+    control_type: str  # "negcon" or ""
+    target: str  # "" for DMSO; two compounds share each target
+    strength: float  # fraction of the well's sites that show ``phenotype``; 0 = no phenotype at all
+    phenotype: str  # the PHENOTYPES entry the treated sites show (PHENOTYPES[0] = the DMSO look)
+
+
+# strengths of compounds 0, 1, 2, …: graded, with nulls; compounds 2j and 2j+1 share target GENE{j}
+DESIGN_STRENGTHS = (1.0, 1.0, 0.0, 0.5, 0.75, 0.0, 0.25, 1.0)
+
+
+def well_treatment(well_index: int) -> Treatment:
+    """The fixture's experimental design: even wells DMSO, odd wells compound ``well_index // 2``."""
+    if well_index % 2 == 0:
+        return Treatment("", "DMSO", "negcon", "", 0.0, PHENOTYPES[0])
+    k = well_index // 2
+    strength = DESIGN_STRENGTHS[k % len(DESIGN_STRENGTHS)]
+    active = PHENOTYPES[1 + (k // 2) % (len(PHENOTYPES) - 1)]
+    return Treatment(f"BRD-K{10000000 + k:08d}-001-01-1", f"fixture-compound-{k}", "", f"GENE{k // 2}", strength,
+                     active if strength > 0 else PHENOTYPES[0])
+
+
+def phenotype_of(well_index: int, site: int) -> str:
+    """The phenotype of one site: the treatment's for a ``strength`` share of sites (spread by a golden-ratio
+    sequence so any number of sites gets close to it), the DMSO look otherwise."""
+    t = well_treatment(well_index)
+    return t.phenotype if ((site - 1) * 0.6180339887) % 1.0 < t.strength else PHENOTYPES[0]
 
 
 # ------------------------------------------------------------------------------------------------ one field
@@ -294,8 +326,10 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
         for w in range(wells):
             row, col = w // 24 + 1, w % 24 + 1
             well = well_name(row, col)
-            phenotype = phenotype_of(p, w)
-            pheno_rows.append({"plate": barcode, "plate_folder": folder, "well": well, "phenotype": phenotype})
+            treatment = well_treatment(w)
+            pheno_rows.append({"plate": barcode, "plate_folder": folder, "well": well,
+                               "phenotype": treatment.phenotype, "broad_sample": treatment.broad_sample,
+                               "strength": treatment.strength})
             for s in range(1, sites + 1):
                 if edge_cases and sites >= 3 and p == 0 and w == 1 and s == 2:
                     info.gaps.append(f"{folder}/{well}/{s}")
@@ -303,7 +337,7 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                         progress()
                     continue
                 fseed = int(np.random.SeedSequence([seed, p, w, s]).generate_state(1)[0])
-                stack, nuclei, cells = make_field(size, fseed, phenotype, vignette=vignettes)
+                stack, nuclei, cells = make_field(size, fseed, phenotype_of(w, s), vignette=vignettes)
                 drop = edge_cases and total >= 4 and p == plates - 1 and w == wells - 1 and s == sites
                 for ch in ALL_CHANNELS:
                     if drop and ch == 3:
@@ -341,8 +375,10 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
         illum_header += meta_cols
         illum_header += [k for c in URL_ORDER for k in (f"FileName_Illum{CHANNELS[c]}", f"PathName_Illum{CHANNELS[c]}")]
         _write_csv(ld_dir / "load_data_with_illum.csv", illum_header, illum_rows)
-    _write_csv(phenotype_table_path(src), ["plate", "plate_folder", "well", "phenotype"], pheno_rows)
+    _write_csv(phenotype_table_path(src), ["plate", "plate_folder", "well", "phenotype", "broad_sample", "strength"],
+               pheno_rows)
     _write_plate_metadata(src, plates, wells, sites)
+    write_perturbation_metadata(src / "workspace" / "metadata", wells)
     return info
 
 
@@ -366,8 +402,42 @@ def _write_plate_metadata(src: Path, plates: int, wells: int, sites: int) -> Non
         _write_csv(pm / "barcode_platemap.csv", ["Assay_Plate_Barcode", "Plate_Map_Name"],
                    [{"Assay_Plate_Barcode": b, "Plate_Map_Name": "JUMP-Target-1_compound_platemap"} for b in barcodes])
         lines = ["well_position\tbroad_sample\tsolvent"]
-        for w in range(wells):
-            sample = "" if w % 2 == 0 else f"BRD-K{10000000 + w:08d}-001-01-1"  # empty = DMSO control
-            lines.append(f"{well_name(w // 24 + 1, w % 24 + 1)}\t{sample}\tDMSO")
+        for w in range(wells):  # an empty broad_sample is a DMSO control well
+            lines.append(f"{well_name(w // 24 + 1, w % 24 + 1)}\t{well_treatment(w).broad_sample}\tDMSO")
         atomic_write_bytes(pm / "platemap" / "JUMP-Target-1_compound_platemap.txt",
                            ("\n".join(lines) + "\n").encode())
+
+
+COMPOUND_METADATA = ("broad_sample", "InChIKey", "pert_iname", "pubchem_cid", "gene", "pert_type", "control_type",
+                     "smiles")
+COMPOUND_TARGETS = ("broad_sample", "InChIKey", "pert_iname", "pubchem_cid", "target", "target_list", "pert_type",
+                    "control_type", "smiles")
+DMSO_ROW = {"broad_sample": "", "InChIKey": "IAZDPXIOMUYVGZ-UHFFFAOYSA-N", "pert_iname": "DMSO", "pubchem_cid": 679,
+            "gene": "", "target": "", "target_list": "", "pert_type": "control", "control_type": "negcon",
+            "smiles": "CS(=O)C"}
+
+
+def write_perturbation_metadata(meta_dir: Path, wells: int) -> list[Path]:
+    """``external_metadata/JUMP-Target-1_compound_metadata.tsv`` and ``…_compound_metadata_targets.tsv`` with
+    CPJUMP1's columns (ref. profiling.md §2.4): one row per compound of the platemap plus the DMSO row;
+    ``target_list`` is pipe-separated and shares the first target within each pair."""
+    rows = [DMSO_ROW]
+    seen: set[str] = set()
+    for w in range(wells):
+        t = well_treatment(w)
+        if not t.broad_sample or t.broad_sample in seen:
+            continue
+        seen.add(t.broad_sample)
+        k = w // 2
+        rows.append({"broad_sample": t.broad_sample, "InChIKey": f"FIXTURE{k:07d}AAAA-UHFFFAOYSA-N",
+                     "pert_iname": t.pert_iname, "pubchem_cid": 90000000 + k, "gene": t.target, "target": t.target,
+                     "target_list": t.target if k % 2 else f"{t.target}|AUX{k}", "pert_type": "trt",
+                     "control_type": t.control_type, "smiles": "C" * (2 + k % 7)})
+    out = []
+    for name, cols in (("JUMP-Target-1_compound_metadata.tsv", COMPOUND_METADATA),
+                       ("JUMP-Target-1_compound_metadata_targets.tsv", COMPOUND_TARGETS)):
+        text = "\n".join(["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]) + "\n"
+        path = meta_dir / "external_metadata" / name
+        atomic_write_bytes(path, text.encode("utf-8"))
+        out.append(path)
+    return out

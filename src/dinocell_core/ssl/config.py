@@ -221,6 +221,23 @@ class TrainSection(StrictModel):
         return max(1, round(self.epochs * self.steps_per_epoch))
 
 
+class EvalSection(StrictModel):
+    """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
+    and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
+    metrics.jsonl (see :mod:`dinocell_core.profiling.during_training`)."""
+
+    every: int = PField(0, ge=0)
+    root: str | None = None  # CPJUMP1 tree of the held-out plates (default: data.root)
+    plates: list[str] = []  # held-out plate barcodes (empty: every plate of root)
+    metadata: str | None = None  # folder with barcode_platemap.csv etc. (default: root's workspace/metadata)
+    channels: str = "fluorescent_mean"  # fluorescent_mean | each | channel:N
+    tokens: Literal["cls", "mean_patch", "cls+mean_patch"] = "cls"
+    tile: int = PField(224, ge=8)
+    normalize: Literal["negcon_mad", "spherize_mad", "none"] = "negcon_mad"
+    null_size: int = PField(10_000, ge=1)
+    batch_size: int = PField(64, ge=1)
+
+
 class PretrainConfig(StrictModel):
     name: str = "pretrain"
     seed: int = PField(0, ge=0, le=2**32 - 1)
@@ -232,9 +249,14 @@ class PretrainConfig(StrictModel):
     warm_start: WarmStartSection = WarmStartSection()
     train: TrainSection = TrainSection()
     data: DataConfig = DataConfig()
+    eval: EvalSection = EvalSection()
 
     @model_validator(mode="after")
     def _checks(self) -> "PretrainConfig":
+        if self.eval.every and not (self.eval.root or self.data.root):
+            raise ValueError("eval.every is set but neither eval.root nor data.root names the held-out plates")
+        if self.eval.every and self.eval.tile % self.model.patch_size:
+            raise ValueError(f"eval.tile must be a multiple of model.patch_size ({self.model.patch_size})")
         if self.loss.koleo_weight > 0 and self.train.batch_size < 2:
             raise ValueError("train.batch_size must be >= 2 when loss.koleo_weight > 0 (KoLeo needs a nearest "
                              "neighbour in the batch)")
@@ -248,7 +270,8 @@ class PretrainConfig(StrictModel):
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_last",
                      "train.keep_every", "train.tensorboard", "train.progress", "train.compile",
                      "train.activation_checkpointing", "train.max_nonfinite", "train.device", "data.num_workers",
-                     "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb")
+                     "data.prefetch_factor", "data.worker_start_method", "data.s3_cache_dir", "data.s3_cache_gb",
+                     *(f"eval.{k}" for k in EvalSection.model_fields))
 
 
 def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path) -> None:

@@ -366,6 +366,7 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
                              pin_memory=device.type == "cuda")
     loader.budget.n_ok, loader.budget.n_failed = counters
     bar = _progress(cfg, total, step) if main else None
+    evaluator = _evaluator(cfg, device) if main else None
     window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
     stopped = False
     last_ckpt: Path | None = resume_path
@@ -385,8 +386,11 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{terms['loss_total']:.3f}", refresh=False)
-                if step % cfg.train.log_every == 0 or step == total or not finite:
+                eval_due = cfg.eval.every > 0 and step % cfg.eval.every == 0
+                if step % cfg.train.log_every == 0 or step == total or not finite or eval_due:
                     record = _record(cfg, trainer, terms, v, step, window, finite, n_failed, device)
+                    if evaluator is not None and eval_due:
+                        record.update(evaluator(trainer.teacher.backbone))
                     window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
                     if main:
                         run.append_metrics(record)
@@ -464,6 +468,15 @@ def _record(cfg: PretrainConfig, trainer: Trainer, terms: dict[str, float], v: S
         "data_wait_fraction": window["wait"] / elapsed,
         "peak_gpu_mem_gb": peak,
     }
+
+
+def _evaluator(cfg: PretrainConfig, device: torch.device) -> Any:
+    """The ``eval:`` benchmark (held-out plates → copairs mAP), or None when ``eval.every`` is 0."""
+    if not cfg.eval.every:
+        return None
+    from dinocell_core.profiling.during_training import TrainingEvaluator
+
+    return TrainingEvaluator(cfg, device)
 
 
 def _progress(cfg: PretrainConfig, total: int, step: int) -> Any:

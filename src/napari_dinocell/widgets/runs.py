@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 COLUMNS = ("Run", "Kind", "State", "Step", "Throughput", "ETA", "Last checkpoint")
 NON_PLOTTED = {"step", "time", "epoch", "elapsed_s", "timestamp", "wall_time"}
+EVAL_KEYS = ("eval_fraction_retrieved", "eval_mean_map")  # the pretraining eval: benchmark, on a 0–1 right axis
 LOG_TAIL_BYTES = 4096
 
 
@@ -93,10 +94,12 @@ def format_eta(seconds: float | None) -> str:
 
 
 def plotted_keys(record: dict[str, Any]) -> list[str]:
-    """Every loss term of a metrics record (keys containing "loss"), else every other numeric value."""
+    """Every loss term of a metrics record (keys containing "loss"), else every other numeric value; plus the
+    ``eval:`` benchmark values when the record has them."""
     numeric = [k for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     losses = [k for k in numeric if "loss" in k.lower()]
-    return losses or [k for k in numeric if k not in NON_PLOTTED]
+    evals = [k for k in EVAL_KEYS if k in numeric]
+    return (losses + evals) if losses else [k for k in numeric if k not in NON_PLOTTED]
 
 
 @dataclass
@@ -150,6 +153,7 @@ class RunsWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.ax = self.figure.add_subplot(111)
+        self.ax_eval: Any = None
         self._style_axes()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
@@ -203,6 +207,9 @@ class RunsWidget(QWidget):
         self.series.clear()
         self._lines.clear()
         self.ax.clear()
+        if self.ax_eval is not None:
+            self.ax_eval.remove()
+            self.ax_eval = None
         self._style_axes()
         self.canvas.draw_idle()
         self.log_view.clear()
@@ -287,13 +294,19 @@ class RunsWidget(QWidget):
         for key, s in self.series.items():
             line = self._lines.get(key)
             if line is None:
-                (line,) = self.ax.plot(s.steps, s.values, label=key, linewidth=1.2)
+                ax = self._eval_axes() if key in EVAL_KEYS else self.ax
+                (line,) = ax.plot(s.steps, s.values, label=key, linewidth=1.2,
+                                  marker="o" if key in EVAL_KEYS else None, markersize=3)
                 self._lines[key] = line
-                self.ax.legend(loc="upper right", fontsize=7, facecolor="#262930", labelcolor="white")
+                ax.legend(loc="upper left" if key in EVAL_KEYS else "upper right", fontsize=7,
+                          facecolor="#262930", labelcolor="white")
             else:
                 line.set_data(s.steps, s.values)
         self.ax.relim()
         self.ax.autoscale_view()
+        if self.ax_eval is not None:
+            self.ax_eval.relim()
+            self.ax_eval.autoscale_view(scaley=False)
         self.canvas.draw_idle()
 
     def _show_details(self, row: RunRow, log_tail: str, console_tail: str = "") -> None:
@@ -311,6 +324,14 @@ class RunsWidget(QWidget):
         if text != self.log_view.toPlainText():
             self.log_view.setPlainText(text)
             self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
+
+    def _eval_axes(self) -> Any:
+        """Right-hand axis for the eval: mAP and fraction retrieved (0–1), created with the first eval point."""
+        if self.ax_eval is None:
+            self.ax_eval = self.ax.twinx()
+            self.ax_eval.set_ylim(0, 1)
+            self.ax_eval.set_ylabel("eval mAP / fraction retrieved")
+        return self.ax_eval
 
     def _style_axes(self) -> None:
         self.ax.set_xlabel("step")

@@ -1,0 +1,353 @@
+"""Images → well profiles: Kim et al.'s tiles, any backbone (or the hand-crafted baseline), tile → site → well.
+
+Each field's channels are illumination-corrected (optional) and robust-normalised one by one (the training data
+path, :class:`dinocell_core.jump.preprocess.Preprocessor`); the field is cut into non-overlapping ``tile`` px tiles
+from the top-left, and a tile is kept when ≥ ``min_dna_fraction`` of its DNA pixels exceed ``otsu_factor`` × the
+field's Otsu threshold (if none is, the middle tile is kept), as in Kim et al. 2023. Views: the fluorescent mean,
+each fluorescent channel embedded separately and concatenated, or one channel. Tokens: CLS, mean patch token, or
+both. Sites are processed in fixed chunks written as ``OUT.parts/chunk_*.npz`` so a killed run continues where it
+stopped; the well table is assembled (and annotated with CPJUMP1 metadata) at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
+from dinocell_core.jump.index import Field
+from dinocell_core.profiling.table import ProfileError
+
+TOKENS = ("cls", "mean_patch", "cls+mean_patch")
+AGGREGATIONS = ("mean", "median")
+DNA = 5
+FMEAN = "fluorescent_mean"
+EACH = "each"
+
+
+@dataclass
+class EmbedSettings:
+    backbone: str = "baseline"  # "baseline" | "random" | weights (official .pth, run dir, checkpoint, export)
+    arch: str | None = None  # needed for "random" and official .pth; else read from the weights
+    patch_size: int = 8
+    model_kwargs: dict[str, Any] | None = None  # extra load_backbone arguments (tiny test architectures)
+    seed: int = 0  # random init
+    channels: str = FMEAN  # fluorescent_mean | each | channel:N
+    tokens: str = "cls"
+    tile: int = 224
+    min_dna_fraction: float = 0.01
+    otsu_factor: float = 0.7
+    site_aggregation: str = "mean"
+    well_aggregation: str = "mean"
+    illumination: bool = False
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    batch_size: int = 64
+    device: str = "auto"
+    chunk_sites: int = 32
+
+    def __post_init__(self) -> None:
+        if self.tokens not in TOKENS:
+            raise ProfileError(f"tokens must be one of {TOKENS}, got {self.tokens!r}")
+        for key in ("site_aggregation", "well_aggregation"):
+            if getattr(self, key) not in AGGREGATIONS:
+                raise ProfileError(f"{key} must be one of {AGGREGATIONS}, got {getattr(self, key)!r}")
+        self.views()  # validates channels
+        if self.tile < 8 or self.batch_size < 1 or self.chunk_sites < 1:
+            raise ProfileError("tile must be ≥ 8 px and batch_size, chunk_sites ≥ 1")
+        self.norm_percentiles = tuple(self.norm_percentiles)  # type: ignore[assignment]
+
+    def views(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(view name, channels averaged into it)."""
+        c = self.channels.strip()
+        if c == FMEAN:
+            return [("fmean", tuple(FLUORESCENT))]
+        if c == EACH:
+            return [(CHANNELS[ch], (ch,)) for ch in FLUORESCENT]
+        if c.startswith("channel:"):
+            try:
+                ch = channel_number(c.split(":", 1)[1])
+            except ValueError as exc:
+                raise ProfileError(str(exc)) from None
+            return [(CHANNELS[ch], (ch,))]
+        raise ProfileError(f"channels must be fluorescent_mean, each or channel:N, got {self.channels!r}")
+
+    def fingerprint(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "chunk_sites")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TileEmbedder(Protocol):
+    feature_names: Sequence[str]
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+class BackboneEmbedder:
+    """A DINOv3 backbone on [N, t, t] tiles in [0, 1] → CLS and/or mean patch token (after the final norm)."""
+
+    def __init__(self, backbone: Any, device: Any, tokens: str = "cls", batch_size: int = 64,
+                 label: str = "backbone") -> None:
+        self.backbone = backbone.to(device).eval()
+        self.device = device
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.label = label
+        d = int(backbone.embed_dim)
+        parts = ["cls", "mean_patch"] if tokens == "cls+mean_patch" else [tokens]
+        self.feature_names = [f"{p}_{i:04d}" for p in parts for i in range(d)]
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        p = self.backbone.patch_size
+        if tiles.shape[-1] % p or tiles.shape[-2] % p:
+            raise ProfileError(f"tile size {tiles.shape[-2:]} is not a multiple of the patch size {p}")
+        with torch.inference_mode():
+            for i in range(0, len(tiles), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size]))[:, None].to(self.device)
+                tok = self.backbone.forward_tokens(self.backbone.normalize_input(x.float()))
+                parts = []
+                if self.tokens in ("cls", "cls+mean_patch"):
+                    parts.append(tok["cls"])
+                if self.tokens in ("mean_patch", "cls+mean_patch"):
+                    parts.append(tok["patches"].mean(dim=1))
+                out.append(torch.cat(parts, dim=1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.feature_names)), np.float32)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "backbone", "label": self.label, **self.backbone.metadata(), "tokens": self.tokens}
+
+
+def make_embedder(s: EmbedSettings) -> TileEmbedder:
+    """The baseline, a random-init backbone (seeded) or the backbone of any weights load_backbone accepts."""
+    if s.backbone == "baseline":
+        from dinocell_core.profiling.baseline import BaselineEmbedder
+
+        return BaselineEmbedder()
+    import torch
+
+    from dinocell_core.backbone import load_backbone
+    from dinocell_core.device import resolve_device
+    from dinocell_core.features import backbone_from_weights
+
+    device = resolve_device(s.device)
+    if s.backbone == "random":
+        torch.manual_seed(s.seed)
+        model = load_backbone(s.arch or "vit_small", patch_size=s.patch_size, **(s.model_kwargs or {}))
+        label = f"random init ({s.arch or 'vit_small'}, seed {s.seed})"
+    else:
+        from dinocell_core.io.checkpoint import CheckpointError, resolve_checkpoint
+
+        try:
+            resolved = resolve_checkpoint(Path(s.backbone).expanduser())  # a run dir → its newest checkpoint
+        except CheckpointError as exc:
+            raise ProfileError(str(exc)) from None
+        model = backbone_from_weights(str(resolved), s.arch, s.patch_size)
+        st = resolved.stat()
+        label = f"{resolved.resolve()} ({st.st_size} B, mtime {int(st.st_mtime)})"
+    return BackboneEmbedder(model, device, s.tokens, s.batch_size, label)
+
+
+# ------------------------------------------------------------------------------------------------ tiles
+
+def tile_boxes(h: int, w: int, tile: int) -> list[tuple[int, int]]:
+    if h < tile or w < tile:
+        raise ProfileError(f"field {h}×{w} px is smaller than one {tile}-px tile; choose a smaller tile")
+    return [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+
+
+def valid_tiles(dna: np.ndarray, boxes: list[tuple[int, int]], tile: int, s: EmbedSettings) -> list[int]:
+    """Indices of the tiles with enough DNA signal (Kim et al.); the middle tile when none has."""
+    from skimage.filters import threshold_otsu
+
+    thr = s.otsu_factor * float(threshold_otsu(dna)) if float(dna.max()) > float(dna.min()) else np.inf
+    keep = [i for i, (y, x) in enumerate(boxes) if float((dna[y:y + tile, x:x + tile] > thr).mean())
+            >= s.min_dna_fraction]
+    return keep or [len(boxes) // 2]
+
+
+class FieldReader:
+    """Field → {view: [n_tiles, t, t] float32}; illumination functions cached per plate."""
+
+    def __init__(self, root: str, s: EmbedSettings, storage: Any = None) -> None:
+        from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
+
+        self.root, self.s, self.storage = root, s, storage
+        self.pre = Preprocessor(low=s.norm_percentiles[0], high=s.norm_percentiles[1], illumination=s.illumination)
+        self.illum = IlluminationCache(storage=storage)
+        self.views = s.views()
+        self.channels = sorted({DNA, *(c for _, chs in self.views for c in chs)})
+
+    def __call__(self, field: Field) -> dict[str, np.ndarray]:
+        from dinocell_core.jump.preprocess import read_field
+
+        raw = read_field(self.root, field, self.channels, storage=self.storage)
+        norm = {}
+        for ch, img in zip(self.channels, raw):
+            inv = self.illum.inverse(self.root, field, ch, img.shape) if self.s.illumination else None
+            norm[ch] = self.pre.channel(img, inv)
+        t = self.s.tile
+        boxes = tile_boxes(*raw.shape[1:], t)
+        keep = [boxes[i] for i in valid_tiles(norm[DNA], boxes, t, self.s)]
+        out = {}
+        for name, chs in self.views:
+            view = norm[chs[0]] if len(chs) == 1 else self.pre.fluorescent_mean([norm[c] for c in chs])
+            out[name] = np.stack([view[y:y + t, x:x + t] for y, x in keep]).astype(np.float32)
+        return out
+
+
+def _agg(x: np.ndarray, how: str) -> np.ndarray:
+    return np.median(x, axis=0) if how == "median" else x.mean(axis=0)
+
+
+def feature_names(s: EmbedSettings, embedder: TileEmbedder) -> list[str]:
+    return [f"{view}_{n}" for view, _ in s.views() for n in embedder.feature_names]
+
+
+def embed_chunk(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbedder, s: EmbedSettings
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Site features [n_sites, D] (tiles aggregated per site) and the tile counts, batching tiles across sites."""
+    per_site = [reader(f) for f in fields]
+    counts = np.array([len(next(iter(v.values()))) for v in per_site], dtype=np.int64)
+    cols = []
+    for name, _ in s.views():
+        tiles = np.concatenate([v[name] for v in per_site])
+        cols.append(np.asarray(embedder(tiles), dtype=np.float32))
+    emb = np.concatenate(cols, axis=1)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    sites = np.stack([_agg(emb[a:b], s.site_aggregation) for a, b in zip(bounds[:-1], bounds[1:])])
+    return sites.astype(np.float32), counts
+
+
+def iter_site_chunks(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbedder, s: EmbedSettings,
+                     skip: Callable[[int], bool] = lambda i: False
+                     ) -> Iterator[tuple[int, Sequence[Field], np.ndarray, np.ndarray]]:
+    for i, start in enumerate(range(0, len(fields), s.chunk_sites)):
+        if skip(i):
+            continue
+        chunk = fields[start:start + s.chunk_sites]
+        sites, counts = embed_chunk(chunk, reader, embedder, s)
+        yield i, chunk, sites, counts
+
+
+def site_frame(fields: Sequence[Field], sites: np.ndarray, counts: np.ndarray, names: list[str]) -> pd.DataFrame:
+    meta = pd.DataFrame({"Metadata_Plate": [f.plate for f in fields], "Metadata_Well": [f.well for f in fields],
+                         "Metadata_Site": [f.site for f in fields], "Metadata_Tile_Count": counts})
+    return pd.concat([meta, pd.DataFrame(sites, columns=names)], axis=1)
+
+
+def aggregate_wells(sites: pd.DataFrame, names: list[str], how: str) -> pd.DataFrame:
+    """Site rows → one row per (plate, well), with the site and tile counts kept as metadata."""
+    g = sites.groupby(["Metadata_Plate", "Metadata_Well"], sort=True)
+    feats = g[names].median() if how == "median" else g[names].mean()
+    counts = g.agg(Metadata_Site_Count=("Metadata_Site", "size"), Metadata_Tile_Count=("Metadata_Tile_Count", "sum"))
+    return pd.concat([counts, feats], axis=1).reset_index()
+
+
+# ------------------------------------------------------------------------------------------------ resumable run
+
+def parts_dir(out: str | os.PathLike[str]) -> Path:
+    return Path(f"{out}.parts")
+
+
+def _fields_digest(fields: Sequence[Field]) -> str:
+    h = hashlib.sha256()
+    for f in fields:
+        h.update(f.key.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Sequence[Field]) -> Path:
+    parts = parts_dir(out)
+    manifest = {"settings": s.fingerprint(), "fields": _fields_digest(fields), "n_fields": len(fields),
+                "chunk_sites": s.chunk_sites, "embedder": embedder.describe()}
+    mpath = parts / "manifest.json"
+    if mpath.is_file():
+        old = json.loads(mpath.read_text())
+        keys = ("settings", "fields", "chunk_sites", "embedder")
+        if {k: old.get(k) for k in keys} != json.loads(json.dumps({k: manifest[k] for k in keys})):
+            raise ProfileError(f"{parts} holds a run with other settings, other fields or another checkpoint; use "
+                               "the same options to resume, or delete that folder to start over")
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(mpath, manifest)
+    return parts
+
+
+def _chunk_path(parts: Path, i: int) -> Path:
+    return parts / f"chunk_{i:06d}.npz"
+
+
+def _save_chunk(path: Path, sites: np.ndarray, counts: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sites=sites, counts=counts)
+
+
+def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[str], s: EmbedSettings,
+                   metadata: str | os.PathLike[str] | None = None, storage: Any = None, progress: bool = True,
+                   embedder: TileEmbedder | None = None) -> pd.DataFrame:
+    """Embed every field (resuming from ``OUT.parts``), aggregate to wells, annotate, write ``out``."""
+    from dinocell_core.profiling.metadata import annotate
+    from dinocell_core.profiling.table import write_profiles
+
+    if not fields:
+        raise ProfileError(f"no complete fields under {root}")
+    fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
+    embedder = embedder or make_embedder(s)
+    names = feature_names(s, embedder)
+    parts = _open_parts(Path(out), s, embedder, fields)
+    n_chunks = -(-len(fields) // s.chunk_sites)
+    done = {i for i in range(n_chunks) if _chunk_path(parts, i).is_file()}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        done_sites = sum(len(fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]) for i in done)
+        bar = tqdm(total=len(fields), initial=done_sites, desc="embed", unit="field", dynamic_ncols=True)
+    reader = FieldReader(root, s, storage)
+    try:
+        for i, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s, skip=lambda i: i in done):
+            _save_chunk(_chunk_path(parts, i), sites, counts)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    frames = []
+    for i in range(n_chunks):
+        with np.load(_chunk_path(parts, i), allow_pickle=False) as z:
+            chunk = fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]
+            frames.append(site_frame(chunk, z["sites"], z["counts"], names))
+    wells = aggregate_wells(pd.concat(frames, ignore_index=True), names, s.well_aggregation)
+    if metadata is not None:
+        wells = annotate(wells, metadata)
+    write_profiles(wells, out)
+    atomic_write_json(Path(f"{out}.json"), {"settings": asdict(s), "embedder": embedder.describe(),
+                                            "n_fields": len(fields), "n_wells": len(wells)})
+    return wells
+
+
+def find_metadata_dir(root: str) -> Path | None:
+    """``workspace/metadata`` of a local CPJUMP1 source (or of the fixture root's ``source_4``)."""
+    from dinocell_core.jump.ground_truth import SOURCE_PREFIX
+
+    if "://" in root:
+        return None
+    for cand in (Path(root) / "workspace" / "metadata", Path(root) / SOURCE_PREFIX / "workspace" / "metadata"):
+        if any(cand.rglob("barcode_platemap.csv")):
+            return cand
+    return None
