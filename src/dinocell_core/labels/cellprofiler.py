@@ -304,11 +304,13 @@ def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 
 def check_channel(raw: np.ndarray, name: str, max_saturated: float) -> None:
     """Refuse blank or saturated images with a message saying which and how much."""
-    if raw.size == 0 or int(raw.max()) == int(raw.min()):
-        raise BadFieldError(f"{name} image is blank (every pixel = {int(raw.flat[0]) if raw.size else 'n/a'})")
+    if raw.size == 0:
+        raise BadFieldError(f"{name} image is empty")
     sat = float(np.count_nonzero(raw >= 65535)) / raw.size
     if sat > max_saturated:
         raise BadFieldError(f"{name} image is saturated ({sat:.0%} of pixels at 65535, limit {max_saturated:.0%})")
+    if int(raw.max()) == int(raw.min()):
+        raise BadFieldError(f"{name} image is blank (every pixel = {int(raw.flat[0])})")
 
 
 def segment_field(dna_raw: np.ndarray, rna_raw: np.ndarray, dna_illum: np.ndarray | None = None,

@@ -13,7 +13,6 @@ import csv
 import io
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -207,6 +206,7 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
         raise LabelsError(f"{out_p} is inside the source tree {root_s}: the tree is never written; put the labels "
                           "store beside it")
     params = params or CellProfilerParams()
+    _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
     source = "auto" if method == "cellprofiler" else "imported"
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
                 {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
@@ -220,7 +220,13 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     if not fields_ok:
         raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
     summary = LabelSummary(incomplete=incomplete)
-    done = {r.key for r in store.rows if r.source == source}
+    done = set()
+    for r in store.rows:  # a row whose mask files went missing is relabelled, not trusted
+        if r.source == source:
+            if (out_p / r.nuclei).is_file() and (out_p / r.cells).is_file():
+                done.add(r.key)
+            else:
+                store.remove(r.key, source)
     todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
     summary.resumed = len(fields_ok) - len(todo)
     if method == "import":
@@ -259,7 +265,8 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
             for task in tasks:
                 record(worker(task))
         else:
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
+            ctx = mp.get_context("spawn")
             with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 for result in pool.imap_unordered(worker, tasks, chunksize=1):
                     record(result)

@@ -245,6 +245,11 @@ class LabelStore:
         if flush:
             self.flush()
 
+    def remove(self, key: FieldKey, source: str) -> None:
+        """Forget one row (its files stay; the next flush rewrites the CSV)."""
+        with self._lock:
+            self._rows.pop((key, source), None)
+
     def flush(self) -> None:
         """labels.csv and manifest.json, atomically (counts refreshed)."""
         rows = self.rows
