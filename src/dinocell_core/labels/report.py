@@ -1,8 +1,8 @@
 """``models report MODELS LABELS``: the per-channel report card a user reads before trusting a model.
 
 Every bundle in MODELS segments the held-out fields of the store (fields its training did not use, as recorded
-in the bundle's ``training_data.fields``; when a bundle does not record them every field is scored and the row
-says ``held_out = unknown``), once per label source (auto, imported, corrected). DNA models are scored against
+in the bundle's ``training_data.fields`` for its training tree; when a bundle does not record them every field
+is scored and the row says ``held_out = unknown``), once per label source (auto, imported, corrected). DNA models are scored against
 nuclei, all others against cells. Columns: AP@0.5, F1@0.5, objects in labels vs predicted, and the mean
 per-field relative count error.
 """
@@ -26,12 +26,20 @@ REPORT_COLUMNS = ("model", "channel", "source", "held_out", "fields", "n_labels"
                   "count_error")
 
 
-def trained_fields(meta: dict[str, Any]) -> set[str] | None:
-    """Field keys a bundle trained on (``plate folder/well/site/sk``), or None when not recorded."""
-    names = (meta.get("training_data") or {}).get("fields")
-    if names is None:
+def trained_fields(meta: dict[str, Any], root: str) -> set[str] | None:
+    """Field keys (``plate folder/well/site/sk``) of ``root`` a bundle trained on, or None when not recorded.
+
+    Keys repeat across trees (a plate folder name is the same in every copy), so they count only when the
+    bundle's training tree is ``root`` itself."""
+    data = meta.get("training_data") or {}
+    if data.get("fields") is None:
         return None
-    return {str(n).rsplit("/ch", 1)[0] for n in names}
+    path = str(data.get("path") or "")
+    if "://" in path or "://" in root:
+        same = path.rstrip("/") == root.rstrip("/")
+    else:
+        same = bool(path) and Path(path).resolve() == Path(root).resolve()
+    return {str(n).rsplit("/ch", 1)[0] for n in data["fields"]} if same else set()
 
 
 def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str], root: str | None = None,
@@ -60,7 +68,7 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
             ch = channel_number(b.channel)
         except ValueError:
             continue  # not a JUMP-channel model (e.g. trained on LIVECell): nothing to compare with
-        used = trained_fields(b.metadata)
+        used = trained_fields(b.metadata, str(root))
         for source in SOURCES:
             sel = [(f, store.get(field_key(f), source)) for f in fields if ch in f.paths
                    and (used is None or f.key not in used)]
@@ -95,7 +103,7 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
             seg.release()
         s = evaluate_pairs(pairs, [0.5]).as_dict()
         rows.append({"model": b.name, "channel": b.channel, "source": source,
-                     "held_out": "unknown" if trained_fields(b.metadata) is None else "yes",
+                     "held_out": "unknown" if trained_fields(b.metadata, str(root)) is None else "yes",
                      "fields": len(sel), "n_labels": int(s["n_gt"]), "n_pred": n_pred_total,
                      "ap50": round(float(s["ap@0.50"]), 4), "f1_50": round(float(s["f1@0.50"]), 4),
                      "count_error": round(float(np.mean(errs)), 4)})
