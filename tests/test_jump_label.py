@@ -18,7 +18,12 @@ from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.jump.index import Field, index_fields
 from dinocell_core.labels.cellprofiler import relabel, touching_border
 from dinocell_core.labels.qc import field_qc
-from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelsError, LabelStore, field_key
+from dinocell_core.labels.store import (
+    GROUND_TRUTH_DIR,
+    LabelsError,
+    LabelStore,
+    field_key,
+)
 from dinocell_core.seg.config import SegDataConfig
 from dinocell_core.seg.data import load_samples
 from dinocell_core.seg.metrics import evaluate_pairs
@@ -209,7 +214,7 @@ def test_corrected_labels_are_preferred_and_can_be_required(fx, labelled, tmp_pa
     store_dir = tmp_path / "copy"
     shutil.copytree(labelled, store_dir)
     store = LabelStore.open(store_dir)
-    f = [x for x in index_fields(fx.root, channels=(3, 5)).fields if x.well == "A03"][0]
+    f = next(x for x in index_fields(fx.root, channels=(3, 5)).fields if x.well == "A03")
     nuc, cells = store.read_pair(store.best(field_key(f)))
     edited = cells.copy()
     edited[edited == edited.max()] = 0  # a person deleted one cell

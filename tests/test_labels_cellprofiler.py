@@ -66,7 +66,7 @@ def test_block_minimum_replaces_each_block_by_its_minimum() -> None:
 
 def test_background_subtraction_removes_smooth_background_keeps_spots() -> None:
     """Background method (block 30 minima, Gaussian 50/2.35) then Subtract, clipped at 0."""
-    yy, xx = np.mgrid[:120, :120]
+    _, xx = np.mgrid[:120, :120]
     bg = (0.01 + 0.00005 * xx).astype(np.float32)
     img = bg.copy()
     spot = disk(img.shape, (60, 60), 6)

@@ -41,7 +41,7 @@ def field_qc(nuclei: np.ndarray, cells: np.ndarray) -> dict[str, Any]:
         flags.append("giant_cells")
     if n_area.size > c_area.size:
         flags.append("nuclei_without_cells")
-    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if a.size else ""  # noqa: E731
+    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if a.size else ""
     return {"n_nuclei": int(n_area.size), "n_cells": int(c_area.size), "nucleus_area_p50": pct(n_area, 50),
             "cell_area_p5": pct(c_area, 5), "cell_area_p50": pct(c_area, 50), "cell_area_p95": pct(c_area, 95),
             "flags": ";".join(flags)}

@@ -27,8 +27,18 @@ from dinocell_core.io.fsutil import atomic_write_bytes
 from dinocell_core.io.tiffio import BadImageError, read_tiff
 from dinocell_core.jump.index import Field, index_fields, load_index
 from dinocell_core.labels import qc
-from dinocell_core.labels.cellprofiler import BadFieldError, CellProfilerParams, segment_field
-from dinocell_core.labels.store import LabelRow, LabelsError, LabelStore, mask_paths, write_mask
+from dinocell_core.labels.cellprofiler import (
+    BadFieldError,
+    CellProfilerParams,
+    segment_field,
+)
+from dinocell_core.labels.store import (
+    LabelRow,
+    LabelsError,
+    LabelStore,
+    mask_paths,
+    write_mask,
+)
 
 DNA, RNA = 5, 3
 SKIPPED_CSV = "skipped.csv"
@@ -111,8 +121,8 @@ _ILLUM: dict[str, np.ndarray] = {}
 
 
 def _illum(root: str, f: Field, ch: int, shape: tuple[int, ...]) -> np.ndarray:
-    from dinocell_core.jump.preprocess import illumination_path
     from dinocell_core.jump.index import join_path
+    from dinocell_core.jump.preprocess import illumination_path
 
     path = join_path(root, illumination_path(f, ch))
     arr = _ILLUM.get(path)

@@ -127,7 +127,7 @@ class LabelStore:
 
     # ------------------------------------------------------------------------------------------ open / create
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> "LabelStore":
+    def open(cls, root: str | os.PathLike[str]) -> LabelStore:
         """An existing store; a missing or malformed labels.csv / manifest.json is a LabelsError naming it."""
         root = Path(root)
         csv_path = root / LABELS_CSV
@@ -145,7 +145,7 @@ class LabelStore:
         return cls(root, _read_rows(csv_path), manifest)
 
     @classmethod
-    def open_or_create(cls, root: str | os.PathLike[str], manifest: dict[str, Any]) -> "LabelStore":
+    def open_or_create(cls, root: str | os.PathLike[str], manifest: dict[str, Any]) -> LabelStore:
         """Open ``root`` when it is a store (resume), else start an empty one with ``manifest``."""
         root = Path(root)
         if (root / LABELS_CSV).is_file():
