@@ -11,6 +11,7 @@ from skimage.filters import threshold_li
 from dinocell_core.labels.cellprofiler import (
     BadFieldError,
     CellProfilerParams,
+    block_background,
     block_minimum,
     correct_illumination,
     cytoplasm,
@@ -209,3 +210,28 @@ def test_blank_and_saturated_fields_are_refused_with_the_reason() -> None:
         segment_field(rna, sat)
     with pytest.raises(BadFieldError, match="one shape"):
         segment_field(rna, rna[:32])
+
+
+def test_block_space_background_equals_block_minimum_then_gaussian() -> None:
+    """The fast path of the Background method is the same function as its definition (partial tiles included)."""
+    img = np.random.default_rng(3).random((97, 130)).astype(np.float32)
+    for block, sigma in ((30, 50 / 2.35), (8, 3.0)):
+        slow = gaussian_normalised(block_minimum(img, block), sigma)
+        np.testing.assert_allclose(block_background(img, block, sigma), slow, atol=2e-5)
+
+
+def test_cells_watershed_equals_skimage_on_the_whole_mask() -> None:
+    """Running the flood only in mask parts with two or more seeds gives skimage's whole-image watershed."""
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(4)
+    shape = (120, 160)
+    rna = ndi.gaussian_filter(rng.random(shape), 4).astype(np.float32) * 0.02
+    seeds = np.zeros(shape, np.int32)
+    for i, (y, x) in enumerate(rng.integers(10, 110, (14, 2)), start=1):
+        seeds[y - 3 : y + 3, x - 3 : x + 3] = i
+    params = CellProfilerParams(cells_bounds=(0.0, 1.0))
+    cells, t = identify_cells(rna, seeds, seeds, params)
+    ref = watershed(1.0 - rna, seeds, mask=(rna >= t) | (seeds > 0), connectivity=2)
+    ref = fill_labeled_holes(ref)
+    assert np.mean(cells == ref) > 0.999

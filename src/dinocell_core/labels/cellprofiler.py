@@ -114,10 +114,48 @@ def block_minimum(img: np.ndarray, block: int) -> np.ndarray:
     return np.repeat(np.repeat(tiles, block, 0), block, 1)[:h, :w]
 
 
+def _block_weights(length: int, block: int, sigma: float) -> np.ndarray:
+    """[length, n_blocks]: the zero-padded, truncate-4 Gaussian's weight of each block on each pixel."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    full = np.zeros((length, length + 2 * radius))
+    for y in range(length):
+        full[y, y : y + 2 * radius + 1] = kernel
+    per_pixel = full[:, radius : radius + length]  # source pixels outside the image weigh 0 ("constant")
+    n_blocks = -(-length // block)
+    pad = np.zeros((length, n_blocks * block))
+    pad[:, :length] = per_pixel
+    return pad.reshape(length, n_blocks, block).sum(axis=2)
+
+
+def block_background(img: np.ndarray, block: int, sigma: float) -> np.ndarray:
+    """``gaussian_normalised(block_minimum(img, block), sigma)`` computed exactly in block space.
+
+    The block-minimum image is constant on each tile, so the separable, zero-padded Gaussian of it is
+    ``Wy · T · Wxᵀ`` with T the tile minima and W the Gaussian's weight of each tile on each pixel; the
+    normaliser ``G(ones)`` is the outer product of W's row sums. A few small matrix products instead of a
+    171-tap filter over the whole field.
+    """
+    h, w = img.shape
+    ph, pw = -h % block, -w % block
+    pad = np.pad(img, ((0, ph), (0, pw)), mode="edge") if ph or pw else img
+    tiles = pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).min(axis=(1, 3))
+    wy, wx = _block_weights_cached(h, block, float(sigma)), _block_weights_cached(w, block, float(sigma))
+    num = wy @ tiles.astype(np.float64) @ wx.T
+    den = np.outer(wy.sum(1), wx.sum(1))
+    return (num / den).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _block_weights_cached(length: int, block: int, sigma: float) -> np.ndarray:
+    return _block_weights(length, block, sigma)
+
+
 def subtract_background(dna: np.ndarray, block: int = 30, smoothing: float = 50.0) -> np.ndarray:
     """CorrectIlluminationCalculate Background (each image) then CorrectIlluminationApply Subtract, clipped."""
-    bg = gaussian_normalised(block_minimum(dna, block), smoothing / 2.35)
-    return np.clip(dna - bg, 0.0, 1.0)
+    return np.clip(dna - block_background(dna, block, smoothing / 2.35), 0.0, 1.0)
 
 
 def mce_threshold(img: np.ndarray, correction: float, bounds: tuple[float, float]) -> float:
@@ -184,13 +222,17 @@ def declump_shape(binary: np.ndarray, maxima_distance: float) -> np.ndarray:
 
 
 def _watershed_by_object(surface: np.ndarray, markers: np.ndarray, objects: np.ndarray, n: int) -> np.ndarray:
-    """``watershed(surface, markers, mask=objects > 0, 8-connected)`` run per object: an object with one marker
-    floods to it entirely, so the priority flood runs only inside objects holding two or more."""
+    """``watershed(surface, markers, mask=objects > 0, 8-connected)`` run per object (8-connected parts of the
+    mask): a part with one marker floods to it entirely and one with none stays background, so the priority
+    flood runs only inside parts holding two or more markers."""
     out = np.zeros(objects.shape, np.int32)
     inside = markers > 0
-    per_obj = np.bincount(objects[inside], minlength=n + 1)
+    base = np.int64(markers.max()) + 1
+    pairs = np.unique(objects[inside].astype(np.int64) * base + markers[inside])  # distinct (object, marker)
+    obj_of = pairs // base
+    per_obj = np.bincount(obj_of, minlength=n + 1)
     first = np.zeros(n + 1, np.int32)
-    first[objects[inside]] = markers[inside]
+    first[obj_of] = (pairs % base).astype(np.int32)
     single = per_obj == 1
     single[0] = False
     sel = single[objects]
@@ -283,7 +325,8 @@ def identify_cells(rna: np.ndarray, unedited: np.ndarray, nuclei: np.ndarray,
     t = mce_threshold(img, p.cells_correction, p.cells_bounds)
     seeds = secondary_seeds(unedited, nuclei)
     mask = (img >= t) | (seeds > 0)
-    grown = watershed(1.0 - rna, seeds, mask=mask, connectivity=2) if seeds.any() else seeds
+    parts, n_parts = ndi.label(mask, EIGHT)
+    grown = _watershed_by_object(1.0 - rna, seeds, parts, n_parts) if seeds.any() else seeds
     grown = fill_labeled_holes(grown)
     # a cell keeps the id of the retained nucleus inside it (0 when its seed was dropped)
     lookup = np.zeros(int(grown.max()) + 1, np.int32)
