@@ -31,7 +31,8 @@ from dinocell_core.seg.metrics import evaluate_pairs
 # The fixture's cells are smaller and dimmer than CPJUMP1's at 0.598 µm/px: its small nuclei (area 55–130 px) sit
 # under the pipeline's 10-px minimum diameter, its dimmest nuclei (~0.01 after illumination division) under the
 # 0.014 lower threshold bound, and its dimmest fields' own MCE threshold on RNA (~0.0042) under the 0.005 bound.
-# These three settings are scaled to the fixture; every other one is CPJUMP1's (defaults: nuclei AP ≈ 0.6-0.7).
+# These three settings are scaled to the fixture; every other one is CPJUMP1's (all defaults: nuclei AP@0.5 0.62,
+# cells 0.54 against the same border-free truth).
 FIXTURE_PARAMS = ["--param", "min_diameter=5", "--param", "nuclei_bounds=0.008,1", "--param",
                   "cells_bounds=0.004,0.014"]
 
@@ -242,3 +243,12 @@ def test_qc_flags() -> None:
     nuclei = np.where(cells > 0, cells, 0)
     q = field_qc(nuclei, cells)
     assert q["flags"] == "giant_cells" and q["n_cells"] == 7 and q["cell_area_p50"] == 25.0
+
+
+def test_labels_keys_belong_to_format_jump() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="labels and corrected_only apply to format 'jump' only"):
+        SegDataConfig(format="pairs", path="x", labels="LABELS")
+    with pytest.raises(LabelsError, match="not a labels store"):
+        LabelStore.open(Path("/nonexistent/labels"))
