@@ -292,19 +292,24 @@ def fill_labeled_holes(labels: np.ndarray) -> np.ndarray:
     bg, n = ndi.label(labels == 0, FOUR)
     if n == 0 or labels.max() == 0:
         return labels
+    edge = np.zeros(n + 1, bool)
+    edge[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
+    edge[0] = True
+    cand = ~edge[bg]  # pixels of background regions enclosed by objects (few, small)
+    if not cand.any():
+        return labels
     lab_f = labels.astype(np.float32)
     big = float(labels.max() + 1)
     kernel = np.ones((3, 3), np.uint8)
-    hi_px = cv2.dilate(lab_f, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
+    hi_px = cv2.dilate(lab_f, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0.0)[cand]
     lo_px = cv2.erode(np.where(labels > 0, lab_f, np.float32(big)), kernel, borderType=cv2.BORDER_CONSTANT,
-                      borderValue=big)
-    index = np.arange(1, n + 1)
-    hi = np.concatenate([[0.0], ndi.maximum(hi_px, bg, index)])
-    lo = np.concatenate([[big], ndi.minimum(lo_px, bg, index)])
-    edge = np.zeros(n + 1, bool)
-    edge[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
+                      borderValue=big)[cand]
+    region = bg[cand]
+    hi = np.zeros(n + 1, np.float64)
+    lo = np.full(n + 1, big, np.float64)
+    np.maximum.at(hi, region, hi_px)
+    np.minimum.at(lo, region, lo_px)
     fill = (lo == hi) & (hi > 0) & ~edge
-    fill[0] = False
     out = labels.copy()
     sel = fill[bg]
     out[sel] = hi[bg[sel]].astype(out.dtype)
