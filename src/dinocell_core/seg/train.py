@@ -111,11 +111,18 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
         "overlap": cfg.inference.overlap,
         "training_data": {"format": cfg.data.format, "path": cfg.data.path, "train": _summary(train),
                           "val": _summary(val), "labels": cfg.data.labels,
-                          "fields": [s.name for s in train] if cfg.data.format == "jump" else None},
+                          "fields": _field_names(cfg, train)},
         "validation_metrics": val_metrics,
         "step": step,
         "created_at": time.time(),
     }
+
+
+def _field_names(cfg: DecoderConfig, train: list[SegSample]) -> list[str] | None:
+    """The JUMP fields trained on (``models report`` scores the others); None past 20,000, to keep bundles small."""
+    if cfg.data.format != "jump" or len(train) > 20000:
+        return None
+    return [s.name for s in train]
 
 
 def _modality(channel: str | None) -> str:
