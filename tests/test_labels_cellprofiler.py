@@ -16,6 +16,8 @@ from dinocell_core.labels.cellprofiler import (
     correct_illumination,
     cytoplasm,
     declump_shape,
+    edt,
+    fill_holes,
     fill_labeled_holes,
     filter_nuclei,
     gaussian_normalised,
@@ -235,3 +237,10 @@ def test_cells_watershed_equals_skimage_on_the_whole_mask() -> None:
     ref = watershed(1.0 - rna, seeds, mask=(rna >= t) | (seeds > 0), connectivity=2)
     ref = fill_labeled_holes(ref)
     assert np.mean(cells == ref) > 0.999
+
+
+def test_fill_holes_and_edt_equal_scipy() -> None:
+    rng = np.random.default_rng(5)
+    binary = ndi.gaussian_filter(rng.random((80, 90)), 2) > 0.5
+    np.testing.assert_array_equal(fill_holes(binary), ndi.binary_fill_holes(binary))
+    np.testing.assert_allclose(edt(binary), ndi.distance_transform_edt(binary), atol=1e-4)
