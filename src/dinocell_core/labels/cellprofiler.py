@@ -106,7 +106,8 @@ def _bleed(shape: tuple[int, ...], sigma: float) -> np.ndarray:
 
 
 def block_minimum(img: np.ndarray, block: int) -> np.ndarray:
-    """Every pixel replaced by the minimum of its ``block``×``block`` tile (partial tiles at the far edges)."""
+    """Every pixel replaced by the minimum of its ``block``×``block`` tile (partial tiles at the far edges): the
+    Background method's definition, which :func:`block_background` evaluates without building this image."""
     h, w = img.shape
     ph, pw = -h % block, -w % block
     pad = np.pad(img, ((0, ph), (0, pw)), mode="edge") if ph or pw else img

@@ -2,8 +2,8 @@
 
 Every bundle in MODELS segments the held-out fields of the store (fields its training did not use, as recorded
 in the bundle's ``training_data.fields`` for its training tree; when a bundle does not record them every field
-is scored and the row says ``held_out = unknown``), once per label source (auto, imported, corrected). DNA models are scored against
-nuclei, all others against cells. Columns: AP@0.5, F1@0.5, objects in labels vs predicted, and the mean
+is scored and the row says ``held_out = unknown``), once per label source (auto, imported, corrected). DNA
+models are scored against nuclei, all others against cells. Columns: AP@0.5, F1@0.5, objects in labels vs predicted, and the mean
 per-field relative count error.
 """
 
