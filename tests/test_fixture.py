@@ -18,8 +18,8 @@ from dinocell_core.jump.fixture import (
     make_jump_fixture,
     phenotype_table,
 )
-from dinocell_core.jump.ground_truth import ground_truth_path
 from dinocell_core.jump.index import FILE_RE, index_fields
+from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key, field_prefix
 
 LAYOUT = re.compile(r"^cpg0000-jump-pilot/source_4/images/(?P<batch>[^/]+)/images/(?P<folder>BR\d{8}[A-Z]?__"
                     r"\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}-Measurement\d)/Images/(?P<name>[^/]+)$")
@@ -89,9 +89,13 @@ def test_load_data_illum_ground_truth_and_phenotypes(fx):
 
     fields = index_fields(fx.root).fields
     assert len(fields) == fx.n_fields == 23
+    truth = LabelStore.open(src / GROUND_TRUTH_DIR)
+    assert truth.counts()["imported"] == 24 and truth.manifest["method"] == "fixture"  # the incomplete one too
     for f in fields[:4]:
-        nuc_p, cell_p = ground_truth_path(src, f, "nuclei"), ground_truth_path(src, f, "cells")
-        assert "Images" not in nuc_p.parts
+        row = truth.best(field_key(f))
+        assert row.source == "imported" and row.nuclei == f"{f.plate_folder}/{field_prefix(f.well, f.site)}_nuclei.tiff"
+        nuc_p, cell_p = truth.root / row.nuclei, truth.root / row.cells
+        assert tifffile.TiffFile(nuc_p).pages[0].compression == 5  # LZW
         nuc, cells = tifffile.imread(nuc_p), tifffile.imread(cell_p)
         assert nuc.shape == cells.shape == (160, 160) and nuc.max() > 0
         inside = nuc > 0

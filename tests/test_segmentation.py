@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 
 from dinocell_core.jump.fixture import make_jump_fixture
-from dinocell_core.jump.ground_truth import ground_truth_path
 from dinocell_core.jump.index import load_index
+from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key
 from dinocell_core.seg.distance import distance_map, labels_from_distance
 from dinocell_core.seg.metrics import average_precision, evaluate_pairs
 
@@ -30,8 +29,9 @@ def fixture_masks(tmp_path_factory) -> dict[str, list[np.ndarray]]:
     out = tmp_path_factory.mktemp("jump")
     info = make_jump_fixture(out, plates=1, wells=4, sites=2, size=192, seed=3)
     fields = load_index(info.root)
-    return {kind: [tifffile.imread(ground_truth_path(info.source_root, f, kind)).astype(np.int32) for f in fields]
-            for kind in ("nuclei", "cells")}
+    store = LabelStore.open(info.source_root / GROUND_TRUTH_DIR)
+    rows = [store.best(field_key(f)) for f in fields]
+    return {kind: [store.read(row, kind) for row in rows] for kind in ("nuclei", "cells")}
 
 
 def test_distance_map_properties() -> None:

@@ -1,4 +1,4 @@
-"""Data commands: ``fixture jump``, ``jump index``, ``jump preview``, ``jump prepare``."""
+"""Data commands: ``fixture jump``, ``jump index``, ``jump preview``, ``jump prepare`` (``jump label``: labels)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("-o", "--output", type=Path, required=True)
     pr.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     pr.set_defaults(handler=_jump_prepare)
+
+    from dinocell_core.commands.labels import add_jump_label
+
+    add_jump_label(j_sub)
 
 
 def _fixture_jump(args: argparse.Namespace) -> int:

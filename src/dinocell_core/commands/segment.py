@@ -1,4 +1,4 @@
-"""Segmentation commands: ``train-decoder``, ``segment``, ``evaluate``, ``models list``."""
+"""Segmentation commands: ``train-decoder``, ``segment``, ``evaluate``, ``models list`` (``models report``: labels)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ml.add_argument("--channel", default=None, help="only models for this channel (e.g. DNA, 5, brightfield)")
     ml.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ml.set_defaults(handler=_models_list)
+
+    from dinocell_core.commands.labels import add_models_report
+
+    add_models_report(md_sub)
 
 
 def _number(text: str, kind: type, ok: object, what: str) -> object:

@@ -2,8 +2,9 @@
 
 Pixels follow the measured statistics of Broad Opera Phenix images (fluorescent sCMOS offset 100–400 + noise, cells
 up to thousands of counts, a few saturated pixels; brightfield ~20k ± 1k with three slightly different planes in
-which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); ground-truth
-instance masks are written outside ``Images/`` so segmentation can be trained and scored. Each well gets one of
+which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); the ground-truth
+instance masks are a labels store (:mod:`dinocell_core.labels.store`) at ``<source root>/ground_truth/``, outside
+``Images/``, so segmentation is trained and scored through the same code path as real labels. Each well gets one of
 two phenotypes ("large_sparse", "small_dense") that differ in cell size, density and texture but not in mean
 brightness, so a learned representation can be checked with k-NN. Which one is set by the CPJUMP1-style design of
 :func:`well_treatment` (DMSO negcon wells on every plate, compounds replicated across plates with graded strength,
@@ -27,8 +28,8 @@ from scipy import ndimage as ndi
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes
 from dinocell_core.io.tiffio import write_tiff
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, FLUORESCENT
-from dinocell_core.jump.ground_truth import SOURCE_PREFIX, ground_truth_path
 from dinocell_core.jump.index import Field, file_name, well_name
+from dinocell_core.labels.store import GROUND_TRUTH_DIR, SOURCE_PREFIX, LabelStore
 
 PHENOTYPES = ("large_sparse", "small_dense")
 SOURCE = SOURCE_PREFIX
@@ -305,6 +306,8 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
     info = FixtureInfo(root=root, source_root=src, n_fields=0, size=size)
     pheno_rows: list[dict[str, object]] = []
     total = plates * wells * sites
+    truth = LabelStore.open_or_create(src / GROUND_TRUTH_DIR, {"method": "fixture", "params": {"seed": seed},
+                                                               "source_root": str(src)})
     for p in range(plates):
         batch, folder, sk = plate_spec(p)
         barcode = folder.split("__")[0]
@@ -343,11 +346,8 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                     if drop and ch == 3:
                         continue
                     write_tiff(img_dir / file_name(row, col, s, ch, sk), stack[ch - 1])
-                gt = Field(barcode, well, s, batch, folder, sk)
-                gt_dir = ground_truth_path(src, gt, "nuclei").parent
-                gt_dir.mkdir(parents=True, exist_ok=True)
-                write_tiff(ground_truth_path(src, gt, "nuclei"), nuclei.astype(np.uint16))
-                write_tiff(ground_truth_path(src, gt, "cells"), cells.astype(np.uint16))
+                truth.write_field(Field(barcode, well, s, batch, folder, sk), nuclei, cells, "imported",
+                                  flush=False)
                 if progress is not None:
                     progress()
                 if drop:
@@ -375,6 +375,7 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
         illum_header += meta_cols
         illum_header += [k for c in URL_ORDER for k in (f"FileName_Illum{CHANNELS[c]}", f"PathName_Illum{CHANNELS[c]}")]
         _write_csv(ld_dir / "load_data_with_illum.csv", illum_header, illum_rows)
+    truth.flush()
     _write_csv(phenotype_table_path(src), ["plate", "plate_folder", "well", "phenotype", "broad_sample", "strength"],
                pheno_rows)
     _write_plate_metadata(src, plates, wells, sites)

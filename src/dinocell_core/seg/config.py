@@ -29,6 +29,8 @@ class SegDataConfig(StrictModel):
     path: str
     images_dir: str | None = None  # livecell: image folder; default: found next to the JSON or in images/...
     channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
+    labels: str | None = None  # jump: labels store (default: the tree's ground_truth/ store, as the fixture writes)
+    corrected_only: bool = False  # jump: train only on fields a person corrected (else corrected come first)
     max_images: int | None = PField(None, ge=1)
     low: float = PField(1.0, ge=0, lt=100)
     high: float = PField(99.8, gt=0, le=100)
@@ -43,6 +45,8 @@ class SegDataConfig(StrictModel):
             if not str(self.channel).strip().isdigit():
                 raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
                                  f"not {self.channel!r}")
+        if self.format != "jump" and (self.labels is not None or self.corrected_only):
+            raise ValueError("labels and corrected_only apply to format 'jump' only")
         return self
 
 

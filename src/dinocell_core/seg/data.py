@@ -235,22 +235,27 @@ def livecell_samples(cfg: SegDataConfig) -> list[SegSample]:
 
 
 def jump_samples(cfg: SegDataConfig) -> list[SegSample]:
-    """JUMP fixture fields: the chosen channel and its ground truth (DNA → nuclei, every other channel → cells)."""
+    """JUMP fields with labels from a labels store: DNA learns nuclei, every other channel learns cells.
+
+    The store is ``data.labels`` (default: the tree's ``ground_truth/`` store). Corrected labels are preferred
+    per field and their fields come first (so ``max_images`` keeps them); ``corrected_only`` uses nothing else.
+    """
     from dinocell_core.io.tiffio import read_tiff
     from dinocell_core.jump.channels import channel_number
-    from dinocell_core.jump.ground_truth import find_ground_truth_root, ground_truth_path
     from dinocell_core.jump.index import load_index
+    from dinocell_core.labels.store import LabelStore, find_labels_root
 
     ch = channel_number(cfg.channel)
     kind = "nuclei" if ch == 5 else "cells"
-    source = find_ground_truth_root(cfg.path)
+    store = LabelStore.open(cfg.labels if cfg.labels is not None else find_labels_root(cfg.path))
     fields = [f for f in load_index(cfg.path) if ch in f.paths]
     if not fields:
         raise SegDataError(f"{cfg.path}: no field has channel {ch}")
+    pairs = store.match(sorted(fields, key=lambda f: f.key), cfg.corrected_only, tree=cfg.path)
     out = []
-    for f in sorted(fields, key=lambda f: f.key)[: cfg.max_images]:
+    for f, row in pairs[: cfg.max_images]:
         raw = read_tiff(f.path(cfg.path, ch))
-        labels = _as_labels(read_tiff(ground_truth_path(source, f, kind)), f"{f.key} {kind}")
+        labels = store.read(row, kind, raw.shape)
         out.append(SegSample(f"{f.key}/ch{ch}", prepare_image(raw, None, cfg.low, cfg.high, f.key), labels))
     return out
 
@@ -281,14 +286,14 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if p.is_dir() and any(_stem(q, "_img") for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS):
         return "pairs"
     try:
-        from dinocell_core.jump.ground_truth import find_ground_truth_root
+        from dinocell_core.labels.store import find_labels_root
 
-        find_ground_truth_root(p)
+        find_labels_root(p)
         return "jump"
     except FileNotFoundError:
         pass
     raise SegDataError(f"{p}: not a recognised dataset (Cellpose *_img/*_masks folder, images/+masks/, "
-                       "LIVECell COCO .json, or a JUMP tree with ground_truth/)")
+                       "LIVECell COCO .json, or a JUMP tree with a ground_truth/ labels store)")
 
 
 def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int) -> tuple[list, list]:

@@ -138,11 +138,19 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
         "tile_size": cfg.train.tile_size,
         "overlap": cfg.inference.overlap,
         "training_data": {"format": cfg.data.format, "path": cfg.data.path, "train": _summary(train),
-                          "val": _summary(val)},
+                          "val": _summary(val), "labels": cfg.data.labels,
+                          "fields": _field_names(cfg, train)},
         "validation_metrics": val_metrics,
         "step": step,
         "created_at": time.time(),
     }
+
+
+def _field_names(cfg: DecoderConfig, train: list[SegSample]) -> list[str] | None:
+    """The JUMP fields trained on (``models report`` scores the others); None past 20,000, to keep bundles small."""
+    if cfg.data.format != "jump" or len(train) > 20000:
+        return None
+    return [s.name for s in train]
 
 
 def _modality(channel: str | None) -> str:

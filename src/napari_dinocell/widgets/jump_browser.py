@@ -2,7 +2,9 @@
 
 Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.index.load_index`; "rescan" refreshes it) and
 TIFF reads run in workers. Switching sites replaces each layer's data in place; a newer site request supersedes
-one still loading.
+one still loading. With a labels store set (``dinocell-core jump label``), the field's preferred nuclei and cells
+come as two Labels layers; "Save corrections" writes the edited layers back into the store atomically as
+``source = corrected`` (the automatic masks stay).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from qtpy.QtWidgets import (
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import Field, load_index
 from dinocell_core.jump.preprocess import Preprocessor, read_field
+from dinocell_core.labels.store import LabelRow, LabelStore, field_key
 from napari_dinocell.jobs import start_job
 from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
 from napari_dinocell.status import JobStatus
@@ -41,6 +44,24 @@ def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np
         prep = Preprocessor()
         mean = prep.fluorescent_mean([prep.channel(stack[ALL_CHANNELS.index(c)]) for c in FLUORESCENT])
     return field, stack, mean
+
+
+LABEL_LAYERS = ("Nuclei", "Cells")
+
+
+def read_labels_job(store_root: str, field: Field) -> tuple[Field, np.ndarray | None, np.ndarray | None, str]:
+    """The field's preferred masks from the store (None, None, "none" when it has no labels)."""
+    store = LabelStore.open(store_root)
+    row = store.best(field_key(field))
+    if row is None:
+        return field, None, None, "none"
+    nuclei, cells = store.read_pair(row)
+    return field, nuclei, cells, row.source
+
+
+def save_corrections_job(store_root: str, field: Field, nuclei: np.ndarray, cells: np.ndarray) -> LabelRow:
+    """Write edited masks as the field's corrected labels (the automatic ones are kept)."""
+    return LabelStore.open(store_root).write_field(field, nuclei, cells, "corrected")
 
 
 class JumpBrowserWidget(QWidget):
@@ -77,6 +98,15 @@ class JumpBrowserWidget(QWidget):
         self.next_btn.clicked.connect(lambda: self.step(+1))
         self.fluor_mean = QCheckBox("add fluorescent-mean layer")
         self.fluor_mean.toggled.connect(lambda _: self.show_field(self.current))
+        self.labels_status = JobStatus()
+        self._labels_reading = False
+        self.labels_store = PathEdit("labels store (dinocell-core jump label … -o LABELS)", "dir")
+        self.save_btn = QPushButton("Save corrections")
+        self.save_btn.setToolTip("write the Nuclei and Cells layers into the labels store as corrected labels")
+        self.save_btn.clicked.connect(lambda: self.save_corrections())
+        labels_row = QHBoxLayout()
+        labels_row.addWidget(self.labels_store, 1)
+        labels_row.addWidget(self.save_btn)
 
         form = QFormLayout()
         form.addRow("Plate", self.plate)
@@ -89,12 +119,14 @@ class JumpBrowserWidget(QWidget):
         self.message.setWordWrap(True)
         self.index_status.events.message.connect(lambda text: self.message.setText(str(text)))
         self.read_status.events.message.connect(lambda text: self.message.setText(str(text)))
+        self.labels_status.events.message.connect(lambda text: self.message.setText(str(text)))
 
         layout = QVBoxLayout(self)
         layout.addLayout(root_row)
         layout.addLayout(form)
         layout.addLayout(nav)
         layout.addWidget(self.fluor_mean)
+        layout.addLayout(labels_row)
         layout.addWidget(self.message)
         layout.addStretch(1)
         self._update_enabled()
@@ -181,7 +213,7 @@ class JumpBrowserWidget(QWidget):
     @property
     def busy(self) -> bool:
         """A read in flight, or the channel layers of the last one still being placed (one per event-loop turn)."""
-        return self._reading or self._ui.pending
+        return self._reading or self._ui.pending or self._labels_reading
 
     def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
         field, stack, mean = result
@@ -194,6 +226,52 @@ class JumpBrowserWidget(QWidget):
                 "contrast_limits": contrast_limits(mean), "visible": False,
                 "metadata": {**meta, "channel": "fluorescent_mean"}}))
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
+        if self.labels_store.text():
+            self._labels_reading = True
+            start_job(read_labels_job, self.labels_store.text(), field, status=self.labels_status,
+                      title=f"Reading labels of {field.plate} {field.well} site {field.site}",
+                      on_returned=partial(self._show_labels, stack.shape[-2:]), on_finished=self._labels_done,
+                      show_progress=False)
+
+    def _labels_done(self) -> None:
+        self._labels_reading = False
+
+    def _show_labels(self, shape: tuple[int, int], result: tuple[Field, Any, Any, str]) -> None:
+        field, nuclei, cells, source = result
+        if field != self.current:
+            return  # the user moved on; the newer field's labels follow
+        meta = {"dinocell_field": field.key, "labels_source": source}
+        for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
+            data = np.zeros(shape, np.int32) if data is None else data
+            if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
+                layer = self.viewer.layers[name]
+                layer.data = data
+                layer.metadata = {**layer.metadata, **meta}
+            else:
+                self.viewer.add_labels(data, name=name, opacity=0.4, metadata=meta)
+        self.labels_status.finish(f"labels: {source}" if nuclei is not None else
+                                  "this field has no labels in the store yet (draw them, then save)")
+
+    def save_corrections(self) -> None:
+        """Write the Nuclei and Cells layers of the shown field into the store as its corrected labels."""
+        field, store = self.current, self.labels_store.text()
+        if field is None or not store:
+            self.message.setText("set a labels store and show a field first")
+            return
+        layers = [self.viewer.layers[n] for n in LABEL_LAYERS if n in self.viewer.layers]
+        if len(layers) != 2 or any(layer.metadata.get("dinocell_field") != field.key for layer in layers):
+            self.message.setText(f"the Nuclei and Cells layers do not belong to {field.key}; nothing saved")
+            return
+        self.save_btn.setEnabled(False)
+        start_job(save_corrections_job, store, field, np.asarray(layers[0].data).copy(),
+                  np.asarray(layers[1].data).copy(), status=self.labels_status,
+                  title=f"Saving corrections of {field.plate} {field.well} site {field.site}",
+                  on_returned=self._saved, on_finished=lambda: self.save_btn.setEnabled(True), show_progress=False)
+
+    def _saved(self, row: LabelRow) -> None:
+        for n in LABEL_LAYERS:
+            self.viewer.layers[n].metadata = {**self.viewer.layers[n].metadata, "labels_source": "corrected"}
+        self.labels_status.finish(f"saved corrections: {row.nuclei}, {row.cells}")
 
     def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
         """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and

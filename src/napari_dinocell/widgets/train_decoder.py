@@ -23,6 +23,8 @@ class TrainDecoderWidget(ConfigLaunchForm):
     main_keys = (
         FormKey("data.path", "Training data", "dir"),
         FormKey("data.format", "Data format"),
+        FormKey("data.labels", "Labels store (jump)", "dir"),
+        FormKey("data.corrected_only", "Corrected labels only"),
         FormKey("backbone.weights", "Backbone weights", "file"),
         FormKey("backbone.arch", "Architecture"),
         FormKey("backbone.patch_size", "Patch size"),
@@ -66,7 +68,8 @@ class TrainDecoderWidget(ConfigLaunchForm):
         return ("channels",)
 
     def preflight(self, cfg: Any) -> list[str]:
-        sources = [("training data", cfg.data.path), ("backbone weights", cfg.backbone.weights)]
+        sources = [("training data", cfg.data.path), ("backbone weights", cfg.backbone.weights),
+                   ("labels store", cfg.data.labels)]
         if cfg.val_data is not None:
             sources.append(("validation data", cfg.val_data.path))
         return missing_paths(sources)

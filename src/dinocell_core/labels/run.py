@@ -1,0 +1,336 @@
+"""``jump label``: label every field of a CPJUMP1 tree into a labels store, in parallel, resumably.
+
+Fields come from a fresh scan of the tree for DNA + RNA only (a field missing either is reported, not labelled;
+the tree is never written — not even the index cache). Each worker reads, segments and writes one field's masks;
+the parent owns labels.csv / qc.csv and flushes them every few seconds, so an interrupted run loses at most the
+fields in flight and a re-run skips every field already in the store. A bad field (blank, saturated,
+unreadable, missing illumination) is skipped with its reason in ``skipped.csv`` and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinocell_core import __version__
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_write_bytes
+from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.jump.index import Field, index_fields, load_index
+from dinocell_core.labels import qc
+from dinocell_core.labels.cellprofiler import (
+    BadFieldError,
+    CellProfilerParams,
+    segment_field,
+)
+from dinocell_core.labels.store import (
+    LabelRow,
+    LabelsError,
+    LabelStore,
+    mask_paths,
+    write_mask,
+)
+
+DNA, RNA = 5, 3
+SKIPPED_CSV = "skipped.csv"
+METHODS = ("cellprofiler", "import")
+
+
+@dataclass
+class LabelSummary:
+    labelled: int = 0
+    resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (field key, reason)
+    incomplete: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        out = (f"{self.labelled} fields labelled, {self.resumed} already in the store, {len(self.skipped)} skipped, "
+               f"{len(self.incomplete)} incomplete in the tree ({self.seconds:.1f} s)")
+        for key, reason in self.skipped[:5]:
+            out += f"\n  skipped {key}: {reason}"
+        for item in self.incomplete[:5]:
+            out += f"\n  incomplete {item}"
+        return out
+
+
+def parse_params(items: Sequence[str]) -> CellProfilerParams:
+    """``key=value`` overrides of :class:`CellProfilerParams`; an unknown key or bad value names itself."""
+    known = {f.name: f for f in fields(CellProfilerParams)}
+    p = CellProfilerParams()
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"--param {item!r}: use key=value with key one of {', '.join(known)}")
+        default = getattr(p, key)
+        try:
+            if isinstance(default, tuple):
+                parts = [float(v) for v in value.strip("()[] ").split(",")]
+                if len(parts) != 2 or parts[0] > parts[1]:
+                    raise ValueError("need two values low,high")
+                new: Any = (parts[0], parts[1])
+            elif isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("need true or false")
+                new = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                new = int(value)
+            else:
+                new = float(value)
+        except ValueError as exc:
+            raise ValueError(f"--param {key}={value!r}: {exc}") from None
+        p = replace(p, **{key: new})
+    return p
+
+
+def tree_fields(root: str) -> tuple[list[Field], list[str]]:
+    """(fields having DNA and RNA, descriptions of fields missing one) without writing anything under ``root``."""
+    if os.path.isfile(root):
+        all_fields = load_index(root)
+        ok = [f for f in all_fields if DNA in f.paths and RNA in f.paths]
+        bad = [f"{f.key}: missing " + ",".join(f"ch{c}" for c in (DNA, RNA) if c not in f.paths)
+               for f in all_fields if f not in ok]
+        return ok, bad
+    result = index_fields(root, channels=(DNA, RNA))
+    return result.fields, result.incomplete_examples[: result.n_incomplete] + (
+        [f"... and {result.n_incomplete - len(result.incomplete_examples)} more"]
+        if result.n_incomplete > len(result.incomplete_examples) else [])
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+_ILLUM: dict[str, np.ndarray] = {}
+
+
+def _illum(root: str, f: Field, ch: int, shape: tuple[int, ...]) -> np.ndarray:
+    from dinocell_core.jump.index import join_path
+    from dinocell_core.jump.preprocess import illumination_path
+
+    path = join_path(root, illumination_path(f, ch))
+    arr = _ILLUM.get(path)
+    if arr is None:
+        if "://" in path:
+            from dinocell_core.io.storage import get_storage
+
+            data = io.BytesIO(get_storage(path).read_bytes(path))
+        else:
+            data = path  # type: ignore[assignment]
+        try:
+            arr = np.load(data, allow_pickle=False).astype(np.float32)
+        except FileNotFoundError:
+            raise BadFieldError(f"illumination file {path} not found (or label with --no-illum)") from None
+        except Exception as exc:
+            raise BadFieldError(f"illumination file {path} unreadable ({type(exc).__name__}: {exc})") from None
+        if not np.all(np.isfinite(arr)) or float(arr.min()) <= 0:
+            raise BadFieldError(f"illumination file {path} has non-positive or non-finite values")
+        if len(_ILLUM) > 32:
+            _ILLUM.clear()
+        _ILLUM[path] = arr
+    if arr.shape != tuple(shape):
+        raise BadFieldError(f"illumination file {path} is {arr.shape}, the image {tuple(shape)}")
+    return arr
+
+
+def _label_cellprofiler(task: tuple[str, str, Field, CellProfilerParams]) -> tuple[str, Any, Any]:
+    root, out, f, params = task
+    try:
+        dna = read_tiff(f.path(root, DNA))
+        rna = read_tiff(f.path(root, RNA), shape=dna.shape)
+        ill_d = _illum(root, f, DNA, dna.shape) if params.illumination else None
+        ill_r = _illum(root, f, RNA, rna.shape) if params.illumination else None
+        seg = segment_field(dna, rna, ill_d, ill_r, params)
+        rel_n, rel_c = mask_paths(f.plate_folder, f.well, f.site, "auto")
+        write_mask(Path(out) / rel_n, seg.nuclei)
+        write_mask(Path(out) / rel_c, seg.cells)
+    except (BadFieldError, BadImageError, LabelsError, OSError) as exc:
+        return "bad", f.key, str(exc)
+    row = LabelRow(f.plate, f.well, f.site, rel_n, rel_c, "auto")
+    stats = {**qc.field_qc(seg.nuclei, seg.cells), "nuclei_threshold": round(seg.nuclei_threshold, 5),
+             "cells_threshold": round(seg.cells_threshold, 5)}
+    return "ok", row, stats
+
+
+def _label_import(task: tuple[str, str, Field, tuple[Path, Path]]) -> tuple[str, Any, Any]:
+    from dinocell_core.labels.importer import read_import_mask
+
+    root, out, f, (nuc_p, cell_p) = task
+    try:
+        shape = _image_shape(f.path(root, DNA))
+        nuclei = read_import_mask(nuc_p, shape)
+        cells = read_import_mask(cell_p, shape)
+        rel_n, rel_c = mask_paths(f.plate_folder, f.well, f.site, "imported")
+        write_mask(Path(out) / rel_n, nuclei)
+        write_mask(Path(out) / rel_c, cells)
+    except (BadImageError, LabelsError, OSError) as exc:
+        return "bad", f.key, str(exc)
+    return "ok", LabelRow(f.plate, f.well, f.site, rel_n, rel_c, "imported"), qc.field_qc(nuclei, cells)
+
+
+def _image_shape(path: str) -> tuple[int, ...]:
+    """The image's shape from its TIFF header (no pixel decoding)."""
+    import tifffile
+
+    if "://" in path:
+        return read_tiff(path).shape
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(s for s in tif.pages[0].shape if s != 1) or tif.pages[0].shape
+    except Exception as exc:
+        raise BadImageError(path, f"cannot read TIFF header ({type(exc).__name__}: {exc})") from None
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = "cellprofiler",
+               params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
+               workers: int = 1, qc_fields: int = 12, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> LabelSummary:
+    """Label (or import masks for) every field of ``root`` into the store ``out``; see the module docstring."""
+    t0 = time.perf_counter()
+    root_s, out_p = os.fspath(root), Path(out)
+    if method not in METHODS:
+        raise ValueError(f"unknown labelling method {method!r}; use one of {', '.join(METHODS)}")
+    if (method == "import") != (from_dir is not None):
+        raise ValueError("--method import needs --from DIR (and --from goes with --method import only)")
+    if "://" not in root_s and not os.path.exists(root_s):
+        raise FileNotFoundError(f"source tree {root_s} not found")
+    if "://" not in root_s and _inside(out_p, Path(root_s)):
+        raise LabelsError(f"{out_p} is inside the source tree {root_s}: the tree is never written; put the labels "
+                          "store beside it")
+    params = params or CellProfilerParams()
+    _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
+    source = "auto" if method == "cellprofiler" else "imported"
+    manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
+                {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
+    store = LabelStore.open_or_create(out_p, manifest)
+    if store.manifest.get("method") != method or (method == "cellprofiler"
+                                                  and store.manifest.get("params") != _jsonable(params)):
+        raise LabelsError(f"{out_p} was made by method {store.manifest.get('method')!r} with params "
+                          f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
+                          "new folder)")
+    fields_ok, incomplete = tree_fields(root_s)
+    if not fields_ok:
+        raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
+    summary = LabelSummary(incomplete=incomplete)
+    done = set()
+    for r in store.rows:  # a row whose mask files went missing is relabelled, not trusted
+        if r.source == source:
+            if (out_p / r.nuclei).is_file() and (out_p / r.cells).is_file():
+                done.add(r.key)
+            else:
+                store.remove(r.key, source)
+    todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
+    summary.resumed = len(fields_ok) - len(todo)
+    if method == "import":
+        from dinocell_core.labels.importer import match_import_files
+
+        matched, unmatched = match_import_files(Path(from_dir), todo)  # type: ignore[arg-type]
+        summary.skipped.extend(unmatched)
+        tasks: list[Any] = [(root_s, str(out_p), f, paths) for f, paths in matched]
+        worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
+    else:
+        tasks = [(root_s, str(out_p), f, params) for f in todo]
+        worker = _label_cellprofiler
+    qc_rows = {(r["plate_folder"], r["well"], int(r["site"]), r["source"]): r
+               for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
+    last_flush = time.monotonic()
+
+    def record(result: tuple[str, Any, Any]) -> None:
+        nonlocal last_flush
+        kind, a, b = result
+        if kind == "ok":
+            store.add(a, flush=False)
+            qc_rows[(a.plate_folder, a.well, a.site, a.source)] = {
+                "plate": a.plate, "well": a.well, "site": a.site, "plate_folder": a.plate_folder,
+                "source": a.source, **b}
+            summary.labelled += 1
+        else:
+            summary.skipped.append((a, b))
+        if progress is not None:
+            progress(summary.labelled + len(summary.skipped), len(tasks))
+        if time.monotonic() - last_flush > 5.0:
+            _flush(store, qc_rows, summary, out_p)
+            last_flush = time.monotonic()
+
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                record(worker(task))
+        else:
+            # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+                for result in pool.imap_unordered(worker, tasks, chunksize=1):
+                    record(result)
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        _flush(store, qc_rows, summary, out_p)
+    if qc_fields > 0 and store.rows:
+        write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed)
+    return summary
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _jsonable(params: CellProfilerParams) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.as_dict().items()}
+
+
+def _flush(store: LabelStore, qc_rows: dict, summary: LabelSummary, out: Path) -> None:
+    store.manifest["last_run"] = {"labelled": summary.labelled, "resumed": summary.resumed,
+                                  "skipped": len(summary.skipped), "incomplete": len(summary.incomplete),
+                                  "seconds": round(summary.seconds, 2)}
+    store.flush()
+    qc.write_qc_csv(out / qc.QC_CSV, sorted(qc_rows.values(), key=lambda r: (r["plate_folder"], r["well"],
+                                                                             int(r["site"]), r["source"])))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["field", "reason"])
+    w.writerows(summary.skipped)
+    atomic_write_bytes(out / SKIPPED_CSV, buf.getvalue().encode("utf-8"))
+
+
+def write_contact_sheet(store: LabelStore, root: str, path: Path, n: int = 12, seed: int = 0) -> None:
+    """Random labelled fields with their outlines (the preferred labels of each field)."""
+    by_key = {f.plate_folder + "/" + f.well + "/" + str(f.site): f for f in tree_fields(root)[0]}
+    keys = sorted({r.key for r in store.rows})
+    rng = np.random.default_rng(seed)
+    pick = [keys[i] for i in sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))]
+    tiles, caps = [], []
+    for key in pick:
+        f = by_key.get(f"{key[0]}/{key[1]}/{key[2]}")
+        row = store.best(key)
+        if f is None or row is None:
+            continue
+        try:
+            dna, rna = read_tiff(f.path(root, DNA)), read_tiff(f.path(root, RNA))
+            nuclei, cells = store.read_pair(row, dna.shape)
+        except DinocellError:
+            continue
+        tiles.append(qc.render_tile(dna, rna, nuclei, cells))
+        caps.append(f"{f.plate} {f.well} s{f.site} {row.source} n={int(cells.max())}")
+    if tiles:
+        qc.write_png(path, qc.contact_sheet(tiles, caps))

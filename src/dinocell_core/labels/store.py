@@ -1,0 +1,332 @@
+"""The labels store: per-field nuclei and cell masks for a CPJUMP1 tree, kept beside it (never inside it).
+
+Contract (docs/labels.md)::
+
+    LABELS/labels.csv       plate, well, site, nuclei, cells, source   (paths relative to LABELS)
+    LABELS/manifest.json    format, version, method, params, source root, counts
+    LABELS/<plate folder>/r01c01f01p01_nuclei.tiff   LZW label TIFFs (uint16, uint32 past 65,534 objects)
+    LABELS/<plate folder>/r01c01f01p01_cells.tiff    same ids as the nuclei (cell i holds nucleus i)
+
+``source`` is ``auto`` (made by ``jump label``), ``imported`` (made elsewhere) or ``corrected`` (edited by a
+person). A field has at most one row per source; corrections are written to ``*_nuclei.corrected.tiff`` /
+``*_cells.corrected.tiff`` so the automatic masks stay, and readers prefer corrected > imported > auto.
+Every write is atomic (mask files first, then the CSV), so a crash never leaves a row pointing at a half file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
+from dinocell_core.jump.index import Field, well_row_col
+
+LABELS_CSV = "labels.csv"
+MANIFEST = "manifest.json"
+COLUMNS = ("plate", "well", "site", "nuclei", "cells", "source")
+SOURCES = ("auto", "imported", "corrected")
+PREFERENCE = ("corrected", "imported", "auto")
+KINDS = ("nuclei", "cells")
+FORMAT = "dinocell-labels"
+FORMAT_VERSION = 1
+GROUND_TRUTH_DIR = "ground_truth"  # where the synthetic fixture keeps its true masks (a labels store)
+SOURCE_PREFIX = Path("cpg0000-jump-pilot") / "source_4"
+
+
+class LabelsError(DinocellError):
+    """A labels store (or a mask in it) is unusable; the message names the file and says why."""
+
+
+FieldKey = tuple[str, str, int]  # (plate folder, well, site)
+
+
+def field_prefix(well: str, site: int) -> str:
+    """The image-name prefix of a field: ``A01``, site 1 → ``r01c01f01p01``."""
+    r, c = well_row_col(well)
+    return f"r{r:02d}c{c:02d}f{site:02d}p01"
+
+
+def field_key(field: Field) -> FieldKey:
+    return (field.plate_folder, field.well, field.site)
+
+
+def mask_paths(plate_folder: str, well: str, site: int, source: str) -> tuple[str, str]:
+    """Relative paths of a field's two masks for ``source`` (corrections get their own files)."""
+    if source not in SOURCES:
+        raise LabelsError(f"label source must be one of {', '.join(SOURCES)}, not {source!r}")
+    tag = ".corrected" if source == "corrected" else ""
+    stem = f"{plate_folder}/{field_prefix(well, site)}"
+    return f"{stem}_nuclei{tag}.tiff", f"{stem}_cells{tag}.tiff"
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    plate: str
+    well: str
+    site: int
+    nuclei: str
+    cells: str
+    source: str
+
+    @property
+    def plate_folder(self) -> str:
+        return self.nuclei.split("/", 1)[0]
+
+    @property
+    def key(self) -> FieldKey:
+        return (self.plate_folder, self.well, self.site)
+
+    def path(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"mask kind must be 'nuclei' or 'cells', not {kind!r}")
+        return self.nuclei if kind == "nuclei" else self.cells
+
+
+def _mask_dtype(labels: np.ndarray) -> np.dtype:
+    return np.dtype(np.uint16) if int(labels.max(initial=0)) < np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+def check_mask(mask: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A 2-D, non-negative integer label image (of ``shape`` when given) as int32, or a LabelsError saying why."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise LabelsError(f"{name}: a mask must be a 2-D label image, got shape {m.shape}")
+    if not np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_:
+        raise LabelsError(f"{name}: a mask must hold integer object ids, got dtype {m.dtype}")
+    if m.size and int(m.min()) < 0:
+        raise LabelsError(f"{name}: a mask must not hold negative ids")
+    if m.size and int(m.max()) > np.iinfo(np.int32).max:
+        raise LabelsError(f"{name}: object ids beyond int32")
+    if shape is not None and tuple(m.shape) != tuple(shape):
+        raise LabelsError(f"{name}: mask shape {tuple(m.shape)} differs from the field's image shape {tuple(shape)}")
+    return m.astype(np.int32, copy=False)
+
+
+class LabelStore:
+    """Read and write one labels store (thread-safe within a process: napari saves from a worker thread)."""
+
+    def __init__(self, root: str | os.PathLike[str], rows: Iterable[LabelRow] = (),
+                 manifest: dict[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.manifest: dict[str, Any] = dict(manifest or {})
+        self._rows: dict[tuple[FieldKey, str], LabelRow] = {}
+        self._lock = threading.Lock()
+        for row in rows:
+            self._rows[(row.key, row.source)] = row
+
+    # ------------------------------------------------------------------------------------------ open / create
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> LabelStore:
+        """An existing store; a missing or malformed labels.csv / manifest.json is a LabelsError naming it."""
+        root = Path(root)
+        csv_path = root / LABELS_CSV
+        if not csv_path.is_file():
+            raise LabelsError(f"{root}: not a labels store ({LABELS_CSV} missing; make one with "
+                              "`dinocell-core jump label ROOT -o LABELS`)")
+        manifest: dict[str, Any] = {}
+        if (root / MANIFEST).is_file():
+            try:
+                manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise LabelsError(f"{root / MANIFEST}: cannot read the manifest ({exc})") from None
+            if manifest.get("format") != FORMAT:
+                raise LabelsError(f"{root / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        return cls(root, _read_rows(csv_path), manifest)
+
+    @classmethod
+    def open_or_create(cls, root: str | os.PathLike[str], manifest: dict[str, Any]) -> LabelStore:
+        """Open ``root`` when it is a store (resume), else start an empty one with ``manifest``."""
+        root = Path(root)
+        if (root / LABELS_CSV).is_file():
+            store = cls.open(root)
+            store.manifest.update({k: v for k, v in manifest.items() if k not in store.manifest})
+            return store
+        if root.exists() and any(root.iterdir()):
+            raise LabelsError(f"{root}: folder exists, is not empty and holds no {LABELS_CSV}; choose an empty "
+                              "or new folder for the labels store")
+        store = cls(root, (), {"format": FORMAT, "version": FORMAT_VERSION,
+                               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest})
+        store.flush()
+        return store
+
+    # ----------------------------------------------------------------------------------------------- reading
+    @property
+    def rows(self) -> list[LabelRow]:
+        with self._lock:
+            return sorted(self._rows.values(), key=_row_order)
+
+    def get(self, key: FieldKey, source: str) -> LabelRow | None:
+        with self._lock:
+            return self._rows.get((key, source))
+
+    def best(self, key: FieldKey, corrected_only: bool = False) -> LabelRow | None:
+        """The preferred row of a field: corrected, else imported, else auto (``corrected_only``: corrected or None)."""
+        for source in ("corrected",) if corrected_only else PREFERENCE:
+            row = self.get(key, source)
+            if row is not None:
+                return row
+        return None
+
+    def keys(self) -> set[FieldKey]:
+        with self._lock:
+            return {k for k, _ in self._rows}
+
+    def read(self, row: LabelRow, kind: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """One mask as int32, checked (2-D, integer, non-negative, ``shape`` when given)."""
+        from dinocell_core.io.tiffio import BadImageError, read_tiff
+
+        path = self.root / row.path(kind)
+        try:
+            arr = read_tiff(path)
+        except BadImageError as exc:
+            raise LabelsError(f"{path}: {exc.reason} (listed in {self.root / LABELS_CSV})") from None
+        return check_mask(arr, str(path), shape)
+
+    def read_pair(self, row: LabelRow, shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        nuclei = self.read(row, "nuclei", shape)
+        return nuclei, self.read(row, "cells", nuclei.shape)
+
+    def match(self, fields: Sequence[Field], corrected_only: bool = False,
+              tree: str = "the tree") -> list[tuple[Field, LabelRow]]:
+        """Fields of ``fields`` that have labels, each with its preferred row; corrected fields first.
+
+        A store that matches none of the fields (another plate layout, another tree) is a LabelsError that lists
+        both sides' plate folders, so the mix-up is visible."""
+        pairs = []
+        for f in fields:
+            row = self.best(field_key(f), corrected_only)
+            if row is not None:
+                pairs.append((f, row))
+        if not pairs:
+            what = "corrected labels" if corrected_only else "labels"
+            mine = sorted({k[0] for k in self.keys()})
+            theirs = sorted({f.plate_folder for f in fields})
+            raise LabelsError(f"labels store {self.root} has no {what} for any of the {len(fields)} fields of "
+                              f"{tree}: the store's plate folders are {_few(mine)}, the tree's are {_few(theirs)} "
+                              f"(same plates? same wells and sites?)")
+        pairs.sort(key=lambda p: (p[1].source != "corrected", _row_order(p[1])))
+        return pairs
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            out = {s: 0 for s in SOURCES}
+            for _, source in self._rows:
+                out[source] += 1
+            out["fields"] = len({k for k, _ in self._rows})
+            return out
+
+    # ----------------------------------------------------------------------------------------------- writing
+    def write_field(self, field: Field, nuclei: np.ndarray, cells: np.ndarray, source: str,
+                    flush: bool = True) -> LabelRow:
+        """Write a field's masks for ``source`` (atomic TIFFs, then the CSV unless ``flush=False``)."""
+        nuc = check_mask(nuclei, f"{field.key} nuclei")
+        cel = check_mask(cells, f"{field.key} cells", nuc.shape)
+        rel_n, rel_c = mask_paths(field.plate_folder, field.well, field.site, source)
+        write_mask(self.root / rel_n, nuc)
+        write_mask(self.root / rel_c, cel)
+        row = LabelRow(field.plate, field.well, field.site, rel_n, rel_c, source)
+        self.add(row, flush=flush)
+        return row
+
+    def add(self, row: LabelRow, flush: bool = True) -> None:
+        with self._lock:
+            self._rows[(row.key, row.source)] = row
+        if flush:
+            self.flush()
+
+    def remove(self, key: FieldKey, source: str) -> None:
+        """Forget one row (its files stay; the next flush rewrites the CSV)."""
+        with self._lock:
+            self._rows.pop((key, source), None)
+
+    def flush(self) -> None:
+        """labels.csv and manifest.json, atomically (counts refreshed)."""
+        rows = self.rows
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([r.plate, r.well, r.site, r.nuclei, r.cells, r.source])
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.root / LABELS_CSV, buf.getvalue().encode("utf-8"))
+            self.manifest["counts"] = {**self.manifest.get("counts", {}), **_counts(rows)}
+            self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            atomic_write_json(self.root / MANIFEST, self.manifest)
+
+
+def write_mask(path: Path, labels: np.ndarray) -> None:
+    """One label TIFF, LZW, written atomically (uint16 when the ids fit)."""
+    from dinocell_core.io.tiffio import write_tiff
+
+    with atomic_path(path) as tmp:
+        write_tiff(tmp, np.ascontiguousarray(labels.astype(_mask_dtype(labels), copy=False)))
+
+
+def _counts(rows: Sequence[LabelRow]) -> dict[str, int]:
+    out = {s: 0 for s in SOURCES}
+    for r in rows:
+        out[r.source] += 1
+    out["fields"] = len({r.key for r in rows})
+    return out
+
+
+def _row_order(r: LabelRow) -> tuple[str, int, int, int, str]:
+    row, col = well_row_col(r.well)
+    return (r.plate_folder, row, col, r.site, r.source)
+
+
+def _few(items: Sequence[str], n: int = 3) -> str:
+    if not items:
+        return "none"
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _read_rows(path: Path) -> list[LabelRow]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise LabelsError(f"{path}: columns {', '.join(missing)} missing (a labels.csv has "
+                                  f"{', '.join(COLUMNS)})")
+            rows = []
+            for i, rec in enumerate(reader, start=2):
+                try:
+                    row = LabelRow(rec["plate"], rec["well"], int(rec["site"]), rec["nuclei"], rec["cells"],
+                                   rec["source"])
+                    well_row_col(row.well)
+                except (ValueError, TypeError, IndexError):
+                    raise LabelsError(f"{path} line {i}: bad plate/well/site {rec!r}") from None
+                if row.source not in SOURCES:
+                    raise LabelsError(f"{path} line {i}: source {row.source!r} is not one of {', '.join(SOURCES)}")
+                for rel in (row.nuclei, row.cells):
+                    if os.path.isabs(rel) or ".." in Path(rel).parts or "/" not in rel:
+                        raise LabelsError(f"{path} line {i}: mask path {rel!r} must be <plate folder>/<file> "
+                                          "relative to the store")
+                rows.append(row)
+            return rows
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read ({exc})") from None
+
+
+def find_labels_root(path: str | os.PathLike[str]) -> Path:
+    """The default store of a tree: ``ground_truth/`` (the fixture's true masks) under the tree or its source root."""
+    p = Path(path)
+    for cand in (p / GROUND_TRUTH_DIR, p / SOURCE_PREFIX / GROUND_TRUTH_DIR):
+        if (cand / LABELS_CSV).is_file():
+            return cand
+    raise FileNotFoundError(f"no labels store given and none at {p / GROUND_TRUTH_DIR} or "
+                            f"{p / SOURCE_PREFIX / GROUND_TRUTH_DIR}: set data.labels to a store made by "
+                            "`dinocell-core jump label ROOT -o LABELS`")
