@@ -28,8 +28,8 @@ from scipy import ndimage as ndi
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes
 from dinocell_core.io.tiffio import write_tiff
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, FLUORESCENT
-from dinocell_core.jump.index import Field, file_name, well_name
-from dinocell_core.labels.store import GROUND_TRUTH_DIR, SOURCE_PREFIX, LabelStore
+from dinocell_core.jump.index import SOURCE_PREFIX, Field, file_name, well_name
+from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore
 
 PHENOTYPES = ("large_sparse", "small_dense")
 SOURCE = SOURCE_PREFIX

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^r(\d{2})c(\d{2})f(\d{2})p(\d{2})-ch(\d+)sk(\d+)fk(\d+)fl(\d+)\.tiff$")
 S3_GALLERY = "s3://cellpainting-gallery/"
+SOURCE_PREFIX = Path("cpg0000-jump-pilot") / "source_4"  # CPJUMP1 inside the gallery (and the fixture)
 INDEX_COLUMNS: tuple[str, ...] = ("plate", "well", "site", *(f"ch{c}" for c in ALL_CHANNELS),
                                   "batch", "plate_folder", "sk")
 

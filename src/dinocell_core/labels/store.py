@@ -30,7 +30,7 @@ import numpy as np
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
-from dinocell_core.jump.index import Field, well_row_col
+from dinocell_core.jump.index import SOURCE_PREFIX, Field, well_row_col
 
 LABELS_CSV = "labels.csv"
 MANIFEST = "manifest.json"
@@ -41,7 +41,6 @@ KINDS = ("nuclei", "cells")
 FORMAT = "dinocell-labels"
 FORMAT_VERSION = 1
 GROUND_TRUTH_DIR = "ground_truth"  # where the synthetic fixture keeps its true masks (a labels store)
-SOURCE_PREFIX = Path("cpg0000-jump-pilot") / "source_4"
 
 
 class LabelsError(DinocellError):

@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
-from dinocell_core.jump.index import Field
+from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode
+from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.table import ProfileError
 
 TOKENS = ("cls", "mean_patch", "cls+mean_patch")
 AGGREGATIONS = ("mean", "median")
 DNA = 5
-FMEAN = "fluorescent_mean"
 EACH = "each"
 
 
@@ -68,16 +67,16 @@ class EmbedSettings:
     def views(self) -> list[tuple[str, tuple[int, ...]]]:
         """(view name, channels averaged into it)."""
         c = self.channels.strip()
-        if c == FMEAN:
-            return [("fmean", tuple(FLUORESCENT))]
         if c == EACH:
             return [(CHANNELS[ch], (ch,)) for ch in FLUORESCENT]
-        if c.startswith("channel:"):
-            try:
-                ch = channel_number(c.split(":", 1)[1])
-            except ValueError as exc:
-                raise ProfileError(str(exc)) from None
-            return [(CHANNELS[ch], (ch,))]
+        try:
+            mode = ChannelMode.parse(c)
+        except ValueError as exc:
+            raise ProfileError(f"channels: {exc} (or each)") from None
+        if mode.kind == FMEAN:
+            return [("fmean", tuple(FLUORESCENT))]
+        if mode.kind == "channel":
+            return [(CHANNELS[mode.channel], (mode.channel,))]
         raise ProfileError(f"channels must be fluorescent_mean, each or channel:N, got {self.channels!r}")
 
     def fingerprint(self) -> str:
@@ -343,8 +342,6 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
 
 def find_metadata_dir(root: str) -> Path | None:
     """``workspace/metadata`` of a local CPJUMP1 source (or of the fixture root's ``source_4``)."""
-    from dinocell_core.jump.ground_truth import SOURCE_PREFIX
-
     if "://" in root:
         return None
     for cand in (Path(root) / "workspace" / "metadata", Path(root) / SOURCE_PREFIX / "workspace" / "metadata"):
