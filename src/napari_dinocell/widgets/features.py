@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from dinocell_core.features import FeaturePCA, backbone_from_weights, iter_feature_pca
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import LayerCombo, PathEdit
+from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout
+from napari_dinocell.widgets.job_progress import JobProgress
 
 FROM_CHECKPOINT = "from checkpoint"
 ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
@@ -47,7 +48,8 @@ class FeaturesWidget(QWidget):
         self.status = JobStatus()
         self.worker: Any = None
         self.layer_combo = LayerCombo(napari_viewer)
-        self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file")
+        self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file",
+                                settings_key="features/weights")
         self.arch = QComboBox()
         self.arch.addItems(ARCHS)
         self.arch.setToolTip("'from checkpoint': read from the run/checkpoint/export; official .pth needs a choice")
@@ -64,8 +66,7 @@ class FeaturesWidget(QWidget):
         self.device.addItems(["auto", "cpu", "cuda"])
         self.run_btn = QPushButton("Compute PCA features")
         self.run_btn.clicked.connect(self.compute)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.clicked.connect(lambda: self.worker.quit() if self.worker is not None else None)
+        self.progress = JobProgress(self.status, self.cancel, unit="tiles")
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.status.events.message.connect(lambda text: self.message.setText(str(text)))
@@ -77,12 +78,10 @@ class FeaturesWidget(QWidget):
         form.addRow("Patch size", self.patch)
         form.addRow("Tile (px)", self.tile)
         form.addRow("Device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
+        layout.addWidget(self.run_btn)
+        layout.addWidget(self.progress)
         layout.addWidget(self.message)
         layout.addStretch(1)
         self._update_enabled()
@@ -121,10 +120,13 @@ class FeaturesWidget(QWidget):
                                 title="Backbone features", on_returned=show, on_finished=self._finished)
         self._update_enabled()
 
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
     def _finished(self) -> None:
         self.worker = None
         self._update_enabled()
 
     def _update_enabled(self) -> None:
         self.run_btn.setEnabled(self.worker is None)
-        self.cancel_btn.setEnabled(self.worker is not None)
