@@ -79,3 +79,68 @@ def test_runs_widget_missing_folder_is_a_notification(make_napari_viewer, qtbot,
     assert widget.table.rowCount() == 0
     widget.timer.stop()
     qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+
+FAKE_SBATCH = """#!/bin/sh
+# a stand-in for Slurm's sbatch: keeps the submitted script, answers a job id
+cp "$2" "$(dirname "$2")/submitted_$(date +%s%N).sbatch"
+echo 4242
+"""
+
+
+def test_resume_from_runs_widget_keeps_slurm_and_gpu_count(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A 4-GPU Slurm run resumes as a 4-GPU Slurm job with its partition and time limit, not one local process."""
+    from dinocell_core.runs.launch import SlurmOptions, submit_slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    runs_dir = tmp_path / "runs"
+    launched = submit_slurm("pretrain", runs_dir / "big", _Cfg(), gpus=4,
+                            options=SlurmOptions(partition="gpu-a100", time="48:00:00"))
+    run = RunDir(launched.run_dir)
+    run.update_status(state="stopped", step=1000)  # the job ran, checkpointed and stopped
+    (run.path / "job.sbatch").unlink()
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.timer.setInterval(50)
+    widget.set_folder(runs_dir)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    widget.table.selectRow(0)
+    qtbot.waitUntil(lambda: widget.resume_btn.isEnabled(), timeout=5000)
+    widget.resume_btn.click()
+    script = (run.path / "job.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:4" in script and "--nproc_per_node=4" in script
+    assert "#SBATCH --partition=gpu-a100" in script and "#SBATCH --time=48:00:00" in script
+    status = run.read_status()
+    assert status["launcher"] == "slurm" and status["world_size"] == 4 and status["slurm"]["gpus"] == 4
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+
+def test_resume_keeps_the_torchrun_world_size(tmp_path):
+    """A local 2-GPU (torchrun) run resumes under torchrun on the same GPUs: the relaunched command is recorded by
+    a stand-in interpreter (a real subprocess)."""
+    import time
+
+    from dinocell_core.runs.launch import launch_local, resume_run
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $*" >> "$(dirname "$0")/argv.txt"\n')
+    fake_python.chmod(0o755)
+    first = launch_local("pretrain", tmp_path / "run", _Cfg(), gpus=[0, 1], python=str(fake_python))
+    first.process.wait()
+    run = RunDir(first.run_dir)
+    assert run.read_status()["world_size"] == 2
+    deadline = time.time() + 10
+    while run.read_status().get("state") == "running" and time.time() < deadline:
+        time.sleep(0.05)  # the launcher's reaper records how the stand-in ended
+    again = resume_run(run.path, python=str(fake_python))
+    again.process.wait()
+    lines = (tmp_path / "argv.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]
+    assert lines[1].startswith("0,1 -m torch.distributed.run") and "--nproc_per_node=2" in lines[1]
+    assert run.read_status()["launcher"] == "torchrun"
