@@ -1,13 +1,15 @@
 """JUMP browser: pick a CPJUMP1 root, then plate → well → site; the 8 channels are shown as named layers.
 
 Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.index.load_index`; "rescan" refreshes it) and
-TIFF reads run in workers. Switching sites replaces each layer's data in place; a newer site request supersedes
-one still loading.
+TIFF reads run in workers. Switching sites replaces each layer's data in place (keeping each channel's contrast);
+a newer site request supersedes one still loading. The browser updates only layers it added itself (see
+:func:`napari_dinocell.layers.upsert_image`): a user's or the sample data's "DNA" layer is left alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,17 +22,18 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
-from dinocell_core.jump.index import Field, load_index
+from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.jump.preprocess import Preprocessor, read_field
 from napari_dinocell.jobs import start_job
-from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
+from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, owned_layer, upsert_image
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import PathEdit, UiSteps
+from napari_dinocell.widgets.common import PathEdit, UiSteps, scroll_layout
+
+OWNER = "jump_browser"
 
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
@@ -55,7 +58,7 @@ class JumpBrowserWidget(QWidget):
         self._reading = False
         self._ui = UiSteps(self)
 
-        self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir")
+        self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir", settings_key="browser/root")
         self.load_btn = QPushButton("Load index")
         self.load_btn.clicked.connect(lambda: self.load_root(self.root.text()))
         self.refresh_box = QCheckBox("rescan")
@@ -76,7 +79,7 @@ class JumpBrowserWidget(QWidget):
         self.prev_btn.clicked.connect(lambda: self.step(-1))
         self.next_btn.clicked.connect(lambda: self.step(+1))
         self.fluor_mean = QCheckBox("add fluorescent-mean layer")
-        self.fluor_mean.toggled.connect(lambda _: self.show_field(self.current))
+        self.fluor_mean.toggled.connect(self._fluor_mean_toggled)
 
         form = QFormLayout()
         form.addRow("Plate", self.plate)
@@ -90,7 +93,7 @@ class JumpBrowserWidget(QWidget):
         self.index_status.events.message.connect(lambda text: self.message.setText(str(text)))
         self.read_status.events.message.connect(lambda text: self.message.setText(str(text)))
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(root_row)
         layout.addLayout(form)
         layout.addLayout(nav)
@@ -113,6 +116,10 @@ class JumpBrowserWidget(QWidget):
     def _index_loaded(self, fields: Sequence[Field]) -> None:
         if not fields:
             raise ValueError(f"no complete CPJUMP1 field found under {self.root.text()}")
+        folder = Path(self.root.text()).name
+        # a plate folder opened on its own: its fields sit at the top, with no plate folder in their path
+        fields = [replace(f, plate=barcode_of(folder), plate_folder=folder) if not f.plate_folder else f
+                  for f in fields]
         self.fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.key))
         self._fill(self.plate, sorted({f.plate for f in self.fields}))
         self.index_status.message = f"{len(self.fields)} fields on {self.plate.count()} plates"
@@ -158,6 +165,18 @@ class JumpBrowserWidget(QWidget):
             if idx != combo.currentIndex():
                 combo.setCurrentIndex(idx)
 
+    def _fluor_mean_toggled(self, checked: bool) -> None:
+        """Ticked: read the field again with its mean; unticked: remove the mean layer (it would go stale)."""
+        if checked:
+            self.show_field(self.current)
+        else:
+            self._remove_fluor_mean()
+
+    def _remove_fluor_mean(self) -> None:
+        layer = owned_layer(self.viewer, OWNER, FLUOR_MEAN_NAME)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
     # ----------------------------------------------------------------------------- loading
     def show_field(self, field: Field | None) -> None:
         if field is None:
@@ -188,7 +207,9 @@ class JumpBrowserWidget(QWidget):
         meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site}
         for i, ch in enumerate(ALL_CHANNELS):
             self._ui.push(partial(self._place, stack[i], channel_layer_kwargs(ch, stack[i], meta)))
-        if mean is not None:
+        if mean is None:
+            self._remove_fluor_mean()
+        else:
             self._ui.push(partial(self._place, mean, {
                 "name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
                 "contrast_limits": contrast_limits(mean), "visible": False,
@@ -198,8 +219,8 @@ class JumpBrowserWidget(QWidget):
     def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
         """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and
         its first draw then freeze the viewer separately, not 8 layers' worth at once)."""
-        new = kwargs["name"] not in self.viewer.layers
-        layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs)
+        new = owned_layer(self.viewer, OWNER, kwargs["name"]) is None
+        layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs, owner=OWNER)
         if new and kwargs.get("visible", True):
             self._ui.show_next(layer)
 
