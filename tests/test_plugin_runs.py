@@ -144,3 +144,49 @@ def test_resume_keeps_the_torchrun_world_size(tmp_path):
     assert len(lines) == 2 and lines[0] == lines[1]
     assert lines[1].startswith("0,1 -m torch.distributed.run") and "--nproc_per_node=2" in lines[1]
     assert run.read_status()["launcher"] == "torchrun"
+
+
+def test_decoder_metrics_on_their_own_axis_and_failure_notification(make_napari_viewer, qtbot, tmp_path,
+                                                                      notifications):
+    """Decoder records: losses per channel on the loss axis, summary validation metrics on a 0–1 axis (no counts
+    such as val_n_gt on the loss scale, no 27-entry legend); a run turning failed raises a notification; the runs
+    folder is remembered for the next session."""
+    run = RunDir(tmp_path / "dec")
+    run.write_config(_Cfg())
+    run.update_status(state="running", kind="decoder", pid=os.getpid())
+    val = {f"val_ap@{t:.2f}": 0.5 for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
+    val.update({f"val_f1@{t:.2f}": 0.6 for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)})
+    val.update(val_ap_mean=0.4, val_seg=0.7, val_det=0.8, val_op_csb=0.75, val_n_images=3, val_n_gt=89)
+    for channel in ("DNA", "Mito"):
+        run.append_metrics({"step": 1, "channel": channel, "loss": 1.0, "lr": 1e-3})
+        run.append_metrics({"step": 2, "channel": channel, "loss": 0.8})
+        run.append_metrics({"step": 2, "channel": channel, **val})
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.timer.setInterval(50)
+    widget.set_folder(tmp_path)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    widget.table.selectRow(0)
+    qtbot.waitUntil(lambda: "Mito val_seg" in widget.series, timeout=5000)
+    loss_lines = {line.get_label() for line in widget.ax.get_lines()}
+    val_lines = {line.get_label() for line in widget.ax_val.get_lines()}
+    assert loss_lines == {"DNA loss", "Mito loss"}
+    assert val_lines == {f"{c} {m}" for c in ("DNA", "Mito") for m in ("ap@0.50", "ap_mean", "f1@0.50", "seg", "det")}
+    assert not any("n_gt" in k or "n_images" in k for k in widget.series)
+    assert widget.ax_val.get_ylim() == (0.0, 1.0)
+
+    run.update_status(state="failed", error="CUDA out of memory")
+    qtbot.waitUntil(lambda: any("dec failed: CUDA out of memory" in m for m in notifications), timeout=5000)
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+    from napari_dinocell.widgets.runs import RunsWidget
+
+    second = RunsWidget(viewer)
+    try:
+        assert second.folder_edit.text() == str(tmp_path)
+    finally:
+        second.timer.stop()
+        qtbot.waitUntil(lambda: not second._polling, timeout=5000)
+        second.deleteLater()
