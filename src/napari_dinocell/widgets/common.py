@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 #: a dock's minimum height: several DINOCell docks stacked must fit a 1000-px-high screen (content scrolls)
-DOCK_MIN_HEIGHT = 160
+DOCK_MIN_HEIGHT = 100
 
 
 def settings() -> QSettings:

@@ -317,8 +317,8 @@ class SegmentWidget(QWidget):
         self._follow_selection()
         self._layer_changed()
         self._update_enabled()
-        if self.models_dir.text():
-            self.scan_models()
+        if self.models_dir.text() and Path(self.models_dir.text()).expanduser().is_dir():
+            self.scan_models()  # the folder remembered from the last session
 
     # ------------------------------------------------------------------------- models
     def scan_models(self, folder: str | None = None) -> None:
