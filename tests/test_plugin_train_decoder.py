@@ -53,3 +53,24 @@ def test_arch_names_match_the_backbone():
     from napari_dinocell.preflight import ARCH_NAMES
 
     assert set(ARCH_NAMES) == set(ARCHS)
+
+
+def test_a_launched_run_that_fails_raises_a_notification(make_napari_viewer, qtbot, tmp_path, notifications,
+                                                         monkeypatch):
+    """Images but no ground-truth masks: the preflight cannot know, the job fails in its first seconds, and the
+    form says so in a notification (not only the Runs widget)."""
+    import shutil
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=0).root
+    for gt in list(root.rglob("ground_truth")):
+        shutil.rmtree(gt)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
+    widget.run_controls.watch_timer.setInterval(200)
+    widget.editors["data.path"].set(str(root))
+    widget.out_dir.set(str(tmp_path / "runs"))
+    widget.run_name.setText("no_masks")
+    assert widget.launch() is not None, widget.message.text()
+    qtbot.waitUntil(lambda: any("run no_masks failed" in m for m in notifications), timeout=120_000)
+    assert "failed" in widget.message.text()
