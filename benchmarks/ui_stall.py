@@ -177,6 +177,26 @@ def measure_browse(app, work: Path, size: int) -> dict[str, dict[str, float]]:
     return phases
 
 
+def measure_sample(app) -> dict[str, dict[str, float]]:
+    """File → Open Sample → the synthetic field: the call, then its layers added one per event-loop turn."""
+    import napari
+
+    from napari_dinocell.sample_data import sample_pending
+
+    viewer = napari.Viewer(show=True)
+    settle(app, 20)
+    meter = StallMeter()
+    meter.start()
+    t0 = time.perf_counter()
+    viewer.open_sample("dinocell", "cell_painting_field")
+    wait_until(app, lambda: not sample_pending() and len(viewer.layers) == 10, 120)
+    wall = time.perf_counter() - t0
+    settle(app)
+    phase = {**meter.stop(), "wall_s": wall}
+    viewer.close()
+    return {"sample data": phase}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=2048)
@@ -194,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         app = get_qapp()
         phases = measure_segment(app, Path(tmp), args)
         phases.update(measure_browse(app, Path(tmp), args.field_size))
+        phases.update(measure_sample(app))
     if display is not None:
         display.stop()
 

@@ -135,6 +135,9 @@ def test_reader_labels_field_selection_and_jump_folders(make_napari_viewer, qtbo
 def test_browser_never_clobbers_user_layers_and_keeps_contrast(make_napari_viewer, qtbot, jump_root):
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")  # the sample's own "DNA" etc. and ground truth
+    from napari_dinocell.sample_data import sample_pending
+
+    qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
     sample_dna = viewer.layers["DNA"]
     sample_data = sample_dna.data.copy()
     n_sample = len(viewer.layers)
@@ -165,9 +168,13 @@ def test_browser_never_clobbers_user_layers_and_keeps_contrast(make_napari_viewe
     assert not any(layer.name == "Fluorescent mean" for layer in viewer.layers)
 
 
-def test_sample_data_field_with_labels(make_napari_viewer):
+def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
+    from napari_dinocell.sample_data import sample_pending
+
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")
+    assert [layer.name for layer in viewer.layers] == ["DNA", "nuclei (ground truth)"]  # at once; the rest follow
+    qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
     names = [layer.name for layer in viewer.layers]
     assert names[:8] == [CHANNELS[c] for c in range(1, 9)]
     assert "nuclei (ground truth)" in names and "cells (ground truth)" in names
