@@ -321,3 +321,42 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     widget.scan_models(str(tmp_path))
     qtbot.waitUntil(lambda: any("no model bundles" in m for m in notifications), timeout=20_000)
     assert "DNA labels" not in viewer.layers
+
+
+def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_dir, tmp_path):
+    """From a JUMP browser layer: every site of the well (then the plate) segmented in the background, one labels
+    TIFF per field equal to Segmenter on that field's file, and a summary CSV."""
+    from dinocell_core.jump.fixture import make_jump_fixture
+
+    info = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=4)
+    viewer = make_napari_viewer()
+    _, browser = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    browser.load_root(str(info.source_root))
+    qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not browser.busy, timeout=20_000)
+    widget = segment_widget(viewer, qtbot, models_dir)
+    widget.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.device.setCurrentText("cpu")
+    results = tmp_path / "results"
+    widget.results_dir.setText(str(results))
+    widget.well_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.state == JobState.DONE, widget.status.message
+    field = browser.current
+    files = sorted(results.glob("*_labels.tiff"))
+    sites = sorted(f.site for f in browser.fields if f.well == field.well)
+    assert [p.name for p in files] == [f"{field.plate}_{field.well}_s{s}_DNA_labels.tiff" for s in sites]
+    seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
+    first = next(f for f in browser.fields if f.well == field.well and f.site == sites[0])
+    image = tifffile.imread(first.path(str(info.source_root), 5))
+    expected = compact(seg.labels(seg.predict_distance(image), widget.peak.value(), widget.fill.value(),
+                                  widget.min_size.value()))
+    np.testing.assert_array_equal(tifffile.imread(files[0]), expected)
+    with open(results / f"{field.plate}_{field.well}_DNA_summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["site"]) for r in rows] == sites
+
+    widget.plate_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.state == JobState.DONE, widget.status.message
+    assert len(list(results.glob("*_labels.tiff"))) == len(browser.fields)
+    assert (results / f"{field.plate}_DNA_summary.csv").exists()

@@ -204,7 +204,8 @@ class JumpBrowserWidget(QWidget):
 
     def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
         field, stack, mean = result
-        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site}
+        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site,
+                "jump_root": self.root.text(), "plate_folder": field.plate_folder}  # for "segment this well/plate"
         for i, ch in enumerate(ALL_CHANNELS):
             self._ui.push(partial(self._place, stack[i], channel_layer_kwargs(ch, stack[i], meta)))
         if mean is None:

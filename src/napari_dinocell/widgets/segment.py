@@ -261,6 +261,12 @@ class SegmentWidget(QWidget):
         self.run_btn.clicked.connect(self.segment_current)
         self.all_btn = QPushButton("Segment all channels of this field")
         self.all_btn.clicked.connect(self.segment_field)
+        self.well_btn = QPushButton("Segment this well → disk")
+        self.plate_btn = QPushButton("Segment this plate → disk")
+        for btn, scope in ((self.well_btn, "well"), (self.plate_btn, "plate")):
+            btn.setToolTip(f"every site of the layer's {scope} (a JUMP browser layer), with this model and these "
+                           "thresholds; labels TIFFs + a summary CSV in the results folder, in the background")
+            btn.clicked.connect(partial(self.segment_batch, scope))
         self.progress = JobProgress(self.status, self.cancel, unit="tiles")
         self.overwrite_btn = QPushButton("Overwrite edited labels")
         self.overwrite_btn.setToolTip("re-threshold and replace the hand-edited labels")
@@ -310,6 +316,10 @@ class SegmentWidget(QWidget):
         layout.addWidget(QLabel("Results"))
         layout.addWidget(self.results_dir)
         layout.addLayout(save_row)
+        batch_row = QHBoxLayout()
+        batch_row.addWidget(self.well_btn)
+        batch_row.addWidget(self.plate_btn)
+        layout.addLayout(batch_row)
         layout.addStretch(1)
 
         self._ui = UiSteps(self)
@@ -459,6 +469,7 @@ class SegmentWidget(QWidget):
         return self.tile.value() or None
 
     def _start(self, tasks: list[SegmentTask]) -> None:
+        self.progress.unit = "tiles"
         self.worker = start_job(segment_job, tasks, self.device.currentText(), self._tile_size(),
                                 self.peak.value(), self.fill.value(), self.min_size.value(), status=self.status,
                                 title="Segmenting", on_returned=self._show_results, on_finished=self._job_finished)
@@ -500,6 +511,36 @@ class SegmentWidget(QWidget):
             return
         show_info(f"segmenting {len(tasks)} channel(s): {', '.join(t.layer_ref().name for t in tasks)}")
         self._start(tasks)
+
+    def segment_batch(self, scope: str) -> None:
+        """Every field of the current (browser) layer's well or plate, written to the results folder."""
+        from napari_dinocell.batch import segment_fields_job
+
+        layer = self.layer_combo.current_layer()
+        info = self.current_bundle()
+        meta = layer.metadata if layer is not None else {}
+        if layer is None or info is None or not meta.get("jump_root") or layer_channel(layer) is None:
+            show_error("choose a JUMP browser channel layer and a model first")
+            return
+        if not self.results_dir.text():
+            show_error("choose a results folder first")
+            return
+        warning = self.mismatch()
+        if warning:
+            show_warning(warning)
+        self.progress.unit = "fields"
+
+        def done(result: Any) -> None:
+            self.status.finish(f"{result.objects} objects in {result.fields} fields → {result.summary}")
+            show_info(self.status.message)
+
+        self.worker = start_job(
+            segment_fields_job, meta["jump_root"], meta["plate_folder"], meta["well"] if scope == "well" else None,
+            layer_channel(layer), Path(info.path), self.device.currentText(), self._tile_size(), self.peak.value(),
+            self.fill.value(), self.min_size.value(), Path(self.results_dir.text()).expanduser(),
+            status=self.status, title=f"Segmenting {meta.get('plate')} {meta['well'] if scope == 'well' else ''}",
+            on_returned=done, on_finished=self._job_finished)
+        self._update_enabled()
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -682,8 +723,8 @@ class SegmentWidget(QWidget):
 
     def _update_enabled(self) -> None:
         busy = self.worker is not None
-        self.run_btn.setEnabled(not busy and bool(self.bundles))
-        self.all_btn.setEnabled(not busy and bool(self.bundles))
+        for btn in (self.run_btn, self.all_btn, self.well_btn, self.plate_btn):
+            btn.setEnabled(not busy and bool(self.bundles))
 
 
 def model_summary(info: BundleInfo) -> str:
