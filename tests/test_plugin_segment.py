@@ -19,7 +19,7 @@ from dinocell_core.seg.bundle import load_bundle, save_bundle
 from dinocell_core.seg.inference import Segmenter
 from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
-from napari_dinocell.widgets.segment import threshold_job
+from napari_dinocell.segment_jobs import threshold_job
 
 
 def add_field(viewer, size: int = 128, seed: int = 2) -> None:

@@ -126,7 +126,7 @@ def start_job(
             status.finish(f"{title}: done")
 
     def errored(exc: BaseException) -> None:
-        message = f"{title} failed: {type(exc).__name__}: {exc}" if not str(exc) else f"{title} failed: {exc}"
+        message = f"{title} failed: {exc}" if str(exc) else f"{title} failed: {type(exc).__name__}"
         status.fail(message)
         show_error(message)
 

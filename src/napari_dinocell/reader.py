@@ -66,7 +66,8 @@ def is_jump_tree(folder: Path) -> bool:
         for d in level:
             try:
                 with os.scandir(d) as it:
-                    subdirs = [Path(e.path) for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+                    subdirs = [Path(e.path) for e in it
+                               if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
             except OSError:
                 continue
             for sub in subdirs:

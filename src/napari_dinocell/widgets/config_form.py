@@ -15,7 +15,16 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from dinocell_core.config import RECIPES, ConfigError, apply_overrides, config_to_dict, load_config, validate_config

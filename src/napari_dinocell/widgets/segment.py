@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,9 +37,16 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
-from dinocell_core.seg.bundle import BundleInfo, list_bundles, load_bundle
-from dinocell_core.seg.distance import compact_labels
-from napari_dinocell.jobs import Progress, start_job
+from dinocell_core.seg.bundle import BundleInfo, list_bundles
+from napari_dinocell.jobs import start_job
+from napari_dinocell.segment_jobs import (
+    SegmentResult,
+    SegmentTask,
+    save_job,
+    segment_fields_job,
+    segment_job,
+    threshold_job,
+)
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, UiSteps, fit_narrow, scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
@@ -95,24 +101,6 @@ def result_stem(source: Any) -> str:
 
 
 @dataclass
-class SegmentTask:
-    layer_ref: weakref.ref
-    image: np.ndarray
-    bundle_path: Path
-    generation: int
-    channel: int | None = None
-
-
-@dataclass
-class SegmentResult:
-    task: SegmentTask
-    segmenter: Any  # a released Segmenter: its labels() is the thresholding step, as in the CLI
-    distance: np.ndarray
-    labels: np.ndarray
-    labels_layer: Labels  # built in the worker: napari's Labels constructor scans the whole array
-
-
-@dataclass
 class Output:
     """The results of one source layer."""
 
@@ -127,75 +115,6 @@ class Output:
     @property
     def stale(self) -> bool:
         return self.distance is None
-
-
-def segment_job(
-    tasks: list[SegmentTask], device: str, tile_size: int | None, peak: float, fill: float, min_size: int
-) -> Generator[Progress, None, list[SegmentResult]]:
-    """Run each task's model over its image; yields tile progress (cancel points) and returns the results.
-
-    The model is released (GPU memory freed) after each task, also when cancelled or failed.
-    """
-    from dinocell_core.seg.inference import Segmenter
-
-    warm_first_labels_layer()
-    results: list[SegmentResult] = []
-    for n, task in enumerate(tasks):
-        segmenter = Segmenter(load_bundle(task.bundle_path), device=device, tile_size=tile_size,
-                              channel=task.channel)
-        try:
-            distance = None
-            for item in segmenter.iter_distance(task.image):
-                if isinstance(item, np.ndarray):
-                    distance = item
-                else:
-                    done, total = item
-                    yield Progress(done, total, f"image {n + 1}/{len(tasks)}: {task.bundle_path.stem}")
-            if distance is None:
-                raise RuntimeError(f"{task.bundle_path.name}: inference produced no distance map")
-        finally:
-            segmenter.release()
-        labels = threshold_job(segmenter, distance, peak, fill, min_size)
-        results.append(SegmentResult(task, segmenter, distance, labels, Labels(labels)))
-    return results
-
-
-def threshold_job(segmenter: Any, distance: np.ndarray, peak: float, fill: float, min_size: int) -> np.ndarray:
-    """Labels from a distance map exactly as ``dinocell-core segment`` writes them."""
-    return compact_labels(segmenter.labels(distance, peak_threshold=peak, fill_threshold=fill, min_size=min_size))
-
-
-def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, stem: str,
-             constants: dict[str, Any], what: str) -> list[Path]:
-    """Write the labels TIFF and/or the per-object CSV of one field (atomically)."""
-    import tifffile
-
-    from dinocell_core.io.fsutil import atomic_path
-    from napari_dinocell.measure import object_table, write_table
-
-    written = []
-    if what in ("labels", "both"):
-        path = folder / f"{stem}_labels.tiff"
-        with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, compact_labels(labels), compression="zlib")
-        written.append(path)
-    if what in ("measurements", "both"):
-        path = folder / f"{stem}_objects.csv"
-        write_table(object_table(labels, intensity), path, constants)
-        written.append(path)
-    return written
-
-
-def warm_first_labels_layer() -> None:
-    """Do here, in the worker, the one-time work napari would do on the GUI thread when the session's first Labels
-    layer is added: lazy imports (pandas alone takes ~0.2 s) and vispy's dash-pattern cache, which the first
-    anti-aliased line (the layer's polygon-tool overlay) fills in ~80 ms of Python loops."""
-    import napari._qt.layer_controls.qt_labels_controls  # noqa: F401
-    import napari._vispy.layers.labels  # noqa: F401
-    import pandas  # noqa: F401
-    from vispy.visuals.line.dash_atlas import DashAtlas
-
-    DashAtlas()
 
 
 class SegmentWidget(QWidget):
@@ -514,8 +433,6 @@ class SegmentWidget(QWidget):
 
     def segment_batch(self, scope: str) -> None:
         """Every field of the current (browser) layer's well or plate, written to the results folder."""
-        from napari_dinocell.batch import segment_fields_job
-
         layer = self.layer_combo.current_layer()
         info = self.current_bundle()
         meta = layer.metadata if layer is not None else {}
