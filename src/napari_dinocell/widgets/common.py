@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QObject, QSettings, QTimer
+from qtpy.QtCore import QObject, QSettings, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -40,19 +40,28 @@ def remember(key: str, value: str) -> None:
     store.sync()
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically only: as wide as its content needs, as short as :data:`DOCK_MIN_HEIGHT`."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        content = self.widget()
+        width = content.minimumSizeHint().width() if content is not None else 0
+        return QSize(width + self.verticalScrollBar().sizeHint().width() + 2, DOCK_MIN_HEIGHT)
+
+
 def scroll_layout(dock: QWidget) -> QVBoxLayout:
     """Give ``dock`` a scroll area and return the layout to fill: the dock then asks for little height, so docks
     stacked in one napari window never push their buttons off a small screen."""
     content = QWidget()
     inner = QVBoxLayout(content)
-    area = QScrollArea()
+    area = _VerticalScroll()
     area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setWidget(content)
     outer = QVBoxLayout(dock)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(area)
-    area.setMinimumHeight(DOCK_MIN_HEIGHT)
     return inner
 
 
