@@ -173,7 +173,7 @@ def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")
-    assert [layer.name for layer in viewer.layers] == ["DNA", "nuclei (ground truth)"]  # at once; the rest follow
+    assert [layer.name for layer in viewer.layers] == ["DNA"]  # at once; the rest follow
     qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
     names = [layer.name for layer in viewer.layers]
     assert names[:8] == [CHANNELS[c] for c in range(1, 9)]

@@ -1,8 +1,8 @@
 """Sample data: a synthetic 8-channel Cell Painting field with its nuclei and cell labels (no download).
 
 napari adds a sample's layers back to back on the GUI thread, ~0.1–0.4 s each (vispy visuals, layer controls),
-so ten layers froze the viewer for seconds. The sample command returns the DNA channel and the nuclei
-ground truth at once and adds the other layers one per event-loop turn, so the viewer keeps drawing meanwhile.
+so ten layers froze the viewer for seconds. The sample command returns the DNA channel at once and adds the other
+layers one per event-loop turn, so the viewer keeps drawing meanwhile (the longest freeze is one layer's).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from napari_dinocell.layers import field_layer_data
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 #: the layers returned to napari directly; the rest follow one per event-loop turn
-FIRST = ("DNA", "nuclei (ground truth)")
+FIRST = ("DNA",)
 _steps: list[Any] = []  # the pending-steps runner (a QObject must outlive this call)
 
 
@@ -32,7 +32,7 @@ def sample_field(size: int = 512, seed: int = 0) -> list[LayerData]:
 
 
 def open_sample_field() -> list[LayerData]:
-    """The napari sample command: DNA + nuclei now, the other layers in field order right after."""
+    """The napari sample command: DNA now, the other layers in field order right after."""
     import napari
 
     from napari_dinocell.widgets.common import UiSteps
