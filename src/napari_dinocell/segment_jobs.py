@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import weakref
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ def segment_job(
                 raise RuntimeError(f"{task.bundle_path.name}: inference produced no distance map")
         finally:
             segmenter.release()
+            # the widget keeps this Segmenter for re-thresholding (labels() needs only the thresholds): drop the
+            # bundle's weights too, or each result would hold a copy of its model in memory
+            segmenter.bundle = replace(segmenter.bundle, state_dict={})
         labels = threshold_job(segmenter, distance, peak, fill, min_size)
         results.append(SegmentResult(task, segmenter, distance, labels, Labels(labels)))
     return results
