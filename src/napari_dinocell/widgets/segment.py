@@ -127,7 +127,8 @@ class SegmentWidget(QWidget):
         self.bundles: list[BundleInfo] = []
         self.worker: Any = None
         self.outputs: dict[int, Output] = {}  # id(source layer) → its results
-        self._generation: dict[int, int] = {}  # id(source layer) → data generation
+        # id(source layer) → (the layer, its data generation); the weakref tells a recycled id from the layer
+        self._generation: dict[int, tuple[weakref.ref, int]] = {}
         self._thresholding = False
         self._threshold_again = False
         self._debounce = QTimer(self)
@@ -361,15 +362,16 @@ class SegmentWidget(QWidget):
     def generation(self, layer: Any) -> int:
         """The layer's data generation; starts watching its ``data`` event on first use."""
         key = id(layer)
-        if key not in self._generation:
-            self._generation[key] = 0
+        entry = self._generation.get(key)
+        if entry is None or entry[0]() is not layer:
+            entry = self._generation[key] = (weakref.ref(layer), 0)
             layer.events.data.connect(self._source_data_changed)
-        return self._generation[key]
+        return entry[1]
 
     def _source_data_changed(self, event: Any) -> None:
         layer = event.source
         key = id(layer)
-        self._generation[key] = self._generation.get(key, 0) + 1
+        self._generation[key] = (weakref.ref(layer), self.generation(layer) + 1)
         out = self.outputs.get(key)
         if out is not None and out.source() is layer and not out.stale:
             self._mark_stale(out, layer)
