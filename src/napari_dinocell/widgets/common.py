@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QObject, QSettings, QSize, Qt, QTimer
+from qtpy.QtCore import QObject, QSettings, QSize, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 
 #: a dock's minimum height: several DINOCell docks stacked must fit a 1000-px-high screen (content scrolls)
 DOCK_MIN_HEIGHT = 100
+DOCK_MAX_MIN_WIDTH = 480
 
 
 def settings() -> QSettings:
@@ -41,12 +42,20 @@ def remember(key: str, value: str) -> None:
 
 
 class _VerticalScroll(QScrollArea):
-    """Scrolls vertically only: as wide as its content needs, as short as :data:`DOCK_MIN_HEIGHT`."""
+    """Scrolls vertically; as short as :data:`DOCK_MIN_HEIGHT`, and at least as wide as its content needs (up to
+    :data:`DOCK_MAX_MIN_WIDTH`; beyond that a horizontal scroll bar rather than clipped buttons)."""
 
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+    def _content_width(self) -> int:
         content = self.widget()
         width = content.minimumSizeHint().width() if content is not None else 0
-        return QSize(width + self.verticalScrollBar().sizeHint().width() + 2, DOCK_MIN_HEIGHT)
+        return min(width + self.verticalScrollBar().sizeHint().width() + 4, DOCK_MAX_MIN_WIDTH)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(self._content_width(), DOCK_MIN_HEIGHT)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self.setMinimumWidth(self._content_width())  # a dock sized before its content was filled in grows now
+        super().showEvent(event)
 
 
 def scroll_layout(dock: QWidget) -> QVBoxLayout:
@@ -56,7 +65,6 @@ def scroll_layout(dock: QWidget) -> QVBoxLayout:
     inner = QVBoxLayout(content)
     area = _VerticalScroll()
     area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setWidget(content)
     outer = QVBoxLayout(dock)
