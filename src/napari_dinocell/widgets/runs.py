@@ -366,6 +366,9 @@ class RunsWidget(QWidget):
         self.ax.set_xlabel("step")
         self.ax.set_ylabel("loss")
         self.ax.grid(alpha=0.3)
+        self.ax_val.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
+        self.ax_val.yaxis.set_label_position("right")
+        self.ax_val.patch.set_visible(False)
         self.ax_val.set_ylabel("validation (0–1)")
         self.ax_val.set_ylim(0.0, 1.0)
         self.ax_val.set_visible(False)
