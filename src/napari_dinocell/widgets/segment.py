@@ -524,7 +524,8 @@ class SegmentWidget(QWidget):
             layer = prebuilt
             for attr, value in kwargs.items():
                 setattr(layer, attr, value)
-            layer.contour = 2 if self.outlines.isChecked() else 0
+            if self.outlines.isChecked():  # the setter refreshes the layer: not for nothing on the GUI thread
+                layer.contour = 2
             self.viewer.add_layer(layer)
             layer.events.paint.connect(self._labels_edited)
         else:
