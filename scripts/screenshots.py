@@ -60,6 +60,14 @@ def new_viewer(title: str):
     return viewer
 
 
+def open_sample(viewer) -> None:
+    """The sample field; its layers after the first two arrive one per event-loop turn."""
+    from napari_dinocell.sample_data import sample_pending
+
+    viewer.open_sample("dinocell", "cell_painting_field")
+    wait_until(lambda: not sample_pending(), 60, "the sample layers")
+
+
 def save(viewer, out: Path, name: str) -> Path:
     """Full-window grab (docks included) as a 256-colour PNG (~3× smaller, docs stay light); refuses to write a
     black frame."""
@@ -93,7 +101,7 @@ def shot_browser(out: Path, work: Path) -> None:
 
 def shot_sample(out: Path) -> None:
     viewer = new_viewer("DINOCell — sample data")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     save(viewer, out, "sample_data")
     viewer.close()
 
@@ -108,7 +116,7 @@ def fixture_root(work: Path) -> Path:
 def edit_advanced(widget, values: dict) -> None:
     import yaml
 
-    from napari_dinocell.widgets.config_form import set_nested
+    from napari_dinocell.config_dict import set_nested
 
     data = yaml.safe_load(widget.advanced.toPlainText()) or {}
     for key, value in values.items():
@@ -129,7 +137,7 @@ def shot_pretrain_and_runs(out: Path, work: Path) -> None:
     root = fixture_root(work)
     shutil.rmtree(pretrain_run(work), ignore_errors=True)
     viewer = new_viewer("DINOCell — Pretrain")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Pretrain")
     widget.defaults_combo.setCurrentIndex(widget.defaults_combo.findText("pretrain_demo.yaml"))
     widget.editors["data.root"].set(str(root))
@@ -146,7 +154,7 @@ def shot_pretrain_and_runs(out: Path, work: Path) -> None:
 
     run = RunDir(pretrain_run(work))
     viewer = new_viewer("DINOCell — Runs")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     _, runs = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
     runs.timer.setInterval(200)
     runs.set_folder(run.path.parent)
@@ -165,7 +173,7 @@ def shot_pretrain_and_runs(out: Path, work: Path) -> None:
 
 def shot_train_decoder(out: Path, work: Path) -> None:
     viewer = new_viewer("DINOCell — Train decoder")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
     widget.editors["data.path"].set(str(fixture_root(work)))
     widget.editors["backbone.weights"].set(str(pretrain_run(work)))
@@ -197,7 +205,7 @@ def train_models(work: Path) -> Path:
 def shot_segment(out: Path, work: Path) -> None:
     models = train_models(work)
     viewer = new_viewer("DINOCell — Segment")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     for layer in viewer.layers:
         layer.visible = layer.name == "DNA"
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
@@ -205,10 +213,27 @@ def shot_segment(out: Path, work: Path) -> None:
     wait_until(lambda: widget.model_combo.count() == 1, 60, "the models list")
     widget.layer_combo.set_layer(viewer.layers["DNA"])
     widget.device.setCurrentText("cpu")
+    widget.outlines.setChecked(True)
     widget.run_btn.click()
     wait_until(lambda: widget.worker is None and not widget.showing, 600, "segmentation")
-    viewer.layers["DNA labels"].contour = 1
     save(viewer, out, "segment")
+    viewer.close()
+
+
+def shot_runs_decoder(out: Path, work: Path) -> None:
+    """The decoder run of the segment shot in the Runs widget: losses, and validation metrics on their own axis."""
+    train_models(work)
+    viewer = new_viewer("DINOCell — Runs (decoder)")
+    _, runs = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    runs.timer.setInterval(200)
+    runs.set_folder(work)
+    wait_until(lambda: any(r.info.name == "decoder_run" for r in runs.rows), 60, "the decoder run in the table")
+    runs.select_run(work / "decoder_run")
+    wait_until(lambda: bool(runs.ax_val.get_lines()), 60, "validation metrics")
+    pump(1.0)
+    save(viewer, out, "runs_decoder")
+    runs.timer.stop()
+    wait_until(lambda: not runs._polling, 30, "the last poll")
     viewer.close()
 
 
@@ -217,7 +242,7 @@ def shot_features(out: Path, work: Path) -> None:
     if not (run / "checkpoints").is_dir():
         raise RuntimeError(f"{run} has no checkpoint: make the 'runs' screenshot first")
     viewer = new_viewer("DINOCell — Backbone features")
-    viewer.open_sample("dinocell", "cell_painting_field")
+    open_sample(viewer)
     for layer in viewer.layers:
         layer.visible = layer.name == "DNA"
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Backbone features")
@@ -239,6 +264,7 @@ SHOTS: dict[str, Callable[[Path, Path], None]] = {
     "train_decoder": shot_train_decoder,
     "features": shot_features,
     "segment": shot_segment,
+    "runs_decoder": shot_runs_decoder,
     "jump_browser": shot_browser,
     "sample_data": lambda out, work: shot_sample(out),
 }

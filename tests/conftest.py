@@ -29,3 +29,36 @@ def notifications():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+DECODER_DEMO = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """DNA and Mito decoder bundles from a few steps on the fixture (the segmentation API, ~10 s on 2 cores)."""
+    from dinocell_core.config import load_config
+    from dinocell_core.seg.config import DecoderConfig
+    from dinocell_core.seg.train import run_decoder_training
+
+    base = tmp_path_factory.mktemp("seg_models")
+    root = make_jump_fixture(base / "fx", plates=1, wells=2, sites=2, size=96, seed=0).root
+    models = base / "models"
+    cfg = load_config(DecoderConfig, DECODER_DEMO, [
+        f"data.path={root}", "channels=[DNA, Mito]", "train.steps=6", "train.tile_size=32", "train.eval_every=6",
+        "train.batch_size=2", "inference.overlap=8", "data.max_images=4", f"models_dir={models}"])
+    run_decoder_training(cfg, base / "run")
+    return models
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path_factory, monkeypatch):
+    """The plugin's remembered folders (QSettings) go to a per-test folder, never the user's config."""
+    try:
+        from qtpy.QtCore import QSettings
+    except Exception:  # noqa: BLE001 (core-only installs have no Qt: nothing to isolate)
+        yield
+        return
+    folder = tmp_path_factory.mktemp("qsettings")
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    yield

@@ -89,13 +89,92 @@ def test_reader_opens_whole_field_and_plain_tiff(make_napari_viewer, jump_root, 
     (layer,) = viewer.open(str(plain), plugin="dinocell")
     assert layer.name == "plain" and layer.data.shape == (64, 64)
 
-    folder_layers = viewer.open(str(images.parent), plugin="dinocell")
+    assert viewer.open(str(one), plugin="dinocell") == []  # that field is open already: not twice
+    viewer.layers.clear()
+    folder_layers = viewer.open(str(images), plugin="dinocell")  # an Images folder: its first field
     assert len(folder_layers) == 8
 
 
-def test_sample_data_field_with_labels(make_napari_viewer):
+def test_reader_labels_field_selection_and_jump_folders(make_napari_viewer, qtbot, jump_root, tmp_path):
+    viewer = make_napari_viewer()
+    # label TIFFs (the CLI's *_labels.tiff, ground-truth masks) open as Labels
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:20, 10:20] = 1
+    tifffile.imwrite(tmp_path / "field_labels.tiff", labels)
+    (layer,) = viewer.open(str(tmp_path / "field_labels.tiff"), plugin="dinocell")
+    assert layer.__class__.__name__ == "Labels"
+    gt = next(jump_root.source_root.rglob("*_nuclei.tiff"))
+    (gt_layer,) = viewer.open(str(gt), plugin="dinocell")
+    assert gt_layer.__class__.__name__ == "Labels" and gt_layer.data.max() > 0
+
+    # a field's 8 channel files selected together: one field, not 8 × 8 layers
+    images = next(jump_root.source_root.rglob("Images"))
+    first = sorted(images.glob("*.tiff"))[0].name.split("-ch")[0]
+    files = sorted(str(p) for p in images.glob(f"{first}-ch*.tiff"))
+    assert len(files) == 8
+    n_before = len(viewer.layers)
+    viewer.open(files, plugin="dinocell")
+    assert len(viewer.layers) == n_before + 8
+    assert [layer.name for layer in list(viewer.layers)[-8:]] == NAMES
+
+    # a CPJUMP1 root folder and a plate folder open the JUMP browser on them
+    viewer.open(str(jump_root.source_root), plugin="dinocell")
+    docks = dict(viewer.window.dock_widgets)
+    browser = next(w for w in docks.values() if hasattr(w, "load_root"))
+    qtbot.waitUntil(lambda: bool(browser.fields) and not browser.busy, timeout=20_000)
+    assert browser.plate.count() == 2 and browser.root.text() == str(jump_root.source_root)
+    plate_folder = images.parent
+    viewer.open(str(plate_folder), plugin="dinocell")
+    qtbot.waitUntil(lambda: browser.plate.count() == 1 and not browser.index_status.busy and not browser.busy,
+                    timeout=20_000)
+    assert browser.root.text() == str(plate_folder)
+    assert browser.plate.currentText() == plate_folder.name.split("__")[0]
+    assert {f.plate_folder for f in browser.fields} == {plate_folder.name}
+
+
+def test_browser_never_clobbers_user_layers_and_keeps_contrast(make_napari_viewer, qtbot, jump_root):
+    viewer = make_napari_viewer()
+    viewer.open_sample("dinocell", "cell_painting_field")  # the sample's own "DNA" etc. and ground truth
+    from napari_dinocell.sample_data import sample_pending
+
+    qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
+    sample_dna = viewer.layers["DNA"]
+    sample_data = sample_dna.data.copy()
+    n_sample = len(viewer.layers)
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    widget.refresh_box.setChecked(True)
+    widget.load_root(str(jump_root.source_root))
+    qtbot.waitUntil(lambda: len(viewer.layers) == n_sample + 8 and not widget.busy, timeout=20_000)
+    np.testing.assert_array_equal(sample_dna.data, sample_data)  # untouched
+    ours = [layer for layer in viewer.layers if layer.metadata.get("dinocell_owner") == "jump_browser"]
+    assert len(ours) == 8 and sample_dna not in ours
+    browser_dna = next(layer for layer in ours if layer.metadata["channel"] == 5)
+    assert browser_dna.name == "DNA [1]"
+
+    # per-channel contrast survives a site change; only the browser's layers change
+    browser_dna.contrast_limits = (11.0, 555.0)
+    widget.next_btn.click()
+    qtbot.waitUntil(lambda: widget.current.site == 2 and not widget.busy, timeout=20_000)
+    assert tuple(browser_dna.contrast_limits) == (11.0, 555.0)
+    np.testing.assert_array_equal(browser_dna.data, tifffile.imread(widget.current.path(str(jump_root.source_root), 5)))
+    np.testing.assert_array_equal(sample_dna.data, sample_data)
+    assert len(viewer.layers) == n_sample + 8
+
+    # the fluorescent mean is removed when unticked (it would go stale)
+    widget.fluor_mean.setChecked(True)
+    qtbot.waitUntil(lambda: any(layer.name == "Fluorescent mean" for layer in viewer.layers) and not widget.busy,
+                    timeout=20_000)
+    widget.fluor_mean.setChecked(False)
+    assert not any(layer.name == "Fluorescent mean" for layer in viewer.layers)
+
+
+def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
+    from napari_dinocell.sample_data import sample_pending
+
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")
+    assert [layer.name for layer in viewer.layers] == ["DNA"]  # at once; the rest follow
+    qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
     names = [layer.name for layer in viewer.layers]
     assert names[:8] == [CHANNELS[c] for c in range(1, 9)]
     assert "nuclei (ground truth)" in names and "cells (ground truth)" in names

@@ -50,6 +50,16 @@ def test_pca_layer_for_a_checkpoint_and_errors(make_napari_viewer, qtbot, tiny_r
     qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy, timeout=60_000)
     assert "DNA PCA · random init" in viewer.layers and "DNA PCA · tiny_run" in viewer.layers
 
+    # the image changes (next site): its PCA layers are marked stale; a re-run updates the same layer
+    pca = viewer.layers["DNA PCA · tiny_run"]
+    viewer.layers["DNA"].data = sample_field(size=128, seed=7)[4][0]
+    assert pca.name == "DNA PCA · tiny_run [stale]" and not pca.visible
+    widget.weights.setText(str(tiny_run))
+    widget.arch.setCurrentText("from checkpoint")
+    widget.run_btn.click()
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy, timeout=60_000)
+    assert viewer.layers["DNA PCA · tiny_run"] is pca and pca.visible
+
     # a file that is not a checkpoint: a notification, no layer
     bogus = tmp_path / "weights.safetensors"
     bogus.write_bytes(b"not a checkpoint")

@@ -11,7 +11,7 @@ import yaml
 from dinocell_core.io.checkpoint import CheckpointManager, load_state
 from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.runs.rundir import RunDir, read_metrics
-from napari_dinocell.widgets.config_form import set_nested
+from napari_dinocell.config_dict import set_nested
 
 LOSS_TERMS = {"loss_total", "loss_dino", "loss_dino_local", "loss_dino_global", "loss_ibot", "loss_koleo"}
 #: the demo recipe shrunk for a 2-core CI box (as tests/test_pretrain.py): 2 blocks, 32-px globals, small heads
@@ -66,7 +66,7 @@ def close_runs(runs, qtbot) -> None:
     qtbot.waitUntil(lambda: not runs._polling, timeout=10_000)
 
 
-def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path):
+def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path, jump_root):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Pretrain")
     assert widget.defaults_combo.currentText() == "pretrain_vits8_jump.yaml"
@@ -81,7 +81,20 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert "no_such_plate_folder does not exist" in text and "missing.pth does not exist" in text
     assert "choose an output folder" in text
 
-    widget.editors["data.root"].set(str(tmp_path))
+    # preflight: an empty data folder, an empty weights file and an architecture typo, before any launch
+    (tmp_path / "empty_data").mkdir()
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    widget.editors["data.root"].set(str(tmp_path / "empty_data"))
+    widget.editors["model.weights"].set(str(tmp_path / "empty.safetensors"))
+    edit_advanced(widget, {"model.arch": "vit_smal"})
+    widget.out_dir.set(str(tmp_path / "runs"))
+    assert widget.validate() is None
+    text = widget.message.text()
+    assert "empty_data holds no images" in text and "empty.safetensors is empty (0 bytes)" in text
+    assert "'vit_smal' is not a backbone architecture" in text
+
+    edit_advanced(widget, {"model.arch": "vit_small"})
+    widget.editors["data.root"].set(str(jump_root))
     widget.editors["model.weights"].set("")
     widget.editors["data.channel_mode"].set("channel:12")
     widget.out_dir.set(str(tmp_path / "runs"))

@@ -79,3 +79,114 @@ def test_runs_widget_missing_folder_is_a_notification(make_napari_viewer, qtbot,
     assert widget.table.rowCount() == 0
     widget.timer.stop()
     qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+
+FAKE_SBATCH = """#!/bin/sh
+# a stand-in for Slurm's sbatch: keeps the submitted script, answers a job id
+cp "$2" "$(dirname "$2")/submitted_$(date +%s%N).sbatch"
+echo 4242
+"""
+
+
+def test_resume_from_runs_widget_keeps_slurm_and_gpu_count(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A 4-GPU Slurm run resumes as a 4-GPU Slurm job with its partition and time limit, not one local process."""
+    from dinocell_core.runs.launch import SlurmOptions, submit_slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    runs_dir = tmp_path / "runs"
+    launched = submit_slurm("pretrain", runs_dir / "big", _Cfg(), gpus=4,
+                            options=SlurmOptions(partition="gpu-a100", time="48:00:00"))
+    run = RunDir(launched.run_dir)
+    run.update_status(state="stopped", step=1000)  # the job ran, checkpointed and stopped
+    (run.path / "job.sbatch").unlink()
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.timer.setInterval(50)
+    widget.set_folder(runs_dir)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    widget.table.selectRow(0)
+    qtbot.waitUntil(lambda: widget.resume_btn.isEnabled(), timeout=5000)
+    widget.resume_btn.click()
+    script = (run.path / "job.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:4" in script and "--nproc_per_node=4" in script
+    assert "#SBATCH --partition=gpu-a100" in script and "#SBATCH --time=48:00:00" in script
+    status = run.read_status()
+    assert status["launcher"] == "slurm" and status["world_size"] == 4 and status["slurm"]["gpus"] == 4
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+
+def test_resume_keeps_the_torchrun_world_size(tmp_path):
+    """A local 2-GPU (torchrun) run resumes under torchrun on the same GPUs: the relaunched command is recorded by
+    a stand-in interpreter (a real subprocess)."""
+    import time
+
+    from dinocell_core.runs.launch import launch_local, resume_run
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "$CUDA_VISIBLE_DEVICES $*" >> "$(dirname "$0")/argv.txt"\n')
+    fake_python.chmod(0o755)
+    first = launch_local("pretrain", tmp_path / "run", _Cfg(), gpus=[0, 1], python=str(fake_python))
+    first.process.wait()
+    run = RunDir(first.run_dir)
+    assert run.read_status()["world_size"] == 2
+    deadline = time.time() + 10
+    while run.read_status().get("state") == "running" and time.time() < deadline:
+        time.sleep(0.05)  # the launcher's reaper records how the stand-in ended
+    again = resume_run(run.path, python=str(fake_python))
+    again.process.wait()
+    lines = (tmp_path / "argv.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1]
+    assert lines[1].startswith("0,1 -m torch.distributed.run") and "--nproc_per_node=2" in lines[1]
+    assert run.read_status()["launcher"] == "torchrun"
+
+
+def test_decoder_metrics_on_their_own_axis_and_failure_notification(make_napari_viewer, qtbot, tmp_path,
+                                                                      notifications):
+    """Decoder records: losses per channel on the loss axis, summary validation metrics on a 0–1 axis (no counts
+    such as val_n_gt on the loss scale, no 27-entry legend); a run turning failed raises a notification; the runs
+    folder is remembered for the next session."""
+    run = RunDir(tmp_path / "dec")
+    run.write_config(_Cfg())
+    run.update_status(state="running", kind="decoder", pid=os.getpid())
+    val = {f"val_ap@{t:.2f}": 0.5 for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
+    val.update({f"val_f1@{t:.2f}": 0.6 for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)})
+    val.update(val_ap_mean=0.4, val_seg=0.7, val_det=0.8, val_op_csb=0.75, val_n_images=3, val_n_gt=89)
+    for channel in ("DNA", "Mito"):
+        run.append_metrics({"step": 1, "channel": channel, "loss": 1.0, "lr": 1e-3})
+        run.append_metrics({"step": 2, "channel": channel, "loss": 0.8})
+        run.append_metrics({"step": 2, "channel": channel, **val})
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.timer.setInterval(50)
+    widget.set_folder(tmp_path)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    widget.table.selectRow(0)
+    qtbot.waitUntil(lambda: "Mito val_seg" in widget.series, timeout=5000)
+    loss_lines = {line.get_label() for line in widget.ax.get_lines()}
+    val_lines = {line.get_label() for line in widget.ax_val.get_lines()}
+    assert loss_lines == {"DNA loss", "Mito loss"}
+    assert val_lines == {f"{c} {m}" for c in ("DNA", "Mito") for m in ("ap@0.50", "ap_mean", "f1@0.50", "seg", "det")}
+    assert not any("n_gt" in k or "n_images" in k for k in widget.series)
+    assert widget.ax_val.get_ylim() == (0.0, 1.0)
+
+    run.update_status(state="failed", error="CUDA out of memory")
+    qtbot.waitUntil(lambda: any("dec failed: CUDA out of memory" in m for m in notifications), timeout=5000)
+    widget.timer.stop()
+    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+
+    from napari_dinocell.widgets.runs import RunsWidget
+
+    second = RunsWidget(viewer)
+    try:
+        assert second.folder_edit.text() == str(tmp_path)
+    finally:
+        second.timer.stop()
+        qtbot.waitUntil(lambda: not second._polling, timeout=5000)
+        second.deleteLater()

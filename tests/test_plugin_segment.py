@@ -1,41 +1,29 @@
 """Segment widget in a real viewer with decoder bundles trained in this test session (tiny, on the fixture):
 labels, instant re-threshold from the cached distance map, in-place re-run, model auto-selection, the whole
-field, cancel, and broken/missing model files as notifications."""
+field, cancel, broken/missing model files as notifications; the bundle's thresholds give the CLI's labels;
+results tied to their data; model/channel checks; saving labels and measurements; display options."""
 
 from __future__ import annotations
 
+import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
-from dinocell_core.config import load_config
-from dinocell_core.jump.fixture import make_jump_fixture
-from dinocell_core.seg.config import DecoderConfig
-from dinocell_core.seg.train import run_decoder_training
+from dinocell_core.seg.bundle import load_bundle, save_bundle
+from dinocell_core.seg.inference import Segmenter
 from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
-from napari_dinocell.widgets.segment import threshold_job
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
+from napari_dinocell.segment_jobs import threshold_job
 
 
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory) -> Path:
-    """DNA and Mito bundles from a few decoder steps on the fixture (the segmentation API, ~10 s on 2 cores)."""
-    base = tmp_path_factory.mktemp("seg_models")
-    root = make_jump_fixture(base / "fx", plates=1, wells=2, sites=2, size=96, seed=0).root
-    models = base / "models"
-    cfg = load_config(DecoderConfig, DEMO, [f"data.path={root}", "channels=[DNA, Mito]", "train.steps=6",
-                                            "train.tile_size=32", "train.eval_every=6", "train.batch_size=2",
-                                            "inference.overlap=8", "data.max_images=4", f"models_dir={models}"])
-    run_decoder_training(cfg, base / "run")
-    return models
-
-
-def add_field(viewer, size: int = 128) -> None:
-    for data, kwargs, kind in sample_field(size=size, seed=2):
+def add_field(viewer, size: int = 128, seed: int = 2) -> None:
+    for data, kwargs, kind in sample_field(size=size, seed=seed):
         if kind == "image":
             viewer.add_image(data, **kwargs)
 
@@ -48,7 +36,8 @@ def segment_widget(viewer, qtbot, folder: Path):
 
 
 def wait_idle(widget, qtbot) -> None:
-    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy and not widget.showing, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy and not widget.showing
+                    and not widget._thresholding, timeout=60_000)
 
 
 def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbot, models_dir):
@@ -72,19 +61,18 @@ def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbo
     assert labels.__class__.__name__ == "Labels" and labels.data.shape == viewer.layers["DNA"].data.shape
     assert labels.visible  # added hidden, shown on the next event-loop turn
     assert len(network_runs) == 1
+    assert widget.progress.bar.value() == widget.progress.bar.maximum() and "done after" in widget.progress.detail_text
 
     # sliders: labels recomputed from the cached distance map; no network job starts
-    distance = widget.outputs[id(viewer.layers["DNA"])]["distance"]
+    out = widget.outputs[id(viewer.layers["DNA"])]
+    distance = out.distance
     for peak, fill in ((float(np.quantile(distance, 0.95)), float(np.quantile(distance, 0.5))), (0.99, 0.98)):
         widget.peak.setValue(peak)
         widget.fill.setValue(fill)
-        expected = threshold_job(distance, widget.peak.value(), widget.fill.value())
+        expected = threshold_job(out.segmenter, distance, widget.peak.value(), widget.fill.value(), 0)
         qtbot.waitUntil(lambda e=expected: np.array_equal(labels.data, e), timeout=10_000)
         assert widget.worker is None
     assert len(network_runs) == 1  # still the one segmentation: re-thresholding never ran the network
-    first = threshold_job(distance, round(float(np.quantile(distance, 0.95)), 2),
-                          round(float(np.quantile(distance, 0.5)), 2))
-    assert first.max() > 0 and not np.array_equal(first, labels.data)
 
     # re-run: same Labels layer, new data, no new layers
     n_layers = len(viewer.layers)
@@ -103,6 +91,194 @@ def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbo
     assert {"Mito labels", "DNA distance", "Mito distance"} <= {layer.name for layer in viewer.layers}
     assert not any(name in viewer.layers for name in ("ER labels", "AGP labels", "Brightfield labels"))
 
+    # the distance-map toggle works both ways without a re-run
+    widget.show_distance.setChecked(False)
+    assert not viewer.layers["DNA distance"].visible and not viewer.layers["Mito distance"].visible
+    widget.show_distance.setChecked(True)
+    qtbot.waitUntil(lambda: viewer.layers["DNA distance"].visible, timeout=5000)
+    assert len(network_runs) == 3
+    # outlines as a display option
+    widget.outlines.setChecked(True)
+    assert labels.contour > 0 and viewer.layers["Mito labels"].contour > 0
+    widget.outlines.setChecked(False)
+    assert labels.contour == 0
+
+
+def test_bundle_thresholds_and_min_size_give_the_cli_labels(make_napari_viewer, qtbot, models_dir, tmp_path):
+    """A bundle with recorded non-default peak/fill/min_size: the widget starts from them, and its labels equal
+    those `dinocell-core segment` writes for the same image."""
+    image = sample_field(size=160, seed=5)[4][0]  # the DNA plane
+    img_path = tmp_path / "field_DNA.tiff"
+    tifffile.imwrite(img_path, image)
+    bundle = load_bundle(models_dir / "demo-DNA.safetensors")
+    seg = Segmenter(bundle, device="cpu")
+    distance = seg.predict_distance(image)
+    peak, fill = round(float(np.quantile(distance, 0.97)), 2), round(float(np.quantile(distance, 0.7)), 2)
+    assert fill < peak
+    default_labels = seg.labels(distance)
+    seg.release()
+    custom = tmp_path / "models"
+    meta = {**bundle.metadata, "name": "custom-DNA", "thresholds": {"peak": peak, "fill": fill, "min_size": 25}}
+    save_bundle(custom / "custom-DNA.safetensors", bundle.build_model(), meta)
+
+    out_dir = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "dinocell_core.cli", "segment", str(custom / "custom-DNA.safetensors"),
+                    str(img_path), "-o", str(out_dir), "--device", "cpu"], check=True, capture_output=True)
+    cli_labels = tifffile.imread(out_dir / "field_DNA_labels.tiff")
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(tifffile.imread(img_path), name="DNA")
+    widget = segment_widget(viewer, qtbot, custom)
+    assert (widget.peak.value(), widget.fill.value(), widget.min_size.value()) == (peak, fill, 25)
+    assert "peak" in widget.model_info.text() and "custom-DNA" in widget.model_info.text()
+    widget.layer_combo.set_layer(layer)
+    widget.device.setCurrentText("cpu")
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    napari_labels = viewer.layers["DNA labels"].data
+    assert cli_labels.max() > 0
+    np.testing.assert_array_equal(napari_labels, cli_labels)
+    assert not np.array_equal(compact(default_labels), cli_labels)  # the recorded values did matter
+
+
+def compact(labels):
+    from dinocell_core.seg.distance import compact_labels
+
+    return compact_labels(labels)
+
+
+def test_results_are_tied_to_their_data(make_napari_viewer, qtbot, models_dir, notifications, tmp_path):
+    viewer = make_napari_viewer()
+    add_field(viewer)
+    widget = segment_widget(viewer, qtbot, models_dir)
+    dna = viewer.layers["DNA"]
+    widget.layer_combo.set_layer(dna)
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    labels = viewer.layers["DNA labels"]
+    before = labels.data.copy()
+
+    # the image changes (the browser's next site): results marked stale, sliders do nothing
+    dna.data = sample_field(size=128, seed=9)[4][0]
+    assert labels.name == "DNA labels [stale]" and not labels.visible
+    assert widget.outputs[id(dna)].stale and "stale" in widget.message.text()
+    widget.peak.setValue(0.9)
+    qtbot.wait(200)
+    wait_idle(widget, qtbot)
+    np.testing.assert_array_equal(labels.data, before)
+
+    # a re-run on the new data clears the mark, in place
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    assert viewer.layers["DNA labels"] is labels and labels.visible and not widget.outputs[id(dna)].stale
+
+    # the image changes while the network runs: its result is dropped, not shown over the new image
+    widget.run_btn.click()
+    dna.data = sample_field(size=128, seed=11)[4][0]
+    wait_idle(widget, qtbot)
+    assert "dropped the result of DNA" in widget.status.message
+    assert labels.name.endswith("[stale]")
+
+    # saving stale labels is refused
+    widget.results_dir.setText(str(tmp_path))
+    widget.save_btn.click()
+    assert any("stale" in m for m in notifications) and not list(tmp_path.iterdir())
+
+
+def test_model_channel_checks_selection_and_channel_picker(make_napari_viewer, qtbot, models_dir, notifications):
+    viewer = make_napari_viewer()
+    add_field(viewer)
+    widget = segment_widget(viewer, qtbot, models_dir)
+
+    # follows the layer selection
+    viewer.layers.selection.active = viewer.layers["ER"]
+    assert widget.layer_combo.current_layer() is viewer.layers["ER"]
+    viewer.layers.selection.active = viewer.layers["Brightfield"]
+    assert widget.layer_combo.current_layer() is viewer.layers["Brightfield"]
+    # no Brightfield model: the DNA/Mito model left selected is flagged
+    assert "trained on" in widget.match_warning.text() and "Brightfield" in widget.match_warning.text()
+    viewer.layers.selection.active = viewer.layers["DNA"]
+    assert widget.match_warning.text() == ""
+    assert "validation" in widget.model_info.text() and "tile 32 px" in widget.model_info.text()
+
+    # fill stays below peak
+    widget.peak.setValue(0.3)
+    widget.fill.setValue(0.5)
+    assert widget.fill.value() < widget.peak.value()
+
+    # a multichannel layer: a channel picker, and the picked plane is segmented
+    stack = np.stack([sample_field(size=96, seed=3)[i][0] for i in (0, 4)])  # [Mito, DNA]
+    multi = viewer.add_image(stack, name="stack", channel_axis=None)
+    widget.layer_combo.set_layer(multi)
+    assert widget.channel_pick.isEnabled() and widget.channel_pick.count() == 2
+    widget.channel_pick.setCurrentIndex(1)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findText("DNA · demo-DNA"))
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.state == JobState.DONE, widget.status.message
+    assert viewer.layers["stack labels"].data.shape == (96, 96)
+    seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
+    expected = compact(seg.labels(seg.predict_distance(stack[1]), widget.peak.value(), widget.fill.value(),
+                                  widget.min_size.value()))
+    np.testing.assert_array_equal(viewer.layers["stack labels"].data, expected)
+
+    # an RGB layer too
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    widget.layer_combo.set_layer(rgb)
+    assert [widget.channel_pick.itemText(i) for i in range(3)] == ["red", "green", "blue"]
+
+    # segmenting with a mismatched model warns
+    widget.layer_combo.set_layer(viewer.layers["Brightfield"])
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    assert any("trained on" in m for m in notifications)
+
+
+def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, models_dir, notifications, tmp_path):
+    viewer = make_napari_viewer()
+    data = sample_field(size=128, seed=2)[4][0]
+    dna = viewer.add_image(data, name="DNA", metadata={"channel": 5, "plate": "BR00116991", "well": "A01",
+                                                        "site": 3})
+    widget = segment_widget(viewer, qtbot, models_dir)
+    widget.layer_combo.set_layer(dna)
+    widget.peak.setValue(float(np.round(0.35, 2)))
+    widget.fill.setValue(0.1)
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    labels = viewer.layers["DNA labels"]
+
+    # a hand edit, then a slider move: warned, edits kept until confirmed
+    labels.paint((5, 5), 999)
+    edited = labels.data.copy()
+    widget.peak.setValue(0.6)
+    qtbot.waitUntil(lambda: widget.overwrite_btn.isVisibleTo(widget), timeout=5000)
+    assert any("edited by hand" in m for m in notifications)
+    np.testing.assert_array_equal(labels.data, edited)
+
+    # save: the current (edited) labels, named by plate / well / site
+    widget.results_dir.setText(str(tmp_path / "results"))
+    widget.save_btn.click()
+    saved = tmp_path / "results" / "BR00116991_A01_s3_DNA_labels.tiff"
+    qtbot.waitUntil(saved.exists, timeout=10_000)
+    np.testing.assert_array_equal(tifffile.imread(saved), edited)  # the hand edit is saved too
+
+    widget.export_btn.click()
+    table = tmp_path / "results" / "BR00116991_A01_s3_DNA_objects.csv"
+    qtbot.waitUntil(table.exists, timeout=10_000)
+    with open(table) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(set(np.unique(edited)) - {0})
+    assert rows[0]["plate"] == "BR00116991" and rows[0]["well"] == "A01" and rows[0]["site"] == "3"
+    first = rows[0]
+    mask = edited == int(first["label"])
+    assert int(first["area"]) == int(mask.sum())
+    assert float(first["intensity_mean"]) == pytest.approx(float(data[mask].mean()), rel=1e-4)
+
+    # confirmed overwrite applies the thresholds
+    widget.overwrite_btn.click()
+    qtbot.waitUntil(lambda: not np.array_equal(labels.data, edited), timeout=10_000)
+    assert not widget.overwrite_btn.isVisibleTo(widget)
+
 
 def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, notifications, tmp_path):
     viewer = make_napari_viewer()
@@ -112,8 +288,9 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     widget.tile.setValue(32)  # thousands of tile batches: time to cancel between two of them
     widget.run_btn.click()
     qtbot.waitUntil(lambda: widget.status.done > 0, timeout=30_000)
-    assert widget.cancel_btn.isEnabled()
-    widget.cancel_btn.click()
+    assert widget.progress.cancel_btn.isEnabled()
+    assert "tiles" in widget.progress.detail_text and "elapsed" in widget.progress.detail_text
+    widget.progress.cancel_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.CANCELLED
     assert widget.status.done < widget.status.total
@@ -126,7 +303,6 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     data = bytearray((bad / "demo-DNA.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (bad / "demo-DNA.safetensors").write_bytes(bytes(data))
-    widget.tile.setValue(0)
     widget.scan_models(str(bad))
     qtbot.waitUntil(lambda: widget.model_combo.count() == 1, timeout=20_000)
     widget.run_btn.click()
@@ -145,3 +321,42 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     widget.scan_models(str(tmp_path))
     qtbot.waitUntil(lambda: any("no model bundles" in m for m in notifications), timeout=20_000)
     assert "DNA labels" not in viewer.layers
+
+
+def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_dir, tmp_path):
+    """From a JUMP browser layer: every site of the well (then the plate) segmented in the background, one labels
+    TIFF per field equal to Segmenter on that field's file, and a summary CSV."""
+    from dinocell_core.jump.fixture import make_jump_fixture
+
+    info = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=4)
+    viewer = make_napari_viewer()
+    _, browser = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    browser.load_root(str(info.source_root))
+    qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not browser.busy, timeout=20_000)
+    widget = segment_widget(viewer, qtbot, models_dir)
+    widget.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.device.setCurrentText("cpu")
+    results = tmp_path / "results"
+    widget.results_dir.setText(str(results))
+    widget.well_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.state == JobState.DONE, widget.status.message
+    field = browser.current
+    files = sorted(results.glob("*_labels.tiff"))
+    sites = sorted(f.site for f in browser.fields if f.well == field.well)
+    assert [p.name for p in files] == [f"{field.plate}_{field.well}_s{s}_DNA_labels.tiff" for s in sites]
+    seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
+    first = next(f for f in browser.fields if f.well == field.well and f.site == sites[0])
+    image = tifffile.imread(first.path(str(info.source_root), 5))
+    expected = compact(seg.labels(seg.predict_distance(image), widget.peak.value(), widget.fill.value(),
+                                  widget.min_size.value()))
+    np.testing.assert_array_equal(tifffile.imread(files[0]), expected)
+    with open(results / f"{field.plate}_{field.well}_DNA_summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["site"]) for r in rows] == sites
+
+    widget.plate_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.state == JobState.DONE, widget.status.message
+    assert len(list(results.glob("*_labels.tiff"))) == len(browser.fields)
+    assert (results / f"{field.plate}_DNA_summary.csv").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.runs.rundir import RunDir
 
 
@@ -18,7 +19,20 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     assert widget.validate() is None
     assert "training data" in widget.message.text() and "does not exist" in widget.message.text()
 
-    widget.editors["data.path"].set(str(tmp_path))
+    # preflight: empty data folder, architecture typo, a real arch without backbone weights
+    (tmp_path / "empty").mkdir()
+    widget.editors["data.path"].set(str(tmp_path / "empty"))
+    widget.editors["backbone.arch"].set("vit_smal")
+    assert widget.validate() is None
+    text = widget.message.text()
+    assert "empty holds no images" in text and "'vit_smal' is not a backbone architecture" in text
+    widget.editors["backbone.arch"].set("vit_small")
+    assert widget.validate() is None
+    assert "backbone weights are empty" in widget.message.text()
+
+    root = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=0).root
+    widget.editors["backbone.arch"].set("vit_test")
+    widget.editors["data.path"].set(str(root))
     widget.set_channels(["DNA", "ER"])
     cfg = widget.validate()
     assert cfg is not None and cfg.channels == ["ER", "DNA"]
@@ -31,3 +45,32 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     text = widget.message.text()
     assert "bogus_key: unknown key" in text and "train.lr" in text
     assert not RunDir(tmp_path / "r1").exists()
+
+
+def test_arch_names_match_the_backbone():
+    """The torch-free preflight list of architectures is the backbone's."""
+    from dinocell_core.backbone import ARCHS
+    from napari_dinocell.preflight import ARCH_NAMES
+
+    assert set(ARCH_NAMES) == set(ARCHS)
+
+
+def test_a_launched_run_that_fails_raises_a_notification(make_napari_viewer, qtbot, tmp_path, notifications,
+                                                         monkeypatch):
+    """Images but no ground-truth masks: the preflight cannot know, the job fails in its first seconds, and the
+    form says so in a notification (not only the Runs widget)."""
+    import shutil
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=0).root
+    for gt in list(root.rglob("ground_truth")):
+        shutil.rmtree(gt)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
+    widget.run_controls.watch_timer.setInterval(200)
+    widget.editors["data.path"].set(str(root))
+    widget.out_dir.set(str(tmp_path / "runs"))
+    widget.run_name.setText("no_masks")
+    assert widget.launch() is not None, widget.message.text()
+    qtbot.waitUntil(lambda: any("run no_masks failed" in m for m in notifications), timeout=120_000)
+    assert "failed" in widget.message.text()

@@ -76,7 +76,7 @@ def test_runs_widget_plots_eval(make_napari_viewer, qtbot, eval_run: Path):
     qtbot.waitUntil(lambda: "eval_mean_map" in widget.series, timeout=5000)
     assert widget.series["eval_mean_map"].steps == [2.0, 4.0]
     assert "loss_total" in widget.series and "eval_fraction_retrieved" in widget.series
-    assert widget._lines["eval_mean_map"].axes is widget.ax_eval is not None
+    assert widget._lines["eval_mean_map"].axes is widget.ax_val
     assert widget._lines["loss_total"].axes is widget.ax
 
 

@@ -1,21 +1,36 @@
 """Background jobs of the plugin: each runs in a thread worker, never on the GUI thread.
 
 A job function is a plain function or a generator that yields :class:`Progress` (so a cancel takes effect between
-steps) and returns its result. :func:`start_job` wires it to a :class:`JobStatus`, a napari progress bar and
-error notifications; widgets only pass callbacks for the result.
+steps) and returns its result. :func:`start_job` wires it to a :class:`JobStatus` and error notifications; widgets
+only pass callbacks for the result and show the status (bar, ETA, Cancel) themselves.
+
+Two things superqt's worker does not do for us, done here:
+
+- **Every exception reaches the GUI.** superqt treats a job that ends in a ``RuntimeError`` (or a subclass:
+  ``LaunchError``, ``CheckpointError``, CUDA out-of-memory…) as "the Qt object was deleted" and emits neither
+  ``errored`` nor ``finished``, leaving the widget busy for good. The job is wrapped so that any exception is
+  returned as a :class:`JobFailed` value, which :func:`start_job` turns into a notification and a failed status.
+- **Progress is throttled at the source.** Each delivered progress update costs GUI-thread work (a repaint; on
+  software OpenGL or a remote desktop napari's progress bar cost seconds per update); jobs yield one per tile
+  batch. Updates closer than :data:`PROGRESS_INTERVAL_S` are dropped in the worker (the last one always passes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 from superqt.utils import WorkerBase, create_worker
 
 from napari_dinocell.status import JobStatus
+
+#: least time between two progress updates delivered to the GUI thread
+PROGRESS_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -23,6 +38,53 @@ class Progress:
     done: int
     total: int
     message: str = ""
+
+
+@dataclass
+class JobFailed:
+    """What a job returns instead of raising (see the module docstring)."""
+
+    error: BaseException
+
+
+def deliver_errors(func: Callable[..., Any], interval_s: float = PROGRESS_INTERVAL_S) -> Callable[..., Any]:
+    """``func`` with every exception returned as :class:`JobFailed`; for a generator, progress also throttled."""
+    if inspect.isgeneratorfunction(func):
+
+        @functools.wraps(func)
+        def generator(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
+            try:
+                return (yield from throttled(func(*args, **kwargs), interval_s))
+            except Exception as exc:  # noqa: BLE001 (every error must reach the user)
+                return JobFailed(exc)
+
+        return generator
+
+    @functools.wraps(func)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            return JobFailed(exc)
+
+    return plain
+
+
+def throttled(gen: Generator[Any, None, Any], interval_s: float) -> Generator[Any, None, Any]:
+    """Pass on ``gen``'s items, dropping :class:`Progress` items that follow the last one by < ``interval_s``
+    (a finished count, ``done == total``, always passes); returns ``gen``'s return value."""
+    last = float("-inf")
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(item, Progress):
+            now = time.perf_counter()
+            if now - last < interval_s and item.done < item.total:
+                continue
+            last = now
+        yield item
 
 
 def start_job(
@@ -38,55 +100,44 @@ def start_job(
 ) -> WorkerBase:
     """Run ``func(*args, **kwargs)`` in a worker thread; results/errors come back on the GUI thread.
 
-    Errors become a napari notification ("<title> failed: <message>") and a failed status, never an exception
-    in the viewer. Generator jobs can be cancelled with ``worker.quit()`` (status "cancelled").
+    Errors of any type become a napari notification ("<title> failed: <message>") and a failed status, never an
+    exception in the viewer, and ``on_finished`` always runs. Generator jobs can be cancelled with
+    ``worker.quit()`` (status "cancelled"). ``show_progress`` False keeps the status's progress counts untouched
+    (background polls that should not flicker a bar).
     """
-    bar: list[napari_progress] = []
-    ended: list[bool] = []
 
     def yielded(value: Any) -> None:
-        if isinstance(value, Progress):
+        if isinstance(value, Progress) and show_progress:
             status.progress(value.done, value.total, value.message or None)
-            # updating the bar can process Qt events, so "finished" may run in the middle of this call: work on a
-            # local reference and never open a bar once the job has ended
-            if show_progress and value.total > 0 and not ended:
-                if not bar:
-                    bar.append(napari_progress(total=value.total, desc=title))
-                pbar = bar[0]
-                pbar.total = value.total
-                if value.message:
-                    pbar.set_description(f"{title}: {value.message}")
-                pbar.update(value.done - pbar.n)
         if on_yielded is not None:
             on_yielded(value)
 
     def returned(value: Any) -> None:
+        if isinstance(value, JobFailed):
+            errored(value.error)
+            return
         try:
             if on_returned is not None:
                 on_returned(value)
-        except Exception as exc:  # a failing result handler must not take the viewer down
+        except Exception as exc:  # noqa: BLE001 (a failing result handler must not take the viewer down)
             errored(exc)
             return
         if status.busy:  # the handler may already have set a final message
             status.finish(f"{title}: done")
 
     def errored(exc: BaseException) -> None:
-        message = f"{title} failed: {exc}"
+        message = f"{title} failed: {exc}" if str(exc) else f"{title} failed: {type(exc).__name__}"
         status.fail(message)
         show_error(message)
 
     def finished() -> None:
-        ended.append(True)
-        if bar:
-            bar[0].close()
-            bar.clear()
         if status.busy:  # aborted without returning
             status.cancel(f"{title}: cancelled")
         if on_finished is not None:
             on_finished()
 
     worker = create_worker(
-        func,
+        deliver_errors(func),
         *args,
         _start_thread=False,
         _connect={"returned": returned, "errored": errored, "finished": finished},

@@ -1,7 +1,9 @@
 """How a Cell Painting channel looks in napari, and in-place layer updates shared by browser, reader, sample data.
 
 Updating ``layer.data`` of an existing layer (instead of adding a new one) keeps the user's layer order,
-visibility and contrast tweaks when switching sites, and stops layers piling up.
+visibility and contrast tweaks when switching sites, and stops layers piling up. Only layers the updater added
+itself are updated: they carry an owner and a key in their metadata, so a user's own "DNA" layer (or the sample
+data's) is never overwritten, whatever its name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dinocell_core.jump.channels import BRIGHTFIELD, CHANNELS
 #: Cell Painting colours: Mito magenta, AGP red, RNA yellow, ER green, DNA blue; brightfield planes gray
 COLORMAPS = {1: "magenta", 2: "red", 3: "yellow", 4: "green", 5: "blue", 6: "gray", 7: "gray", 8: "gray"}
 FLUOR_MEAN_NAME = "Fluorescent mean"
+#: metadata keys marking a layer as added (and updatable) by a DINOCell view, e.g. the JUMP browser
+OWNER_KEY = "dinocell_owner"
+LAYER_KEY = "dinocell_layer"
 
 
 def contrast_limits(image: np.ndarray, low: float = 0.5, high: float = 99.8) -> tuple[float, float]:
@@ -48,14 +53,28 @@ def field_layer_data(
     return [(stack[i], channel_layer_kwargs(ch, stack[i], metadata), "image") for i, ch in enumerate(channels)]
 
 
-def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any]) -> Any:
-    """Replace the data of the image layer named ``kwargs["name"]`` in place, or add it."""
-    name = kwargs["name"]
-    if name in viewer.layers and viewer.layers[name].__class__.__name__ == "Image":
-        layer = viewer.layers[name]
+def owned_layer(viewer: Any, owner: str, key: str) -> Any:
+    """The layer ``owner`` added under ``key`` (None if there is none, e.g. the user deleted it)."""
+    return next((layer for layer in viewer.layers
+                 if layer.metadata.get(OWNER_KEY) == owner and layer.metadata.get(LAYER_KEY) == key), None)
+
+
+def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: str = "dinocell") -> Any:
+    """Replace the data of the image layer ``owner`` added as ``kwargs["name"]`` in place, or add it.
+
+    An updated layer keeps its contrast limits (the user's per-channel setting survives a site change). A new
+    layer takes the name if it is free; napari suffixes it (" [1]") if the user already has a layer of that name.
+    """
+    key = kwargs["name"]
+    layer = owned_layer(viewer, owner, key)
+    if layer is not None and layer.__class__.__name__ == "Image":
+        limits = tuple(layer.contrast_limits)
         layer.data = data
-        if "contrast_limits" in kwargs:
-            layer.contrast_limits = kwargs["contrast_limits"]
+        if layer.contrast_limits_range[0] > limits[0] or layer.contrast_limits_range[1] < limits[1]:
+            layer.contrast_limits_range = (min(limits[0], layer.contrast_limits_range[0]),
+                                           max(limits[1], layer.contrast_limits_range[1]))
+        layer.contrast_limits = limits
         layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
         return layer
-    return viewer.add_image(data, **kwargs)
+    meta = {**kwargs.get("metadata", {}), OWNER_KEY: owner, LAYER_KEY: key}
+    return viewer.add_image(data, **{**kwargs, "metadata": meta})

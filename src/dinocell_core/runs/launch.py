@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -180,6 +180,9 @@ def launch_local(
         stop_requested_at=None,
         error=None,
         launcher="torchrun" if nproc > 1 else "local",
+        gpus=[int(g) for g in gpus],
+        world_size=nproc,
+        slurm=None,
         command=shlex.join(cmd),
     )
     with open(run.console_path, "ab") as log_fh:
@@ -278,7 +281,8 @@ def submit_slurm(
         raise LaunchError(f"sbatch rejected {script}: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
     status = run.read_status()
-    fields = dict(kind=kind, launcher="slurm", slurm_job_id=job_id, submitted_at=time.time(), error=None)
+    fields = dict(kind=kind, launcher="slurm", slurm_job_id=job_id, submitted_at=time.time(), error=None,
+                  world_size=max(1, gpus), gpus=None, slurm={"gpus": int(gpus), **asdict(options or SlurmOptions())})
     if status.get("state") in ("failed", "stopped", "finished"):
         fields["state"] = status["state"]  # keep the previous final state until the job reports
     run.update_status(**fields)
@@ -316,16 +320,47 @@ def stop_run(run_dir: str | os.PathLike[str], sig: int = signal.SIGTERM) -> str:
     return f"sent {signal.Signals(sig).name} to pid {pid}"
 
 
+def recorded_launch(status: Mapping[str, object]) -> tuple[list[int], SlurmOptions | None, int]:
+    """How a run was launched, from its status.json: local GPU ids, Slurm options (None: local) and GPU count.
+
+    Runs launched before the GPU list was recorded give their process count through the recorded torchrun
+    command (``--nproc_per_node=N``)."""
+    slurm = status.get("slurm")
+    if status.get("launcher") == "slurm" and isinstance(slurm, Mapping):
+        opts = {k: v for k, v in slurm.items() if k in SlurmOptions.__dataclass_fields__}
+        return [], SlurmOptions(**opts), int(slurm.get("gpus", 0))  # type: ignore[arg-type]
+    if status.get("launcher") == "slurm":
+        return [], SlurmOptions(), int(status.get("world_size", 1))  # type: ignore[arg-type]
+    gpus = status.get("gpus")
+    if isinstance(gpus, list):
+        return [int(g) for g in gpus], None, len(gpus)
+    command = str(status.get("command") or "")
+    for part in shlex.split(command):
+        if part.startswith("--nproc_per_node="):
+            n = int(part.split("=", 1)[1])
+            return list(range(n)), None, n
+    return [], None, 0
+
+
 def resume_run(
     run_dir: str | os.PathLike[str],
-    gpus: Sequence[int] = (),
+    gpus: Sequence[int] | None = None,
     slurm: SlurmOptions | None = None,
+    python: str | None = None,
 ) -> Launched:
-    """Relaunch a stopped/failed/lost run on its own directory; the trainer continues from the last checkpoint."""
+    """Relaunch a stopped/failed/lost run on its own directory; the trainer continues from the last checkpoint.
+
+    By default the run is relaunched the way it was launched (status.json: the local GPUs, i.e. the torchrun
+    world size, or Slurm with the same options and GPU count); ``gpus`` / ``slurm`` override that."""
     run = RunDir(run_dir)
-    kind = run.read_status().get("kind")
+    status = run.read_status()
+    kind = status.get("kind")
     if kind not in JOB_COMMANDS:
         raise LaunchError(f"cannot resume {run.path}: unknown kind {kind!r} in {run.status_path}")
+    rec_gpus, rec_slurm, rec_count = recorded_launch(status)
+    if slurm is None and gpus is None:
+        slurm = rec_slurm
     if slurm is not None:
-        return submit_slurm(kind, run.path, None, gpus=len(gpus), options=slurm)
-    return launch_local(kind, run.path, None, gpus=gpus)
+        count = len(gpus) if gpus is not None else rec_count
+        return submit_slurm(kind, run.path, None, gpus=count, options=slurm)
+    return launch_local(kind, run.path, None, gpus=rec_gpus if gpus is None else gpus, python=python)

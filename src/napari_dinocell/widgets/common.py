@@ -7,8 +7,70 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QObject, QTimer
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QWidget
+from qtpy.QtCore import QObject, QSettings, QSize, QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+#: a dock's minimum height: several DINOCell docks stacked must fit a 1000-px-high screen (content scrolls)
+DOCK_MIN_HEIGHT = 100
+DOCK_MAX_MIN_WIDTH = 480
+
+
+def settings() -> QSettings:
+    """The plugin's persistent settings (last folders), an INI file in the user's config folder."""
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "DINOCell", "napari-dinocell")
+
+
+def remembered(key: str) -> str:
+    value = settings().value(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def remember(key: str, value: str) -> None:
+    store = settings()
+    store.setValue(key, value)
+    store.sync()
+
+
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically; as short as :data:`DOCK_MIN_HEIGHT`, and at least as wide as its content needs (up to
+    :data:`DOCK_MAX_MIN_WIDTH`; beyond that a horizontal scroll bar rather than clipped buttons)."""
+
+    def _content_width(self) -> int:
+        content = self.widget()
+        width = content.minimumSizeHint().width() if content is not None else 0
+        return min(width + self.verticalScrollBar().sizeHint().width() + 4, DOCK_MAX_MIN_WIDTH)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        return QSize(self._content_width(), DOCK_MIN_HEIGHT)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        self.setMinimumWidth(self._content_width())  # a dock sized before its content was filled in grows now
+        super().showEvent(event)
+
+
+def scroll_layout(dock: QWidget) -> QVBoxLayout:
+    """Give ``dock`` a scroll area and return the layout to fill: the dock then asks for little height, so docks
+    stacked in one napari window never push their buttons off a small screen."""
+    content = QWidget()
+    inner = QVBoxLayout(content)
+    area = _VerticalScroll()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(content)
+    outer = QVBoxLayout(dock)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return inner
 
 
 class UiSteps(QObject):
@@ -56,6 +118,13 @@ class UiSteps(QObject):
                     self._timer.start()
 
 
+def fit_narrow(combo: QComboBox) -> None:
+    """A combo that does not widen its dock to its longest entry; the full text is its tooltip."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(12)
+    combo.currentTextChanged.connect(combo.setToolTip)
+
+
 class LayerCombo(QComboBox):
     """Image layers of the viewer, kept in sync with additions, removals and renames."""
 
@@ -63,6 +132,7 @@ class LayerCombo(QComboBox):
         super().__init__()
         self.viewer = viewer
         self.layer_type = layer_type
+        fit_narrow(self)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
         viewer.layers.events.moved.connect(self._on_layers_changed)
@@ -99,13 +169,19 @@ class LayerCombo(QComboBox):
 
 
 class PathEdit(QWidget):
-    """A line edit with a Browse button (folder or file)."""
+    """A line edit with a Browse button (folder or file); with ``settings_key`` it remembers its last value
+    between sessions. The full path is also the tooltip (narrow docks cut the text)."""
 
-    def __init__(self, placeholder: str = "", mode: str = "dir") -> None:
+    def __init__(self, placeholder: str = "", mode: str = "dir", settings_key: str = "") -> None:
         super().__init__()
         self.mode = mode
+        self.settings_key = settings_key
         self.edit = QLineEdit()
         self.edit.setPlaceholderText(placeholder)
+        self.edit.textChanged.connect(self.edit.setToolTip)
+        if settings_key:
+            self.edit.setText(remembered(settings_key))
+            self.edit.editingFinished.connect(self._remember)
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
         browse.clicked.connect(self._browse)
@@ -128,3 +204,8 @@ class PathEdit(QWidget):
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt naming)
         self.edit.setText(text)
+        self._remember()
+
+    def _remember(self) -> None:
+        if self.settings_key and self.text():
+            remember(self.settings_key, self.text())

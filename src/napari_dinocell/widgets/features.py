@@ -1,7 +1,9 @@
 """Backbone features widget: PCA of a checkpoint's patch features on the current image, as an RGB layer.
 
 Shows what pretraining learned (cells vs background, nuclei vs cytoplasm…) and lets two checkpoints of a run be
-compared on the same field: each (image, checkpoint) pair gets its own layer, updated in place on re-run.
+compared on the same field: each (image, checkpoint) pair gets its own layer, updated in place on re-run. When the
+image's data changes (the JUMP browser's next site), its PCA layers are marked stale and hidden, and a result
+computed from the previous data is dropped.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QWidget
 
 from dinocell_core.features import FeaturePCA, backbone_from_weights, iter_feature_pca
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import LayerCombo, PathEdit
+from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout
+from napari_dinocell.widgets.job_progress import JobProgress
 
 FROM_CHECKPOINT = "from checkpoint"
+STALE = " [stale]"
 ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
 
 
@@ -46,8 +50,11 @@ class FeaturesWidget(QWidget):
         self.viewer = napari_viewer
         self.status = JobStatus()
         self.worker: Any = None
+        self._pca: dict[tuple[int, str], Any] = {}  # (id(source layer), checkpoint tag) → PCA layer
+        self._watched: set[int] = set()
         self.layer_combo = LayerCombo(napari_viewer)
-        self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file")
+        self.weights = PathEdit("checkpoint / run folder / .safetensors (empty: random init)", "file",
+                                settings_key="features/weights")
         self.arch = QComboBox()
         self.arch.addItems(ARCHS)
         self.arch.setToolTip("'from checkpoint': read from the run/checkpoint/export; official .pth needs a choice")
@@ -64,8 +71,7 @@ class FeaturesWidget(QWidget):
         self.device.addItems(["auto", "cpu", "cuda"])
         self.run_btn = QPushButton("Compute PCA features")
         self.run_btn.clicked.connect(self.compute)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.clicked.connect(lambda: self.worker.quit() if self.worker is not None else None)
+        self.progress = JobProgress(self.status, self.cancel, unit="tiles")
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.status.events.message.connect(lambda text: self.message.setText(str(text)))
@@ -77,12 +83,10 @@ class FeaturesWidget(QWidget):
         form.addRow("Patch size", self.patch)
         form.addRow("Tile (px)", self.tile)
         form.addRow("Device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.cancel_btn)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
+        layout.addWidget(self.run_btn)
+        layout.addWidget(self.progress)
         layout.addWidget(self.message)
         layout.addStretch(1)
         self._update_enabled()
@@ -92,7 +96,8 @@ class FeaturesWidget(QWidget):
         if layer is None:
             show_error("choose an image layer first")
             return
-        data = np.asarray(layer.data)
+        original = layer.data
+        data = np.asarray(original)
         if data.ndim != 2 and not layer.rgb:
             show_error(f"layer {layer.name!r} has shape {data.shape}; choose a 2-D image")
             return
@@ -100,19 +105,28 @@ class FeaturesWidget(QWidget):
         source = weakref.ref(layer)
         tag = Path(weights).name if weights else "random init"
 
+        self._watch(layer)
+
         def show(result: FeaturePCA) -> None:
             src = source()
             if src is None or src not in self.viewer.layers:
+                return
+            if src.data is not original:
+                show_warning(f"dropped the PCA of {src.name!r}: its image changed while computing")
                 return
             name = f"{src.name} PCA · {tag}"
             p = result.patch_size
             scale = np.asarray(src.scale[-2:]) * p
             translate = np.asarray(src.translate[-2:]) + (p - 1) / 2 * np.asarray(src.scale[-2:])
-            if name in self.viewer.layers:
-                self.viewer.layers[name].data = result.rgb
+            key = (id(src), tag)
+            pca = self._pca.get(key)
+            if pca is not None and pca in self.viewer.layers:
+                pca.data = result.rgb
+                pca.name, pca.visible = name, True
             else:
-                self.viewer.add_image(result.rgb, name=name, rgb=True, scale=scale, translate=translate,
-                                      blending="translucent", metadata={"dinocell_source": src.name})
+                self._pca[key] = self.viewer.add_image(
+                    result.rgb, name=name, rgb=True, scale=scale, translate=translate, blending="translucent",
+                    metadata={"dinocell_source": src.name})
             ev = ", ".join(f"{v:.0%}" for v in result.explained)
             self.status.finish(f"{name}: variance explained by PC1–3 {ev}")
 
@@ -121,10 +135,25 @@ class FeaturesWidget(QWidget):
                                 title="Backbone features", on_returned=show, on_finished=self._finished)
         self._update_enabled()
 
+    def _watch(self, layer: Any) -> None:
+        if id(layer) not in self._watched:
+            self._watched.add(id(layer))
+            layer.events.data.connect(self._source_changed)
+
+    def _source_changed(self, event: Any) -> None:
+        """The image changed: its PCA layers no longer show its features."""
+        for (sid, _), pca in self._pca.items():
+            if sid == id(event.source) and pca in self.viewer.layers and not pca.name.endswith(STALE):
+                pca.name += STALE
+                pca.visible = False
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
     def _finished(self) -> None:
         self.worker = None
         self._update_enabled()
 
     def _update_enabled(self) -> None:
         self.run_btn.setEnabled(self.worker is None)
-        self.cancel_btn.setEnabled(self.worker is not None)

@@ -1,15 +1,18 @@
 """JUMP browser: pick a CPJUMP1 root, then plate → well → site; the 8 channels are shown as named layers.
 
 Indexing (a directory scan, cached as CSV by :func:`dinocell_core.jump.index.load_index`; "rescan" refreshes it) and
-TIFF reads run in workers. Switching sites replaces each layer's data in place; a newer site request supersedes
-one still loading. With a labels store set (``dinocell-core jump label``), the field's preferred nuclei and cells
-come as two Labels layers; "Save corrections" writes the edited layers back into the store atomically as
-``source = corrected`` (the automatic masks stay).
+TIFF reads run in workers. Switching sites replaces each layer's data in place (keeping each channel's contrast);
+a newer site request supersedes one still loading. The browser updates only layers it added itself (see
+:func:`napari_dinocell.layers.upsert_image`): a user's or the sample data's "DNA" layer is left alone. With a labels
+store set (``dinocell-core jump label``), the field's preferred nuclei and cells come as two Labels layers; "Save
+corrections" writes the edited layers back into the store atomically as ``source = corrected`` (the automatic masks
+stay).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,18 +25,20 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
-from dinocell_core.jump.index import Field, load_index
+from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.jump.preprocess import Preprocessor, read_field
 from dinocell_core.labels.store import LabelRow, LabelStore, field_key
 from napari_dinocell.jobs import start_job
-from napari_dinocell.layers import FLUOR_MEAN_NAME, channel_layer_kwargs, contrast_limits, upsert_image
+from napari_dinocell.layers import (FLUOR_MEAN_NAME, LAYER_KEY, OWNER_KEY, channel_layer_kwargs, contrast_limits,
+                                    owned_layer, upsert_image)
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import PathEdit, UiSteps
+from napari_dinocell.widgets.common import PathEdit, UiSteps, scroll_layout
+
+OWNER = "jump_browser"
 
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
@@ -76,7 +81,7 @@ class JumpBrowserWidget(QWidget):
         self._reading = False
         self._ui = UiSteps(self)
 
-        self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir")
+        self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir", settings_key="browser/root")
         self.load_btn = QPushButton("Load index")
         self.load_btn.clicked.connect(lambda: self.load_root(self.root.text()))
         self.refresh_box = QCheckBox("rescan")
@@ -97,7 +102,7 @@ class JumpBrowserWidget(QWidget):
         self.prev_btn.clicked.connect(lambda: self.step(-1))
         self.next_btn.clicked.connect(lambda: self.step(+1))
         self.fluor_mean = QCheckBox("add fluorescent-mean layer")
-        self.fluor_mean.toggled.connect(lambda _: self.show_field(self.current))
+        self.fluor_mean.toggled.connect(self._fluor_mean_toggled)
         self.labels_status = JobStatus()
         self._labels_reading = False
         self.labels_store = PathEdit("labels store (dinocell-core jump label … -o LABELS)", "dir")
@@ -121,7 +126,7 @@ class JumpBrowserWidget(QWidget):
         self.read_status.events.message.connect(lambda text: self.message.setText(str(text)))
         self.labels_status.events.message.connect(lambda text: self.message.setText(str(text)))
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(root_row)
         layout.addLayout(form)
         layout.addLayout(nav)
@@ -145,6 +150,10 @@ class JumpBrowserWidget(QWidget):
     def _index_loaded(self, fields: Sequence[Field]) -> None:
         if not fields:
             raise ValueError(f"no complete CPJUMP1 field found under {self.root.text()}")
+        folder = Path(self.root.text()).name
+        # a plate folder opened on its own: its fields sit at the top, with no plate folder in their path
+        fields = [replace(f, plate=barcode_of(folder), plate_folder=folder) if not f.plate_folder else f
+                  for f in fields]
         self.fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.key))
         self._fill(self.plate, sorted({f.plate for f in self.fields}))
         self.index_status.message = f"{len(self.fields)} fields on {self.plate.count()} plates"
@@ -190,6 +199,18 @@ class JumpBrowserWidget(QWidget):
             if idx != combo.currentIndex():
                 combo.setCurrentIndex(idx)
 
+    def _fluor_mean_toggled(self, checked: bool) -> None:
+        """Ticked: read the field again with its mean; unticked: remove the mean layer (it would go stale)."""
+        if checked:
+            self.show_field(self.current)
+        else:
+            self._remove_fluor_mean()
+
+    def _remove_fluor_mean(self) -> None:
+        layer = owned_layer(self.viewer, OWNER, FLUOR_MEAN_NAME)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
     # ----------------------------------------------------------------------------- loading
     def show_field(self, field: Field | None) -> None:
         if field is None:
@@ -217,10 +238,13 @@ class JumpBrowserWidget(QWidget):
 
     def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
         field, stack, mean = result
-        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site}
+        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site,
+                "jump_root": self.root.text(), "plate_folder": field.plate_folder}  # for "segment this well/plate"
         for i, ch in enumerate(ALL_CHANNELS):
             self._ui.push(partial(self._place, stack[i], channel_layer_kwargs(ch, stack[i], meta)))
-        if mean is not None:
+        if mean is None:
+            self._remove_fluor_mean()
+        else:
             self._ui.push(partial(self._place, mean, {
                 "name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
                 "contrast_limits": contrast_limits(mean), "visible": False,
@@ -243,12 +267,13 @@ class JumpBrowserWidget(QWidget):
         meta = {"dinocell_field": field.key, "labels_source": source}
         for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
             data = np.zeros(shape, np.int32) if data is None else data
-            if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
-                layer = self.viewer.layers[name]
+            layer = owned_layer(self.viewer, OWNER, name)
+            if layer is not None and layer.__class__.__name__ == "Labels":
                 layer.data = data
                 layer.metadata = {**layer.metadata, **meta}
             else:
-                self.viewer.add_labels(data, name=name, opacity=0.4, metadata=meta)
+                self.viewer.add_labels(data, name=name, opacity=0.4,
+                                       metadata={**meta, OWNER_KEY: OWNER, LAYER_KEY: name})
         self.labels_status.finish(f"labels: {source}" if nuclei is not None else
                                   "this field has no labels in the store yet (draw them, then save)")
 
@@ -258,7 +283,7 @@ class JumpBrowserWidget(QWidget):
         if field is None or not store:
             self.message.setText("set a labels store and show a field first")
             return
-        layers = [self.viewer.layers[n] for n in LABEL_LAYERS if n in self.viewer.layers]
+        layers = [layer for n in LABEL_LAYERS if (layer := owned_layer(self.viewer, OWNER, n)) is not None]
         if len(layers) != 2 or any(layer.metadata.get("dinocell_field") != field.key for layer in layers):
             self.message.setText(f"the Nuclei and Cells layers do not belong to {field.key}; nothing saved")
             return
@@ -270,14 +295,15 @@ class JumpBrowserWidget(QWidget):
 
     def _saved(self, row: LabelRow) -> None:
         for n in LABEL_LAYERS:
-            self.viewer.layers[n].metadata = {**self.viewer.layers[n].metadata, "labels_source": "corrected"}
+            if (layer := owned_layer(self.viewer, OWNER, n)) is not None:
+                layer.metadata = {**layer.metadata, "labels_source": "corrected"}
         self.labels_status.finish(f"saved corrections: {row.nuclei}, {row.cells}")
 
     def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
         """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and
         its first draw then freeze the viewer separately, not 8 layers' worth at once)."""
-        new = kwargs["name"] not in self.viewer.layers
-        layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs)
+        new = owned_layer(self.viewer, OWNER, kwargs["name"]) is None
+        layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs, owner=OWNER)
         if new and kwargs.get("visible", True):
             self._ui.show_next(layer)
 

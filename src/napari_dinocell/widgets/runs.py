@@ -2,7 +2,8 @@
 
 A 1 s timer starts one background poll at a time (folder scan + new metrics lines + log tail); the GUI thread
 only redraws. Metrics are tailed with :class:`MetricsTail`, so each poll reads only the bytes appended since the
-previous one, even for a 48 h run.
+previous one, even for a 48 h run. Losses and validation metrics (decoder runs; a pretraining run's ``eval:`` mAP) are plotted on separate axes;
+only summary metrics are drawn, so the legend stays readable. A run that turns failed raises a notification.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ from dinocell_core.runs.launch import LaunchError, effective_state, resume_run, 
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo, list_runs
 from napari_dinocell.jobs import start_job
 from napari_dinocell.status import JobStatus
+from napari_dinocell.widgets.common import remember, remembered, scroll_layout
 
 if TYPE_CHECKING:
     import napari
 
 COLUMNS = ("Run", "Kind", "State", "Step", "Throughput", "ETA", "Last checkpoint")
 NON_PLOTTED = {"step", "time", "epoch", "elapsed_s", "timestamp", "wall_time"}
-EVAL_KEYS = ("eval_fraction_retrieved", "eval_mean_map")  # the pretraining eval: benchmark, on a 0–1 right axis
+#: validation metrics drawn (as ``val_<name>``): the rest (ap at every IoU, counts) would crowd the legend
+SHOWN_METRICS = ("ap@0.50", "ap_mean", "f1@0.50", "seg", "det")
+EVAL_KEYS = ("eval_fraction_retrieved", "eval_mean_map")  # the pretraining eval: benchmark, also on the 0–1 axis
+SETTINGS_KEY = "runs/folder"
 LOG_TAIL_BYTES = 4096
 
 
@@ -93,13 +98,28 @@ def format_eta(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def _numeric(record: dict[str, Any]) -> list[str]:
+    return [k for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
 def plotted_keys(record: dict[str, Any]) -> list[str]:
-    """Every loss term of a metrics record (keys containing "loss"), else every other numeric value; plus the
-    ``eval:`` benchmark values when the record has them."""
-    numeric = [k for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """The loss-axis keys of a metrics record: every loss term (keys containing "loss"), else every other numeric
+    value that is not a validation metric."""
+    numeric = [k for k in _numeric(record) if not k.startswith("val_") and k not in EVAL_KEYS]
     losses = [k for k in numeric if "loss" in k.lower()]
-    evals = [k for k in EVAL_KEYS if k in numeric]
-    return (losses + evals) if losses else [k for k in numeric if k not in NON_PLOTTED]
+    return losses or [k for k in numeric if k not in NON_PLOTTED]
+
+
+def metric_keys(record: dict[str, Any]) -> list[str]:
+    """The 0–1-axis keys of a metrics record: decoder validation summaries (:data:`SHOWN_METRICS`) and the
+    pretraining ``eval:`` retrieval figures (:data:`EVAL_KEYS`)."""
+    return [k for k in _numeric(record) if (k.startswith("val_") and k[4:] in SHOWN_METRICS) or k in EVAL_KEYS]
+
+
+def series_name(record: dict[str, Any], key: str) -> str:
+    """A decoder run trains one model per channel: its series are told apart by the record's channel."""
+    channel = record.get("channel")
+    return f"{channel} {key}" if isinstance(channel, str) and channel else key
 
 
 @dataclass
@@ -120,6 +140,7 @@ class RunsWidget(QWidget):
         self.tail: MetricsTail | None = None
         self.series: dict[str, Series] = {}
         self.rows: list[RunRow] = []
+        self._states: dict[Path, str] = {}
         self._polling = False
         self._last_error: str | None = None
         self._lines: dict[str, Any] = {}
@@ -153,7 +174,7 @@ class RunsWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.ax = self.figure.add_subplot(111)
-        self.ax_eval: Any = None
+        self.ax_val = self.ax.twinx()  # validation metrics (0–1) on their own axis, never on the loss scale
         self._style_axes()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
@@ -172,7 +193,7 @@ class RunsWidget(QWidget):
         splitter.addWidget(self.table)
         splitter.addWidget(lower)
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(top)
         layout.addWidget(splitter)
         layout.addLayout(buttons)
@@ -182,6 +203,8 @@ class RunsWidget(QWidget):
         self.timer.setInterval(poll_ms)
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
+        if remembered(SETTINGS_KEY) and Path(remembered(SETTINGS_KEY)).is_dir():
+            self.set_folder(remembered(SETTINGS_KEY))
 
     # ---------------------------------------------------------------- folder and selection
     def _browse(self) -> None:
@@ -193,6 +216,8 @@ class RunsWidget(QWidget):
         text = str(folder).strip()
         self.folder_edit.setText(text)
         new = Path(text).expanduser() if text else None
+        if text:
+            remember(SETTINGS_KEY, text)
         if new != self.folder:
             self.folder = new
             self.select_run(None)
@@ -207,9 +232,7 @@ class RunsWidget(QWidget):
         self.series.clear()
         self._lines.clear()
         self.ax.clear()
-        if self.ax_eval is not None:
-            self.ax_eval.remove()
-            self.ax_eval = None
+        self.ax_val.clear()
         self._style_axes()
         self.canvas.draw_idle()
         self.log_view.clear()
@@ -260,7 +283,16 @@ class RunsWidget(QWidget):
             self._show_details(row, result.log_tail, result.console_tail)
         self._update_buttons()
 
+    def _notify_failures(self, rows: list[RunRow]) -> None:
+        """A notification when a run seen running turns failed or lost (not for old failures in the folder)."""
+        for row in rows:
+            before = self._states.get(row.info.path)
+            if before is not None and before != row.state and row.state in ("failed", "lost"):
+                show_error(f"run {row.info.name} {row.state}: {row.info.error or 'the job process is gone'}")
+            self._states[row.info.path] = row.state
+
     def _fill_table(self, rows: list[RunRow]) -> None:
+        self._notify_failures(rows)
         self.rows = rows
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
@@ -285,28 +317,35 @@ class RunsWidget(QWidget):
             step = rec.get("step")
             if not isinstance(step, (int, float)):
                 continue
-            for key in plotted_keys(rec):
+            on_val = metric_keys(rec)
+            for key in plotted_keys(rec) + on_val:
                 value = float(rec[key])
                 if math.isfinite(value):
-                    s = self.series.setdefault(key, Series())
+                    s = self.series.setdefault(series_name(rec, key), Series())
                     s.steps.append(float(step))
                     s.values.append(value)
+                    self._axis_of.setdefault(series_name(rec, key), "val" if key in on_val else "loss")
+        new_on: set[str] = set()
         for key, s in self.series.items():
             line = self._lines.get(key)
             if line is None:
-                ax = self._eval_axes() if key in EVAL_KEYS else self.ax
-                (line,) = ax.plot(s.steps, s.values, label=key, linewidth=1.2,
-                                  marker="o" if key in EVAL_KEYS else None, markersize=3)
+                axis = self._axis_of.get(key, "loss")
+                ax = self.ax_val if axis == "val" else self.ax
+                style = {"marker": "o", "markersize": 3, "linestyle": "--"} if axis == "val" else {}
+                (line,) = ax.plot(s.steps, s.values, label=key.replace("val_", ""), linewidth=1.2, **style)
                 self._lines[key] = line
-                ax.legend(loc="upper left" if key in EVAL_KEYS else "upper right", fontsize=7,
-                          facecolor="#262930", labelcolor="white")
+                new_on.add(axis)
             else:
                 line.set_data(s.steps, s.values)
+        for axis in new_on:
+            ax = self.ax_val if axis == "val" else self.ax
+            n = len(ax.get_lines())
+            ax.legend(loc="center right" if axis == "val" else "upper right", fontsize=6, ncol=1 if n <= 4 else 2,
+                      framealpha=0.6, facecolor="#262930", labelcolor="white",
+                      title="validation" if axis == "val" else None, title_fontsize=6)
+        self.ax_val.set_visible(bool(self.ax_val.get_lines()))
         self.ax.relim()
         self.ax.autoscale_view()
-        if self.ax_eval is not None:
-            self.ax_eval.relim()
-            self.ax_eval.autoscale_view(scaley=False)
         self.canvas.draw_idle()
 
     def _show_details(self, row: RunRow, log_tail: str, console_tail: str = "") -> None:
@@ -325,18 +364,17 @@ class RunsWidget(QWidget):
             self.log_view.setPlainText(text)
             self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
 
-    def _eval_axes(self) -> Any:
-        """Right-hand axis for the eval: mAP and fraction retrieved (0–1), created with the first eval point."""
-        if self.ax_eval is None:
-            self.ax_eval = self.ax.twinx()
-            self.ax_eval.set_ylim(0, 1)
-            self.ax_eval.set_ylabel("eval mAP / fraction retrieved")
-        return self.ax_eval
-
     def _style_axes(self) -> None:
+        self._axis_of: dict[str, str] = {}
         self.ax.set_xlabel("step")
         self.ax.set_ylabel("loss")
         self.ax.grid(alpha=0.3)
+        self.ax_val.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
+        self.ax_val.yaxis.set_label_position("right")
+        self.ax_val.patch.set_visible(False)
+        self.ax_val.set_ylabel("validation (0–1)")
+        self.ax_val.set_ylim(0.0, 1.0)
+        self.ax_val.set_visible(False)
 
     def _update_buttons(self) -> None:
         row = self.selected_row()

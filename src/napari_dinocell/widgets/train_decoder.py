@@ -14,7 +14,8 @@ from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
 from dinocell_core.seg.config import DecoderConfig
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey, missing_paths
+from napari_dinocell.preflight import check_arch, check_has_images, check_weights, missing_paths
+from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
 
 
 class TrainDecoderWidget(ConfigLaunchForm):
@@ -36,8 +37,8 @@ class TrainDecoderWidget(ConfigLaunchForm):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer, DecoderConfig)
-        self.gpus.setMaximum(1)  # the decoder trainer is single-device (launch refuses torchrun for it)
-        self.gpus.setToolTip("0 = the config's train.device; 1 = one GPU")
+        self.run_controls.gpus.setMaximum(1)  # the decoder trainer is single-device (launch refuses torchrun for it)
+        self.run_controls.gpus.setToolTip("0 = the config's train.device; 1 = one GPU")
 
     def preferred_defaults(self) -> str:
         return "decoder_demo.yaml"
@@ -72,7 +73,15 @@ class TrainDecoderWidget(ConfigLaunchForm):
                    ("labels store", cfg.data.labels)]
         if cfg.val_data is not None:
             sources.append(("validation data", cfg.val_data.path))
-        return missing_paths(sources)
+        problems = missing_paths(sources) + check_arch("backbone.arch", cfg.backbone.arch)
+        problems += check_has_images("training data", cfg.data.path)
+        if cfg.val_data is not None:
+            problems += check_has_images("validation data", cfg.val_data.path)
+        problems += check_weights("backbone weights", cfg.backbone.weights)
+        if not cfg.backbone.weights and cfg.backbone.arch != "vit_test":
+            problems.append(f"backbone weights are empty: a decoder on a randomly initialised {cfg.backbone.arch} "
+                            "learns little; choose a pretraining run, a checkpoint or DINOv3 weights")
+        return problems
 
     def extra_values(self) -> dict[str, Any]:
         return {"channels": self.checked_channels() or None}
