@@ -142,7 +142,7 @@ def test_resume_keeps_the_torchrun_world_size(tmp_path):
     again.process.wait()
     lines = (tmp_path / "argv.txt").read_text().splitlines()
     assert len(lines) == 2 and lines[0] == lines[1]
-    assert lines[1].startswith("0,1 -m torch.distributed.run") and "--nproc_per_node=2" in lines[1]
+    assert lines[1].startswith("0,1 -m dinocell_core.runs.torchrun") and "--nproc_per_node=2" in lines[1]
     assert run.read_status()["launcher"] == "torchrun"
 
 
