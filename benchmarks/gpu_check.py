@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def run_one(cfg, steps: int, warmup: int, flops_per_sample: float | None) -> dict[str, float]:
     import torch
+    from ssl_step import analytic_flops, peak_tflops
 
     from dinocell_core.runs.distributed import DistInfo
     from dinocell_core.ssl.data import make_ssl_loader
     from dinocell_core.ssl.trainer import Trainer
-    from ssl_step import analytic_flops, peak_tflops
 
     device = torch.device("cuda")
     trainer = Trainer(cfg, device, DistInfo())

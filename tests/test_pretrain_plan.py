@@ -61,7 +61,7 @@ def test_recipe_heads_first_phase_trains_heads_at_full_lr():
     unfreeze = spec.freeze_backbone_steps
     assert 0 < values_at(spec, unfreeze).backbone_factor < 0.01
     assert values_at(spec, unfreeze + spec.backbone_ramp_steps).backbone_factor == 1.0
-    ms = dict((what, step) for step, what in milestones(spec))
+    ms = {what: step for step, what in milestones(spec)}
     assert ms["LR warm-up ends (peak LR)"] < ms["backbone unfreezes (LR ramp starts)"]
 
 

@@ -7,7 +7,12 @@ from dataclasses import asdict
 from typing import Any
 
 from dinocell_core.ssl.config import PretrainConfig
-from dinocell_core.ssl.schedules import ScheduleSpec, StepValues, schedule_spec, values_at
+from dinocell_core.ssl.schedules import (
+    ScheduleSpec,
+    StepValues,
+    schedule_spec,
+    values_at,
+)
 
 #: the OUT.json keys after "step" (StepValues field → JSON key)
 PLAN_KEYS = {"lr": "lr", "last_layer_lr": "last_layer_lr", "backbone_factor": "backbone_lr_factor",
@@ -59,9 +64,10 @@ def describe(cfg: PretrainConfig, world_size: int = 1, n_fields: int | None = No
     """Human-readable lines: milestones with their values, then the cost of the run."""
     spec = schedule_spec(cfg, world_size)
     t = cfg.train
-    lines = [f"{cfg.name}: {cfg.model.arch}/p{cfg.model.patch_size}, {spec.total_steps:,} steps "
-             f"({t.epochs:g} epochs × {t.steps_per_epoch:,}), batch {t.batch_size} × {world_size} process(es), "
-             f"peak LR {spec.lr:.3g} ({cfg.optim.scaling_rule} of base {cfg.optim.lr:g})"]
+    head = (f"{cfg.name}: {cfg.model.arch}/p{cfg.model.patch_size}, {spec.total_steps:,} steps "
+            f"({t.epochs:g} epochs × {t.steps_per_epoch:,}), batch {t.batch_size} × {world_size} process(es), "
+            f"peak LR {spec.lr:.3g} ({cfg.optim.scaling_rule} of base {cfg.optim.lr:g})")
+    lines = [head]
     if spec.freeze_backbone_steps and spec.warmup_steps >= spec.freeze_backbone_steps:
         lines.append("WARNING: the LR warm-up does not end before the backbone unfreezes: the heads never train "
                      "at full LR on the frozen backbone")

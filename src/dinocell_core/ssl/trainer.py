@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import socket
 import time
