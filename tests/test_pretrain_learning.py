@@ -141,3 +141,48 @@ def test_pretraining_learns_and_beats_random_vits(pheno_root, tmp_path, capsys):
     #    failure with the figures, never as a pass; the day it holds the test passes outright
     if acc < best + MARGIN:
         pytest.xfail(f"pretrained k-NN {acc:.3f} does not beat the best of init/random ViTs ({best:.3f}) by {MARGIN}")
+
+
+def test_continued_pretraining_p16_export_then_p8_warm_start(pheno_root, tmp_path, capsys):
+    """The real run's path on CPU: pretrain a tiny ViT at patch 16 (stand-in for the public ViT-S/16), export it
+    in the official DINOv3 layout, continue at patch 8 from the .pth (PI-resized kernel, fresh heads) with the
+    heads-first warm start; checkpoint at the unfreeze to compare the features before and after."""
+    p16 = demo_config(pheno_root, "model.patch_size=16", "train.epochs=1")
+    run16 = tmp_path / "p16"
+    run_pretraining(p16, run16)
+    pth = export_backbone(run16, tmp_path / "export" / "tiny_p16")[0]
+    sd = torch.load(pth, weights_only=True)
+    assert sd["patch_embed.proj.weight"].shape[-1] == 16 and "storage_tokens" in sd
+
+    frozen, ramp = 30, 10
+    cont = demo_config(pheno_root, f"model.weights={pth}", "model.patch_size=8", "train.epochs=1",
+                       f"train.steps_per_epoch={frozen + ramp + 20}", "train.log_every=5",
+                       f"train.checkpoint_every={frozen}", "train.keep_last=5",
+                       f"warm_start.freeze_backbone_steps={frozen}", f"warm_start.backbone_ramp_steps={ramp}",
+                       "optim.warmup_epochs=0.1", "optim.freeze_last_layer_epochs=0.05")
+    run8 = tmp_path / "p8"
+    run_pretraining(cont, run8)
+    recs = read_metrics(run8 / "metrics.jsonl")
+    dino_frozen = [r["loss_dino"] for r in recs if r["step"] <= frozen]
+    assert all(r["backbone_lr_factor"] == 0.0 for r in recs if r["step"] < frozen)
+    imgs, y, groups = field_images(pheno_root)
+    kw = cont.model.kwargs
+    mgr = CheckpointManager(run8 / "checkpoints")
+    at_unfreeze = load_backbone("vit_test", 8, weights=mgr.path_for(frozen), **kw)
+    final = load_backbone("vit_test", 8, weights=run8, **kw)
+    p8_from_export = load_backbone("vit_test", 8, weights=pth, **kw)
+    acc16 = knn_accuracy(cls_features(load_backbone("vit_test", 16, weights=run16, **kw), imgs), y, groups)
+    acc_unfreeze = knn_accuracy(cls_features(at_unfreeze, imgs), y, groups)
+    acc_final = knn_accuracy(cls_features(final, imgs), y, groups)
+    with capsys.disabled():
+        print(f"\ncontinued pretraining (p16 {p16.train.total_steps} steps → export → p8: {frozen} frozen + {ramp} "
+              f"ramp + {cont.train.total_steps - frozen - ramp} steps): loss_dino while frozen (steps 5…{frozen}) "
+              + " ".join(f"{x:.3f}" for x in dino_frozen)
+              + f"; k-NN p16 {acc16:.3f}, p8 at unfreeze (= the export) {acc_unfreeze:.3f}, after unfreezing "
+              f"{acc_final:.3f}")
+    # the frozen phase trains only the heads: the backbone at the unfreeze is the exported one (EMA of equal weights)
+    ref = p8_from_export.state_dict()
+    for k, v in at_unfreeze.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert dino_frozen[-1] < dino_frozen[0] - 0.2  # the heads learn before the backbone moves
+    assert acc_final >= acc_unfreeze - 0.05  # no k-NN collapse after unfreezing
