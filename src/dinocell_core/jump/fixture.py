@@ -185,7 +185,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
     edges = np.clip(cv2.morphologyEx(cells.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)),
                     0, 1)
     signal = {
-        1: cyto * cell_gain * (0.25 + 0.6 * mito),                         # Mito: puncta or filaments
+        1: cyto * cell_gain * (0.3 + 0.15 * mito),                         # Mito: puncta or filaments
         2: cell_gain * (0.25 * cyto + 0.9 * blur(edges, 1.0) * cell_mask),  # AGP: membrane + actin
         3: cell_gain * (0.2 * cyto + nuc_mask * (0.3 + 0.5 * nucleoli)),   # RNA: nucleoli
         4: cyto * cell_gain * (0.3 + 0.7 * near_nuc) * texture,             # ER: perinuclear
