@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8000, help="side of the memory-test image")
     args = ap.parse_args()
 
-    channels, nuclei, _ = make_field(1080, seed=0, phenotype="small_dense")
+    channels, nuclei, _ = make_field(1080, seed=0, phenotype="punctate")
     dna = channels[4]
     with tempfile.TemporaryDirectory() as tmp:
         seg = Segmenter(make_bundle(Path(tmp), args.arch, args.patch, args.tile, args.overlap), device=args.device,

@@ -96,14 +96,17 @@ def synthetic_batch(cfg: PretrainConfig, batch: int, seed: int = 0, masked_per_s
 
 
 def analytic_flops(trainer: Trainer, cfg: PretrainConfig, masked: float) -> float:
-    """Per-sample FLOPs from the model's shapes: student fwd+bwd (×3), teacher fwd, heads."""
+    """Per-sample FLOPs from the model's shapes: student fwd+bwd (×3), teacher fwd; CLS tokens go through the
+    DINO head, masked patches through the iBOT head (their prototype counts differ on one GPU)."""
     d = cfg.data
     bb = trainer.student.backbone
     crop_g, crop_l = count_forward_flops(bb, d.global_size), count_forward_flops(bb, d.local_size)
-    head = sum(2 * m.in_features * m.out_features for m in trainer.student.dino_head.modules()
-               if isinstance(m, torch.nn.Linear))
-    student = 3 * (d.n_global * crop_g + d.n_local * crop_l + (d.n_global + d.n_local + masked) * head)
-    teacher = d.n_global * crop_g + (d.n_global + masked) * head
+    def head_flops(head: torch.nn.Module) -> float:
+        return sum(2 * m.in_features * m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear))
+
+    dino, ibot = head_flops(trainer.student.dino_head), head_flops(trainer.student.ibot_head)
+    student = 3 * (d.n_global * crop_g + d.n_local * crop_l + (d.n_global + d.n_local) * dino + masked * ibot)
+    teacher = d.n_global * crop_g + d.n_global * dino + masked * ibot
     return student + teacher
 
 

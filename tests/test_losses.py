@@ -164,3 +164,66 @@ def test_lr_scaling_rule():
     assert scaled_lr(1e-3, "sqrt_wrt_1024", 1024) == pytest.approx(4e-3)
     with pytest.raises(ValueError):
         scaled_lr(1e-3, "bogus", 8)
+
+
+def test_koleo_never_takes_a_same_field_sibling():
+    """Two near-identical crops per field: without groups each one's neighbour is its sibling (tiny distance,
+    large loss); with groups the neighbour is a crop of another field."""
+    g = torch.Generator().manual_seed(0)
+    fields = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    x = torch.cat([fields, fields + 1e-3 * torch.randn(4, 8, generator=g)])  # crops 0..3 and their siblings 4..7
+    groups = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    plain, grouped = koleo_loss(x), koleo_loss(x, groups)
+    d = torch.cdist(fields, fields)
+    d.fill_diagonal_(float("inf"))
+    want = -torch.log(d.min(1).values).mean()  # nearest *other* field
+    assert plain > 5.0 and grouped == pytest.approx(float(want), abs=2e-3)
+
+
+def test_sinkhorn_target_entropy_floor_with_few_rows():
+    """Equipartition over K prototypes with N rows keeps each row's entropy ≥ ln(K/N): why one GPU (N = 96 CLS
+    rows) uses fewer DINO prototypes (docs/pretraining.md)."""
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((96, 2048), (96, 65536 // 8)):
+        logits = torch.randn(n, k, generator=g) * 3.0  # sharp: a plain softmax at 0.04 would be near one-hot
+        q = sinkhorn_knopp(logits, 0.04, 3)
+        ent = -(q * q.clamp_min(1e-12).log()).sum(-1)
+        assert ent.mean() >= math.log(k / n) - 0.05  # 3 iterations: equipartition holds on average
+
+
+def test_plain_last_layer_can_shrink_normalised_cannot():
+    """Unit-norm prototypes (heads.normalize_prototypes) bound the logits by the cosine: the head cannot flatten
+    its output by shrinking the last layer, the uniform fixed point of small random-init runs."""
+    torch.manual_seed(0)
+    plain, normed = DINOHead(16, 32, 8, 4, 2), DINOHead(16, 32, 8, 4, 2, normalize_prototypes=True)
+    x = torch.randn(5, 16)
+    for head in (plain, normed):
+        head.last_layer.weight.data.mul_(1e-3)
+    assert plain(x).abs().max() < 1e-2
+    assert normed(x).abs().max() > 0.3 and normed(x).abs().max() <= 1.0 + 1e-6
+
+
+def test_drop_path_profile_uniform_and_linear():
+    from dinocell_core.ssl.model import set_drop_path
+
+    bb = load_backbone("vit_test", 8, depth=4)
+    assert set_drop_path(bb, 0.1, "uniform") == [0.1] * 4
+    assert [blk.drop_path1.drop_prob for blk in bb.vit.blocks] == [0.1] * 4
+    rates = set_drop_path(bb, 0.3, "linear")
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert isinstance(bb.vit.blocks[0].drop_path2, torch.nn.Identity)
+
+
+def test_native_pixel_crop_boxes():
+    import numpy as np
+
+    from dinocell_core.ssl.augment import sample_crop_box_px
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        top, left, h, w = sample_crop_box_px(rng, 300, 200, (64, 96))
+        assert 0 <= top <= 300 - h and 0 <= left <= 200 - w
+        assert 64 * 0.85 <= math.sqrt(h * w) <= 96 * 1.05
+    assert sample_crop_box_px(rng, 300, 200, (64, 64))[2:] == (64, 64)  # fixed side: native pixels, square
+    top, left, h, w = sample_crop_box_px(rng, 50, 40, (64, 64))
+    assert (h, w) == (50, 40)  # clipped to the field

@@ -37,3 +37,24 @@ def test_ddp_two_processes(fixture_root, tmp_path):
     assert recs[3]["lr"] == pytest.approx(scaled_lr(0.002, "sqrt_wrt_1024", 8), rel=1e-9)
     bb = load_backbone("vit_test", 8, weights=run, depth=2)
     assert all(torch.isfinite(p).all() for p in bb.parameters())
+
+
+def test_ddp_warm_start_rewraps_without_unused_parameter_search(fixture_root, tmp_path):
+    """Frozen backbone (DDP must search for unused parameters), then the unfreeze: the wrapper is rebuilt without
+    the search and training continues on both ranks; the frozen steps leave the backbone untouched."""
+    run = tmp_path / "ddp_ws"
+    ov = tiny_overrides(fixture_root, 6, **{"train.checkpoint_every": 2, "train.keep_last": 5,
+                                            "warm_start.freeze_backbone_steps": 2,
+                                            "warm_start.backbone_ramp_steps": 2, "optim.warmup_epochs": 0,
+                                            "optim.freeze_last_layer_epochs": 0})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "dinocell_core.cli", "pretrain", str(DEMO), *ov, "--run-dir", str(run)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = read_metrics(run / "metrics.jsonl")
+    assert [r["backbone_lr_factor"] for r in recs] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    assert recs[0]["grad_norm_backbone"] == 0.0 and recs[-1]["grad_norm_backbone"] > 0
+    mgr = CheckpointManager(run / "checkpoints")
+    frozen, final = load_state(mgr.path_for(2)), load_state(mgr.path_for(6))
+    w = "vit.blocks.0.mlp.fc1.weight"
+    assert not torch.equal(frozen["student"]["backbone"][w], final["student"]["backbone"][w])

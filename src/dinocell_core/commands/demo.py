@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -45,6 +46,7 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dinocell_core.config import read_yaml
     from dinocell_core.runs.rundir import read_metrics
 
     out: Path = args.outdir
@@ -85,10 +87,16 @@ def _demo(args: argparse.Namespace) -> int:
                                           "-o", str(scores)])
 
     m = json.loads(scores.read_text())["metrics"]
-    losses = [r["loss_total"] for r in read_metrics(pre_run / "metrics.jsonl") if "loss_total" in r]
+    recs = [r for r in read_metrics(pre_run / "metrics.jsonl") if "loss_total" in r]
+    losses = [r["loss_total"] for r in recs]
+    ln_k = math.log(int(read_yaml(pre_run / "config.yaml")["heads"]["out_dim"]))
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Outputs in {out}:")
     print(f"  SSL preview        {out / 'ssl_preview.png'}")
     print(f"  pretraining run    {pre_run}  (loss {losses[0]:.2f} → {losses[-1]:.2f}; metrics.jsonl, checkpoints/)")
+    for key in ("loss_dino", "loss_ibot", "teacher_entropy", "teacher_batch_entropy"):
+        print(f"    {key:<22} {recs[0][key]:.3f} → {recs[-1][key]:.3f}")
+    print(f"    (ln heads.out_dim = {ln_k:.3f}: DINO loss and teacher entropy at that value carry no signal; "
+          "teacher_batch_entropy near it means no collapse)")
     print(f"  backbone export    {backbone.with_suffix('.safetensors')}")
     print(f"  model bundle       {model}")
     print(f"  labels             {out / 'segmented'}")

@@ -5,10 +5,13 @@ up to thousands of counts, a few saturated pixels; brightfield ~20k ± 1k with t
 which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); the ground-truth
 instance masks are a labels store (:mod:`dinocell_core.labels.store`) at ``<source root>/ground_truth/``, outside
 ``Images/``, so segmentation is trained and scored through the same code path as real labels. Each well gets one of
-two phenotypes ("large_sparse", "small_dense") that differ in cell size, density and texture but not in mean
-brightness, so a learned representation can be checked with k-NN. Which one is set by the CPJUMP1-style design of
-:func:`well_treatment` (DMSO negcon wells on every plate, compounds replicated across plates with graded strength,
-some null, pairs sharing a target), written as CPJUMP1 metadata files so profiles can be scored with copairs.
+two phenotypes ("punctate", "tubular") that differ only in what a cell biologist looks at — organelle pattern:
+fragmented, punctate mitochondria and many small nucleoli versus an elongated mitochondrial network and a few
+large nucleoli — at the same cell size, density and brightness, so random ViT features sit near chance and a
+learned representation can be checked with k-NN (tests/test_pretrain.py). Which one is set by the CPJUMP1-style
+design of :func:`well_treatment` (DMSO negcon wells on every plate, compounds replicated across plates with graded
+strength, some null, pairs sharing a target), written as CPJUMP1 metadata files so profiles can be scored with
+copairs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import SOURCE_PREFIX, Field, file_name, well_name
 from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore
 
-PHENOTYPES = ("large_sparse", "small_dense")
+PHENOTYPES = ("punctate", "tubular")
 SOURCE = SOURCE_PREFIX
 S3_SOURCE = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4"
 PIXEL_SIZE_M = 5.979760809567617e-07
@@ -112,14 +115,10 @@ def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
 
 def _layout(size: int, rng: np.random.Generator, phenotype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell/nucleus label images and the per-cell nucleus-distance map (0 at the nucleus centre, 1 at the edge)."""
-    # Both phenotypes cover the same range of area, so "sparse/dense" is a count of cells per area, and the
-    # phenotype shows in cell size, nucleus/cell ratio and texture rather than in mean (normalised) brightness.
-    if phenotype == "large_sparse":
-        cell_r, nuc_r = (26.0, 36.0), (9.0, 12.0)
-    elif phenotype == "small_dense":
-        cell_r, nuc_r = (10.0, 14.0), (5.0, 6.5)
-    else:
+    # Both phenotypes share cell size, nucleus size and density: they differ only in organelle pattern (make_field).
+    if phenotype not in PHENOTYPES:
         raise ValueError(f"unknown phenotype {phenotype!r}; use one of {PHENOTYPES}")
+    cell_r, nuc_r = (14.0, 20.0), (6.0, 8.5)
     coverage = rng.uniform(0.3, 0.75)
     mean_r = sum(cell_r) / 2
     n_target = max(1, int(coverage * size * size / (np.pi * mean_r * mean_r)))
@@ -164,7 +163,34 @@ def _layout(size: int, rng: np.random.Generator, phenotype: str) -> tuple[np.nda
     return lut[cells], lut[nuclei], rel
 
 
-def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
+def _organelles(size: int, rng: np.random.Generator, phenotype: str, nuc_mask: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Mitochondria and nucleoli patterns (mean 1 each, so the phenotype never shows in brightness).
+
+    punctate: round mitochondrial puncta, many small nucleoli; tubular: short randomly oriented mitochondrial
+    filaments, a few large nucleoli."""
+    blur = lambda img, s: cv2.GaussianBlur(img, (0, 0), s)  # noqa: E731
+    if phenotype == "punctate":
+        mito = blur((rng.random((size, size), dtype=np.float32) > 0.95).astype(np.float32), 1.0)
+        nucleoli = blur((rng.random((size, size), dtype=np.float32) > 0.96).astype(np.float32) * nuc_mask, 1.0)
+    else:
+        canvas = np.zeros((size, size), np.float32)
+        n_lines = int(0.05 * size * size / 7.0)
+        ys, xs = rng.uniform(0, size, (2, n_lines))
+        th = rng.uniform(0, np.pi, n_lines)
+        half = rng.uniform(3.0, 6.0, n_lines)
+        for y, x, t, h in zip(ys, xs, th, half):
+            dy, dx = h * np.sin(t), h * np.cos(t)
+            cv2.line(canvas, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 1.0, 1, cv2.LINE_AA)
+        mito = blur(canvas, 0.7)
+        nucleoli = blur((rng.random((size, size), dtype=np.float32) > 0.996).astype(np.float32) * nuc_mask, 2.2)
+    mito /= max(float(mito.mean()), 1e-6)
+    inside = float(nucleoli[nuc_mask > 0].mean()) if nuc_mask.any() else 0.0
+    nucleoli /= max(inside, 1e-6)
+    return mito, nucleoli
+
+
+def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
                vignette: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic field: (channels [8, H, W] uint16 in ch1..ch8 order, nuclei labels, cell labels) (int32).
 
@@ -180,22 +206,22 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "large_sparse",
     per_cell = rng.uniform(0.6, 1.3, n_cells + 1).astype(np.float32)
     per_cell[0] = 0.0
     cell_gain = per_cell[cells]
-    # Coverage differs ~2x between phenotypes; scale so field-mean brightness does not give the phenotype away.
+    # Coverage varies per field (same range for both phenotypes); scale so field-mean brightness stays similar.
     coverage = max(float(cell_mask.mean()), 1e-3)
     level = np.float32(0.3 / coverage) * np.float32(rng.uniform(0.75, 1.3))
     level = min(level, np.float32(1.6))
     even = np.ones((size, size), np.float32)
     vig = dict(vignette) if vignette is not None else {}
     blur = lambda img, s: cv2.GaussianBlur(img, (0, 0), s)  # noqa: E731
-    speckle = (rng.random((size, size), dtype=np.float32) > 0.93).astype(np.float32)
+    mito, nucleoli = _organelles(size, rng, phenotype, nuc_mask)
     texture = 0.75 + 0.25 * _smooth(rng, size, max(2, size // 6))
     near_nuc = np.clip(1.6 - rel, 0.0, 1.0)
     edges = np.clip(cv2.morphologyEx(cells.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)),
                     0, 1)
     signal = {
-        1: cyto * cell_gain * (0.25 + 1.6 * blur(speckle, 1.2)),           # Mito: punctate cytoplasm
+        1: cyto * cell_gain * (0.3 + 0.15 * mito),                         # Mito: puncta or filaments
         2: cell_gain * (0.25 * cyto + 0.9 * blur(edges, 1.0) * cell_mask),  # AGP: membrane + actin
-        3: cell_gain * (0.2 * cyto + nuc_mask * (0.3 + 1.2 * blur(speckle * nuc_mask, 1.5))),  # RNA: nucleoli
+        3: cell_gain * (0.2 * cyto + nuc_mask * (0.3 + 0.5 * nucleoli)),   # RNA: nucleoli
         4: cyto * cell_gain * (0.3 + 0.7 * near_nuc) * texture,             # ER: perinuclear
         5: nuc_mask * cell_gain * (0.7 + 0.3 * texture),                    # DNA: nuclei
     }

@@ -33,6 +33,19 @@ def sample_crop_box(rng: np.random.Generator, height: int, width: int, scale: tu
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def sample_crop_box_px(rng: np.random.Generator, height: int, width: int, side_px: tuple[int, int],
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """Crop box (top, left, h, w) whose side (sqrt of the area) is uniform in ``side_px`` field pixels, so a crop
+    resized to the network's size shows cells at a known scale (``side_px == size``: native pixels)."""
+    side = rng.uniform(side_px[0], side_px[1])
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]))) if side_px[0] != side_px[1] else 1.0
+    h = min(height, max(1, int(round(side / math.sqrt(aspect)))))
+    w = min(width, max(1, int(round(side * math.sqrt(aspect)))))
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
+
+
 def crop_resize(img: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """Cut ``box`` and resize to ``size``² (INTER_AREA when shrinking, INTER_LINEAR when enlarging)."""
     top, left, h, w = box

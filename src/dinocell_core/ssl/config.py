@@ -15,7 +15,7 @@ from pydantic import field_validator, model_validator
 from dinocell_core.config import StrictModel, check_resume_changes
 from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
 
-SCALING_RULES = ("sqrt_wrt_1024", "linear_wrt_256", "none")
+from dinocell_core.ssl.schedules import SCALING_RULES
 
 
 class AugmentConfig(StrictModel):
@@ -66,6 +66,10 @@ class DataConfig(StrictModel):
     local_size: int = PField(96, ge=8)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
+    # Crop sides in native field pixels instead of area fractions (then *_scale is not used): a crop of side s is
+    # resized to global_size/local_size, so [224, 224] at global_size 224 shows cells at the decoder's scale.
+    global_crop_px: tuple[int, int] | None = None
+    local_crop_px: tuple[int, int] | None = None
     n_global: int = PField(2, ge=1, le=2)
     n_local: int = PField(8, ge=0)
     augment: AugmentConfig = AugmentConfig()
@@ -108,6 +112,10 @@ class DataConfig(StrictModel):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi <= 1:
                 raise ValueError(f"{name} must be [low, high] with 0 ≤ low ≤ high ≤ 1")
+        for name in ("global_crop_px", "local_crop_px"):
+            rng = getattr(self, name)
+            if rng is not None and not 1 <= rng[0] <= rng[1]:
+                raise ValueError(f"{name} must be [low, high] field pixels with 1 ≤ low ≤ high")
         lo, hi = self.norm_percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError("norm_percentiles must be [low, high] with 0 ≤ low < high ≤ 100")
@@ -135,7 +143,11 @@ class ModelSection(StrictModel):
     patch_size: int = PField(8, ge=1)
     weights: str | None = None  # official ViT-S/16 .pth, a pretraining run dir/checkpoint, or an export
     drop_path_rate: float = PField(0.1, ge=0, lt=1)
+    drop_path_profile: Literal["uniform", "linear"] = "uniform"  # official: one rate for every block (timm: ramp)
     rope_rescale_coords: float | None = PField(2.0, ge=1)  # train-mode RoPE scale augmentation (release: 2)
+    # LayerScale init of a random-init backbone (release 1e-5; weights, when given, overwrite it). At 1e-5 every
+    # block is ~identity, so every image gets the same CLS and DINO/iBOT have no signal (docs/pretraining.md)
+    layerscale_init: float = PField(1e-5, gt=0)
     kwargs: dict[str, Any] = PField(default_factory=dict)  # extra load_backbone arguments (tiny test archs)
 
     @model_validator(mode="after")
@@ -155,6 +167,8 @@ class HeadsSection(StrictModel):
     hidden_dim: int = PField(2048, ge=1)
     bottleneck_dim: int = PField(256, ge=1)
     nlayers: int = PField(3, ge=1)
+    # unit-norm prototypes (DINOv1/v2 weight norm; DINOv3: off). Small random-init runs need it (docs/pretraining.md)
+    normalize_prototypes: bool = False
 
 
 class LossSection(StrictModel):
@@ -260,6 +274,20 @@ class PretrainConfig(StrictModel):
         if self.loss.koleo_weight > 0 and self.train.batch_size < 2:
             raise ValueError("train.batch_size must be >= 2 when loss.koleo_weight > 0 (KoLeo needs a nearest "
                              "neighbour in the batch)")
+        if self.loss.koleo_weight > 0 and self.train.batch_size <= self.data.crops_per_field:
+            raise ValueError("train.batch_size must exceed data.crops_per_field when loss.koleo_weight > 0 (KoLeo "
+                             "never takes a crop of the same field as neighbour, so a batch needs ≥ 2 fields)")
+        spe, ws = self.train.steps_per_epoch, self.warm_start
+        if ws.freeze_backbone_steps > 0:
+            warm, last = round(self.optim.warmup_epochs * spe), round(self.optim.freeze_last_layer_epochs * spe)
+            if warm >= ws.freeze_backbone_steps:
+                raise ValueError(f"optim.warmup_epochs ({warm} steps) must end before the backbone unfreezes "
+                                 f"(warm_start.freeze_backbone_steps {ws.freeze_backbone_steps}): the heads must "
+                                 "train at full LR on the frozen backbone")
+            if last >= ws.freeze_backbone_steps:
+                raise ValueError(f"optim.freeze_last_layer_epochs ({last} steps) must end well before the backbone "
+                                 f"unfreezes (warm_start.freeze_backbone_steps {ws.freeze_backbone_steps}): random "
+                                 "prototypes and the backbone must not start training together (dinov2#204)")
         if self.data.global_size % self.model.patch_size or self.data.local_size % self.model.patch_size:
             raise ValueError(f"data.global_size and data.local_size must be multiples of model.patch_size "
                              f"({self.model.patch_size})")

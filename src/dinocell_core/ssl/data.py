@@ -28,7 +28,14 @@ from dinocell_core.io.tiffio import BadImageError, odd_shape, read_tiff
 from dinocell_core.jump.channels import FLUORESCENT, FMEAN
 from dinocell_core.jump.index import Field, FieldTable, load_field_table
 from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
-from dinocell_core.ssl.augment import MaskingGenerator, augment, crop_resize, ibot_masks, sample_crop_box
+from dinocell_core.ssl.augment import (
+    MaskingGenerator,
+    augment,
+    crop_resize,
+    ibot_masks,
+    sample_crop_box,
+    sample_crop_box_px,
+)
 from dinocell_core.ssl.config import DataConfig
 from dinocell_core.ssl.prepared_store import PreparedStore
 
@@ -183,13 +190,13 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         out_g = []
         for i, view in enumerate(g_views):
             img = self.view(field, view)
-            box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.global_scale)
+            box = _box(rng, img.shape, cfg.global_scale, cfg.global_crop_px)
             crop = crop_resize(img, box, cfg.global_size)
             out_g.append(augment(crop, rng, cfg.augment, blur_p[min(i, 1)]))
         out_l = []
         for view in l_views:
             img = self.view(field, view)
-            box = sample_crop_box(rng, img.shape[0], img.shape[1], cfg.local_scale)
+            box = _box(rng, img.shape, cfg.local_scale, cfg.local_crop_px)
             crop = crop_resize(img, box, cfg.local_size)
             out_l.append(augment(crop, rng, cfg.augment, blur_p[2]))
         return {"global": out_g, "local": out_l, "views": [str(v) for v in g_views + l_views]}
@@ -213,6 +220,13 @@ class SSLFieldDataset(torch.utils.data.Dataset):
             return sample
         raise TooManyFailures(f"{tries} fields in a row could not be read (last: "
                               + "; ".join(f"{p}: {r}" for p, r in failures[-3:]) + ")")
+
+
+def _box(rng: np.random.Generator, shape: tuple[int, ...], scale: tuple[float, float],
+         side_px: tuple[int, int] | None) -> tuple[int, int, int, int]:
+    if side_px is not None:
+        return sample_crop_box_px(rng, shape[0], shape[1], side_px)
+    return sample_crop_box(rng, shape[0], shape[1], scale)
 
 
 def load_ssl_fields(cfg: DataConfig, storage: Any = None) -> FieldTable:

@@ -2,6 +2,9 @@
 
 DINOv3 uses two separate heads of the same shape, no weight norm on the last layer and no batch norm; the
 public checkpoints carry no heads, so they always start from this random init (see the warm start in pretrain).
+``normalize_prototypes`` restores DINOv1/v2's unit-norm prototypes (cosine logits): without it a student facing
+near-uniform targets flattens its logits by shrinking the prototypes, the uniform fixed point small random-init
+runs never leave (measured in docs/pretraining.md).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from torch import nn
 
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3) -> None:
+                 nlayers: int = 3, normalize_prototypes: bool = False) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError("head nlayers must be >= 1")
@@ -25,6 +28,7 @@ class DINOHead(nn.Module):
         layers.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.normalize_prototypes = normalize_prototypes
         self.apply(self._init)
 
     @staticmethod
@@ -37,4 +41,6 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)
         x = F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+        if self.normalize_prototypes:  # DINOv1/v2's weight-normed last layer with its norm fixed at 1
+            return F.linear(x, F.normalize(self.last_layer.weight, dim=-1))
         return self.last_layer(x)

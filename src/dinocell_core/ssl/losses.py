@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dinocell_core.runs.distributed import all_reduce_
+from dinocell_core.runs.distributed import all_reduce_, is_distributed
 
 
 def _logsumexp(t: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
@@ -41,14 +41,17 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int =
     every rank when a process group with more than one rank exists (ranks may hold different numbers of rows)."""
     log_q = logits.float().t() / temperature  # [K, N]
     k = log_q.shape[0]
-    n = float(all_reduce_(torch.tensor([float(log_q.shape[1])], device=log_q.device), "sum").item())
-    if n == 0:
+    if is_distributed():  # rows per rank may differ (iBOT): the total stays on the device (no host sync)
+        log_n = torch.log(all_reduce_(torch.tensor([float(log_q.shape[1])], device=log_q.device), "sum"))
+    elif log_q.shape[1] == 0:
         return logits.float().new_zeros(logits.shape)
+    else:
+        log_n = torch.tensor(math.log(log_q.shape[1]), device=log_q.device)
     log_q = log_q - _logsumexp(_logsumexp(log_q, 1, True), 0, False)
     for _ in range(n_iterations):
         log_q = log_q - _logsumexp(log_q, 1, True) - math.log(k)
-        log_q = log_q - _logsumexp(log_q, 0, False) - math.log(n)
-    return torch.exp(log_q + math.log(n)).t()
+        log_q = log_q - _logsumexp(log_q, 0, False) - log_n
+    return torch.exp(log_q + log_n).t()
 
 
 def softmax_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -88,18 +91,31 @@ def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: 
     return -(per_patch * weights).sum() / m.shape[0]
 
 
-def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def koleo_loss(x: torch.Tensor, groups: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
     """Kozachenko-Leonenko entropy estimator: -mean log distance of each L2-normalised vector to its nearest
-    neighbour in the batch (spreads the CLS features). Needs at least two samples."""
+    neighbour in the batch (spreads the CLS features).
+
+    ``groups`` (int [B]) names the field each sample was cropped from: a sample's neighbour is never a sibling of
+    the same field (with ``crops_per_field`` > 1 the nearest neighbour would usually be that near-duplicate, and
+    KoLeo would push two views of one field apart). Samples with no neighbour outside their group are left out."""
     if x.shape[0] < 2:
         raise ValueError(f"KoLeo needs at least 2 samples per set, got {x.shape[0]} (raise train.batch_size or set "
                          "loss.koleo_weight=0)")
     x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
     dots = x @ x.t()
-    dots.fill_diagonal_(-1.0)
+    if groups is None:
+        dots.fill_diagonal_(-2.0)
+        valid = None
+    else:
+        dots = dots.masked_fill(groups.view(-1, 1) == groups.view(1, -1), -2.0)  # includes the diagonal
+        valid = (dots > -2.0).any(dim=1)
     nn_idx = dots.argmax(dim=1)
     dist = F.pairwise_distance(x, x[nn_idx], p=2, eps=eps)
-    return -torch.log(dist + eps).mean()
+    logd = torch.log(dist + eps)
+    if valid is None:
+        return -logd.mean()
+    # no host sync: the config guarantees ≥ 2 fields per batch (train.batch_size > data.crops_per_field)
+    return -(logd * valid).sum() / valid.sum().clamp(min=1)
 
 
 @torch.no_grad()

@@ -26,12 +26,12 @@ class SSLNetwork(nn.Module):
     """Backbone + separate DINO and iBOT heads. ``forward`` is the student pass (one call, so DDP can hook it)."""
 
     def __init__(self, backbone: DinoBackbone, out_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int,
-                 ibot_out_dim: int | None = None) -> None:
+                 ibot_out_dim: int | None = None, normalize_prototypes: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         d = backbone.embed_dim
-        self.dino_head = DINOHead(d, out_dim, hidden_dim, bottleneck_dim, nlayers)
-        self.ibot_head = DINOHead(d, ibot_out_dim or out_dim, hidden_dim, bottleneck_dim, nlayers)
+        self.dino_head = DINOHead(d, out_dim, hidden_dim, bottleneck_dim, nlayers, normalize_prototypes)
+        self.ibot_head = DINOHead(d, ibot_out_dim or out_dim, hidden_dim, bottleneck_dim, nlayers, normalize_prototypes)
 
     def heads(self) -> dict[str, nn.Module]:
         return {"dino_head": self.dino_head, "ibot_head": self.ibot_head}
@@ -56,6 +56,30 @@ class SSLNetwork(nn.Module):
                 "ibot_logits": self.ibot_head(g["patches"][masks])}
 
 
+def set_drop_path(backbone: DinoBackbone, rate: float, profile: str) -> list[float]:
+    """Stochastic depth per block: ``uniform`` (the official DINOv3 ViT: one rate for every block) or ``linear``
+    (timm's 0 → rate ramp, half the average). Returns the per-block rates."""
+    from timm.layers import DropPath
+
+    n = backbone.num_blocks
+    if profile == "uniform":
+        rates = [rate] * n
+    elif profile == "linear":
+        rates = [rate * i / max(1, n - 1) for i in range(n)]
+    else:
+        raise ValueError(f"unknown drop-path profile {profile!r}; expected uniform or linear")
+    for blk, r in zip(backbone.vit.blocks, rates):
+        blk.drop_path1 = DropPath(r) if r > 0 else nn.Identity()
+        blk.drop_path2 = DropPath(r) if r > 0 else nn.Identity()
+    return rates
+
+
+def field_groups(fields: list[str], device: torch.device) -> torch.Tensor:
+    """Field keys of a batch → int ids (same id = crops of the same field)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(f, len(ids)) for f in fields], device=device)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     dino: float = 1.0
@@ -66,9 +90,11 @@ class LossWeights:
 
 
 def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], masks: torch.Tensor,
-               n_global: int, n_local: int, teacher_temp: float, w: LossWeights
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and a dict of every term and collapse signal (all fp32)."""
+               n_global: int, n_local: int, teacher_temp: float, w: LossWeights,
+               groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and a dict of every term and collapse signal (all fp32 tensors: no host sync here).
+
+    ``groups`` (int [B]): the field of each sample, so KoLeo never pairs two crops of one field."""
     b = masks.shape[0] // n_global
     t_dino = teacher["dino_logits"].float()
     k = t_dino.shape[-1]
@@ -85,14 +111,14 @@ def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor
     ibot = ibot_loss(student["ibot_logits"], t_ibot, masks, w.student_temp)
 
     cls = student["cls_global"].float().view(n_global, b, -1)
-    koleo = sum(koleo_loss(cls[i]) for i in range(n_global)) if w.koleo > 0 else zero
+    koleo = sum(koleo_loss(cls[i], groups) for i in range(n_global)) if w.koleo > 0 else zero
 
     total = w.dino * dino + w.ibot * ibot + w.koleo * koleo
     with torch.no_grad():
         terms = {
             "loss_total": total.detach(),
             "loss_dino": dino.detach(), "loss_dino_local": local.detach(), "loss_dino_global": glob.detach(),
-            "loss_ibot": ibot.detach(), "loss_koleo": torch.as_tensor(koleo).detach(),
+            "loss_ibot": ibot.detach(), "loss_koleo": torch.as_tensor(koleo, device=total.device).detach(),
             "teacher_entropy": entropy(t_probs.view(-1, k)),
             "teacher_batch_entropy": entropy(t_probs.view(-1, k).mean(0, keepdim=True)),
             "student_cls_std": F.normalize(cls.reshape(-1, cls.shape[-1]), dim=-1).std(0).mean(),

@@ -9,26 +9,15 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from dinocell_core.ssl.config import SCALING_RULES
-from dinocell_core.ssl.schedules import StepValues
+from dinocell_core.ssl.schedules import StepValues, scaled_lr
 
-
-def scaled_lr(base_lr: float, rule: str, global_batch: int) -> float:
-    """DINOv3's rule: ``sqrt_wrt_1024`` = lr × 4·sqrt(B/1024) (note the 4; DINOv2 had none)."""
-    if rule == "sqrt_wrt_1024":
-        return base_lr * 4.0 * math.sqrt(global_batch / 1024.0)
-    if rule == "linear_wrt_256":
-        return base_lr * global_batch / 256.0
-    if rule == "none":
-        return base_lr
-    raise ValueError(f"unknown LR scaling rule {rule!r}; expected one of {SCALING_RULES}")
+__all__ = ["apply_step_values", "clip_module_grads", "param_groups", "scaled_lr"]
 
 
 def _layer_id(name: str, num_blocks: int) -> int:
@@ -79,11 +68,13 @@ def apply_step_values(optimizer: torch.optim.Optimizer, v: StepValues) -> None:
         g["weight_decay"] = v.weight_decay * g["wd_mult"] * (1.0 if factor > 0 else 0.0)
 
 
-def clip_module_grads(params: Iterable[torch.Tensor], max_norm: float) -> float:
-    """Clip one module's gradients to ``max_norm`` (0 = no clipping) and return the norm before clipping."""
+def clip_module_grads(params: Iterable[torch.Tensor], max_norm: float, device: torch.device | None = None
+                      ) -> torch.Tensor:
+    """Clip one module's gradients to ``max_norm`` (0 = no clipping); the norm before clipping, as a device
+    tensor (no host sync; 0 for a module without gradients, e.g. the frozen backbone)."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros((), device=device)
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+        return torch.nn.utils.clip_grad_norm_(grads, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in grads])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import socket
 import time
@@ -43,9 +42,9 @@ from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest, stop_signals_blocked
 from dinocell_core.ssl.config import PretrainConfig, check_resume_config
 from dinocell_core.ssl.data import make_ssl_loader
-from dinocell_core.ssl.model import LossWeights, SSLNetwork, ssl_losses
-from dinocell_core.ssl.optim import apply_step_values, clip_module_grads, param_groups, scaled_lr
-from dinocell_core.ssl.schedules import ScheduleSpec, StepValues, values_at
+from dinocell_core.ssl.model import LossWeights, SSLNetwork, field_groups, set_drop_path, ssl_losses
+from dinocell_core.ssl.optim import apply_step_values, clip_module_grads, param_groups
+from dinocell_core.ssl.schedules import StepValues, schedule_spec, values_at
 
 log = logging.getLogger(__name__)
 
@@ -83,33 +82,17 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def schedule_spec(cfg: PretrainConfig, world_size: int) -> ScheduleSpec:
-    spe = cfg.train.steps_per_epoch
-    return ScheduleSpec(
-        total_steps=cfg.train.total_steps,
-        lr=scaled_lr(cfg.optim.lr, cfg.optim.scaling_rule, cfg.train.batch_size * world_size),
-        min_lr=cfg.optim.min_lr,
-        warmup_steps=round(cfg.optim.warmup_epochs * spe),
-        weight_decay=cfg.optim.weight_decay,
-        weight_decay_end=cfg.optim.weight_decay_end,
-        momentum=cfg.teacher.momentum,
-        momentum_end=cfg.teacher.momentum_end,
-        teacher_temp_start=cfg.loss.warmup_teacher_temp,
-        teacher_temp=cfg.loss.teacher_temp,
-        teacher_temp_warmup_steps=round(cfg.loss.warmup_teacher_temp_epochs * spe),
-        freeze_last_layer_steps=round(cfg.optim.freeze_last_layer_epochs * spe),
-        freeze_backbone_steps=cfg.warm_start.freeze_backbone_steps,
-        backbone_ramp_steps=cfg.warm_start.backbone_ramp_steps,
-    )
+def build_networks(cfg: PretrainConfig, load_weights: bool = True) -> tuple[SSLNetwork, SSLNetwork]:
+    """Student (drop path, RoPE augmentation in train mode) and its EMA teacher (same weights, eval mode).
 
-
-def build_networks(cfg: PretrainConfig) -> tuple[SSLNetwork, SSLNetwork]:
-    """Student (drop path, RoPE augmentation in train mode) and its EMA teacher (same weights, eval mode)."""
+    ``load_weights=False`` when resuming: the checkpoint holds every weight, so ``model.weights`` may have moved."""
     m = cfg.model
-    backbone = load_backbone(m.arch, patch_size=m.patch_size, weights=m.weights, drop_path_rate=m.drop_path_rate,
-                             rope_rescale_coords=m.rope_rescale_coords, **m.kwargs)
+    backbone = load_backbone(m.arch, patch_size=m.patch_size, weights=m.weights if load_weights else None,
+                             rope_rescale_coords=m.rope_rescale_coords, init_values=m.layerscale_init, **m.kwargs)
+    set_drop_path(backbone, m.drop_path_rate, m.drop_path_profile)
     h = cfg.heads
-    student = SSLNetwork(backbone, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.ibot_out_dim)
+    student = SSLNetwork(backbone, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.ibot_out_dim,
+                         normalize_prototypes=h.normalize_prototypes)
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -172,12 +155,13 @@ class PhaseTimer:
 class Trainer:
     """Holds the networks, optimizer and schedule; :meth:`train_step` is one SSL iteration."""
 
-    def __init__(self, cfg: PretrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+    def __init__(self, cfg: PretrainConfig, device: torch.device, dist_info: DistInfo,
+                 load_weights: bool = True) -> None:
         self.cfg = cfg
         self.device = device
         self.dist = dist_info
         torch.manual_seed(cfg.seed)  # identical initial heads on every rank and in every (re)start
-        self.student, self.teacher = build_networks(cfg)
+        self.student, self.teacher = build_networks(cfg, load_weights)
         if cfg.train.activation_checkpointing:
             self.student.backbone.set_grad_checkpointing(True)
         self.student.to(device)
@@ -189,10 +173,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas),
                                            fused=device.type == "cuda" or None)
         self.model: torch.nn.Module = self.student
-        if is_distributed():
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=cfg.warm_start.freeze_backbone_steps > 0)
+        self._ddp_frozen: bool | None = None  # backbone-frozen state the DDP wrapper was built for
         if cfg.train.compile:
             self.student.backbone.compile()
             self.teacher.backbone.compile()
@@ -226,13 +207,27 @@ class Trainer:
         self.guard.skipped = int(state.get("nonfinite_skipped", 0))
         return int(state["step"])
 
+    def _wrap_ddp(self, frozen: bool) -> None:
+        """DDP needs the unused-parameter search only while the backbone is frozen (its parameters get no
+        gradient); the wrapper is rebuilt without it when the backbone unfreezes."""
+        if not is_distributed() or self._ddp_frozen == frozen:
+            return
+        self.model = torch.nn.parallel.DistributedDataParallel(
+            self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            broadcast_buffers=False, find_unused_parameters=frozen)
+        self._ddp_frozen = frozen
+
     # -- one iteration
     def train_step(self, batch: dict[str, Any], step: int, timer: PhaseTimer | None = None
-                   ) -> tuple[dict[str, float], StepValues, bool]:
-        """One iteration; ``timer`` (benchmarks) accumulates forward/backward/optimizer/EMA seconds."""
+                   ) -> tuple[dict[str, torch.Tensor], StepValues, bool]:
+        """One iteration; ``timer`` (benchmarks) accumulates forward/backward/optimizer/EMA seconds.
+
+        The terms come back as device tensors: the caller converts them on log steps only (one host sync per
+        step remains, the non-finite check that decides whether the optimizer steps)."""
         phase = timer or PhaseTimer(None)
         v = values_at(self.spec, step)
         apply_step_values(self.optimizer, v)
+        self._wrap_ddp(v.backbone_frozen)
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
         self.student.train()
         self.teacher.eval()
@@ -241,29 +236,26 @@ class Trainer:
             with self.autocast():
                 t_out = self.teacher.teacher_forward(g, masks)
                 s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
-            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights)
+            groups = field_groups(batch["fields"], self.device) if "fields" in batch else None
+            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights, groups)
         self.optimizer.zero_grad(set_to_none=True)
-        finite = not any_rank(not bool(torch.isfinite(total)), self.device)
-        norms = {"grad_norm_backbone": 0.0, "grad_norm_dino_head": 0.0, "grad_norm_ibot_head": 0.0}
-        if finite:
-            with phase("backward"):
-                total.backward()
-            with phase("optimizer"):
-                clip = self.cfg.optim.clip_grad
-                norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip)
-                         for k, m in self._parts(self.student).items()}
-                finite = all(math.isfinite(x) for x in norms.values())  # grads are identical on all ranks (DDP)
-                if finite:
-                    self.optimizer.step()
+        with phase("backward"):
+            total.backward()  # a non-finite loss gives non-finite gradients: caught below, the step is skipped
+        with phase("optimizer"):
+            clip = self.cfg.optim.clip_grad
+            norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip, self.device)
+                     for k, m in self._parts(self.student).items()}
+            ok = torch.isfinite(total) & torch.stack([torch.isfinite(x) for x in norms.values()]).all()
+            finite = not any_rank(not bool(ok), self.device)  # the one host sync of a step
+            if finite:
+                self.optimizer.step()
         if finite:
             with phase("ema"):
                 ema_update(self.teacher, self.student, v.momentum)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.update(finite, step)
-        out = {k: float(t) for k, t in terms.items()}
-        out.update(norms)
-        return out, v, finite
+        return {**terms, **norms}, v, finite
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -331,7 +323,7 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
         run.write_config(cfg)
     barrier()
     total = cfg.train.total_steps
-    trainer = Trainer(cfg, device, dist_info)
+    trainer = Trainer(cfg, device, dist_info, load_weights=resume_path is None)
     step = 0
     counters = [0, 0]  # this rank's good samples and failed reads so far (the failure budget)
     if resume_path is not None:
@@ -385,12 +377,13 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
                 window["samples"] += cfg.train.batch_size * dist_info.world_size
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{terms['loss_total']:.3f}", refresh=False)
                 eval_due = cfg.eval.every > 0 and step % cfg.eval.every == 0
                 if step % cfg.train.log_every == 0 or step == total or not finite or eval_due:
                     record = _record(cfg, trainer, terms, v, step, window, finite, n_failed, device)
                     if evaluator is not None and eval_due:
                         record.update(evaluator(trainer.teacher.backbone))
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss_total']:.3f}", refresh=False)
                     window = {"t0": time.perf_counter(), "wait": 0.0, "samples": 0}
                     if main:
                         run.append_metrics(record)
@@ -444,13 +437,14 @@ def _restored_counters(saved: Any, dist_info: DistInfo) -> list[int]:
     return [sum(int(r[i]) for r in saved) // dist_info.world_size for i in (0, 1)]
 
 
-def _record(cfg: PretrainConfig, trainer: Trainer, terms: dict[str, float], v: StepValues, step: int,
+def _record(cfg: PretrainConfig, trainer: Trainer, terms: dict[str, torch.Tensor], v: StepValues, step: int,
             window: dict[str, float], finite: bool, n_failed: int, device: torch.device) -> dict[str, Any]:
-    if is_distributed():  # mean over ranks (collective: every rank logs the same steps)
-        keys = sorted(terms)
-        t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
+    keys = sorted(terms)  # one stacked copy to the host (and one all-reduce: the mean over ranks)
+    t = torch.stack([terms[k].detach().to(device, torch.float64).reshape(()) for k in keys])
+    if is_distributed():  # collective: every rank logs the same steps
         all_reduce_(t)
-        terms = {k: float(x) / trainer.dist.world_size for k, x in zip(keys, t.tolist())}
+        t = t / trainer.dist.world_size
+    terms = {k: float(x) for k, x in zip(keys, t.tolist())}
     elapsed = max(1e-9, time.perf_counter() - window["t0"])
     steps_in_window = max(1, window["samples"] // (cfg.train.batch_size * trainer.dist.world_size))
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
