@@ -98,8 +98,9 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
        marker stay background.
     3. Growth back to the border: per-cell normalisation puts a cell's outer ring at 1/R (R its inradius in px),
        so the fill threshold erodes every core by ``fill·R`` px — IoU 0.84–0.88 with a perfect map. Each core
-       grows into ``dist > grow_threshold`` by at most the ring it lost, ``ceil(fill·R / (1 − fill)) + 1`` px
-       (R estimated from the core's area), never into another cell.
+       grows back by at most the ring it lost, ``ceil(fill·R) + 1`` px (R = the core's area-equivalent radius
+       / (1 − fill)), into pixels above its own ring level ``max(0.5 / R, grow_threshold)``, never into another
+       cell. ``grow_threshold = fill_threshold`` switches growth off.
     4. Objects smaller than ``min_size`` px are dropped.
     """
     d = np.asarray(dist, dtype=np.float32)
@@ -155,14 +156,14 @@ _N8 = _N4 + ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
 def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow: float) -> None:
-    """Grow every core (in place) into ``grow < d ≤ fill`` by at most the ring the fill threshold cut off.
+    """Grow every core (in place) into ``d ≤ fill`` by at most the ring the fill threshold cut off.
 
     A breadth-first flood over the ring pixels next to the growing cells only (the ring is a thin band, so this
     costs a few ms per 1080² field), alternating 4- and 8-neighbour steps (an octagonal approximation of
     Euclidean distance). A pixel joins the labelled neighbour with the highest distance value — the watershed's
     choice — so touching cells meet at their dip.
     """
-    h, w = labels.shape
+    w = labels.shape[1]
     lab = np.pad(labels, 1)
     dp = np.pad(d, 1)
     W = w + 2
