@@ -169,9 +169,6 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     W = w + 2
     flat_lab = lab.ravel()
     flat_d = dp.ravel()
-    open_ = ((dp > grow) & (lab == 0)).ravel()  # ring pixels not yet taken (the pad is never open)
-    if not open_.any():
-        return
     area = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
     radius = np.sqrt(area / np.pi)  # inradius of a disk of that area: an upper bound for elongated cores
     full = np.maximum(radius / (1.0 - fill), 1.0)  # the cell's own R, before the fill threshold eroded it
@@ -179,9 +176,15 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     limit[0] = 0
     level = np.maximum(RING_FRACTION / full, grow)  # the cell's ring sits at 1/R: stop below half of that
     level[0] = np.inf
+    floor = float(level[1:].min()) if n else np.inf  # no cell may take a pixel below this
+    open_ = ((dp > floor) & (lab == 0)).ravel()  # ring pixels not yet taken (the pad is never open)
+    if not open_.any():
+        return
     n8 = np.array([dy * W + dx for dy, dx in _N8], np.int64)
     ring = np.flatnonzero(open_)
     frontier = ring[(flat_lab[ring[:, None] + n8[None, :]] > 0).any(1)]  # open pixels next to a core
+    waiting = np.zeros(open_.size, bool)  # in the frontier
+    waiting[frontier] = True
     for step in range(1, int(limit.max()) + 1):
         if frontier.size == 0:
             break
@@ -196,16 +199,12 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
         new = frontier[take]
         flat_lab[new] = nl[rows, best][take]
         open_[new] = False
-        frontier = np.union1d(frontier[~take], _open_neighbours(new, n8, open_))
+        waiting[new] = False
+        cand = (new[:, None] + n8[None, :]).ravel()
+        cand = np.unique(cand[open_[cand] & ~waiting[cand]])  # newly reachable open pixels
+        waiting[cand] = True
+        frontier = np.concatenate([frontier[~take], cand])
     labels[...] = lab[1:-1, 1:-1]
-
-
-def _open_neighbours(pixels: np.ndarray, offs: np.ndarray, open_: np.ndarray) -> np.ndarray:
-    """Flat indices of the open pixels among the ``offs``-neighbours of ``pixels`` (unique, sorted)."""
-    if pixels.size == 0:
-        return pixels
-    nb = (pixels[:, None] + offs[None, :]).ravel()
-    return np.unique(nb[open_[nb]])
 
 
 def compact_labels(labels: np.ndarray) -> np.ndarray:
