@@ -10,7 +10,7 @@ from dinocell_core.seg.distance import distance_map
 from dinocell_core.seg.tune import score_thresholds, tune_thresholds
 from tests.test_segmentation import big_touching_disks, touching_disks
 
-CONFIGURED = {"peak": 0.47, "fill": 0.09, "grow": 0.01, "min_size": 0}
+CONFIGURED = {"peak": 0.47, "fill": 0.09, "grow": 0.01, "ring": 0.5, "min_size": 0}
 
 
 def blurred(lab: np.ndarray, seed: int) -> np.ndarray:

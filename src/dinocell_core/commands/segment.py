@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sg.add_argument("--fill", type=float, default=None, help="fill threshold (default: the bundle's)")
     sg.add_argument("--grow", type=float, default=None,
                     help="cells grow back to their border inside map > grow (default: the bundle's)")
+    sg.add_argument("--ring", type=float, default=None,
+                    help="growth stops below this fraction of a cell's ring value (default: the bundle's)")
     sg.add_argument("--min-size", type=int, default=None, help="drop objects smaller than this (pixels)")
     sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
     sg.set_defaults(handler=_segment)
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--peak", type=float, default=None, help="default: the bundle's (tuned on validation)")
     ev.add_argument("--fill", type=float, default=None, help="default: the bundle's")
     ev.add_argument("--grow", type=float, default=None, help="default: the bundle's")
+    ev.add_argument("--ring", type=float, default=None, help="default: the bundle's")
     ev.add_argument("--min-size", type=int, default=None, help="default: the bundle's")
     ev.set_defaults(handler=_evaluate)
 
@@ -157,7 +160,7 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
     from dinocell_core.seg.distance import compact_labels
 
     labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size,
-                        grow_threshold=args.grow)
+                        grow_threshold=args.grow, ring=args.ring)
     out = compact_labels(labels)
     stem = path.name.split(".")[0]
     with atomic_path(args.output / f"{stem}_labels.tiff") as tmp:
@@ -182,7 +185,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(args.model, args.dataset, device=args.device, tile_size=args.tile_size,
                                  batch_size=args.batch_size, channel=args.channel, max_images=args.max_images,
                                  progress=progress, images_dir=args.images, peak=args.peak, fill=args.fill,
-                                 grow=args.grow, min_size=args.min_size)
+                                 grow=args.grow, ring=args.ring, min_size=args.min_size)
     out = args.output or args.model.with_suffix(".eval.json")
     atomic_write_json(out, result)
     print(format_table(result))
