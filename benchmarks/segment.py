@@ -1,8 +1,11 @@
-"""Segmentation pipeline benchmark: where the time goes per 1080×1080 field, and peak memory on 8000×8000.
+"""Segmentation pipeline benchmark: where the time goes per 1080×1080 field, post-processing per 1080² field
+(markers, watershed, growth back to the border) against the old fill-only version, ``segment-plate`` fields/s per
+channel, and peak memory on 8000×8000.
 
     python benchmarks/segment.py                      # ViT-S/8 (the real model size), 256-px tiles
     python benchmarks/segment.py --arch vit_test      # tiny backbone: a quick run
     python benchmarks/segment.py --device cuda
+    python benchmarks/segment.py --only postprocessing,plate --arch vit_test
 
 Per field: preprocessing (channel + percentile normalisation), network (tile batches through backbone +
 decoder), blending (tiling, weighting, accumulation) and post-processing (watershed on a realistic distance map —
@@ -38,9 +41,84 @@ def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int) ->
     meta = {"name": f"bench-{arch}", "channel": "DNA",
             "backbone": {"arch": arch, "patch_size": patch, "kwargs": {}, "source": None},
             "decoder": {"layers": model.layers, "width": 128, "stem_width": 16},
-            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {"peak": 0.47, "fill": 0.09, "min_size": 0},
+            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {},  # the defaults
             "tile_size": tile, "overlap": overlap}
     return save_bundle(folder / "bench.safetensors", model, meta)
+
+
+def bench_postprocessing(repeats: int = 5) -> None:
+    """labels_from_distance on one core, per 1080² field: the per-cell target of fixture nuclei and cells (what a
+    perfect network predicts) and a blurred, noisy version of it (closer to a real network's map)."""
+    from scipy import ndimage as ndi
+
+    from dinocell_core.seg.metrics import evaluate_pairs
+
+    _, nuclei, cells = make_field(1080, seed=0, phenotype="punctate")
+    rng = np.random.default_rng(0)
+    print(f"post-processing per 1080×1080 field, one core (torch threads {torch.get_num_threads()}, "
+          f"{repeats} runs, median; CPU time is the figure on a shared machine, wall time includes waiting):")
+    for name, lab in (("nuclei", nuclei), ("cells", cells)):
+        d = distance_map(lab)
+        noisy = np.clip(ndi.gaussian_filter(d, 1.0) + ndi.gaussian_filter(rng.normal(0, 0.08, d.shape), 1.0),
+                        0, 1).astype(np.float32)
+        for kind, m in (("perfect map", d), ("blurred+noisy", noisy)):
+            for label, kw in (("new (defaults)", {}),
+                              ("old fill-only", {"grow_threshold": 0.09, "connectivity": 1, "min_marker_size": 1})):
+                times, cpu = [], []
+                for _ in range(repeats):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    out = labels_from_distance(m, **kw)
+                    times.append(time.perf_counter() - t0)
+                    cpu.append(time.process_time() - c0)
+                sc = evaluate_pairs([(lab, out)]).as_dict()
+                print(f"  {name:<6} {kind:<14} {label:<15} {np.median(cpu) * 1000:7.1f} ms CPU "
+                      f"({np.median(times) * 1000:6.1f} ms wall)  "
+                      f"{int(out.max()):5d} objects (truth {int(lab.max())})  AP@0.9 {sc['ap@0.90']:.3f}  "
+                      f"SEG {sc['seg']:.3f}")
+    print("  goal: ≤ 150 ms per field on one core")
+
+
+def bench_plate(arch: str, patch: int, tile: int, overlap: int, batch: int, device: str, size: int,
+                fields: int) -> None:
+    """``segment-plate`` on a synthetic plate: fields/s with the nuclei model only, the cells model only, both."""
+    from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.seg.plate import PlateRun
+
+    wells = max(1, fields // 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_jump_fixture(Path(tmp) / "data", plates=1, wells=wells, sites=2, size=size, seed=1,
+                                 edge_cases=False).root
+        models = {}
+        for ch in ("DNA", "AGP"):
+            d = Path(tmp) / f"models_{ch}"
+            d.mkdir()
+            p = make_bundle(d, arch, patch, tile, overlap)
+            p.rename(d / f"{ch}.safetensors")
+            _set_channel(d / f"{ch}.safetensors", ch)
+            models[ch] = d
+        both = Path(tmp) / "models_both"
+        both.mkdir()
+        for ch, d in models.items():
+            (both / f"{ch}.safetensors").write_bytes((d / f"{ch}.safetensors").read_bytes())
+        print(f"segment-plate on {device}, {arch}/{patch}, tile {tile}, {size}×{size} fields, "
+              f"torch threads {torch.get_num_threads()}:")
+        for label, d in (("DNA → nuclei", models["DNA"]), ("AGP → cells", models["AGP"]),
+                         ("both + measurements", both)):
+            run = PlateRun(d, root, Path(tmp) / f"out_{d.name}", device=device, batch_size=batch)
+            res = run.run()
+            n = res.done - res.done_before
+            print(f"  {label:<20} {n} fields in {res.seconds:6.1f} s = {n / res.seconds:6.3f} fields/s "
+                  f"(network {res.network_s:6.1f} s; the rest overlaps it or is reading/writing)")
+
+
+def _set_channel(path: Path, channel: str) -> None:
+    """Re-save a benchmark bundle for another channel (its metadata names the channel)."""
+    from dinocell_core.seg.bundle import load_bundle
+
+    b = load_bundle(path)
+    model = b.build_model()
+    meta = {k: v for k, v in b.metadata.items() if k not in ("format", "aliases")}
+    save_bundle(path, model, {**meta, "channel": channel, "name": f"bench-{channel}"})
 
 
 def rss_mb() -> float:
@@ -57,8 +135,24 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fields", type=int, default=2, help="timed fields (after one warm-up)")
     ap.add_argument("--big", type=int, default=8000, help="side of the memory-test image")
+    ap.add_argument("--plate-size", type=int, default=1080, help="field size of the segment-plate benchmark")
+    ap.add_argument("--plate-fields", type=int, default=4, help="fields of the segment-plate benchmark")
+    ap.add_argument("--only", default="pipeline,postprocessing,plate,memory",
+                    help="comma-separated parts to run: pipeline, postprocessing, plate, memory")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
+    if "postprocessing" in parts:
+        bench_postprocessing()
+    if "plate" in parts:
+        bench_plate(args.arch, args.patch, args.tile, args.overlap, args.batch, args.device, args.plate_size,
+                    args.plate_fields)
+    if "pipeline" in parts:
+        bench_pipeline(args)
+    if "memory" in parts:
+        bench_memory(args)
 
+
+def bench_pipeline(args: argparse.Namespace) -> None:
     channels, nuclei, _ = make_field(1080, seed=0, phenotype="punctate")
     dna = channels[4]
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +193,8 @@ def main() -> None:
     del seg
     gc.collect()
 
+
+def bench_memory(args: argparse.Namespace) -> None:
     big = np.random.default_rng(0).integers(0, 4000, (args.big, args.big), dtype=np.uint16)
     rss0 = rss_mb()
     tracemalloc.start()

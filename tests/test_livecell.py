@@ -161,7 +161,7 @@ def test_evaluate_command_on_the_official_layout_with_bundle_thresholds(tmp_path
     from dinocell_core.seg.inference import Segmenter
 
     ann = write_official_layout(tmp_path / "livecell")
-    th = {"peak": 0.52, "fill": 0.2, "grow": 0.05, "min_size": 3}
+    th = {"peak": 0.52, "fill": 0.2, "grow": 0.05, "ring": 0.6, "min_size": 3}
     bundle = tiny_bundle(tmp_path, th)
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(bundle), str(ann), "-o", str(out), "--device", "cpu"]) == 0

@@ -211,7 +211,7 @@ def test_resolve_thresholds_and_bad_keys() -> None:
 
     old_bundle = {"peak": 0.5, "fill": 0.1, "min_size": 0}  # written before "grow" existed
     th = resolve_thresholds(old_bundle, min_size=7)
-    assert th == {"peak": 0.5, "fill": 0.1, "grow": 0.01, "min_size": 7}
+    assert th == {"peak": 0.5, "fill": 0.1, "grow": 0.01, "ring": 0.5, "min_size": 7}
     assert resolve_thresholds(old_bundle, fill=0.005)["grow"] == 0.005
     with pytest.raises(ValueError, match="unknown threshold"):
         resolve_thresholds(old_bundle, peek=0.3)

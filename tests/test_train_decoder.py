@@ -50,6 +50,11 @@ def test_learns_to_segment_held_out_fixture_images(fixtures, tmp_path, capsys) -
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["metrics"]["ap@0.50"] >= 0.8 and result["metrics"]["n_images"] == 8
+    # thresholds were searched on the validation images after training, written into the bundle, and used
+    search = bundle.metadata["threshold_search"]
+    assert search["images"] == 8 and len(search["tried"]) > 50
+    assert bundle.metadata["validation_metrics"]["ap_mean"] >= search["configured_metrics"]["ap_mean"]
+    assert result["thresholds"] == bundle.thresholds
     assert "OP_CSB" in printed and f"{result['metrics']['ap@0.50']:.3f}" in printed
 
 

@@ -100,7 +100,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  backbone export    {backbone.with_suffix('.safetensors')}")
     print(f"  model bundle       {model}")
     print(f"  labels             {out / 'segmented'}")
-    print(f"  held-out AP@0.5    {m['ap@0.50']:.3f}, mean AP {m['ap_mean']:.3f}, SEG {m['seg']:.3f}  ({scores})")
+    print(f"  held-out AP@0.5    {m['ap@0.50']:.3f}, AP@0.9 {m['ap@0.90']:.3f}, AP@0.95 {m['ap@0.95']:.3f}, "
+          f"mean AP {m['ap_mean']:.3f}, SEG {m['seg']:.3f}, COCO mask AP {m['coco_ap']:.3f}  ({scores})")
     print("With the plugin installed (pip install -e '.[napari]'): `napari` → Plugins → DINOCell → Runs, Segment.")
     return 0
 
