@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dinocell_core.config import ConfigError
-from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.io.checkpoint import CheckpointError, CheckpointManager, load_state
 from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.runs.launch import LaunchError, launch_local
 from dinocell_core.runs.rundir import RunDir, RunLock, RunLockedError, read_metrics
@@ -178,3 +178,17 @@ def test_decoder_resume_checks_its_config_and_a_refusal_changes_nothing(tmp_path
     with pytest.raises(ConfigError, match=r"step_00000002\.safetensors.*decoder\.width"):
         run_decoder_training(load_config(DecoderConfig, demo, [*base, "decoder.width=32"]), run.path)
     assert run.read_status()["state"] == "finished"
+
+
+def test_checkpoints_that_all_fail_to_verify_refuse_a_restart_from_zero(fixture_root, tmp_path):
+    """E.g. files written before the digest covered metadata, or all corrupted: never silently start over."""
+    run = RunDir(tmp_path / "run")
+    run_pretraining(tiny_config(fixture_root, 4), run.path)
+    for p in run.checkpoints_dir.glob("step_*.safetensors"):
+        data = bytearray(p.read_bytes())
+        data[-10] ^= 0xFF
+        p.write_bytes(bytes(data))
+    metrics = run.metrics_path.read_bytes()
+    with pytest.raises(CheckpointError, match="checkpoint\\(s\\) but none is usable.*move them away"):
+        run_pretraining(tiny_config(fixture_root, 4), run.path)
+    assert run.metrics_path.read_bytes() == metrics and run.read_status()["state"] == "finished"
