@@ -192,3 +192,32 @@ def test_checkpoints_that_all_fail_to_verify_refuse_a_restart_from_zero(fixture_
     with pytest.raises(CheckpointError, match="checkpoint\\(s\\) but none is usable.*move them away"):
         run_pretraining(tiny_config(fixture_root, 4), run.path)
     assert run.metrics_path.read_bytes() == metrics and run.read_status()["state"] == "finished"
+
+
+def _worker(ready) -> None:
+    from dinocell_core.runs.stopping import ignore_stop_signals
+
+    ignore_stop_signals()
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_worker_ignores_group_signals_but_not_its_parents_terminate():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_worker, args=(ready,), daemon=True)
+    proc.start()
+    assert ready.wait(60)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # as Slurm / systemd / Ctrl-C send them: from another process
+            subprocess.run(["kill", f"-{sig.name[3:]}", str(proc.pid)], check=True)
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.terminate()  # the parent's SIGTERM (torch's shutdown of a worker that did not exit)
+        proc.join(timeout=10)
+        assert proc.exitcode == 128 + signal.SIGTERM
+    finally:
+        if proc.is_alive():
+            proc.kill()
