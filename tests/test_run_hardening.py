@@ -221,3 +221,32 @@ def test_a_worker_ignores_group_signals_but_not_its_parents_terminate():
     finally:
         if proc.is_alive():
             proc.kill()
+
+
+STARTUP = """
+import os, signal, subprocess, sys
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.runs.stopping import stop_signals_blocked
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.data import make_ssl_loader
+if __name__ == "__main__":
+    got = []
+    signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    root = make_jump_fixture(sys.argv[1], plates=1, wells=2, sites=2, size=64, seed=0, edge_cases=False).root
+    cfg = DataConfig(root=str(root), global_size=32, local_size=16, n_local=0, num_workers=2)
+    loader = make_ssl_loader(cfg, 8, 2, 0, steps=2)
+    with stop_signals_blocked():
+        it = iter(loader)  # workers are spawned now and still importing torch when the TERM comes
+        subprocess.run(["kill", "-TERM", "--", f"-{os.getpgid(0)}"], check=True)  # as Slurm would: not the parent
+    n = sum(1 for _ in it)
+    print(f"batches {n} signals {got}", flush=True)
+"""
+
+
+def test_a_group_signal_while_workers_start_neither_kills_them_nor_is_lost(tmp_path):
+    script = tmp_path / "startup.py"
+    script.write_text(STARTUP)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "fx")], capture_output=True, text=True,
+                       env=_env(), timeout=180, start_new_session=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == f"batches 2 signals [{int(signal.SIGTERM)}]"
