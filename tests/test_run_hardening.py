@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dinocell_core.config import ConfigError
-from dinocell_core.io.checkpoint import CheckpointManager, load_state
+from dinocell_core.io.checkpoint import CheckpointError, CheckpointManager, load_state
 from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.runs.launch import LaunchError, launch_local
 from dinocell_core.runs.rundir import RunDir, RunLock, RunLockedError, read_metrics
@@ -68,7 +68,6 @@ def test_second_trainer_on_a_running_run_is_refused(fixture_root, tmp_path):
         assert first.poll() is None  # the first job runs on, untouched
         assert RunDir(run).read_status()["pid"] == first.pid
         assert (run / "run.log").read_text().startswith(log_before)
-        _wait_for_step(run, first, 4)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
@@ -179,3 +178,75 @@ def test_decoder_resume_checks_its_config_and_a_refusal_changes_nothing(tmp_path
     with pytest.raises(ConfigError, match=r"step_00000002\.safetensors.*decoder\.width"):
         run_decoder_training(load_config(DecoderConfig, demo, [*base, "decoder.width=32"]), run.path)
     assert run.read_status()["state"] == "finished"
+
+
+def test_checkpoints_that_all_fail_to_verify_refuse_a_restart_from_zero(fixture_root, tmp_path):
+    """E.g. files written before the digest covered metadata, or all corrupted: never silently start over."""
+    run = RunDir(tmp_path / "run")
+    run_pretraining(tiny_config(fixture_root, 4), run.path)
+    for p in run.checkpoints_dir.glob("step_*.safetensors"):
+        data = bytearray(p.read_bytes())
+        data[-10] ^= 0xFF
+        p.write_bytes(bytes(data))
+    metrics = run.metrics_path.read_bytes()
+    with pytest.raises(CheckpointError, match="checkpoint\\(s\\) but none is usable.*move them away"):
+        run_pretraining(tiny_config(fixture_root, 4), run.path)
+    assert run.metrics_path.read_bytes() == metrics and run.read_status()["state"] == "finished"
+
+
+def _worker(ready) -> None:
+    from dinocell_core.runs.stopping import ignore_stop_signals
+
+    ignore_stop_signals()
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_worker_ignores_group_signals_but_not_its_parents_terminate():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_worker, args=(ready,), daemon=True)
+    proc.start()
+    assert ready.wait(60)
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # as Slurm / systemd / Ctrl-C send them: from another process
+            subprocess.run(["kill", f"-{sig.name[3:]}", str(proc.pid)], check=True)
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.terminate()  # the parent's SIGTERM (torch's shutdown of a worker that did not exit)
+        proc.join(timeout=10)
+        assert proc.exitcode == 128 + signal.SIGTERM
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+
+STARTUP = """
+import os, signal, subprocess, sys
+from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.runs.stopping import stop_signals_blocked
+from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.data import make_ssl_loader
+if __name__ == "__main__":
+    got = []
+    signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    root = make_jump_fixture(sys.argv[1], plates=1, wells=2, sites=2, size=64, seed=0, edge_cases=False).root
+    cfg = DataConfig(root=str(root), global_size=32, local_size=16, n_local=0, num_workers=2)
+    loader = make_ssl_loader(cfg, 8, 2, 0, steps=2)
+    with stop_signals_blocked():
+        it = iter(loader)  # workers are spawned now and still importing torch when the TERM comes
+        subprocess.run(["kill", "-TERM", "--", f"-{os.getpgid(0)}"], check=True)  # as Slurm would: not the parent
+    n = sum(1 for _ in it)
+    print(f"batches {n} signals {got}", flush=True)
+"""
+
+
+def test_a_group_signal_while_workers_start_neither_kills_them_nor_is_lost(tmp_path):
+    script = tmp_path / "startup.py"
+    script.write_text(STARTUP)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "fx")], capture_output=True, text=True,
+                       env=_env(), timeout=180, start_new_session=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == f"batches 2 signals [{int(signal.SIGTERM)}]"

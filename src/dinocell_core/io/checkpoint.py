@@ -254,6 +254,21 @@ class CheckpointManager:
             return path
         return None
 
+    def resume_point(self) -> Path | None:
+        """:meth:`latest` for a trainer about to resume: None only when there are no checkpoints at all. When files
+        exist but none verifies, starting over would silently rewrite the run from step 0, so that is refused."""
+        path = self.latest()
+        if path is None and self.steps():
+            problems = []
+            for step in reversed(self.steps()[-3:]):
+                try:
+                    load_tensors(self.path_for(step))
+                except CheckpointError as exc:
+                    problems.append(str(exc))
+            raise CheckpointError(f"{self.dir}: {len(self.steps())} checkpoint(s) but none is usable ("
+                                  + "; ".join(problems) + "); move them away to start this run over")
+        return path
+
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         path = self.latest()
         return None if path is None else load_state(path, map_location)

@@ -49,6 +49,11 @@ def stop_signals_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    # multiprocessing starts its resource tracker on first use with TERM/INT blocked and then UNBLOCKS them, which
+    # would silently undo this block for every worker started after it: start the tracker first.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
@@ -57,6 +62,28 @@ def stop_signals_blocked() -> Iterator[None]:
 
 
 def ignore_stop_signals() -> None:
-    """For worker processes: the parent decides when to stop and shuts its workers down itself."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """For worker processes: a stop signal from anyone but the parent is ignored (the parent decides when to stop
+    and shuts its workers down itself), but the parent's own SIGTERM — torch's ``terminate()`` of a worker that
+    does not exit — still ends it. Where the sender cannot be told (no ``sigwaitinfo``), both are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    import os
+    import threading
+
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, _ignore)  # a TERM reaching an unblocked thread runs this no-op, never kills
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def watch() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dinocell-term-watch", daemon=True).start()
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """Stop signals meant for the trainer (process group, cgroup) are not this worker's to act on."""

@@ -173,7 +173,7 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
     with run.lock():
         run.remove_orphan_temp_files()
         ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
-        latest = ckpts.latest()
+        latest = ckpts.resume_point()
         if latest is not None:  # the same check as pretraining: the checkpoint was trained with the old values
             if run.exists():
                 check_resume_changes(read_yaml(run.config_path), cfg, run.config_path, RESUMABLE_CHANGES)

@@ -333,7 +333,10 @@ class SSLLoader:
         self.dataset = dataset
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.loader:
+        return self._batches(iter(self.loader))  # the workers start here, not at the first next()
+
+    def _batches(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
             for path, reason in batch["failures"]:
                 log.warning("bad input skipped: %s: %s", path, reason)
             self.budget.update(len(batch["sample_ids"]), batch["n_failed"], batch["failures"])

@@ -294,7 +294,7 @@ def _preflight(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, lock: Any)
             lock.acquire()
             run.remove_orphan_temp_files()
             ckpts = CheckpointManager(run.checkpoints_dir)
-            resume_path = ckpts.latest() if run.checkpoints_dir.is_dir() else None
+            resume_path = ckpts.resume_point()
             if resume_path is not None:
                 from dinocell_core.config import read_yaml
 
