@@ -268,11 +268,13 @@ def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, mo
     with open(table) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(set(np.unique(edited)) - {0})
-    assert rows[0]["plate"] == "BR00116991" and rows[0]["well"] == "A01" and rows[0]["site"] == "3"
     first = rows[0]
-    mask = edited == int(first["label"])
-    assert int(first["area"]) == int(mask.sum())
-    assert float(first["intensity_mean"]) == pytest.approx(float(data[mask].mean()), rel=1e-4)
+    assert first["Metadata_Plate"] == "BR00116991" and first["Metadata_Well"] == "A01" and first["Metadata_Site"] == "3"
+    mask = edited == int(first["ObjectNumber"])
+    assert float(first["Cells_AreaShape_Area"]) == int(mask.sum())  # the CLI's segment-plate columns
+    scale = float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else 1.0  # CellProfiler's
+    assert float(first["Cells_Intensity_MeanIntensity_DNA"]) == pytest.approx(float(data[mask].mean()) / scale,
+                                                                              rel=1e-4)
 
     # confirmed overwrite applies the thresholds
     widget.overwrite_btn.click()

@@ -47,14 +47,6 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     assert not RunDir(tmp_path / "r1").exists()
 
 
-def test_arch_names_match_the_backbone():
-    """The torch-free preflight list of architectures is the backbone's."""
-    from dinocell_core.backbone import ARCHS
-    from napari_dinocell.preflight import ARCH_NAMES
-
-    assert set(ARCH_NAMES) == set(ARCHS)
-
-
 def test_a_launched_run_that_fails_raises_a_notification(make_napari_viewer, qtbot, tmp_path, notifications,
                                                          monkeypatch):
     """Images but no ground-truth masks: the preflight cannot know, the job fails in its first seconds, and the

@@ -11,9 +11,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-#: backbone architecture names (the keys of ``dinocell_core.backbone.ARCHS``, which imports torch and timm; a
-#: test checks the two agree)
-ARCH_NAMES = ("vit_test", "vit_small", "vit_base", "vit_large")
+from dinocell_core.archs import ARCH_SPECS
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 #: folder entries looked at before giving up on finding an image (a big tree is assumed to hold some)
@@ -37,9 +36,9 @@ def missing_paths(paths: Sequence[tuple[str, str | None]]) -> list[str]:
 
 
 def check_arch(label: str, arch: str) -> list[str]:
-    if arch in ARCH_NAMES:
+    if arch in ARCH_SPECS:
         return []
-    return [f"{label} {arch!r} is not a backbone architecture; expected one of {', '.join(ARCH_NAMES)}"]
+    return [f"{label} {arch!r} is not a backbone architecture; expected one of {', '.join(ARCH_SPECS)}"]
 
 
 def check_weights(label: str, path: str | None) -> list[str]:

@@ -83,12 +83,16 @@ def threshold_job(segmenter: Any, distance: np.ndarray, peak: float, fill: float
 
 
 def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, stem: str,
-             constants: dict[str, Any], what: str) -> list[Path]:
-    """Write the labels TIFF and/or the per-object CSV of one field (atomically)."""
+             constants: dict[str, Any], what: str, channel: str = "image") -> list[Path]:
+    """Write the labels TIFF and/or the per-object CSV of one field (atomically).
+
+    The CSV has ``segment-plate``'s columns (:func:`dinocell_core.seg.measure.measure_objects`: ``ObjectNumber``,
+    ``Cells_AreaShape_*``, ``Cells_Intensity_*_<channel>``) after the ``Metadata_*`` constants, so a table exported
+    here and one from the CLI aggregate alike."""
     import tifffile
 
     from dinocell_core.io.fsutil import atomic_path
-    from napari_dinocell.measure import object_table, write_table
+    from dinocell_core.seg.measure import measure_objects
 
     written = []
     if what in ("labels", "both"):
@@ -98,7 +102,11 @@ def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, ste
         written.append(path)
     if what in ("measurements", "both"):
         path = folder / f"{stem}_objects.csv"
-        write_table(object_table(labels, intensity), path, constants)
+        table = measure_objects(labels, None if intensity is None else {channel: intensity})
+        for i, (key, value) in enumerate(constants.items()):
+            table.insert(i, key, value)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
         written.append(path)
     return written
 

@@ -628,18 +628,20 @@ class SegmentWidget(QWidget):
         labels = np.asarray(out.layers["labels"].data)
         intensity = channel_image(source.data, out.channel) if what != "labels" else None
         meta = source.metadata
-        constants = {k: meta[k] for k in ("plate", "well", "site") if meta.get(k) is not None}
-        constants["image"] = source.name
+        constants = {f"Metadata_{k.capitalize()}": meta[k] for k in ("plate", "well", "site")
+                     if meta.get(k) is not None}
+        constants["Metadata_Image"] = source.name
         info = self.current_bundle()
         if info is not None:
-            constants["model"] = info.name
+            constants["Metadata_Model"] = info.name
 
         def done(paths: list[Path]) -> None:
             self.save_status.finish(f"saved {', '.join(p.name for p in paths)} in {folder}")
             show_info(self.save_status.message)
 
+        channel = CHANNELS.get(meta.get("channel"), source.name.removesuffix(STALE))
         start_job(save_job, labels, intensity, Path(folder).expanduser(), result_stem(source), constants, what,
-                  status=self.save_status, title="Saving", on_returned=done)
+                  channel, status=self.save_status, title="Saving", on_returned=done)
 
     def _update_enabled(self) -> None:
         busy = self.worker is not None
