@@ -3,7 +3,8 @@
 A 1 s timer starts one background poll at a time (folder scan + new metrics lines + log tail); the GUI thread
 only redraws. Metrics are tailed with :class:`MetricsTail`, so each poll reads only the bytes appended since the
 previous one, even for a 48 h run. Losses and validation metrics (decoder runs; a pretraining run's ``eval:``
-mAP) are plotted on separate axes; only summary metrics are drawn, so the legend stays readable. A run that turns failed raises a notification.
+mAP) are plotted on separate axes; only summary metrics are drawn, so the legend stays readable. A run that turns
+failed raises a notification.
 """
 
 from __future__ import annotations
