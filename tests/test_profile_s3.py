@@ -3,54 +3,32 @@ same well profiles as from the local copy."""
 
 from __future__ import annotations
 
-import socket
-
 import pandas as pd
 import pytest
 
 pytest.importorskip("copairs")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("boto3")
 
 from dinocell_core.io.storage import S3Storage  # noqa: E402
 from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.jump.index import index_fields  # noqa: E402
 from dinocell_core.profiling.embed import EmbedSettings, embed_profiles, find_metadata_dir  # noqa: E402
+from tests.conftest import s3_server  # noqa: E402
 
 BUCKET = "cellpainting-gallery"
 PREFIX = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4/"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_embed_from_s3_equals_local(tmp_path, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     fx = make_jump_fixture(tmp_path / "fx", plates=2, wells=2, sites=1, size=64, seed=6, edge_cases=False)
-    port = _free_port()
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    srv.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")
-        client.create_bucket(Bucket=BUCKET)
-        for path in fx.root.rglob("*"):
-            if path.is_file() and ".dinocell" not in path.parts:
-                client.upload_file(str(path), BUCKET, path.relative_to(fx.root).as_posix(),
-                                   ExtraArgs={"ACL": "public-read"})
+    with s3_server(fx.root, BUCKET) as (endpoint, _client):
         store = S3Storage(endpoint_url=endpoint)
         s = EmbedSettings(tile=32, channels="each")
         meta = find_metadata_dir(str(fx.root))
         remote = embed_profiles(PREFIX, index_fields(PREFIX, storage=store).fields, tmp_path / "s3.csv", s,
                                 metadata=meta, storage=store, progress=False)
-    finally:
-        srv.stop()
     local = embed_profiles(str(fx.root), index_fields(fx.root).fields, tmp_path / "local.csv", s, metadata=meta,
                            progress=False)
     assert len(remote) == 4

@@ -6,13 +6,13 @@ import pickle
 import socket
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
 
 from dinocell_core.io.storage import S3Storage
 from dinocell_core.io.tiffio import BadImageError, read_tiff
 from dinocell_core.jump.fixture import make_jump_fixture
+from tests.conftest import s3_server
 from dinocell_core.jump.index import index_fields, index_load_data
 from dinocell_core.ssl.config import DataConfig
 from dinocell_core.ssl.data import make_ssl_loader
@@ -21,31 +21,11 @@ BUCKET = "cellpainting-gallery"
 PREFIX = "s3://cellpainting-gallery/cpg0000-jump-pilot/source_4/"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
     fx = make_jump_fixture(tmp_path_factory.mktemp("s3"), plates=2, wells=2, sites=1, size=64, seed=6)
-    port = _free_port()
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    srv.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    for path in fx.root.rglob("*"):
-        if path.is_file() and ".dinocell" not in path.parts:
-            # Public-read, like the real gallery bucket: the dataset reads with unsigned requests.
-            client.upload_file(str(path), BUCKET, path.relative_to(fx.root).as_posix(),
-                               ExtraArgs={"ACL": "public-read"})
-    yield {"endpoint": endpoint, "client": client, "fx": fx}
-    srv.stop()
+    with s3_server(fx.root, BUCKET) as (endpoint, client):
+        yield {"endpoint": endpoint, "client": client, "fx": fx}
 
 
 @pytest.fixture(autouse=True)
