@@ -19,16 +19,16 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     assert widget.validate() is None
     assert "training data" in widget.message.text() and "does not exist" in widget.message.text()
 
-    # preflight: empty data folder, architecture typo, a real arch without backbone weights
+    # an architecture typo is a schema error; then preflight: empty data folder, a real arch without weights
     (tmp_path / "empty").mkdir()
     widget.editors["data.path"].set(str(tmp_path / "empty"))
     widget.editors["backbone.arch"].set("vit_smal")
     assert widget.validate() is None
-    text = widget.message.text()
-    assert "empty holds no images" in text and "'vit_smal' is not a backbone architecture" in text
+    assert "unknown backbone arch 'vit_smal' (backbone.arch)" in widget.message.text()
     widget.editors["backbone.arch"].set("vit_small")
     assert widget.validate() is None
-    assert "backbone weights are empty" in widget.message.text()
+    text = widget.message.text()
+    assert "empty holds no images" in text and "backbone weights are empty" in text
 
     root = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=0).root
     widget.editors["backbone.arch"].set("vit_test")

@@ -11,8 +11,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinocell_core.archs import ARCH_SPECS
-
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 #: folder entries looked at before giving up on finding an image (a big tree is assumed to hold some)
@@ -33,12 +31,6 @@ def missing_paths(paths: Sequence[tuple[str, str | None]]) -> list[str]:
         if p is not None and not p.exists():
             out.append(f"{label} {p.resolve()} does not exist")
     return out
-
-
-def check_arch(label: str, arch: str) -> list[str]:
-    if arch in ARCH_SPECS:
-        return []
-    return [f"{label} {arch!r} is not a backbone architecture; expected one of {', '.join(ARCH_SPECS)}"]
 
 
 def check_weights(label: str, path: str | None) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from dinocell_core.ssl.config import PretrainConfig
-from napari_dinocell.preflight import check_arch, check_has_images, check_weights, missing_paths
+from napari_dinocell.preflight import check_has_images, check_weights, missing_paths
 from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
 
 CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")
@@ -41,7 +41,6 @@ class PretrainWidget(ConfigLaunchForm):
             problems.append("data root is empty: choose a CPJUMP1 folder, an s3:// prefix or a load_data CSV")
         problems += missing_paths([("data root", data.root), ("data index", data.index),
                                    ("prepared store", data.prepared), ("backbone weights", cfg.model.weights)])
-        problems += check_arch("model.arch", cfg.model.arch)
         problems += check_has_images("data root", data.root)
         problems += check_weights("backbone weights", cfg.model.weights)
         if self.gpus.value() > 1 and cfg.train.device == "cpu":

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
 from dinocell_core.seg.config import DecoderConfig
-from napari_dinocell.preflight import check_arch, check_has_images, check_weights, missing_paths
+from napari_dinocell.preflight import check_has_images, check_weights, missing_paths
 from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
 
 
@@ -73,7 +73,7 @@ class TrainDecoderWidget(ConfigLaunchForm):
                    ("labels store", cfg.data.labels)]
         if cfg.val_data is not None:
             sources.append(("validation data", cfg.val_data.path))
-        problems = missing_paths(sources) + check_arch("backbone.arch", cfg.backbone.arch)
+        problems = missing_paths(sources)
         problems += check_has_images("training data", cfg.data.path)
         if cfg.val_data is not None:
             problems += check_has_images("validation data", cfg.val_data.path)
