@@ -10,15 +10,15 @@ import tifffile
 from dinocell_core.cli import main
 from dinocell_core.io.images import ImageError, prepare_image, read_image
 from dinocell_core.jump.fixture import make_jump_fixture
-from dinocell_core.seg.bundle import save_bundle
+from dinocell_core.seg.bundle import list_bundles
 from dinocell_core.seg.inference import Segmenter
-from tests.test_bundle import meta, tiny_model
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    model = tiny_model()
-    return save_bundle(tmp_path_factory.mktemp("b") / "m.safetensors", model, meta(model))
+def bundle(models_dir):
+    """A DNA model trained on the fixture (conftest): an untrained network's map finds cells only by chance."""
+    (info,) = list_bundles(models_dir, channel="DNA")
+    return info.path
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +121,11 @@ def test_bad_segment_options_are_usage_errors(bundle, tmp_path, option, capsys):
     assert exc.value.code == 2 and option[0] in capsys.readouterr().err
 
 
-def test_evaluate_scores_are_not_lowered_by_a_few_nan_pixels(tmp_path):
-    """An untrained decoder (seed 1) that happens to overlap the fixture's nuclei (SEG ≈ 0.17): 9 NaN pixels per
-    image used to turn every normalised pixel into NaN (SEG 0); masked, the scores are those of the clean images."""
+def test_evaluate_scores_are_not_lowered_by_a_few_nan_pixels(bundle, tmp_path):
+    """9 NaN pixels per image used to turn every normalised pixel into NaN (SEG 0); masked, the scores are those of
+    the clean images."""
     from dinocell_core.seg.evaluate import evaluate_bundle
 
-    model = tiny_model(1)
-    bundle = save_bundle(tmp_path / "m1.safetensors", model, meta(model))
     root = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=1, size=128, seed=1, edge_cases=False).root
     images = sorted(root.rglob("Images/*-ch5sk1*.tiff"))
     masks = sorted(root.rglob("ground_truth/**/*_nuclei.tiff"))
