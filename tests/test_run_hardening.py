@@ -203,12 +203,17 @@ def _worker(ready) -> None:
 
 
 def test_a_worker_ignores_group_signals_but_not_its_parents_terminate():
+    """Started as SSLLoader starts DataLoader workers (stop signals blocked), so every thread the worker creates
+    (torch's OpenMP pool included) keeps TERM blocked and only the watcher thread receives it."""
     import multiprocessing as mp
+
+    from dinocell_core.runs.stopping import stop_signals_blocked
 
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     proc = ctx.Process(target=_worker, args=(ready,), daemon=True)
-    proc.start()
+    with stop_signals_blocked():
+        proc.start()
     assert ready.wait(60)
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):  # as Slurm / systemd / Ctrl-C send them: from another process
