@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode
+from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode, channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.table import ProfileError
 
 TOKENS = ("cls", "mean_patch", "cls+mean_patch")
 AGGREGATIONS = ("mean", "median")
-DNA = 5
+DNA = channel_number("DNA")  # ch5 in the CPJUMP1 vocabulary
 EACH = "each"
 
 

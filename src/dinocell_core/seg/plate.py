@@ -37,7 +37,7 @@ from dinocell_core.seg.measure import INTENSITY_FEATURES, measure_cells
 log = logging.getLogger(__name__)
 
 NUCLEI, CELLS = "Nuclei", "Cells"
-DNA = 5
+DNA = channel_number("DNA")  # ch5 in the CPJUMP1 vocabulary
 MANIFEST = "segment-plate.json"
 METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_PlateFolder", "Metadata_SK")
 
