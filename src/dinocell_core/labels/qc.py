@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from dinocell_core.io.fsutil import atomic_write_bytes
+from dinocell_core.io.images import normalize_percentile
 
 QC_CSV = "qc.csv"
 CONTACT_SHEET = "contact_sheet.png"
@@ -63,19 +64,14 @@ def read_qc_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _normalise(img: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(img, (1, 99.8))
-    return np.clip((img.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0, 1)
-
-
 def render_tile(dna: np.ndarray, rna: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
                 size: int = 256) -> np.ndarray:
     """RGB uint8 tile: DNA blue, RNA green, cell outlines yellow, nucleus outlines magenta."""
     from skimage.segmentation import find_boundaries
 
     rgb = np.zeros((*dna.shape, 3), np.float32)
-    rgb[..., 2] = _normalise(dna)
-    rgb[..., 1] = 0.8 * _normalise(rna)
+    rgb[..., 2] = normalize_percentile(dna)
+    rgb[..., 1] = 0.8 * normalize_percentile(rna)
     rgb[find_boundaries(cells, mode="inner")] = (1.0, 1.0, 0.0)
     rgb[find_boundaries(nuclei, mode="inner")] = (1.0, 0.0, 1.0)
     tile = (rgb * 255).astype(np.uint8)
