@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("copairs")
@@ -59,3 +60,30 @@ def test_profiles_widget_map_table_and_click(make_napari_viewer, qtbot, embedded
                     and browser.current.plate == plate, timeout=30000)
     qtbot.waitUntil(lambda: not browser.busy, timeout=30000)
     assert len(viewer.layers) >= 8  # the field's channels are shown
+
+
+@pytest.mark.gui
+def test_umap_choice_greyed_out_without_umap_learn(make_napari_viewer, monkeypatch):
+    import napari_dinocell.widgets.profiles as profiles
+
+    monkeypatch.setattr(profiles, "umap_available", lambda: False)
+    widget = profiles.ProfilesWidget(make_napari_viewer())
+    item = widget.method.model().item(1)
+    assert not item.isEnabled() and "needs umap-learn" in item.text()
+    assert "pip install" in item.toolTip() and "[umap]" in widget.method.toolTip()
+    assert widget.method.currentText() == "PCA"
+
+
+@pytest.mark.gui
+def test_profiles_widget_umap_map(make_napari_viewer, qtbot, embedded):
+    pytest.importorskip("umap")
+    _, table = embedded
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("dinocell", "Profiles")
+    assert widget.method.model().item(1).isEnabled()
+    widget.method.setCurrentText("UMAP")
+    widget.profiles.setText(str(table))
+    widget.null_size.setValue(500)
+    widget.compute()
+    qtbot.waitUntil(lambda: widget.map is not None and widget.worker is None, timeout=120000)
+    assert widget.map.method == "UMAP" and widget.map.coords.shape == (24, 2)
+    assert np.isfinite(widget.map.coords).all() and widget.ax.get_title().startswith("UMAP of 24 well profiles")

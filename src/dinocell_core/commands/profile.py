@@ -55,8 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     em = sub.add_parser("embed", help="images → well profiles with a backbone or the hand-crafted baseline",
                         description="Embed every field of a CPJUMP1 tree (folder, s3:// prefix or load_data CSV) "
-                                    "in Kim et al.'s tiles, aggregate tile → site → well and annotate with the "
-                                    "CPJUMP1 metadata files. Resumable: run the same command again after a kill.")
+                                    "in Kim et al.'s tiles or in per-cell crops from a labels store, aggregate "
+                                    "unit → site → well and annotate with the CPJUMP1 metadata files. Resumable: "
+                                    "run the same command again after a kill. OUTPUT.fields.csv lists every "
+                                    "field's unit count and status (fields without labels are skipped and listed).")
     em.add_argument("root", help="CPJUMP1 folder, s3:// prefix or load_data CSV (as for `jump index`)")
     em.add_argument("-o", "--output", type=Path, required=True, help="profile table (.csv, .csv.gz, .parquet)")
     em.add_argument("--backbone", default="baseline",
@@ -68,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     em.add_argument("--channels", default="fluorescent_mean",
                     help="fluorescent_mean | each (ch1–5 embedded separately, concatenated) | channel:N")
     em.add_argument("--tokens", default="cls", choices=["cls", "mean_patch", "cls+mean_patch"])
+    em.add_argument("--units", default="tiles", choices=["tiles", "cells"],
+                    help="tiles: Kim et al.'s 224-px tiles; cells: one crop per object of --labels")
+    em.add_argument("--labels", default=None,
+                    help="labels store (labels.csv + masks, from `jump label`) for --units cells")
+    em.add_argument("--crop", type=int, default=96,
+                    help="cells: crop size in px at native scale (DeepProfiler's CPJUMP1 box: 96 ≈ 57 µm at 20×)")
+    em.add_argument("--centre", default="nuclei", choices=["nuclei", "cells"],
+                    help="cells: centre each crop on the nucleus or the cell centroid")
+    em.add_argument("--border", default="pad", choices=["pad", "shift", "skip"],
+                    help="cells: a crop leaving the field is zero-padded (cell centred), shifted inside the "
+                         "field, or skipped")
     em.add_argument("--tile", type=int, default=224, help="tile size in px (Kim et al.: 224)")
     em.add_argument("--min-dna-fraction", type=float, default=0.01)
     em.add_argument("--site-aggregation", default="mean", choices=["mean", "median"])
@@ -127,7 +140,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
     s = EmbedSettings(backbone=args.backbone, arch=args.arch, patch_size=args.patch_size, model_kwargs=kwargs,
-                      seed=args.seed, channels=args.channels, tokens=args.tokens, tile=args.tile,
+                      seed=args.seed, channels=args.channels, tokens=args.tokens, units=args.units,
+                      labels=args.labels, crop=args.crop, centre=args.centre, border=args.border, tile=args.tile,
                       min_dna_fraction=args.min_dna_fraction, site_aggregation=args.site_aggregation,
                       well_aggregation=args.well_aggregation, illumination=args.illumination,
                       batch_size=args.batch_size, device=args.device, chunk_sites=args.chunk_sites)
@@ -148,7 +162,10 @@ def _embed(args: argparse.Namespace) -> int:
     wells = embed_profiles(args.root, fields, args.output, s, metadata=metadata, storage=storage,
                            progress=not args.quiet)
     n_feat = sum(not str(c).startswith("Metadata_") for c in wells.columns)
-    print(f"wrote {args.output}: {len(wells)} wells × {n_feat} features from {len(fields)} fields")
+    info = json.loads(Path(f"{args.output}.json").read_text())
+    unit = f", {info['n_units']} {args.units}" if args.units == "cells" else ""
+    print(f"wrote {args.output}: {len(wells)} wells × {n_feat} features from {info['n_fields']} fields{unit}; "
+          f"per field: {args.output}.fields.csv")
     return 0
 
 

@@ -1,9 +1,13 @@
-"""Images → well profiles: Kim et al.'s tiles, any backbone (or the hand-crafted baseline), tile → site → well.
+"""Images → well profiles: Kim et al.'s tiles or per-cell crops, any backbone (or the hand-crafted baseline),
+unit → site → well.
 
 Each field's channels are illumination-corrected (optional) and robust-normalised one by one (the training data
 path, :class:`dinocell_core.jump.preprocess.Preprocessor`); the field is cut into non-overlapping ``tile`` px tiles
 from the top-left, and a tile is kept when ≥ ``min_dna_fraction`` of its DNA pixels exceed ``otsu_factor`` × the
-field's Otsu threshold (if none is, the middle tile is kept), as in Kim et al. 2023. Views: the fluorescent mean,
+field's Otsu threshold (if none is, the middle tile is kept), as in Kim et al. 2023. With ``units="cells"`` the
+units are instead fixed-size crops centred on each object of a labels store (:mod:`dinocell_core.profiling.cells`);
+fields without labels are skipped and listed, fields whose mask holds no object give no site row (also listed),
+and ``OUT.fields.csv`` records every field's unit count and status. Views: the fluorescent mean,
 each fluorescent channel embedded separately and concatenated, or one channel. Tokens: CLS, mean patch token, or
 both. Sites are processed in fixed chunks written as ``OUT.parts/chunk_*.npz`` so a killed run continues where it
 stopped; the well table is assembled (and annotated with CPJUMP1 metadata) at the end.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +30,12 @@ import pandas as pd
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode, channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
+from dinocell_core.profiling.cells import CellSource, crop_stack
 from dinocell_core.profiling.table import ProfileError
 
 TOKENS = ("cls", "mean_patch", "cls+mean_patch")
+UNITS = ("tiles", "cells")
+CELL_KEYS = ("units", "labels", "crop", "centre", "border")
 AGGREGATIONS = ("mean", "median")
 DNA = channel_number("DNA")  # ch5 in the CPJUMP1 vocabulary
 EACH = "each"
@@ -42,6 +50,11 @@ class EmbedSettings:
     seed: int = 0  # random init
     channels: str = FMEAN  # fluorescent_mean | each | channel:N
     tokens: str = "cls"
+    units: str = "tiles"  # tiles (Kim et al.) | cells (crops centred on each object of a labels store)
+    labels: str | None = None  # labels store (units="cells")
+    crop: int = 96  # px, cells: DeepProfiler's CPJUMP1 box (≈ 57 µm at 20×)
+    centre: str = "nuclei"  # cells: centroid of the nucleus or of the cell mask
+    border: str = "pad"  # cells: pad | shift | skip (dinocell_core.profiling.cells)
     tile: int = 224
     min_dna_fraction: float = 0.01
     otsu_factor: float = 0.7
@@ -62,6 +75,18 @@ class EmbedSettings:
         self.views()  # validates channels
         if self.tile < 8 or self.batch_size < 1 or self.chunk_sites < 1:
             raise ProfileError("tile must be ≥ 8 px and batch_size, chunk_sites ≥ 1")
+        if self.units not in UNITS:
+            raise ProfileError(f"units must be one of {UNITS}, got {self.units!r}")
+        if self.units == "cells":
+            from dinocell_core.profiling.cells import BORDERS, CENTRES
+
+            if not self.labels:
+                raise ProfileError("units 'cells' needs a labels store (--labels LABELS, made by `jump label`)")
+            if self.crop < 8:
+                raise ProfileError(f"crop must be ≥ 8 px, got {self.crop}")
+            if self.centre not in CENTRES or self.border not in BORDERS:
+                raise ProfileError(f"centre must be one of {CENTRES} and border one of {BORDERS}, got "
+                                   f"{self.centre!r}, {self.border!r}")
         self.norm_percentiles = tuple(self.norm_percentiles)  # type: ignore[assignment]
 
     def views(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -79,8 +104,14 @@ class EmbedSettings:
             return [(CHANNELS[mode.channel], (mode.channel,))]
         raise ProfileError(f"channels must be fluorescent_mean, each or channel:N, got {self.channels!r}")
 
+    @property
+    def unit_column(self) -> str:
+        return "Metadata_Cell_Count" if self.units == "cells" else "Metadata_Tile_Count"
+
     def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "chunk_sites")}
+        """What a resumed run must share (the labels store is checked by its content, in the parts manifest)."""
+        skip = {"batch_size", "device", "chunk_sites", "labels", *(CELL_KEYS if self.units == "tiles" else ())}
+        keep = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -178,16 +209,19 @@ def valid_tiles(dna: np.ndarray, boxes: list[tuple[int, int]], tile: int, s: Emb
 
 
 class FieldReader:
-    """Field → {view: [n_tiles, t, t] float32}; illumination functions cached per plate."""
+    """Field → {view: [n_units, t, t] float32} (tiles, or cell crops from ``cells``); illumination cached per plate."""
 
-    def __init__(self, root: str, s: EmbedSettings, storage: Any = None) -> None:
+    def __init__(self, root: str, s: EmbedSettings, storage: Any = None, cells: CellSource | None = None) -> None:
         from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
 
-        self.root, self.s, self.storage = root, s, storage
+        if s.units == "cells" and cells is None:
+            raise ProfileError("units 'cells' needs a CellSource (the labels store)")
+        self.root, self.s, self.storage, self.cells = root, s, storage, cells
         self.pre = Preprocessor(low=s.norm_percentiles[0], high=s.norm_percentiles[1], illumination=s.illumination)
         self.illum = IlluminationCache(storage=storage)
         self.views = s.views()
-        self.channels = sorted({DNA, *(c for _, chs in self.views for c in chs)})
+        need_dna = {DNA} if s.units == "tiles" else set()  # the tile rule looks at DNA
+        self.channels = sorted(need_dna | {c for _, chs in self.views for c in chs})
 
     def __call__(self, field: Field) -> dict[str, np.ndarray]:
         from dinocell_core.jump.preprocess import read_field
@@ -197,14 +231,20 @@ class FieldReader:
         for ch, img in zip(self.channels, raw):
             inv = self.illum.inverse(self.root, field, ch, img.shape) if self.s.illumination else None
             norm[ch] = self.pre.channel(img, inv)
+        if self.cells is not None:
+            origins = self.cells.origins(field, tuple(raw.shape[1:]))
+            return {name: crop_stack(self._view(norm, chs), origins, self.s.crop) for name, chs in self.views}
         t = self.s.tile
         boxes = tile_boxes(*raw.shape[1:], t)
         keep = [boxes[i] for i in valid_tiles(norm[DNA], boxes, t, self.s)]
         out = {}
         for name, chs in self.views:
-            view = norm[chs[0]] if len(chs) == 1 else self.pre.fluorescent_mean([norm[c] for c in chs])
+            view = self._view(norm, chs)
             out[name] = np.stack([view[y:y + t, x:x + t] for y, x in keep]).astype(np.float32)
         return out
+
+    def _view(self, norm: dict[int, np.ndarray], chs: tuple[int, ...]) -> np.ndarray:
+        return norm[chs[0]] if len(chs) == 1 else self.pre.fluorescent_mean([norm[c] for c in chs])
 
 
 def _agg(x: np.ndarray, how: str) -> np.ndarray:
@@ -215,19 +255,40 @@ def feature_names(s: EmbedSettings, embedder: TileEmbedder) -> list[str]:
     return [f"{view}_{n}" for view, _ in s.views() for n in embedder.feature_names]
 
 
+FLUSH_BATCHES = 4  # units are embedded once this many batches are waiting (bounds memory with per-cell crops)
+
+
 def embed_chunk(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbedder, s: EmbedSettings
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Site features [n_sites, D] (tiles aggregated per site) and the tile counts, batching tiles across sites."""
-    per_site = [reader(f) for f in fields]
-    counts = np.array([len(next(iter(v.values()))) for v in per_site], dtype=np.int64)
-    cols = []
-    for name, _ in s.views():
-        tiles = np.concatenate([v[name] for v in per_site])
-        cols.append(np.asarray(embedder(tiles), dtype=np.float32))
-    emb = np.concatenate(cols, axis=1)
+    """Site features [n_sites, D] (units aggregated per site; NaN for a site without units) and the unit counts,
+    batching units across sites."""
+    views = [name for name, _ in s.views()]
+    dim = len(views) * len(embedder.feature_names)
+    counts: list[int] = []
+    done: list[np.ndarray] = []
+    waiting: list[dict[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if waiting:
+            cols = [np.asarray(embedder(np.concatenate([u[v] for u in waiting])), dtype=np.float32) for v in views]
+            done.append(np.concatenate(cols, axis=1))
+            waiting.clear()
+
+    for f in fields:
+        units = reader(f)
+        counts.append(len(units[views[0]]))
+        if counts[-1]:
+            waiting.append(units)
+        if sum(len(u[views[0]]) for u in waiting) >= FLUSH_BATCHES * s.batch_size:
+            flush()
+    flush()
+    emb = np.concatenate(done) if done else np.zeros((0, dim), np.float32)
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    sites = np.stack([_agg(emb[a:b], s.site_aggregation) for a, b in zip(bounds[:-1], bounds[1:])])
-    return sites.astype(np.float32), counts
+    sites = np.full((len(fields), dim), np.nan, np.float32)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if b > a:
+            sites[i] = _agg(emb[a:b], s.site_aggregation)
+    return sites, np.asarray(counts, dtype=np.int64)
 
 
 def iter_site_chunks(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbedder, s: EmbedSettings,
@@ -241,17 +302,19 @@ def iter_site_chunks(fields: Sequence[Field], reader: FieldReader, embedder: Til
         yield i, chunk, sites, counts
 
 
-def site_frame(fields: Sequence[Field], sites: np.ndarray, counts: np.ndarray, names: list[str]) -> pd.DataFrame:
+def site_frame(fields: Sequence[Field], sites: np.ndarray, counts: np.ndarray, names: list[str],
+               unit_column: str = "Metadata_Tile_Count") -> pd.DataFrame:
     meta = pd.DataFrame({"Metadata_Plate": [f.plate for f in fields], "Metadata_Well": [f.well for f in fields],
-                         "Metadata_Site": [f.site for f in fields], "Metadata_Tile_Count": counts})
+                         "Metadata_Site": [f.site for f in fields], unit_column: counts})
     return pd.concat([meta, pd.DataFrame(sites, columns=names)], axis=1)
 
 
-def aggregate_wells(sites: pd.DataFrame, names: list[str], how: str) -> pd.DataFrame:
-    """Site rows → one row per (plate, well), with the site and tile counts kept as metadata."""
-    g = sites.groupby(["Metadata_Plate", "Metadata_Well"], sort=True)
+def aggregate_wells(sites: pd.DataFrame, names: list[str], how: str,
+                    unit_column: str = "Metadata_Tile_Count") -> pd.DataFrame:
+    """Site rows (those with units) → one row per (plate, well), site and unit counts kept as metadata."""
+    g = sites[sites[unit_column] > 0].groupby(["Metadata_Plate", "Metadata_Well"], sort=True)
     feats = g[names].median() if how == "median" else g[names].mean()
-    counts = g.agg(Metadata_Site_Count=("Metadata_Site", "size"), Metadata_Tile_Count=("Metadata_Tile_Count", "sum"))
+    counts = g.agg(Metadata_Site_Count=("Metadata_Site", "size"), **{unit_column: (unit_column, "sum")})
     return pd.concat([counts, feats], axis=1).reset_index()
 
 
@@ -269,17 +332,20 @@ def _fields_digest(fields: Sequence[Field]) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Sequence[Field]) -> Path:
+def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Sequence[Field],
+                cells: CellSource | None = None) -> Path:
     parts = parts_dir(out)
     manifest = {"settings": s.fingerprint(), "fields": _fields_digest(fields), "n_fields": len(fields),
-                "chunk_sites": s.chunk_sites, "embedder": embedder.describe()}
+                "chunk_sites": s.chunk_sites, "embedder": embedder.describe(),
+                "labels": cells.identity() if cells is not None else None}
     mpath = parts / "manifest.json"
     if mpath.is_file():
         old = json.loads(mpath.read_text())
-        keys = ("settings", "fields", "chunk_sites", "embedder")
+        keys = ("settings", "fields", "chunk_sites", "embedder", "labels")
         if {k: old.get(k) for k in keys} != json.loads(json.dumps({k: manifest[k] for k in keys})):
-            raise ProfileError(f"{parts} holds a run with other settings, other fields or another checkpoint; use "
-                               "the same options to resume, or delete that folder to start over")
+            raise ProfileError(f"{parts} holds a run with other settings, other fields, another checkpoint or "
+                               "another labels store; use the same options to resume, or delete that folder to "
+                               "start over")
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(mpath, manifest)
@@ -296,19 +362,54 @@ def _save_chunk(path: Path, sites: np.ndarray, counts: np.ndarray) -> None:
             np.savez(fh, sites=sites, counts=counts)
 
 
+def fields_path(out: str | os.PathLike[str]) -> Path:
+    """``OUT.fields.csv``: every field's unit count and status (embedded, no labels, no cells)."""
+    return Path(f"{out}.fields.csv")
+
+
+def _examples(fields: Sequence[Field], n: int = 3) -> str:
+    return ", ".join(f.key for f in fields[:n]) + (" …" if len(fields) > n else "")
+
+
+def _write_field_table(path: Path, sites: pd.DataFrame, unlabelled: Sequence[Field], unit_column: str,
+                       unit: str) -> None:
+    table = sites[["Metadata_Plate", "Metadata_Well", "Metadata_Site", unit_column]].rename(
+        columns={unit_column: "units"})
+    table["status"] = np.where(table["units"] > 0, "embedded", f"no {unit}")
+    if unlabelled:
+        table = pd.concat([table, pd.DataFrame({
+            "Metadata_Plate": [f.plate for f in unlabelled], "Metadata_Well": [f.well for f in unlabelled],
+            "Metadata_Site": [f.site for f in unlabelled], "units": 0, "status": "no labels"})], ignore_index=True)
+    table = table.sort_values(["Metadata_Plate", "Metadata_Well", "Metadata_Site"], kind="stable")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[str], s: EmbedSettings,
                    metadata: str | os.PathLike[str] | None = None, storage: Any = None, progress: bool = True,
-                   embedder: TileEmbedder | None = None) -> pd.DataFrame:
-    """Embed every field (resuming from ``OUT.parts``), aggregate to wells, annotate, write ``out``."""
+                   embedder: TileEmbedder | None = None, report: Callable[[str], None] | None = None
+                   ) -> pd.DataFrame:
+    """Embed every field (resuming from ``OUT.parts``), aggregate to wells, annotate, write ``out``.
+
+    Fields left out (no labels; no cells in the mask; wells with no embedded site) are passed to ``report``
+    (default: printed to stderr), listed in ``OUT.json`` ``notes`` and, per field, in ``OUT.fields.csv``."""
     from dinocell_core.profiling.metadata import annotate
     from dinocell_core.profiling.table import write_profiles
 
+    say = report or (lambda msg: print(msg, file=sys.stderr))
     if not fields:
         raise ProfileError(f"no complete fields under {root}")
     fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
+    cells, unlabelled, notes = None, [], []
+    if s.units == "cells":
+        cells = CellSource(str(s.labels), s.centre, s.crop, s.border)
+        fields, unlabelled = cells.split(fields)
+        if unlabelled:
+            notes.append(f"{len(unlabelled)} field(s) skipped: no labels in {s.labels} ({_examples(unlabelled)})")
+            say(notes[-1])
     embedder = embedder or make_embedder(s)
     names = feature_names(s, embedder)
-    parts = _open_parts(Path(out), s, embedder, fields)
+    parts = _open_parts(Path(out), s, embedder, fields, cells)
     n_chunks = -(-len(fields) // s.chunk_sites)
     done = {i for i in range(n_chunks) if _chunk_path(parts, i).is_file()}
     bar = None
@@ -317,7 +418,7 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
 
         done_sites = sum(len(fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]) for i in done)
         bar = tqdm(total=len(fields), initial=done_sites, desc="embed", unit="field", dynamic_ncols=True)
-    reader = FieldReader(root, s, storage)
+    reader = FieldReader(root, s, storage, cells)
     try:
         for i, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s, skip=lambda i: i in done):
             _save_chunk(_chunk_path(parts, i), sites, counts)
@@ -330,13 +431,32 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
     for i in range(n_chunks):
         with np.load(_chunk_path(parts, i), allow_pickle=False) as z:
             chunk = fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]
-            frames.append(site_frame(chunk, z["sites"], z["counts"], names))
-    wells = aggregate_wells(pd.concat(frames, ignore_index=True), names, s.well_aggregation)
+            frames.append(site_frame(chunk, z["sites"], z["counts"], names, s.unit_column))
+    sites = pd.concat(frames, ignore_index=True)
+    empty = sites[sites[s.unit_column] == 0]
+    if len(empty):
+        keys = [f"{p}/{w}/{i}" for p, w, i in zip(empty["Metadata_Plate"], empty["Metadata_Well"],
+                                                  empty["Metadata_Site"])]
+        notes.append(f"{len(empty)} field(s) gave no {s.units} and no site row ({', '.join(keys[:3])}"
+                     f"{' …' if len(keys) > 3 else ''})")
+        say(notes[-1])
+    wells = aggregate_wells(sites, names, s.well_aggregation, s.unit_column)
+    lost = sorted({(f.plate, f.well) for f in [*fields, *unlabelled]}
+                  - set(zip(wells["Metadata_Plate"], wells["Metadata_Well"])))
+    if lost:
+        notes.append(f"{len(lost)} well(s) have no embedded field and are not in the table "
+                     f"({', '.join(f'{p}/{w}' for p, w in lost[:3])}{' …' if len(lost) > 3 else ''})")
+        say(notes[-1])
+    if not len(wells):
+        raise ProfileError(f"no field of {root} gave any {s.units}; nothing to write (see {fields_path(out)})")
     if metadata is not None:
         wells = annotate(wells, metadata)
+    _write_field_table(fields_path(out), sites, unlabelled, s.unit_column, s.units)
     write_profiles(wells, out)
     atomic_write_json(Path(f"{out}.json"), {"settings": asdict(s), "embedder": embedder.describe(),
-                                            "n_fields": len(fields), "n_wells": len(wells)})
+                                            "n_fields": len(fields), "n_fields_without_labels": len(unlabelled),
+                                            "n_units": int(sites[s.unit_column].sum()), "n_wells": len(wells),
+                                            "notes": notes})
     return wells
 
 

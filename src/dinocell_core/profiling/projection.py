@@ -19,6 +19,7 @@ from dinocell_core.profiling.report import SUMMARY, task_csv
 from dinocell_core.profiling.table import ProfileError, feature_matrix, read_profiles
 
 METHODS = ("PCA", "UMAP")
+UMAP_MISSING = "UMAP needs the umap-learn package: pip install -c constraints.txt -e \".[umap]\" (or umap-learn)"
 
 
 def umap_available() -> bool:
@@ -41,10 +42,14 @@ class WellMap:
 def project(x: np.ndarray, method: str = "PCA", seed: int = 0) -> tuple[np.ndarray, tuple[float, ...]]:
     if method == "UMAP":
         if not umap_available():
-            raise ProfileError("UMAP needs the umap-learn package (pip install umap-learn); use PCA")
+            raise ProfileError(f"{UMAP_MISSING}; or use PCA")
+        if len(x) < 4:
+            raise ProfileError(f"UMAP needs at least 4 wells, got {len(x)}; use PCA")
         import umap
 
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(x).astype(np.float32), ()
+        # umap's default of 15 neighbours must stay below the number of wells of a small table
+        model = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1)
+        return model.fit_transform(x).astype(np.float32), ()
     if method != "PCA":
         raise ProfileError(f"unknown projection {method!r}; use one of {METHODS}")
     xc = x - x.mean(axis=0, keepdims=True)

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from dinocell_core.profiling.evaluate import EvalSettings
 from dinocell_core.profiling.normalize import NEGCON_FLAG
-from dinocell_core.profiling.projection import WellMap, iter_well_map, umap_available
+from dinocell_core.profiling.projection import METHODS, UMAP_MISSING, WellMap, iter_well_map, umap_available
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit
@@ -97,9 +97,13 @@ class ProfilesWidget(QWidget):
         self.normalize = QComboBox()
         self.normalize.addItems(["negcon_mad", "spherize_mad", "none"])
         self.method = QComboBox()
-        self.method.addItem("PCA")
-        if umap_available():
-            self.method.addItem("UMAP")
+        self.method.addItems(list(METHODS))
+        if not umap_available():  # listed but greyed out, saying what to install
+            umap_item = self.method.model().item(1)
+            umap_item.setEnabled(False)
+            umap_item.setText("UMAP (needs umap-learn)")
+            umap_item.setToolTip(UMAP_MISSING)
+            self.method.setToolTip(UMAP_MISSING)
         self.null_size = QSpinBox()
         self.null_size.setRange(100, 1_000_000)
         self.null_size.setSingleStep(1000)
@@ -152,7 +156,7 @@ class ProfilesWidget(QWidget):
             show_error("choose a well-profile table first")
             return
         self.worker = start_job(well_map_job, path, self.evaluation.text() or None, self.normalize.currentText(),
-                                self.null_size.value(), self.method.currentText(), status=self.status,
+                                self.null_size.value(), METHODS[self.method.currentIndex()], status=self.status,
                                 title="Profiles", on_returned=self._show, on_finished=self._finished)
         self._update_enabled()
 
