@@ -22,7 +22,7 @@ MODALITIES = ("compound", "crispr", "orf")
 
 def _read(path: Path, sep: str) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, ValueError) as exc:
         raise ProfileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
