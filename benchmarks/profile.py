@@ -3,12 +3,15 @@
     python benchmarks/profile.py                     # all figures (ViT-S/8 on CPU takes a while per field)
     python benchmarks/profile.py --skip-vit-s8       # without the slowest backbone
     python benchmarks/profile.py --device cuda       # embedding on a GPU
+    python benchmarks/profile.py --skip-tiles --skip-evaluate   # per-cell figures only
 
 Embedding: 1080×1080 fixture fields, Kim et al.'s 224-px tiles (16 per field), fluorescent mean, CLS; the figure is
 fields/s through the whole ``profile embed`` path (TIFF decode, normalisation, tiling, network, aggregation) for
 the hand-crafted baseline (``--channels each``: 5 channels × 15 statistics), a random-init ViT-S/16 (the official
 release's geometry, as Kim et al.) and ViT-S/8 (the DINOCell backbone; random init has the same cost as trained
-weights). Evaluate: planted profiles of 40 plates × 384 wells (64 DMSO + 320 compounds per plate, 384 features, as
+weights). Per-cell units (``--units cells``): the same fields with their ground-truth labels store, one 96-px
+crop per nucleus (DeepProfiler's CPJUMP1 box; a 1080² fixture field holds several hundred cells), reported as
+cells/s and fields/s. Evaluate: planted profiles of 40 plates × 384 wells (64 DMSO + 320 compounds per plate, 384 features, as
 CPJUMP1's benchmark set), CPJUMP1 settings (negcon_mad, null size 100 000), wall time of each stage.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -29,28 +33,52 @@ import torch  # noqa: E402
 
 from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.jump.index import load_index  # noqa: E402
+from dinocell_core.labels.store import find_labels_root  # noqa: E402
 from dinocell_core.profiling.embed import EmbedSettings, embed_profiles  # noqa: E402
 
 
-def embed_rate(root: Path, fields: list, s: EmbedSettings, out: Path) -> float:
+def embed_rate(root: Path, fields: list, s: EmbedSettings, out: Path) -> tuple[float, int]:
+    """fields/s through the whole embed path, and the number of units (tiles or cells) embedded."""
     t0 = time.perf_counter()
     embed_profiles(str(root), fields, out, s, metadata=None, progress=False)
-    return len(fields) / (time.perf_counter() - t0)
+    rate = len(fields) / (time.perf_counter() - t0)
+    return rate, int(json.loads(Path(f"{out}.json").read_text())["n_units"])
 
 
 def bench_embed(args: argparse.Namespace, work: Path) -> None:
     root = make_jump_fixture(work / "fx", plates=1, wells=3, sites=1, size=1080, seed=0, edge_cases=False).root
     fields = load_index(str(root))
-    runs = [("baseline (5 channels × 15 stats)", EmbedSettings(channels="each"), fields),
+    print(f"embedding, 1080² fields, device {args.device}, torch threads {torch.get_num_threads()}")
+    if not args.skip_tiles:
+        runs = [("baseline (5 channels × 15 stats)", EmbedSettings(channels="each"), fields),
+                ("random ViT-S/16, CLS", EmbedSettings(backbone="random", arch="vit_small", patch_size=16,
+                                                       device=args.device), fields)]
+        if not args.skip_vit_s8:
+            runs.append(("random ViT-S/8, CLS", EmbedSettings(backbone="random", arch="vit_small", patch_size=8,
+                                                              device=args.device), fields[:1]))
+        print("  224-px tiles (Kim et al.)")
+        for i, (name, s, fs) in enumerate(runs):
+            rate, _ = embed_rate(root, fs, s, work / f"emb{i}.csv")
+            print(f"  {name:34s} {rate:7.3f} fields/s  ({1 / rate:6.2f} s/field, {len(fs)} field(s))")
+    if not args.skip_cells:
+        bench_cells(args, root, fields, work)
+
+
+def bench_cells(args: argparse.Namespace, root: Path, fields: list, work: Path) -> None:
+    labels = str(find_labels_root(root))
+    cell = {"units": "cells", "labels": labels, "crop": args.crop}
+    runs = [("baseline (5 channels × 15 stats)", EmbedSettings(channels="each", **cell), fields),
             ("random ViT-S/16, CLS", EmbedSettings(backbone="random", arch="vit_small", patch_size=16,
-                                                   device=args.device), fields)]
+                                                   device=args.device, **cell), fields[:1])]
     if not args.skip_vit_s8:
         runs.append(("random ViT-S/8, CLS", EmbedSettings(backbone="random", arch="vit_small", patch_size=8,
-                                                          device=args.device), fields[:1]))
-    print(f"embedding, 1080² fields, 224-px tiles, device {args.device}, torch threads {torch.get_num_threads()}")
+                                                          device=args.device, **cell), fields[:1]))
+    print(f"  {args.crop}-px cell crops (one per nucleus of the labels store)")
     for i, (name, s, fs) in enumerate(runs):
-        rate = embed_rate(root, fs, s, work / f"emb{i}.csv")
-        print(f"  {name:34s} {rate:7.3f} fields/s  ({1 / rate:6.2f} s/field, {len(fs)} field(s))")
+        rate, n_cells = embed_rate(root, fs, s, work / f"cells{i}.csv")
+        per_field = n_cells / len(fs)
+        print(f"  {name:34s} {rate * per_field:8.1f} cells/s  {rate:7.3f} fields/s  ({per_field:.0f} cells/field, "
+              f"{len(fs)} field(s))")
 
 
 def bench_evaluate(args: argparse.Namespace) -> None:
@@ -81,13 +109,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-vit-s8", action="store_true")
     ap.add_argument("--skip-embed", action="store_true")
+    ap.add_argument("--skip-tiles", action="store_true", help="no tile figures")
+    ap.add_argument("--skip-cells", action="store_true", help="no per-cell figures")
+    ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument("--crop", type=int, default=96, help="per-cell crop size in px")
     ap.add_argument("--null-size", type=int, default=100_000)
     ap.add_argument("--normalize", nargs="+", default=["negcon_mad", "spherize_mad"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_embed:
             bench_embed(args, Path(tmp))
-        bench_evaluate(args)
+        if not args.skip_evaluate:
+            bench_evaluate(args)
 
 
 if __name__ == "__main__":
