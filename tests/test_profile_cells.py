@@ -27,6 +27,7 @@ from dinocell_core.profiling.embed import (  # noqa: E402
     embed_profiles,
     fields_path,
     find_metadata_dir,
+    make_embedder,
     parts_dir,
 )
 from dinocell_core.profiling.table import ProfileError, read_profiles  # noqa: E402
@@ -96,6 +97,10 @@ def test_cells_need_a_labels_store():
         EmbedSettings(units="cells")
     with pytest.raises(ProfileError, match="units"):
         EmbedSettings(units="nuclei")
+    s = EmbedSettings(backbone="random", arch="vit_test", model_kwargs={"depth": 1}, units="cells", labels="L",
+                      crop=50, device="cpu")
+    with pytest.raises(ProfileError, match="crop 50 px is not a multiple of the backbone's patch size 8"):
+        make_embedder(s)
 
 
 def test_cells_embed_then_evaluate_on_the_fixture(plates: Path, labels: Path, tmp_path: Path, capsys):

@@ -143,7 +143,8 @@ class BackboneEmbedder:
         out = []
         p = self.backbone.patch_size
         if tiles.shape[-1] % p or tiles.shape[-2] % p:
-            raise ProfileError(f"tile size {tiles.shape[-2:]} is not a multiple of the patch size {p}")
+            raise ProfileError(f"unit size {tuple(tiles.shape[-2:])} px (--tile / --crop) is not a multiple of the "
+                               f"patch size {p}")
         with torch.inference_mode():
             for i in range(0, len(tiles), self.batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size]))[:, None].to(self.device)
@@ -187,6 +188,10 @@ def make_embedder(s: EmbedSettings) -> TileEmbedder:
         model = backbone_from_weights(str(resolved), s.arch, s.patch_size)
         st = resolved.stat()
         label = f"{resolved.resolve()} ({st.st_size} B, mtime {int(st.st_mtime)})"
+    size = s.crop if s.units == "cells" else s.tile
+    if size % model.patch_size:
+        raise ProfileError(f"{'crop' if s.units == 'cells' else 'tile'} {size} px is not a multiple of the "
+                           f"backbone's patch size {model.patch_size}")
     return BackboneEmbedder(model, device, s.tokens, s.batch_size, label)
 
 
