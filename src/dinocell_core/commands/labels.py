@@ -20,7 +20,7 @@ def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
     jl.add_argument("--from", dest="from_dir", type=Path, default=None,
                     help="--method import: folder of <image prefix>_nuclei/_cells masks (per plate folder)")
     jl.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a pipeline setting, e.g. min_diameter=8 or cells_bounds=0.004,0.014")
+                    help="override a pipeline setting, e.g. min_diameter=8 or cells_bounds=0.005,0.025")
     jl.add_argument("--no-illum", action="store_true", help="skip illumination correction (no Illum*.npy files)")
     jl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     jl.add_argument("--qc-fields", type=int, default=12, help="fields on the contact sheet (0: none)")
