@@ -16,10 +16,8 @@ import tifffile
 from dinocell_core.cli import main
 from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.jump.index import Field, index_fields
-from dinocell_core.labels.cellprofiler import relabel, touching_border
+from dinocell_core.labels.cellprofiler import outline, relabel, touching_border
 from dinocell_core.labels.qc import field_qc
-from skimage.segmentation import find_boundaries
-
 from dinocell_core.labels.store import (
     GROUND_TRUTH_DIR,
     LabelsError,
@@ -104,7 +102,7 @@ def test_store_contract_files(fx, labelled) -> None:
     # cytoplasm = IdentifyTertiaryObjects(cells, nuclei, shrink): the cell's ids, nucleus interior removed, rim kept
     nuc, cells = (tifffile.imread(labelled / r[k]).astype(np.int32) for k in ("nuclei", "cells"))
     cyto = tifffile.imread(labelled / r["cytoplasm"]).astype(np.int32)
-    rim = find_boundaries(nuc, mode="inner")
+    rim = outline(nuc)
     assert cyto.max() > 0 and np.array_equal(cyto[cyto > 0], cells[cyto > 0])
     assert not cyto[(nuc > 0) & ~rim].any() and np.array_equal(cyto[rim], cells[rim])
     assert np.array_equal(cyto[nuc == 0], cells[nuc == 0])
