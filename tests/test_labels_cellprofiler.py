@@ -199,6 +199,14 @@ def test_cytoplasm_is_cell_minus_nucleus_interior_keeping_the_rim() -> None:
     assert np.all(cyto[5:10, 5:10] == 0)                      # interior removed
     assert cyto[4, 7] == 1 and cyto[10, 10] == 1              # 1-px nuclear rim kept
     assert (cyto > 0).sum() == 13 * 13 - 5 * 5
+    # centrosome's outline: a diagonal neighbour of another id makes a pixel outline; so does the image edge
+    nuclei[10, 10] = 0                                        # (9, 9) now touches background diagonally only
+    cyto = cytoplasm(cells, nuclei)
+    assert cyto[9, 9] == 1 and cyto[9, 8] == 0 and cyto[8, 8] == 0
+    edge = np.zeros((6, 6), np.int32)
+    edge[0:4, 0:4] = 2
+    assert cytoplasm(np.full((6, 6), 7, np.int32), edge)[0, 1] == 7  # nucleus pixel on the image edge: kept
+    assert cytoplasm(np.full((6, 6), 7, np.int32), edge)[1, 1] == 0
 
 
 def test_blank_and_saturated_fields_are_refused_with_the_reason() -> None:

@@ -25,8 +25,7 @@ from dinocell_core.seg.metrics import evaluate_pairs
 from dinocell_core.seg.train import run_decoder_training
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "decoder_demo.yaml"
-FIXTURE_PARAMS = ["--param", "min_diameter=5", "--param", "nuclei_bounds=0.008,1", "--param",
-                  "cells_bounds=0.004,0.014"]
+FIXTURE_PARAMS = ["--param", "min_diameter=5", "--param", "nuclei_bounds=0.008,1"]  # as tests/test_jump_label.py
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,9 @@ def test_edit_save_retrain_round_trip(make_napari_viewer, qtbot, labelled, tmp_p
     np.testing.assert_array_equal(store.read(corrected, "cells"), edited)
     assert store.get(field_key(field), "auto") is not None  # automatic masks kept
     assert gone in store.read(store.get(field_key(field), "auto"), "cells")
+    assert len(store.rows) == 4 and store.best(field_key(field)) == corrected  # one labels.csv row per field
+    assert corrected.original_source == "auto" and corrected.original_cells == row.cells
+    qtbot.waitUntil(lambda: f"auto masks kept: {row.cells}" in browser.labels_status.message, timeout=5000)
     assert viewer.layers["Cells"].metadata["labels_source"] == "corrected"
 
     # the next field: its own (automatic) labels replace the layers in place; save a second correction

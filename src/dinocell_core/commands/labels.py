@@ -15,13 +15,14 @@ def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
                                       "The tree is never written. Re-running skips fields already labelled; bad "
                                       "fields are skipped with their reason (skipped.csv).")
     jl.add_argument("root", help="CPJUMP1 tree (folder or s3:// prefix) or an index CSV")
-    jl.add_argument("-o", "--output", type=Path, required=True, help="labels store folder (LABELS)")
+    jl.add_argument("-o", "--output", required=True, help="labels store folder (LABELS; local)")
     jl.add_argument("--method", choices=("cellprofiler", "import"), default="cellprofiler")
     jl.add_argument("--from", dest="from_dir", type=Path, default=None,
                     help="--method import: folder of <image prefix>_nuclei/_cells masks (per plate folder)")
     jl.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a pipeline setting, e.g. min_diameter=8 or cells_bounds=0.004,0.014")
+                    help="override a pipeline setting, e.g. min_diameter=8 or cells_bounds=0.005,0.025")
     jl.add_argument("--no-illum", action="store_true", help="skip illumination correction (no Illum*.npy files)")
+    jl.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// ROOT (mirror or test server)")
     jl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     jl.add_argument("--qc-fields", type=int, default=12, help="fields on the contact sheet (0: none)")
     jl.add_argument("--seed", type=int, default=0, help="which random fields the contact sheet shows")
@@ -60,7 +61,8 @@ def _jump_label(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         summary = label_tree(args.root, args.output, method=args.method, params=params, from_dir=args.from_dir,
-                             workers=args.workers, qc_fields=args.qc_fields, seed=args.seed, progress=progress)
+                             workers=args.workers, qc_fields=args.qc_fields, seed=args.seed, progress=progress,
+                             endpoint_url=args.endpoint_url)
     print(summary.text())
     print(f"labels store: {args.output}")
     return 0

@@ -221,7 +221,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
     signal = {
         1: cyto * cell_gain * (0.3 + 0.15 * mito),                         # Mito: puncta or filaments
         2: cell_gain * (0.25 * cyto + 0.9 * blur(edges, 1.0) * cell_mask),  # AGP: membrane + actin
-        3: cell_gain * (0.2 * cyto + nuc_mask * (0.3 + 0.5 * nucleoli)),   # RNA: nucleoli
+        3: cell_gain * (0.35 * cyto * near_nuc + nuc_mask * (0.3 + 0.5 * nucleoli)),  # RNA: cytoplasm, nucleoli
         4: cyto * cell_gain * (0.3 + 0.7 * near_nuc) * texture,             # ER: perinuclear
         5: nuc_mask * cell_gain * (0.7 + 0.3 * texture),                    # DNA: nuclei
     }

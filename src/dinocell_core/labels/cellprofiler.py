@@ -12,7 +12,8 @@ Module by module, setting for setting (``analysis_without_batchfile.cppipe`` of 
 4. IdentifySecondaryObjects, Watershed - Image on RNA: threshold_li × 1 clamped to [0.005, 0.014], no smoothing;
    seeds = the unedited nuclei that were kept or touch the border; watershed of ``1 − RNA`` in
    (foreground ∪ seeds), 8-connected; enclosed holes filled; only cells of kept nuclei, renumbered to them.
-5. IdentifyTertiaryObjects: cytoplasm = cells minus the nuclei's interior (the 1-px inner rim stays).
+5. IdentifyTertiaryObjects: cytoplasm = cells minus the nuclei's interior (the 1-px outline, 8-neighbour and image
+   edge as centrosome's ``outline``, stays).
 
 Every setting is a field of :class:`CellProfilerParams` (defaults = CPJUMP1) and is recorded in the store manifest.
 Known deviations: CellProfiler's ``binary_shrink`` of touching maxima is replaced by one marker per 8-connected
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_li
-from skimage.segmentation import find_boundaries, watershed
+from skimage.segmentation import watershed
 
 from dinocell_core.errors import DinocellError
 
@@ -359,12 +360,25 @@ def identify_cells(rna: np.ndarray, unedited: np.ndarray, nuclei: np.ndarray,
     return lookup[grown], t
 
 
+def outline(labels: np.ndarray) -> np.ndarray:
+    """centrosome's ``outline`` as a mask: labelled pixels with an 8-neighbour of another value, and every labelled
+    pixel on the image edge."""
+    diff = np.zeros(labels.shape, bool)
+    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+                 ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):
+        d = labels[a] != labels[b]
+        diff[a] |= d
+        diff[b] |= d
+    diff[0, :] = diff[-1, :] = diff[:, 0] = diff[:, -1] = True
+    return diff & (labels > 0)
+
+
 def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
-    """IdentifyTertiaryObjects with "shrink smaller objects": cells minus the nuclei's interior (rim kept)."""
-    out = cells.copy()
-    interior = (nuclei > 0) & ~find_boundaries(nuclei, mode="inner")
-    out[interior] = 0
-    return out
+    """IdentifyTertiaryObjects with "shrink smaller objects prior to subtraction": the cells with every nucleus
+    pixel not on its :func:`outline` set to 0 (the 1-px rim stays, so no cell vanishes); cell ids kept."""
+    return np.where((nuclei > 0) & ~outline(nuclei), 0, cells).astype(cells.dtype, copy=False)
 
 
 # -------------------------------------------------------------------------------------------- the pipeline

@@ -33,11 +33,9 @@ from dinocell_core.labels.cellprofiler import (
     segment_field,
 )
 from dinocell_core.labels.store import (
-    LabelRow,
     LabelsError,
     LabelStore,
-    mask_paths,
-    write_mask,
+    write_masks,
 )
 
 DNA, RNA = 5, 3
@@ -93,7 +91,19 @@ def parse_params(items: Sequence[str]) -> CellProfilerParams:
     return p
 
 
-def tree_fields(root: str) -> tuple[list[Field], list[str]]:
+def source_storage(root: str, endpoint_url: str | None = None) -> Any:
+    """The S3 reader of an ``s3://`` tree (``endpoint_url``: a mirror or test server; default: the environment's
+    ``DINOCELL_S3_ENDPOINT_URL`` or AWS); None for a local tree."""
+    if "://" not in root:
+        if endpoint_url:
+            raise ValueError(f"--endpoint-url applies to s3:// trees, not {root}")
+        return None
+    from dinocell_core.io.storage import get_storage
+
+    return get_storage(root, endpoint_url=endpoint_url)
+
+
+def tree_fields(root: str, storage: Any = None) -> tuple[list[Field], list[str]]:
     """(fields having DNA and RNA, descriptions of fields missing one) without writing anything under ``root``."""
     if os.path.isfile(root):
         all_fields = load_index(root)
@@ -101,7 +111,7 @@ def tree_fields(root: str) -> tuple[list[Field], list[str]]:
         bad = [f"{f.key}: missing " + ",".join(f"ch{c}" for c in (DNA, RNA) if c not in f.paths)
                for f in all_fields if f not in ok]
         return ok, bad
-    result = index_fields(root, channels=(DNA, RNA))
+    result = index_fields(root, channels=(DNA, RNA), storage=storage)
     return result.fields, result.incomplete_examples[: result.n_incomplete] + (
         [f"... and {result.n_incomplete - len(result.incomplete_examples)} more"]
         if result.n_incomplete > len(result.incomplete_examples) else [])
@@ -120,20 +130,18 @@ def _inside(child: Path, parent: Path) -> bool:
 _ILLUM: dict[str, np.ndarray] = {}
 
 
-def _illum(root: str, f: Field, ch: int, shape: tuple[int, ...]) -> np.ndarray:
+def _illum(root: str, f: Field, ch: int, shape: tuple[int, ...], storage: Any = None) -> np.ndarray:
     from dinocell_core.jump.index import join_path
     from dinocell_core.jump.preprocess import illumination_path
 
     path = join_path(root, illumination_path(f, ch))
     arr = _ILLUM.get(path)
     if arr is None:
-        if "://" in path:
-            from dinocell_core.io.storage import get_storage
-
-            data = io.BytesIO(get_storage(path).read_bytes(path))
-        else:
-            data = path  # type: ignore[assignment]
         try:
+            if "://" in path:
+                data = io.BytesIO((storage or source_storage(root)).read_bytes(path))
+            else:
+                data = path  # type: ignore[assignment]
             arr = np.load(data, allow_pickle=False).astype(np.float32)
         except FileNotFoundError:
             raise BadFieldError(f"illumination file {path} not found (or label with --no-illum)") from None
@@ -149,47 +157,43 @@ def _illum(root: str, f: Field, ch: int, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _label_cellprofiler(task: tuple[str, str, Field, CellProfilerParams]) -> tuple[str, Any, Any]:
-    root, out, f, params = task
+def _label_cellprofiler(task: tuple[str, str, Field, CellProfilerParams, str | None]) -> tuple[str, Any, Any]:
+    root, out, f, params, endpoint = task
     try:
-        dna = read_tiff(f.path(root, DNA))
-        rna = read_tiff(f.path(root, RNA), shape=dna.shape)
-        ill_d = _illum(root, f, DNA, dna.shape) if params.illumination else None
-        ill_r = _illum(root, f, RNA, rna.shape) if params.illumination else None
+        st = source_storage(root, endpoint)
+        dna = read_tiff(f.path(root, DNA), storage=st)
+        rna = read_tiff(f.path(root, RNA), storage=st, shape=dna.shape)
+        ill_d = _illum(root, f, DNA, dna.shape, st) if params.illumination else None
+        ill_r = _illum(root, f, RNA, rna.shape, st) if params.illumination else None
         seg = segment_field(dna, rna, ill_d, ill_r, params)
-        rel_n, rel_c = mask_paths(f.plate_folder, f.well, f.site, "auto")
-        write_mask(Path(out) / rel_n, seg.nuclei)
-        write_mask(Path(out) / rel_c, seg.cells)
+        row = write_masks(Path(out), f, seg.nuclei, seg.cells, "auto")
     except (BadFieldError, BadImageError, LabelsError, OSError) as exc:
         return "bad", f.key, str(exc)
-    row = LabelRow(f.plate, f.well, f.site, rel_n, rel_c, "auto")
     stats = {**qc.field_qc(seg.nuclei, seg.cells), "nuclei_threshold": round(seg.nuclei_threshold, 5),
              "cells_threshold": round(seg.cells_threshold, 5)}
     return "ok", row, stats
 
 
-def _label_import(task: tuple[str, str, Field, tuple[Path, Path]]) -> tuple[str, Any, Any]:
+def _label_import(task: tuple[str, str, Field, tuple[Path, Path], str | None]) -> tuple[str, Any, Any]:
     from dinocell_core.labels.importer import read_import_mask
 
-    root, out, f, (nuc_p, cell_p) = task
+    root, out, f, (nuc_p, cell_p), endpoint = task
     try:
-        shape = _image_shape(f.path(root, DNA))
+        shape = _image_shape(f.path(root, DNA), source_storage(root, endpoint))
         nuclei = read_import_mask(nuc_p, shape)
         cells = read_import_mask(cell_p, shape)
-        rel_n, rel_c = mask_paths(f.plate_folder, f.well, f.site, "imported")
-        write_mask(Path(out) / rel_n, nuclei)
-        write_mask(Path(out) / rel_c, cells)
+        row = write_masks(Path(out), f, nuclei, cells, "imported")
     except (BadImageError, LabelsError, OSError) as exc:
         return "bad", f.key, str(exc)
-    return "ok", LabelRow(f.plate, f.well, f.site, rel_n, rel_c, "imported"), qc.field_qc(nuclei, cells)
+    return "ok", row, qc.field_qc(nuclei, cells)
 
 
-def _image_shape(path: str) -> tuple[int, ...]:
+def _image_shape(path: str, storage: Any = None) -> tuple[int, ...]:
     """The image's shape from its TIFF header (no pixel decoding)."""
     import tifffile
 
     if "://" in path:
-        return read_tiff(path).shape
+        return read_tiff(path, storage=storage).shape
     try:
         with tifffile.TiffFile(path) as tif:
             return tuple(s for s in tif.pages[0].shape if s != 1) or tif.pages[0].shape
@@ -202,8 +206,10 @@ def _image_shape(path: str) -> tuple[int, ...]:
 def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = "cellprofiler",
                params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
                workers: int = 1, qc_fields: int = 12, seed: int = 0,
-               progress: Callable[[int, int], None] | None = None) -> LabelSummary:
-    """Label (or import masks for) every field of ``root`` into the store ``out``; see the module docstring."""
+               progress: Callable[[int, int], None] | None = None,
+               endpoint_url: str | None = None) -> LabelSummary:
+    """Label (or import masks for) every field of ``root`` (a folder, an index CSV or an ``s3://`` prefix, read
+    through ``endpoint_url`` when given) into the local store ``out``; see the module docstring."""
     t0 = time.perf_counter()
     root_s, out_p = os.fspath(root), Path(out)
     if method not in METHODS:
@@ -215,6 +221,9 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     if "://" not in root_s and _inside(out_p, Path(root_s)):
         raise LabelsError(f"{out_p} is inside the source tree {root_s}: the tree is never written; put the labels "
                           "store beside it")
+    if "://" in os.fspath(out):
+        raise LabelsError(f"{out}: the labels store is a local folder (the source tree may be on S3, the store not)")
+    storage = source_storage(root_s, endpoint_url)
     params = params or CellProfilerParams()
     _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
     source = "auto" if method == "cellprofiler" else "imported"
@@ -226,17 +235,18 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
         raise LabelsError(f"{out_p} was made by method {store.manifest.get('method')!r} with params "
                           f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
                           "new folder)")
-    fields_ok, incomplete = tree_fields(root_s)
+    fields_ok, incomplete = tree_fields(root_s, storage)
     if not fields_ok:
         raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
     summary = LabelSummary(incomplete=incomplete)
     done = set()
-    for r in store.rows:  # a row whose mask files went missing is relabelled, not trusted
-        if r.source == source:
-            if (out_p / r.nuclei).is_file() and (out_p / r.cells).is_file():
-                done.add(r.key)
+    for key in store.keys():  # masks whose files went missing are relabelled, not trusted (corrections stay)
+        r = store.get(key, source)
+        if r is not None:
+            if all((out_p / p).is_file() for p in (r.nuclei, r.cells, r.cytoplasm) if p):
+                done.add(key)
             else:
-                store.remove(r.key, source)
+                store.remove(key, source)
     todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
     summary.resumed = len(fields_ok) - len(todo)
     if method == "import":
@@ -244,10 +254,10 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
 
         matched, unmatched = match_import_files(Path(from_dir), todo)  # type: ignore[arg-type]
         summary.skipped.extend(unmatched)
-        tasks: list[Any] = [(root_s, str(out_p), f, paths) for f, paths in matched]
+        tasks: list[Any] = [(root_s, str(out_p), f, paths, endpoint_url) for f, paths in matched]
         worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
     else:
-        tasks = [(root_s, str(out_p), f, params) for f in todo]
+        tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
         worker = _label_cellprofiler
     qc_rows = {(r["plate_folder"], r["well"], int(r["site"]), r["source"]): r
                for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
@@ -284,7 +294,7 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
         summary.seconds = time.perf_counter() - t0
         _flush(store, qc_rows, summary, out_p)
     if qc_fields > 0 and store.rows:
-        write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed)
+        write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed, storage=storage)
     return summary
 
 
@@ -313,9 +323,10 @@ def _flush(store: LabelStore, qc_rows: dict, summary: LabelSummary, out: Path) -
     atomic_write_bytes(out / SKIPPED_CSV, buf.getvalue().encode("utf-8"))
 
 
-def write_contact_sheet(store: LabelStore, root: str, path: Path, n: int = 12, seed: int = 0) -> None:
+def write_contact_sheet(store: LabelStore, root: str, path: Path, n: int = 12, seed: int = 0,
+                        storage: Any = None) -> None:
     """Random labelled fields with their outlines (the preferred labels of each field)."""
-    by_key = {f.plate_folder + "/" + f.well + "/" + str(f.site): f for f in tree_fields(root)[0]}
+    by_key = {f.plate_folder + "/" + f.well + "/" + str(f.site): f for f in tree_fields(root, storage)[0]}
     keys = sorted({r.key for r in store.rows})
     rng = np.random.default_rng(seed)
     pick = [keys[i] for i in sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))]
@@ -326,7 +337,7 @@ def write_contact_sheet(store: LabelStore, root: str, path: Path, n: int = 12, s
         if f is None or row is None:
             continue
         try:
-            dna, rna = read_tiff(f.path(root, DNA)), read_tiff(f.path(root, RNA))
+            dna, rna = read_tiff(f.path(root, DNA), storage=storage), read_tiff(f.path(root, RNA), storage=storage)
             nuclei, cells = store.read_pair(row, dna.shape)
         except DinocellError:
             continue

@@ -2,15 +2,20 @@
 
 Contract (docs/labels.md)::
 
-    LABELS/labels.csv       plate, well, site, nuclei, cells, source   (paths relative to LABELS)
+    LABELS/labels.csv       one row per labelled field: plate, well, site, nuclei, cells, source, cytoplasm,
+                            original_source, original_nuclei, original_cells, original_cytoplasm
+                            (paths relative to LABELS)
     LABELS/manifest.json    format, version, method, params, source root, counts
-    LABELS/<plate folder>/r01c01f01p01_nuclei.tiff   LZW label TIFFs (uint16, uint32 past 65,534 objects)
-    LABELS/<plate folder>/r01c01f01p01_cells.tiff    same ids as the nuclei (cell i holds nucleus i)
+    LABELS/<plate folder>/r01c01f01p01_nuclei.tiff     LZW label TIFFs (uint16, uint32 past 65,534 objects)
+    LABELS/<plate folder>/r01c01f01p01_cells.tiff      same ids as the nuclei (cell i holds nucleus i)
+    LABELS/<plate folder>/r01c01f01p01_cytoplasm.tiff  cells minus the nuclei's interior (IdentifyTertiaryObjects)
 
 ``source`` is ``auto`` (made by ``jump label``), ``imported`` (made elsewhere) or ``corrected`` (edited by a
-person). A field has at most one row per source; corrections are written to ``*_nuclei.corrected.tiff`` /
-``*_cells.corrected.tiff`` so the automatic masks stay, and readers prefer corrected > imported > auto.
+person) and says where the row's masks came from. Corrections are written to ``*.corrected.tiff`` files and win:
+the row then points at them, and the masks they replaced (auto or imported) stay on disk, named in the
+``original_*`` columns (empty for a field nobody corrected). ``get(key, source)`` reads either.
 Every write is atomic (mask files first, then the CSV), so a crash never leaves a row pointing at a half file.
+A version-1 store (one row per source, no cytoplasm) is read with its rows merged the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,12 @@ from dinocell_core.jump.index import SOURCE_PREFIX, Field, well_row_col
 
 LABELS_CSV = "labels.csv"
 MANIFEST = "manifest.json"
-COLUMNS = ("plate", "well", "site", "nuclei", "cells", "source")
+COLUMNS = ("plate", "well", "site", "nuclei", "cells", "source")  # required; the rest may be absent (version 1)
+EXTRA_COLUMNS = ("cytoplasm", "original_source", "original_nuclei", "original_cells", "original_cytoplasm")
 SOURCES = ("auto", "imported", "corrected")
-PREFERENCE = ("corrected", "imported", "auto")
-KINDS = ("nuclei", "cells")
+KINDS = ("nuclei", "cells", "cytoplasm")
 FORMAT = "dinocell-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GROUND_TRUTH_DIR = "ground_truth"  # where the synthetic fixture keeps its true masks (a labels store)
 
 
@@ -60,23 +65,30 @@ def field_key(field: Field) -> FieldKey:
     return (field.plate_folder, field.well, field.site)
 
 
-def mask_paths(plate_folder: str, well: str, site: int, source: str) -> tuple[str, str]:
-    """Relative paths of a field's two masks for ``source`` (corrections get their own files)."""
+def mask_paths(plate_folder: str, well: str, site: int, source: str) -> tuple[str, str, str]:
+    """Relative paths of a field's nuclei, cells and cytoplasm masks for ``source`` (corrections get their own)."""
     if source not in SOURCES:
         raise LabelsError(f"label source must be one of {', '.join(SOURCES)}, not {source!r}")
     tag = ".corrected" if source == "corrected" else ""
     stem = f"{plate_folder}/{field_prefix(well, site)}"
-    return f"{stem}_nuclei{tag}.tiff", f"{stem}_cells{tag}.tiff"
+    return f"{stem}_nuclei{tag}.tiff", f"{stem}_cells{tag}.tiff", f"{stem}_cytoplasm{tag}.tiff"
 
 
 @dataclass(frozen=True)
 class LabelRow:
+    """One field's labels: the masks in use (``source``) and, after a correction, the ones it replaced."""
+
     plate: str
     well: str
     site: int
     nuclei: str
     cells: str
     source: str
+    cytoplasm: str = ""  # empty in version-1 stores
+    original_source: str = ""  # "" unless a correction replaced auto/imported masks, which stay on disk
+    original_nuclei: str = ""
+    original_cells: str = ""
+    original_cytoplasm: str = ""
 
     @property
     def plate_folder(self) -> str:
@@ -88,8 +100,44 @@ class LabelRow:
 
     def path(self, kind: str) -> str:
         if kind not in KINDS:
-            raise ValueError(f"mask kind must be 'nuclei' or 'cells', not {kind!r}")
-        return self.nuclei if kind == "nuclei" else self.cells
+            raise ValueError(f"mask kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        return {"nuclei": self.nuclei, "cells": self.cells, "cytoplasm": self.cytoplasm}[kind]
+
+    def files(self) -> list[str]:
+        """Every mask file the row names (its own and the originals)."""
+        return [p for p in (self.nuclei, self.cells, self.cytoplasm, self.original_nuclei, self.original_cells,
+                            self.original_cytoplasm) if p]
+
+    def original(self) -> LabelRow | None:
+        """The replaced masks as a row of their own source (None when nothing was replaced)."""
+        if not self.original_source:
+            return None
+        return LabelRow(self.plate, self.well, self.site, self.original_nuclei, self.original_cells,
+                        self.original_source, self.original_cytoplasm)
+
+    def with_original(self, other: LabelRow | None) -> LabelRow:
+        """This row keeping ``other``'s masks as its originals (``None``: none)."""
+        if other is None:
+            return replace(self, original_source="", original_nuclei="", original_cells="", original_cytoplasm="")
+        return replace(self, original_source=other.source, original_nuclei=other.nuclei,
+                       original_cells=other.cells, original_cytoplasm=other.cytoplasm)
+
+    def csv_values(self) -> list[object]:
+        return [self.plate, self.well, self.site, self.nuclei, self.cells, self.source, self.cytoplasm,
+                self.original_source, self.original_nuclei, self.original_cells, self.original_cytoplasm]
+
+
+def merge_row(existing: LabelRow | None, new: LabelRow) -> LabelRow:
+    """The field's one row after ``new`` is written: a correction wins and keeps what it replaced as the original
+    (a second correction keeps the first one's original); auto/imported masks under a correction become the
+    original; otherwise ``new`` replaces ``existing``."""
+    if existing is None:
+        return new
+    if new.source == "corrected":
+        return new.with_original(existing.original() if existing.source == "corrected" else existing)
+    if existing.source == "corrected":
+        return existing.with_original(new)
+    return new
 
 
 def _mask_dtype(labels: np.ndarray) -> np.dtype:
@@ -119,10 +167,10 @@ class LabelStore:
                  manifest: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.manifest: dict[str, Any] = dict(manifest or {})
-        self._rows: dict[tuple[FieldKey, str], LabelRow] = {}
+        self._rows: dict[FieldKey, LabelRow] = {}
         self._lock = threading.Lock()
         for row in rows:
-            self._rows[(row.key, row.source)] = row
+            self._rows[row.key] = merge_row(self._rows.get(row.key), row)
 
     # ------------------------------------------------------------------------------------------ open / create
     @classmethod
@@ -166,25 +214,34 @@ class LabelStore:
             return sorted(self._rows.values(), key=_row_order)
 
     def get(self, key: FieldKey, source: str) -> LabelRow | None:
+        """The field's masks from ``source``: its row, or the originals a correction replaced, or None."""
         with self._lock:
-            return self._rows.get((key, source))
+            row = self._rows.get(key)
+        if row is None:
+            return None
+        if row.source == source:
+            return row
+        return row.original() if row.original_source == source else None
 
     def best(self, key: FieldKey, corrected_only: bool = False) -> LabelRow | None:
-        """The preferred row of a field: corrected, else imported, else auto (``corrected_only``: corrected or None)."""
-        for source in ("corrected",) if corrected_only else PREFERENCE:
-            row = self.get(key, source)
-            if row is not None:
-                return row
-        return None
+        """The field's row (its preferred masks; ``corrected_only``: only when a person corrected it)."""
+        with self._lock:
+            row = self._rows.get(key)
+        if row is None or (corrected_only and row.source != "corrected"):
+            return None
+        return row
 
     def keys(self) -> set[FieldKey]:
         with self._lock:
-            return {k for k, _ in self._rows}
+            return set(self._rows)
 
     def read(self, row: LabelRow, kind: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """One mask as int32, checked (2-D, integer, non-negative, ``shape`` when given)."""
         from dinocell_core.io.tiffio import BadImageError, read_tiff
 
+        if not row.path(kind):
+            raise LabelsError(f"{self.root / LABELS_CSV}: {row.key} has no {kind} mask (a store made before "
+                              f"cytoplasm was stored; label the field again into a new store)")
         path = self.root / row.path(kind)
         try:
             arr = read_tiff(path)
@@ -218,51 +275,69 @@ class LabelStore:
         return pairs
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            out = {s: 0 for s in SOURCES}
-            for _, source in self._rows:
-                out[source] += 1
-            out["fields"] = len({k for k, _ in self._rows})
-            return out
+        """Fields per source of their row, and all fields."""
+        return _counts(self.rows)
 
     # ----------------------------------------------------------------------------------------------- writing
     def write_field(self, field: Field, nuclei: np.ndarray, cells: np.ndarray, source: str,
                     flush: bool = True) -> LabelRow:
-        """Write a field's masks for ``source`` (atomic TIFFs, then the CSV unless ``flush=False``)."""
+        """Write a field's masks for ``source`` (atomic TIFFs, then the CSV unless ``flush=False``); returns the
+        field's row as stored (a correction keeps the masks it replaced as the originals)."""
         nuc = check_mask(nuclei, f"{field.key} nuclei")
         cel = check_mask(cells, f"{field.key} cells", nuc.shape)
-        rel_n, rel_c = mask_paths(field.plate_folder, field.well, field.site, source)
-        write_mask(self.root / rel_n, nuc)
-        write_mask(self.root / rel_c, cel)
-        row = LabelRow(field.plate, field.well, field.site, rel_n, rel_c, source)
-        self.add(row, flush=flush)
-        return row
+        row = write_masks(self.root, field, nuc, cel, source)
+        return self.add(row, flush=flush)
 
-    def add(self, row: LabelRow, flush: bool = True) -> None:
+    def add(self, row: LabelRow, flush: bool = True) -> LabelRow:
+        """Record ``row``'s masks for its field (see :func:`merge_row`); returns the field's row."""
         with self._lock:
-            self._rows[(row.key, row.source)] = row
+            merged = self._rows[row.key] = merge_row(self._rows.get(row.key), row)
         if flush:
             self.flush()
+        return merged
 
     def remove(self, key: FieldKey, source: str) -> None:
-        """Forget one row (its files stay; the next flush rewrites the CSV)."""
+        """Forget the field's ``source`` masks (their files stay; the next flush rewrites the CSV): a row whose own
+        masks are dropped falls back to its originals, if any."""
         with self._lock:
-            self._rows.pop((key, source), None)
+            row = self._rows.get(key)
+            if row is None:
+                return
+            if row.source == source:
+                original = row.original()
+                if original is None:
+                    del self._rows[key]
+                else:
+                    self._rows[key] = original
+            elif row.original_source == source:
+                self._rows[key] = row.with_original(None)
 
     def flush(self) -> None:
         """labels.csv and manifest.json, atomically (counts refreshed)."""
         rows = self.rows
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(COLUMNS + EXTRA_COLUMNS)
         for r in rows:
-            w.writerow([r.plate, r.well, r.site, r.nuclei, r.cells, r.source])
+            w.writerow(r.csv_values())
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.root / LABELS_CSV, buf.getvalue().encode("utf-8"))
             self.manifest["counts"] = {**self.manifest.get("counts", {}), **_counts(rows)}
             self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             atomic_write_json(self.root / MANIFEST, self.manifest)
+
+
+def write_masks(root: Path, field: Field, nuclei: np.ndarray, cells: np.ndarray, source: str) -> LabelRow:
+    """A field's nuclei, cells and cytoplasm (cells minus the nuclei's interior, as CellProfiler's
+    IdentifyTertiaryObjects with "shrink smaller objects") TIFFs under ``root``, and the row naming them."""
+    from dinocell_core.labels.cellprofiler import cytoplasm
+
+    rel_n, rel_c, rel_y = mask_paths(field.plate_folder, field.well, field.site, source)
+    write_mask(root / rel_n, nuclei)
+    write_mask(root / rel_c, cells)
+    write_mask(root / rel_y, cytoplasm(cells, nuclei))
+    return LabelRow(field.plate, field.well, field.site, rel_n, rel_c, source, rel_y)
 
 
 def write_mask(path: Path, labels: np.ndarray) -> None:
@@ -281,9 +356,9 @@ def _counts(rows: Sequence[LabelRow]) -> dict[str, int]:
     return out
 
 
-def _row_order(r: LabelRow) -> tuple[str, int, int, int, str]:
+def _row_order(r: LabelRow) -> tuple[str, int, int, int]:
     row, col = well_row_col(r.well)
-    return (r.plate_folder, row, col, r.site, r.source)
+    return (r.plate_folder, row, col, r.site)
 
 
 def _few(items: Sequence[str], n: int = 3) -> str:
@@ -304,13 +379,17 @@ def _read_rows(path: Path) -> list[LabelRow]:
             for i, rec in enumerate(reader, start=2):
                 try:
                     row = LabelRow(rec["plate"], rec["well"], int(rec["site"]), rec["nuclei"], rec["cells"],
-                                   rec["source"])
+                                   rec["source"], *(rec.get(c) or "" for c in EXTRA_COLUMNS))
                     well_row_col(row.well)
                 except (ValueError, TypeError, IndexError):
                     raise LabelsError(f"{path} line {i}: bad plate/well/site {rec!r}") from None
-                if row.source not in SOURCES:
-                    raise LabelsError(f"{path} line {i}: source {row.source!r} is not one of {', '.join(SOURCES)}")
-                for rel in (row.nuclei, row.cells):
+                if row.source not in SOURCES or row.original_source not in ("", *SOURCES):
+                    raise LabelsError(f"{path} line {i}: source {row.source!r} / original_source "
+                                      f"{row.original_source!r} is not one of {', '.join(SOURCES)}")
+                if bool(row.original_source) != bool(row.original_nuclei and row.original_cells):
+                    raise LabelsError(f"{path} line {i}: original_source needs original_nuclei and original_cells "
+                                      "(and the other way round)")
+                for rel in row.files():
                     if os.path.isabs(rel) or ".." in Path(rel).parts or "/" not in rel:
                         raise LabelsError(f"{path} line {i}: mask path {rel!r} must be <plate folder>/<file> "
                                           "relative to the store")

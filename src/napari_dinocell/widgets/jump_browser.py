@@ -5,8 +5,8 @@ TIFF reads run in workers. Switching sites replaces each layer's data in place (
 a newer site request supersedes one still loading. The browser updates only layers it added itself (see
 :func:`napari_dinocell.layers.upsert_image`): a user's or the sample data's "DNA" layer is left alone. With a labels
 store set (``dinocell-core jump label``), the field's preferred nuclei and cells come as two Labels layers; "Save
-corrections" writes the edited layers back into the store atomically as ``source = corrected`` (the automatic masks
-stay).
+corrections" writes the edited layers back into the store atomically as ``source = corrected``: the field's one
+labels.csv row then points at them and names the masks they replaced, which stay on disk.
 """
 
 from __future__ import annotations
@@ -297,7 +297,8 @@ class JumpBrowserWidget(QWidget):
         for n in LABEL_LAYERS:
             if (layer := owned_layer(self.viewer, OWNER, n)) is not None:
                 layer.metadata = {**layer.metadata, "labels_source": "corrected"}
-        self.labels_status.finish(f"saved corrections: {row.nuclei}, {row.cells}")
+        kept = f" ({row.original_source} masks kept: {row.original_cells})" if row.original_source else ""
+        self.labels_status.finish(f"saved corrections: {row.nuclei}, {row.cells}{kept}")
 
     def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
         """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and
