@@ -115,14 +115,19 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
         raise ValueError(f"ring_fraction must be in (0, 1], got {ring_fraction}")
     if connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}")
-    fill = d > fill_threshold
-    markers, n = ndi.label(d > peak_threshold, structure=ndi.generate_binary_structure(2, connectivity))
+    peaks = d > peak_threshold
+    markers, n = ndi.label(peaks, structure=ndi.generate_binary_structure(2, connectivity))
     if n == 0:
         return np.zeros(d.shape, dtype=np.int32)
-    parts, n_parts = ndi.label(fill)
+    parts, n_parts = ndi.label(d > fill_threshold)
+    # marker → fill part, read on the marker pixels only (full-frame passes are what a 1080² field costs)
+    at = np.flatnonzero(peaks)
+    marker_at = markers.reshape(-1)[at]
+    part_of = np.zeros(n + 1, np.int64)
+    part_of[marker_at] = parts.reshape(-1)[at]
     if min_marker_size > 1:
-        markers, n = _drop_small_markers(markers, n, parts, n_parts, min_marker_size)
-    labels = _watershed_by_component(d, markers, n, parts, n_parts)
+        n, part_of = _drop_small_markers(markers, at, marker_at, part_of, n_parts, min_marker_size)
+    labels = _watershed_by_component(d, markers, n, parts, n_parts, part_of)
     if grow_threshold < fill_threshold:
         _grow_to_border(labels, d, n, fill_threshold, grow_threshold, ring_fraction)
     if min_size > 0:
@@ -135,22 +140,23 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
     return labels.astype(np.int32, copy=False)
 
 
-def _drop_small_markers(markers: np.ndarray, n: int, parts: np.ndarray, n_parts: int,
-                        min_marker_size: int) -> tuple[np.ndarray, int]:
-    """Remove markers below ``min_marker_size`` px that share their fill part with another marker; relabel."""
-    sizes = np.bincount(markers.ravel(), minlength=n + 1)
-    inside = markers > 0
-    part_of = np.zeros(n + 1, np.int64)
-    part_of[markers[inside]] = parts[inside]
+def _drop_small_markers(markers: np.ndarray, at: np.ndarray, marker_at: np.ndarray, part_of: np.ndarray,
+                        n_parts: int, min_marker_size: int) -> tuple[int, np.ndarray]:
+    """Remove (in place) markers below ``min_marker_size`` px that share their fill part with another marker and
+    renumber the rest 1..n; returns n and the new marker → part table. ``at`` are the marker pixels (flat indices)
+    and ``marker_at`` their marker ids."""
+    n = part_of.size - 1
+    sizes = np.bincount(marker_at, minlength=n + 1)
     per_part = np.bincount(part_of[1:], minlength=n_parts + 1)
     drop = (sizes < min_marker_size) & (per_part[part_of] > 1)
     drop[0] = False
     if not drop.any():
-        return markers, n
+        return n, part_of
     lut = np.zeros(n + 1, np.int32)
     keep = np.flatnonzero(~drop[1:]) + 1
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    return lut[markers], int(keep.size)
+    markers.reshape(-1)[at] = lut[marker_at]
+    return int(keep.size), np.concatenate([part_of[:1], part_of[keep]])
 
 
 _N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -170,9 +176,9 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     lab = np.pad(labels, 1)
     dp = np.pad(d, 1)
     W = w + 2
-    flat_lab = lab.ravel()
-    flat_d = dp.ravel()
-    area = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+    flat_lab = lab.reshape(-1)
+    flat_d = dp.reshape(-1)
+    area = np.bincount(labels.reshape(-1), minlength=n + 1).astype(np.float64)
     radius = np.sqrt(area / np.pi)  # inradius of a disk of that area: an upper bound for elongated cores
     full = np.maximum(radius / (1.0 - fill), 1.0)  # the cell's own R, before the fill threshold eroded it
     limit = np.ceil(fill * full).astype(np.int64) + 1
@@ -180,14 +186,21 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     level = np.maximum(ring_fraction / full, grow)  # the cell's ring sits at 1/R: stop below a fraction of it
     level[0] = np.inf
     floor = float(level[1:].min()) if n else np.inf  # no cell may take a pixel below this
-    open_ = ((dp > floor) & (lab == 0)).ravel()  # ring pixels not yet taken (the pad is never open)
-    if not open_.any():
+    core = lab > 0
+    open2 = (dp > floor) & ~core  # ring pixels not yet taken (the pad is never open)
+    near = np.zeros_like(core)  # next to a core (8-neighbours): shifted views, no per-pixel gathers
+    inner = near[1:-1, 1:-1]
+    for dy, dx in _N8:
+        inner |= core[1 + dy:lab.shape[0] - 1 + dy, 1 + dx:W - 1 + dx]
+    frontier = np.flatnonzero(open2 & near)
+    if frontier.size == 0:
+        labels[...] = lab[1:-1, 1:-1]
         return
+    open_ = open2.reshape(-1)
     n8 = np.array([dy * W + dx for dy, dx in _N8], np.int64)
-    ring = np.flatnonzero(open_)
-    frontier = ring[(flat_lab[ring[:, None] + n8[None, :]] > 0).any(1)]  # open pixels next to a core
     waiting = np.zeros(open_.size, bool)  # in the frontier
     waiting[frontier] = True
+    stamp = np.zeros(open_.size, np.int64)  # de-duplicates candidates without sorting them
     for step in range(1, int(limit.max()) + 1):
         if frontier.size == 0:
             break
@@ -204,7 +217,10 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
         open_[new] = False
         waiting[new] = False
         cand = (new[:, None] + n8[None, :]).ravel()
-        cand = np.unique(cand[open_[cand] & ~waiting[cand]])  # newly reachable open pixels
+        cand = cand[open_[cand] & ~waiting[cand]]  # newly reachable open pixels (each step updates all at once,
+        order = np.arange(cand.size)  # so the frontier's order does not matter)
+        stamp[cand] = order
+        cand = cand[stamp[cand] == order]
         waiting[cand] = True
         frontier = np.concatenate([frontier[~take], cand])
     labels[...] = lab[1:-1, 1:-1]
@@ -217,17 +233,15 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, parts: np.ndarray,
-                            n_parts: int) -> np.ndarray:
+                            n_parts: int, part_of_marker: np.ndarray) -> np.ndarray:
     """``watershed(-d, markers, mask=fill)`` (up to tie-breaking between equal values), run only where it has
     something to decide.
 
     A connected part of ``fill`` holding one marker floods entirely to that marker, and one holding none stays
     background, so the (costly) priority flood runs only inside the bounding boxes of parts with two or more
-    markers. Labels stay the marker ids 1..n, which are sequential already.
+    markers. Labels stay the marker ids 1..n, which are sequential already; ``part_of_marker[i]`` is the fill
+    part of marker i.
     """
-    part_of_marker = np.zeros(n + 1, np.int64)
-    inside = markers > 0
-    part_of_marker[markers[inside]] = parts[inside]
     per_part = np.bincount(part_of_marker[1:], minlength=n_parts + 1)
     lut = np.zeros(n_parts + 1, np.int32)
     single = np.flatnonzero(per_part == 1)
