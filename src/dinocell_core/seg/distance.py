@@ -19,6 +19,7 @@ from dinocell_core.seg.config import (
     DEFAULT_MIN_SIZE,
     DEFAULT_PEAK_THRESHOLD,
     DEFAULT_RING_FRACTION,
+    GROWTH_SLOPE,
     MARKER_CONNECTIVITY,
     MIN_MARKER_SIZE,
 )
@@ -89,7 +90,7 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
                          fill_threshold: float = DEFAULT_FILL_THRESHOLD,
                          min_size: int = DEFAULT_MIN_SIZE, grow_threshold: float = DEFAULT_GROW_THRESHOLD,
                          ring_fraction: float = DEFAULT_RING_FRACTION, connectivity: int = MARKER_CONNECTIVITY,
-                         min_marker_size: int = MIN_MARKER_SIZE) -> np.ndarray:
+                         min_marker_size: int = MIN_MARKER_SIZE, growth_slope: float = GROWTH_SLOPE) -> np.ndarray:
     """Instance labels (int32, sequential) from a distance map.
 
     1. Markers: connected components (``connectivity`` 1 = 4-, 2 = 8-neighbours) of ``dist > peak_threshold``;
@@ -99,9 +100,11 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
        marker stay background.
     3. Growth back to the border: per-cell normalisation puts a cell's outer ring at 1/R (R its inradius in px),
        so the fill threshold erodes every core by ``fill·R`` px — IoU 0.84–0.88 with a perfect map. Each core
-       grows back by at most the ring it lost, ``ceil(fill·R) + 1`` px (R = the core's area-equivalent radius
-       / (1 − fill)), into pixels above its own ring level ``max(ring_fraction / R, grow_threshold)``, never into
-       another cell. ``grow_threshold = fill_threshold`` switches growth off.
+       grows back by at most the ring it lost, ``ceil(fill·R)`` px (R = the core's area-equivalent radius
+       / (1 − fill)), into pixels above its own ring level ``max(ring_fraction / R, grow_threshold)``, only while
+       the map still falls toward the new pixel at ≥ ``growth_slope / R`` per px (the per-cell target's own
+       slope: a blurred map's tail past the true border falls more slowly and is not taken), never into another
+       cell. ``grow_threshold = fill_threshold`` switches growth off.
     4. Objects smaller than ``min_size`` px are dropped.
     """
     d = np.asarray(dist, dtype=np.float32)
@@ -113,6 +116,8 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
         raise ValueError(f"need 0 <= grow_threshold <= fill_threshold, got {grow_threshold} / {fill_threshold}")
     if not 0.0 < ring_fraction <= 1.0:
         raise ValueError(f"ring_fraction must be in (0, 1], got {ring_fraction}")
+    if not 0.0 <= growth_slope <= 1.0:
+        raise ValueError(f"growth_slope must be in [0, 1], got {growth_slope}")
     if connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}")
     peaks = d > peak_threshold
@@ -129,7 +134,7 @@ def labels_from_distance(dist: np.ndarray, peak_threshold: float = DEFAULT_PEAK_
         n, part_of = _drop_small_markers(markers, at, marker_at, part_of, n_parts, min_marker_size)
     labels = _watershed_by_component(d, markers, n, parts, n_parts, part_of)
     if grow_threshold < fill_threshold:
-        _grow_to_border(labels, d, n, fill_threshold, grow_threshold, ring_fraction)
+        _grow_to_border(labels, d, n, fill_threshold, grow_threshold, ring_fraction, growth_slope)
     if min_size > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
@@ -161,16 +166,18 @@ def _drop_small_markers(markers: np.ndarray, at: np.ndarray, marker_at: np.ndarr
 
 _N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
 _N8 = _N4 + ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_INV_LEN = np.array([1.0] * 4 + [2 ** -0.5] * 4)  # 1 / step length of each neighbour offset
 
 
 def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow: float,
-                    ring_fraction: float) -> None:
-    """Grow every core (in place) into ``d ≤ fill`` by at most the ring the fill threshold cut off.
+                    ring_fraction: float, slope: float) -> None:
+    """Grow every core (in place) into ``d ≤ fill`` by at most the ring the fill threshold cut off, while the map
+    keeps falling toward the new pixel at ≥ ``slope / R`` per px.
 
     A breadth-first flood over the ring pixels next to the growing cells only (the ring is a thin band, so this
     costs a few ms per 1080² field), alternating 4- and 8-neighbour steps (an octagonal approximation of
-    Euclidean distance). A pixel joins the labelled neighbour with the highest distance value — the watershed's
-    choice — so touching cells meet at their dip.
+    Euclidean distance). A pixel joins the admissible labelled neighbour with the highest distance value — the
+    watershed's choice — so touching cells meet at their dip.
     """
     w = labels.shape[1]
     lab = np.pad(labels, 1)
@@ -179,12 +186,17 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     flat_lab = lab.reshape(-1)
     flat_d = dp.reshape(-1)
     area = np.bincount(labels.reshape(-1), minlength=n + 1).astype(np.float64)
+    # the map treats the image edge as a mirror (seg.distance.distance_map): a core cut by an edge is half of its
+    # cell (a quarter in a corner), so its size is the mirrored one
+    for a, b in ((labels[0], labels[-1]), (labels[:, 0], labels[:, -1])):
+        area[np.union1d(a, b)] *= 2.0
     radius = np.sqrt(area / np.pi)  # inradius of a disk of that area: an upper bound for elongated cores
     full = np.maximum(radius / (1.0 - fill), 1.0)  # the cell's own R, before the fill threshold eroded it
-    limit = np.ceil(fill * full).astype(np.int64) + 1
+    limit = np.ceil(fill * full).astype(np.int64)
     limit[0] = 0
     level = np.maximum(ring_fraction / full, grow)  # the cell's ring sits at 1/R: stop below a fraction of it
     level[0] = np.inf
+    min_drop = slope / full  # the least fall per px of a cell's map toward a pixel it may take
     floor = float(level[1:].min()) if n else np.inf  # no cell may take a pixel below this
     core = lab > 0
     open2 = (dp > floor) & ~core  # ring pixels not yet taken (the pad is never open)
@@ -204,11 +216,14 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     for step in range(1, int(limit.max()) + 1):
         if frontier.size == 0:
             break
-        offs = n8 if step % 2 == 0 else n8[:4]
+        offs = n8 if step % 2 == 0 else n8[:4]  # 4-neighbour steps, then 8: an octagonal approximation
         nb = frontier[:, None] + offs[None, :]
         nl = flat_lab[nb]
-        ok = (nl > 0) & (limit[nl] >= step) & (flat_d[frontier][:, None] > level[nl])
-        score = np.where(ok, flat_d[nb], -1.0)
+        dn = flat_d[nb]
+        here = flat_d[frontier][:, None]
+        ok = ((nl > 0) & (limit[nl] >= step) & (here > level[nl])
+              & ((dn - here) * _INV_LEN[None, :offs.size] >= min_drop[nl]))
+        score = np.where(ok, dn, -1.0)
         best = score.argmax(1)
         rows = np.arange(frontier.size)
         take = ok[rows, best]
