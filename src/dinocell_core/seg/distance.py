@@ -216,19 +216,23 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     for step in range(1, int(limit.max()) + 1):
         if frontier.size == 0:
             break
-        offs = n8 if step % 2 == 0 else n8[:4]  # 4-neighbour steps, then 8: an octagonal approximation
-        nb = frontier[:, None] + offs[None, :]
+        k = 8 if step % 2 == 0 else 4  # 4-neighbour steps, then 8: an octagonal approximation of distance
+        nb = (frontier[:, None] + n8[None, :k]).reshape(-1)
         nl = flat_lab[nb]
-        dn = flat_d[nb]
-        here = flat_d[frontier][:, None]
-        ok = ((nl > 0) & (limit[nl] >= step) & (here > level[nl])
-              & ((dn - here) * _INV_LEN[None, :offs.size] >= min_drop[nl]))
-        score = np.where(ok, dn, -1.0)
-        best = score.argmax(1)
-        rows = np.arange(frontier.size)
-        take = ok[rows, best]
+        pair = np.flatnonzero(nl)  # (frontier pixel, labelled neighbour) pairs: the only ones to test
+        cell = nl[pair]
+        row = pair // k
+        dn = flat_d[nb[pair]]
+        here = flat_d[frontier[row]]
+        ok = ((limit[cell] >= step) & (here > level[cell])
+              & ((dn - here) * _INV_LEN[pair % k] >= min_drop[cell]))
+        score = np.full(frontier.size * k, -1.0, np.float32)
+        score[pair[ok]] = dn[ok]
+        best = score.reshape(-1, k).argmax(1)
+        first = np.arange(frontier.size) * k + best
+        take = score[first] >= 0  # the best admissible neighbour (map values of labelled pixels are > 0)
         new = frontier[take]
-        flat_lab[new] = nl[rows, best][take]
+        flat_lab[new] = nl[first[take]]
         open_[new] = False
         waiting[new] = False
         cand = (new[:, None] + n8[None, :]).ravel()
