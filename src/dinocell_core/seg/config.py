@@ -18,8 +18,8 @@ DEFAULT_PEAK_THRESHOLD = 0.47
 DEFAULT_FILL_THRESHOLD = 0.09
 DEFAULT_MIN_SIZE = 0
 DEFAULT_GROW_THRESHOLD = 0.01
-#: growth stops below this fraction of a cell's ring value 1/R; 0.5 measured best on the demo network (0.35 and
-#: 0.75 lose 0.15 / 0.03 mean AP there), tuned per model after training
+#: growth stops below this fraction of a cell's ring value 1/R; 0.5 measured best on the demo network (with the
+#: slope rule below 0.35–0.75 are within 0.005 mean AP there), tuned per model after training
 DEFAULT_RING_FRACTION = 0.5
 MARKER_CONNECTIVITY = 2
 MIN_MARKER_SIZE = 3
