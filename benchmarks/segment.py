@@ -114,12 +114,14 @@ def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: in
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 run = PlateRun(d, root, Path(tmp) / arch / f"out_{d.name}", device=device, batch_size=batch)
+                c0 = time.process_time()
                 res = run.run()
+                cpu = time.process_time() - c0  # all threads of this process: the figure on a shared machine
                 n = res.done - res.done_before
                 mem = f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
-                print(f"  {label:<20} {n} fields in {res.seconds:6.1f} s = {n / res.seconds:6.3f} fields/s "
-                      f"(network {res.network_s:6.1f} s; the rest overlaps it or is reading/writing{mem})",
-                      flush=True)
+                print(f"  {label:<20} {n} fields in {res.seconds:6.1f} s wall = {n / res.seconds:6.3f} fields/s, "
+                      f"{cpu:6.1f} CPU-s = {n / cpu:6.3f} fields per CPU-s (network {res.network_s:6.1f} s wall; "
+                      f"the rest overlaps it or is reading/writing{mem})", flush=True)
 
 
 def rss_mb() -> float:
