@@ -212,7 +212,7 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
     n8 = np.array([dy * W + dx for dy, dx in _N8], np.int64)
     waiting = np.zeros(open_.size, bool)  # in the frontier
     waiting[frontier] = True
-    stamp = np.zeros(open_.size, np.int64)  # de-duplicates candidates without sorting them
+    stamp = np.zeros(open_.size, np.int32)  # de-duplicates candidates without sorting them
     for step in range(1, int(limit.max()) + 1):
         if frontier.size == 0:
             break
@@ -237,7 +237,7 @@ def _grow_to_border(labels: np.ndarray, d: np.ndarray, n: int, fill: float, grow
         waiting[new] = False
         cand = (new[:, None] + n8[None, :]).ravel()
         cand = cand[open_[cand] & ~waiting[cand]]  # newly reachable open pixels (each step updates all at once,
-        order = np.arange(cand.size)  # so the frontier's order does not matter)
+        order = np.arange(cand.size, dtype=np.int32)  # so the frontier's order does not matter)
         stamp[cand] = order
         cand = cand[stamp[cand] == order]
         waiting[cand] = True
