@@ -92,10 +92,11 @@ def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: in
     from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.seg.plate import PlateRun
 
-    wells = max(1, fields // 2)
+    sites = min(2, fields)
+    wells = -(-fields // sites)
     cuda = device.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_jump_fixture(Path(tmp) / "data", plates=1, wells=wells, sites=2, size=size, seed=1,
+        root = make_jump_fixture(Path(tmp) / "data", plates=1, wells=wells, sites=sites, size=size, seed=1,
                                  edge_cases=False).root
         for arch in archs:
             models = {}
