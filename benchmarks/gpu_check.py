@@ -1,7 +1,10 @@
-"""GPU check of the A100 recipe: N real training steps (bf16 autocast), compile off and on, real data loader.
+"""GPU check of the A100 recipe: N real training steps (bf16 autocast), compile off and on, real data loader;
+then segmentation on the GPU: ``segment-plate`` fields/s and peak GPU memory per channel for ViT-S/8 on 1080²
+fields (benchmarks/segment.py's plate and pipeline parts with ``--device cuda``).
 
     python benchmarks/gpu_check.py [--steps 30] [--warmup 8] [--batch 48] [--data ROOT] [--workers 12]
                                    [--compile off,on] [--fixture-size 1080 --fixture-fields 32]
+                                   [--only pretrain,segment] [--seg-batch 32] [--seg-fields 8]
 
 For each compile setting it prints step time, samples/s, model-FLOP utilisation (MFU) from the FLOPs counted
 from the model's shapes (``backbone.count_forward_flops`` + heads, as benchmarks/ssl_step.py), peak GPU memory and
@@ -13,19 +16,34 @@ temporary folder first. On a machine without CUDA it says so and exits 0 (nothin
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "benchmarks"
+# benchmarks/ must not be on the path: its profile.py would shadow the standard library's (torch imports it);
+# sibling benchmarks are loaded by file instead
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def sibling(name: str) -> Any:
+    """A module of benchmarks/ (ssl_step, segment), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_one(cfg, steps: int, warmup: int, flops_per_sample: float | None) -> dict[str, float]:
     import torch
-    from ssl_step import analytic_flops, peak_tflops
+
+    ssl_step = sibling("ssl_step")
+    analytic_flops, peak_tflops = ssl_step.analytic_flops, ssl_step.peak_tflops
 
     from dinocell_core.runs.distributed import DistInfo
     from dinocell_core.ssl.data import make_ssl_loader
@@ -75,13 +93,36 @@ def main() -> int:
     ap.add_argument("--fixture-size", type=int, default=1080)
     ap.add_argument("--fixture-fields", type=int, default=32)
     ap.add_argument("--override", action="append", default=[], help="extra recipe overrides (key=value)")
+    ap.add_argument("--only", default="pretrain,segment", help="comma list: pretrain, segment")
+    ap.add_argument("--seg-batch", type=int, default=32, help="tiles per network batch in the segment part")
+    ap.add_argument("--seg-fields", type=int, default=8, help="1080² fields per segment-plate run")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
 
     import torch
 
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; nothing to check (run it on the GPU server). Exit 0.")
         return 0
+    if "pretrain" in parts:
+        check_pretraining(args)
+    if "segment" in parts:
+        check_segmentation(args)
+    return 0
+
+
+def check_segmentation(args: argparse.Namespace) -> None:
+    """segment-plate on CUDA (ViT-S/8, random weights, 1080² fields): fields/s per channel, both models with
+    measurements, peak GPU memory; then the per-field split network / blending / post-processing."""
+    seg = sibling("segment")
+    seg.bench_plate(["vit_small"], 8, 256, 32, args.seg_batch, "cuda", 1080, args.seg_fields)
+    seg.bench_pipeline(argparse.Namespace(arch="vit_small", patch=8, tile=256, overlap=32, batch=args.seg_batch,
+                                      device="cuda", fields=4))
+
+
+def check_pretraining(args: argparse.Namespace) -> None:
+    import torch
+
     from dinocell_core.config import load_config
     from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.ssl.config import PretrainConfig
@@ -116,7 +157,6 @@ def main() -> int:
             torch.cuda.empty_cache()
         for mode, r in rows:
             print(f"80k-iteration recipe at compile {mode}: ≈ {80_000 * r['step_s'] / 3600:.1f} h")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Segmentation pipeline benchmark: where the time goes per 1080×1080 field, post-processing per 1080² field
-(markers, watershed, growth back to the border) against the old fill-only version, ``segment-plate`` fields/s per
-channel, and peak memory on 8000×8000.
+(markers, watershed, growth back to the border) against growth without its slope rule and the old fill-only
+version, ``segment-plate`` fields/s per channel for the tiny and the real ViT-S/8 architecture (random weights),
+and peak memory on 8000×8000.
 
-    python benchmarks/segment.py                      # ViT-S/8 (the real model size), 256-px tiles
-    python benchmarks/segment.py --arch vit_test      # tiny backbone: a quick run
-    python benchmarks/segment.py --device cuda
-    python benchmarks/segment.py --only postprocessing,plate --arch vit_test
+    python benchmarks/segment.py                   # ViT-S/8 (the real model size), 256-px tiles
+    python benchmarks/segment.py --arch vit_test   # tiny backbone: a quick run
+    python benchmarks/segment.py --device cuda     # every part on the GPU (also run by benchmarks/gpu_check.py)
+    python benchmarks/segment.py --only postprocessing
+    python benchmarks/segment.py --only plate --plate-archs vit_test,vit_small --plate-fields 2
 
 Per field: preprocessing (channel + percentile normalisation), network (tile batches through backbone +
 decoder), blending (tiling, weighting, accumulation) and post-processing (watershed on a realistic distance map —
@@ -20,30 +22,35 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
-import torch
+# run as a script, benchmarks/ heads the path and its profile.py would shadow the standard library's (torch imports it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from dinocell_core.backbone import load_backbone
-from dinocell_core.jump.fixture import make_field
-from dinocell_core.seg.bundle import save_bundle
-from dinocell_core.seg.decoder import DistanceDecoder
-from dinocell_core.seg.distance import distance_map, labels_from_distance
-from dinocell_core.seg.inference import Segmenter, run_tiled
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dinocell_core.backbone import load_backbone  # noqa: E402
+from dinocell_core.jump.fixture import make_field  # noqa: E402
+from dinocell_core.seg.bundle import save_bundle  # noqa: E402
+from dinocell_core.seg.decoder import DistanceDecoder  # noqa: E402
+from dinocell_core.seg.distance import distance_map, labels_from_distance, resolve_thresholds  # noqa: E402
+from dinocell_core.seg.inference import Segmenter, run_tiled  # noqa: E402
 
 
-def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int) -> Path:
+def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int, channel: str = "DNA") -> Path:
+    """A random-weight bundle of the real decoder on ``arch`` (the network's cost does not depend on its weights)."""
     model = DistanceDecoder(load_backbone(arch, patch_size=patch), width=128, stem_width=16).eval()
-    meta = {"name": f"bench-{arch}", "channel": "DNA",
+    meta = {"name": f"bench-{arch}-{channel}", "channel": channel,
             "backbone": {"arch": arch, "patch_size": patch, "kwargs": {}, "source": None},
             "decoder": {"layers": model.layers, "width": 128, "stem_width": 16},
-            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {},  # the defaults
+            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": resolve_thresholds({}),  # the defaults
             "tile_size": tile, "overlap": overlap}
-    return save_bundle(folder / "bench.safetensors", model, meta)
+    return save_bundle(folder / f"bench-{channel}.safetensors", model, meta)
 
 
 def bench_postprocessing(repeats: int = 5) -> None:
@@ -62,7 +69,7 @@ def bench_postprocessing(repeats: int = 5) -> None:
         noisy = np.clip(ndi.gaussian_filter(d, 1.0) + ndi.gaussian_filter(rng.normal(0, 0.08, d.shape), 1.0),
                         0, 1).astype(np.float32)
         for kind, m in (("perfect map", d), ("blurred+noisy", noisy)):
-            for label, kw in (("new (defaults)", {}),
+            for label, kw in (("defaults", {}), ("no slope rule", {"growth_slope": 0.0}),
                               ("old fill-only", {"grow_threshold": 0.09, "connectivity": 1, "min_marker_size": 1})):
                 times, cpu = [], []
                 for _ in range(repeats):
@@ -71,54 +78,51 @@ def bench_postprocessing(repeats: int = 5) -> None:
                     times.append(time.perf_counter() - t0)
                     cpu.append(time.process_time() - c0)
                 sc = evaluate_pairs([(lab, out)]).as_dict()
-                print(f"  {name:<6} {kind:<14} {label:<15} {np.median(cpu) * 1000:7.1f} ms CPU "
+                print(f"  {name:<6} {kind:<14} {label:<14} {np.median(cpu) * 1000:7.1f} ms CPU "
                       f"({np.median(times) * 1000:6.1f} ms wall)  "
                       f"{int(out.max()):5d} objects (truth {int(lab.max())})  AP@0.9 {sc['ap@0.90']:.3f}  "
                       f"SEG {sc['seg']:.3f}")
     print("  goal: ≤ 150 ms per field on one core")
 
 
-def bench_plate(arch: str, patch: int, tile: int, overlap: int, batch: int, device: str, size: int,
+def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: int, device: str, size: int,
                 fields: int) -> None:
-    """``segment-plate`` on a synthetic plate: fields/s with the nuclei model only, the cells model only, both."""
+    """``segment-plate`` on a synthetic plate, per architecture: fields/s with the nuclei model only (DNA), the
+    cells model only (AGP), both + measurements; on CUDA also the peak GPU memory of each run."""
     from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.seg.plate import PlateRun
 
-    wells = max(1, fields // 2)
+    sites = min(2, fields)
+    wells = -(-fields // sites)
+    cuda = device.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_jump_fixture(Path(tmp) / "data", plates=1, wells=wells, sites=2, size=size, seed=1,
+        root = make_jump_fixture(Path(tmp) / "data", plates=1, wells=wells, sites=sites, size=size, seed=1,
                                  edge_cases=False).root
-        models = {}
-        for ch in ("DNA", "AGP"):
-            d = Path(tmp) / f"models_{ch}"
-            d.mkdir()
-            p = make_bundle(d, arch, patch, tile, overlap)
-            p.rename(d / f"{ch}.safetensors")
-            _set_channel(d / f"{ch}.safetensors", ch)
-            models[ch] = d
-        both = Path(tmp) / "models_both"
-        both.mkdir()
-        for ch, d in models.items():
-            (both / f"{ch}.safetensors").write_bytes((d / f"{ch}.safetensors").read_bytes())
-        print(f"segment-plate on {device}, {arch}/{patch}, tile {tile}, {size}×{size} fields, "
-              f"torch threads {torch.get_num_threads()}:")
-        for label, d in (("DNA → nuclei", models["DNA"]), ("AGP → cells", models["AGP"]),
-                         ("both + measurements", both)):
-            run = PlateRun(d, root, Path(tmp) / f"out_{d.name}", device=device, batch_size=batch)
-            res = run.run()
-            n = res.done - res.done_before
-            print(f"  {label:<20} {n} fields in {res.seconds:6.1f} s = {n / res.seconds:6.3f} fields/s "
-                  f"(network {res.network_s:6.1f} s; the rest overlaps it or is reading/writing)")
-
-
-def _set_channel(path: Path, channel: str) -> None:
-    """Re-save a benchmark bundle for another channel (its metadata names the channel)."""
-    from dinocell_core.seg.bundle import load_bundle
-
-    b = load_bundle(path)
-    model = b.build_model()
-    meta = {k: v for k, v in b.metadata.items() if k not in ("format", "aliases")}
-    save_bundle(path, model, {**meta, "channel": channel, "name": f"bench-{channel}"})
+        for arch in archs:
+            models = {}
+            for ch in ("DNA", "AGP"):
+                models[ch] = Path(tmp) / arch / f"models_{ch}"
+                models[ch].mkdir(parents=True)
+                make_bundle(models[ch], arch, patch, tile, overlap, ch)
+            both = Path(tmp) / arch / "models_both"
+            both.mkdir()
+            for ch, d in models.items():
+                (both / f"bench-{ch}.safetensors").write_bytes((d / f"bench-{ch}.safetensors").read_bytes())
+            print(f"segment-plate on {device}, {arch}/{patch} (random weights), tile {tile}, overlap {overlap}, "
+                  f"batch {batch}, {size}×{size} fields, torch threads {torch.get_num_threads()}:", flush=True)
+            for label, d in (("DNA → nuclei", models["DNA"]), ("AGP → cells", models["AGP"]),
+                             ("both + measurements", both)):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                run = PlateRun(d, root, Path(tmp) / arch / f"out_{d.name}", device=device, batch_size=batch)
+                c0 = time.process_time()
+                res = run.run()
+                cpu = time.process_time() - c0  # all threads of this process: the figure on a shared machine
+                n = res.done - res.done_before
+                mem = f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
+                print(f"  {label:<20} {n} fields in {res.seconds:6.1f} s wall = {n / res.seconds:6.3f} fields/s, "
+                      f"{cpu:6.1f} CPU-s = {n / cpu:6.3f} fields per CPU-s (network {res.network_s:6.1f} s wall; "
+                      f"the rest overlaps it or is reading/writing{mem})", flush=True)
 
 
 def rss_mb() -> float:
@@ -136,7 +140,9 @@ def main() -> None:
     ap.add_argument("--fields", type=int, default=2, help="timed fields (after one warm-up)")
     ap.add_argument("--big", type=int, default=8000, help="side of the memory-test image")
     ap.add_argument("--plate-size", type=int, default=1080, help="field size of the segment-plate benchmark")
-    ap.add_argument("--plate-fields", type=int, default=4, help="fields of the segment-plate benchmark")
+    ap.add_argument("--plate-fields", type=int, default=2, help="fields of the segment-plate benchmark")
+    ap.add_argument("--plate-archs", default="vit_test,vit_small",
+                    help="comma-separated backbones of the segment-plate benchmark (patch --patch)")
     ap.add_argument("--only", default="pipeline,postprocessing,plate,memory",
                     help="comma-separated parts to run: pipeline, postprocessing, plate, memory")
     args = ap.parse_args()
@@ -144,8 +150,8 @@ def main() -> None:
     if "postprocessing" in parts:
         bench_postprocessing()
     if "plate" in parts:
-        bench_plate(args.arch, args.patch, args.tile, args.overlap, args.batch, args.device, args.plate_size,
-                    args.plate_fields)
+        bench_plate(args.plate_archs.split(","), args.patch, args.tile, args.overlap, args.batch, args.device,
+                    args.plate_size, args.plate_fields)
     if "pipeline" in parts:
         bench_pipeline(args)
     if "memory" in parts:

@@ -118,3 +118,59 @@ def test_plate_run_killed_and_resumed(plate, tmp_path, capsys) -> None:
     tiny_bundle(other, "DNA")
     assert main(["segment-plate", str(other), str(root), "-o", str(out), "--device", "cpu"]) == 1
     assert "written by another run" in capsys.readouterr().err
+
+
+def test_explicit_model_one_well_overrides_and_a_cancelled_iterator(plate, tmp_path) -> None:
+    """What napari's "segment this well → disk" runs: one bundle for one object, one well, the widget's thresholds
+    and tile size; closing the iterator mid-run is a cancel that leaves finished fields done and resumes after
+    them; the plate table waits for every field of the plate."""
+    from dinocell_core.jump.index import load_index
+    from dinocell_core.seg.inference import Segmenter
+    from dinocell_core.seg.plate import PlateRun
+
+    root, models = plate
+    fields = load_index(root)
+    well = sorted({f.well for f in fields})[0]
+    mine = sorted((f for f in fields if f.well == well), key=lambda f: f.site)
+    out = tmp_path / "out"
+    bundle = models / "tiny-DNA.safetensors"
+    over = {"peak": 0.6, "fill": 0.2, "min_size": 2}
+
+    def make(wells=(well,), thresholds=over):
+        return PlateRun({"Nuclei": bundle}, root, out, wells=list(wells) if wells else None, device="cpu",
+                        batch_size=2, tile_size=64, thresholds={"Nuclei": thresholds}, measure_channels=[5])
+
+    run = make()
+    assert run.fields == mine and run.thresholds["Nuclei"]["peak"] == 0.6
+    steps = run.iter_run()
+    seen = []
+    for step in steps:
+        seen.append(step)
+        if step.tiles == 0 and step.done == 1:
+            break  # the first field finished (the next may be in post-processing): cancel
+    steps.close()
+    assert any(s.tiles > 0 and s.model == "Nuclei" for s in seen)  # tile progress inside a field
+    lay = PlateLayout(out)
+    done_first = [f for f in mine if lay.part(f).is_file()]
+    assert 1 <= len(done_first) <= 2 and run.result is None  # cancelled: no result, no plate table
+    stamps = {f.key: lay.part(f).stat().st_mtime_ns for f in done_first}
+
+    res = make().run()
+    assert res.done_before == len(done_first) and res.done == len(mine) and not res.failed
+    assert all(lay.part(f).stat().st_mtime_ns == stamps[f.key] for f in done_first)
+    assert res.tables == []  # other wells of the plate are not done
+    seg = Segmenter(bundle, device="cpu", tile_size=64)
+    image = tifffile.imread(mine[0].path(str(root), 5))
+    expected = seg.labels(seg.predict_distance(image), peak_threshold=0.6, fill_threshold=0.2, min_size=2)
+    np.testing.assert_array_equal(tifffile.imread(lay.labels(mine[0], "Nuclei")), expected)
+    part = pd.read_parquet(lay.part(mine[0]))
+    assert list(part["ObjectNumber"]) == list(range(1, int(expected.max()) + 1))
+    assert "Nuclei_Intensity_MeanIntensity_DNA" in part.columns
+
+    with pytest.raises(PlateError, match="written by another run"):  # other thresholds into the same folder
+        make(thresholds={"peak": 0.7}).run()
+    res = make(wells=None).run()  # the whole plate: the rest of it, then its table
+    assert res.done == len(fields) and len(res.tables) == 1
+    assert len(pd.read_parquet(res.tables[0]).groupby(["Metadata_Well", "Metadata_Site"])) == len(fields)
+    with pytest.raises(PlateError, match="'Nuclei' and/or 'Cells'"):
+        PlateRun({"Cytoplasm": bundle}, root, out)

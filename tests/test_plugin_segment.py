@@ -326,9 +326,13 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
 
 
 def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_dir, tmp_path):
-    """From a JUMP browser layer: every site of the well (then the plate) segmented in the background, one labels
-    TIFF per field equal to Segmenter on that field's file, and a summary CSV."""
+    """From a JUMP browser layer: every site of the well (then the plate) segmented in the background by
+    segment-plate's runner — its labels layout (equal to Segmenter on that field's file) and Parquet measurements;
+    the plate run skips the well's finished fields and writes the plate table."""
+    import pandas as pd
+
     from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.seg.plate import PlateLayout, read_plate
 
     info = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=4)
     viewer = make_napari_viewer()
@@ -344,21 +348,30 @@ def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_d
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.DONE, widget.status.message
     field = browser.current
-    files = sorted(results.glob("*_labels.tiff"))
-    sites = sorted(f.site for f in browser.fields if f.well == field.well)
-    assert [p.name for p in files] == [f"{field.plate}_{field.well}_s{s}_DNA_labels.tiff" for s in sites]
+    layout = PlateLayout(results)
+    well_fields = sorted((f for f in browser.fields if f.well == field.well), key=lambda f: f.site)
+    assert [p.name for p in sorted(results.glob("labels/*/*/*.tiff"))] == [
+        layout.labels(f, "Nuclei").name for f in well_fields]
+    assert all(layout.part(f).is_file() for f in well_fields)
+    assert not layout.plate_table(field.plate_folder).exists()  # the other well is not done yet
     seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
-    first = next(f for f in browser.fields if f.well == field.well and f.site == sites[0])
+    first = well_fields[0]
     image = tifffile.imread(first.path(str(info.source_root), 5))
     expected = compact(seg.labels(seg.predict_distance(image), widget.peak.value(), widget.fill.value(),
                                   widget.min_size.value()))
-    np.testing.assert_array_equal(tifffile.imread(files[0]), expected)
-    with open(results / f"{field.plate}_{field.well}_DNA_summary.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [int(r["site"]) for r in rows] == sites
+    np.testing.assert_array_equal(tifffile.imread(layout.labels(first, "Nuclei")), expected)
+    part = pd.read_parquet(layout.part(first))
+    assert list(part["ObjectNumber"]) == list(range(1, int(expected.max()) + 1))
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_Site", "Nuclei_AreaShape_Area",
+            "Nuclei_Intensity_MeanIntensity_DNA"} <= set(part.columns)
+    assert f"{len(well_fields)} fields" in widget.status.message
+    mtimes = [layout.part(f).stat().st_mtime_ns for f in well_fields]
 
     widget.plate_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.DONE, widget.status.message
-    assert len(list(results.glob("*_labels.tiff"))) == len(browser.fields)
-    assert (results / f"{field.plate}_DNA_summary.csv").exists()
+    assert len(list(results.glob("labels/*/*/*.tiff"))) == len(browser.fields)
+    assert [layout.part(f).stat().st_mtime_ns for f in well_fields] == mtimes  # resumed: not segmented again
+    table = read_plate(results, field.plate_folder)
+    assert sorted(set(table["Metadata_Well"])) == sorted({f.well for f in browser.fields})
+    assert str(layout.plate_table(field.plate_folder)) in widget.status.message

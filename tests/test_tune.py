@@ -32,10 +32,14 @@ def test_search_beats_wrong_defaults_and_records_every_try() -> None:
     assert best["ap_mean"] == res["metrics"]["ap_mean"]
 
 
-def test_perfect_maps_keep_the_configured_thresholds() -> None:
+def test_perfect_maps_score_full_ap_and_the_search_keeps_values_on_a_tie() -> None:
     truths = [big_touching_disks()]
-    res = tune_thresholds([distance_map(t) for t in truths], truths, start=CONFIGURED)
-    assert res["thresholds"] == CONFIGURED and res["metrics"]["ap@0.90"] == 1.0
+    maps = [distance_map(t) for t in truths]
+    assert score_thresholds(maps, truths, CONFIGURED)["ap@0.90"] == 1.0
+    res = tune_thresholds(maps, truths, start=CONFIGURED)  # may still gain SEG (a lower fill), never lose AP
+    assert res["metrics"]["ap@0.90"] == 1.0
+    again = tune_thresholds(maps, truths, start=res["thresholds"])  # nothing beats the optimum: it is kept
+    assert again["thresholds"] == res["thresholds"] and again["metrics"] == res["metrics"]
 
 
 def test_crowd_regions_are_not_scored() -> None:

@@ -3,14 +3,13 @@ whole well or plate of a CPJUMP1 tree to disk. Plain functions and generators ru
 :func:`napari_dinocell.jobs.start_job`; no widget code.
 
 Labels always come from :meth:`dinocell_core.seg.inference.Segmenter.labels` + ``compact_labels``, as
-``dinocell-core segment`` writes them, so the widget, the batch job and the CLI agree. A batch job writes
-``<plate>_<well>_s<site>_<channel>_labels.tiff`` per field and a summary CSV; when the segmentation issue's
-plate-scale runner lands in ``dinocell_core``, it should call that instead.
+``dinocell-core segment`` writes them, so the widget, the batch job and the CLI agree. A well or plate to disk is
+``dinocell-core segment-plate``'s own runner (:class:`dinocell_core.seg.plate.PlateRun`): the same labels layout,
+Parquet measurements and resumability, with its yields as this job's progress and cancel points.
 """
 
 from __future__ import annotations
 
-import csv
 import weakref
 from collections.abc import Generator
 from dataclasses import dataclass, replace
@@ -126,53 +125,32 @@ def warm_first_labels_layer() -> None:
 
 @dataclass
 class BatchResult:
-    summary: Path
-    fields: int
-    objects: int
+    folder: Path  # a segment-plate output folder (seg.plate's layout)
+    fields: int  # fields of the well/plate finished in this folder (this run's and earlier ones')
+    objects: int  # rows of their measurement parts
+    table: Path | None  # the plate's one Parquet table, once every field of the plate is done
 
 
 def segment_fields_job(root: str, plate_folder: str, well: str | None, channel: int, bundle_path: Path,
                        device: str, tile_size: int | None, peak: float, fill: float, min_size: int,
                        folder: Path) -> Generator[Progress, None, BatchResult]:
-    """Every field of ``plate_folder`` (only ``well`` if given) → a labels TIFF each + a summary CSV."""
-    import tifffile
+    """Every field of ``plate_folder`` (only ``well`` if given) through ``segment-plate`` into ``folder``: the
+    bundle segments ``channel`` as nuclei (DNA) or cells (any other channel) with the widget's thresholds; fields
+    already done there are skipped."""
+    from dinocell_core.jump.channels import channel_number
+    from dinocell_core.seg.plate import CELLS, NUCLEI, PlateRun
 
-    from dinocell_core.io.fsutil import atomic_path
-    from dinocell_core.jump.channels import CHANNELS
-    from dinocell_core.jump.index import load_index
-    from dinocell_core.jump.preprocess import read_field
-    from dinocell_core.seg.inference import Segmenter
-
-    fields = sorted((f for f in load_index(root) if f.plate_folder == plate_folder and well in (None, f.well)),
-                    key=lambda f: (f.well, f.site))
-    if not fields:
-        raise FileNotFoundError(f"no fields of {plate_folder}{f' well {well}' if well else ''} in the index of {root}")
-    seg = Segmenter(load_bundle(bundle_path), device=device, tile_size=tile_size)
-    rows = []
-    try:
-        for i, f in enumerate(fields):
-            image = read_field(root, f, [channel])[0]
-            distance = None
-            for item in seg.iter_distance(image):
-                if isinstance(item, np.ndarray):
-                    distance = item
-                else:
-                    yield Progress(i, len(fields), f"{f.well} site {f.site}: tile {item[0]}/{item[1]}")
-            if distance is None:
-                raise RuntimeError(f"{bundle_path.name}: inference produced no distance map for {f.key}")
-            labels = compact_labels(seg.labels(distance, peak_threshold=peak, fill_threshold=fill,
-                                               min_size=min_size))
-            path = folder / f"{f.plate}_{f.well}_s{f.site}_{CHANNELS[channel]}_labels.tiff"
-            with atomic_path(path) as tmp:
-                tifffile.imwrite(tmp, labels, compression="zlib")
-            rows.append((f.plate, f.well, f.site, int(len(np.unique(labels)) - (labels.min() == 0)), path.name))
-            yield Progress(i + 1, len(fields), f"{f.well} site {f.site}: {rows[-1][3]} objects")
-    finally:
-        seg.release()
-    plate = fields[0].plate
-    summary = folder / f"{plate}{'_' + well if well else ''}_{CHANNELS[channel]}_summary.csv"
-    with atomic_path(summary) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["plate", "well", "site", "objects", "labels_file"])
-        writer.writerows(rows)
-    return BatchResult(summary, len(rows), sum(r[3] for r in rows))
+    obj = NUCLEI if channel == channel_number("DNA") else CELLS
+    run = PlateRun({obj: bundle_path}, root, folder, plates=[plate_folder], wells=[well] if well else None,
+                   device=device, tile_size=tile_size, model_channels={obj: channel},
+                   thresholds={obj: {"peak": peak, "fill": fill, "min_size": min_size}})
+    for step in run.iter_run():
+        text = f"{step.field}: tile {step.tile}/{step.tiles}" if step.tiles else f"{step.done}/{step.total} fields"
+        yield Progress(step.done, step.total, text)
+    res = run.result
+    assert res is not None
+    if res.failed:
+        raise RuntimeError(f"{len(res.failed)} field(s) failed (the others are written; run again to retry): "
+                           + "; ".join(res.failed[:3]))
+    table = run.layout.plate_table(plate_folder)
+    return BatchResult(folder, res.done, run.objects(), table if table.is_file() else None)

@@ -18,11 +18,15 @@ DEFAULT_PEAK_THRESHOLD = 0.47
 DEFAULT_FILL_THRESHOLD = 0.09
 DEFAULT_MIN_SIZE = 0
 DEFAULT_GROW_THRESHOLD = 0.01
-#: growth stops below this fraction of a cell's ring value 1/R; 0.5 measured best on the demo network (0.35 and
-#: 0.75 lose 0.15 / 0.03 mean AP there), tuned per model after training
+#: growth stops below this fraction of a cell's ring value 1/R; 0.5 measured best on the demo network (with the
+#: slope rule below 0.35–0.75 are within 0.005 mean AP there), tuned per model after training
 DEFAULT_RING_FRACTION = 0.5
 MARKER_CONNECTIVITY = 2
 MIN_MARKER_SIZE = 3
+#: growth takes a pixel only while the map still falls toward it at ≥ this fraction of the cell's own slope 1/R
+#: per px (a perfect map falls at 1/R up to the border; a blurred map's tail beyond it falls at ~0.3–0.7/R).
+#: 0.8 measured on perfect, blurred and noisy synthetic maps (docs/segmentation.md, "Growth back to the border")
+GROWTH_SLOPE = 0.8
 
 
 class SegDataConfig(StrictModel):

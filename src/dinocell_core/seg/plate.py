@@ -10,7 +10,9 @@ the cell channel (``cells_channel``, or the only non-DNA bundle) gives ``Cells``
     <plate folder>.parquet                               all parts of a finished plate, streamed into one file
 
 Resumable: a field counts as done when its measurement part exists (every file is written atomically), so a
-killed run picks up at the next field. Bounded memory: one field is read ahead, one is in the network, one is in
+killed (or cancelled) run picks up at the next field. ``dinocell-core segment-plate`` and napari's "segment this
+well/plate → disk" are both callers of :class:`PlateRun` (napari through :meth:`PlateRun.iter_run`, whose yields
+are its progress and cancel points). Bounded memory: one field is read ahead, one is in the network, one is in
 post-processing/measurement/writing (a thread, overlapping the next field's network pass).
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ import pandas as pd
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
-from dinocell_core.seg.bundle import BundleInfo, list_bundles
+from dinocell_core.seg.bundle import BundleError, BundleInfo, list_bundles, read_bundle_metadata
 from dinocell_core.seg.measure import INTENSITY_FEATURES, measure_cells
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,22 @@ def choose_models(models_dir: str | os.PathLike[str], cells_channel: str | int |
     return out
 
 
+def given_models(models: Mapping[str, str | os.PathLike[str]]) -> dict[str, BundleInfo]:
+    """``{"Nuclei": path, "Cells": path}`` (either may be absent, not both) → the bundles' registry entries."""
+    unknown = set(models) - {NUCLEI, CELLS}
+    if unknown or not models:
+        raise PlateError(f"models must map {NUCLEI!r} and/or {CELLS!r} to bundle files, got {sorted(models)}")
+    out = {}
+    for obj, path in models.items():
+        p = Path(path)
+        try:
+            meta = read_bundle_metadata(p)
+        except (BundleError, OSError) as exc:
+            raise PlateError(f"{p}: not a usable model bundle for {obj}: {exc}") from None
+        out[obj] = BundleInfo(str(meta["name"]), str(meta["channel"]), p, meta)
+    return out
+
+
 def field_stem(f: Any) -> str:
     return f"{f.well}_s{f.site:02d}_sk{f.sk}"
 
@@ -108,6 +126,19 @@ class PlateLayout:
 
     def plate_table(self, plate_folder: str) -> Path:
         return self.root / f"{plate_folder}.parquet"
+
+
+@dataclass
+class PlateProgress:
+    """One step of :meth:`PlateRun.iter_run`: fields done of the total; within the current field, tile batches done
+    of ``tiles`` for the model ``model`` (``tiles`` 0 once a field is finished)."""
+
+    done: int
+    total: int
+    field: str = ""
+    model: str = ""
+    tile: int = 0
+    tiles: int = 0
 
 
 @dataclass
@@ -142,13 +173,22 @@ def columns_for(objects: Sequence[str], channels: Sequence[str]) -> list[str]:
 class PlateRun:
     """One ``segment-plate`` run (construct, then :meth:`run`)."""
 
-    def __init__(self, models_dir: str | os.PathLike[str], root: str | os.PathLike[str],
-                 out: str | os.PathLike[str], plates: Sequence[str] | None = None, device: str = "auto",
-                 batch_size: int = 8, cells_channel: str | int | None = None,
-                 measure_channels: Sequence[int] = FLUORESCENT) -> None:
+    def __init__(self, models_dir: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+                 root: str | os.PathLike[str], out: str | os.PathLike[str], plates: Sequence[str] | None = None,
+                 device: str = "auto", batch_size: int = 8, cells_channel: str | int | None = None,
+                 measure_channels: Sequence[int] = FLUORESCENT, wells: Sequence[str] | None = None,
+                 tile_size: int | None = None, thresholds: Mapping[str, Mapping[str, Any]] | None = None,
+                 model_channels: Mapping[str, int] | None = None) -> None:
+        """``models_dir`` is a models folder (bundles chosen by channel, :func:`choose_models`) or an explicit
+        ``{"Nuclei"/"Cells": bundle path}``. ``wells`` limits the run to those wells (the plate table is written
+        once every field of the plate is done, by this run or another into the same folder); ``tile_size``,
+        ``thresholds`` (per object: peak/fill/grow/ring/min_size over the bundle's) and ``model_channels`` (per
+        object: the channel its model reads, default the bundle's) override the bundles'."""
         from dinocell_core.jump.index import load_index
+        from dinocell_core.seg.distance import resolve_thresholds
 
-        self.models = choose_models(models_dir, cells_channel)
+        self.models = (given_models(models_dir) if isinstance(models_dir, Mapping)
+                       else choose_models(models_dir, cells_channel))
         self.root = str(root)
         self.layout = PlateLayout(Path(out))
         fields = load_index(root)
@@ -158,20 +198,45 @@ class PlateRun:
             missing = wanted - {f.plate for f in fields} - {f.plate_folder for f in fields}
             if missing:
                 raise PlateError(f"{root}: no fields for plate(s) {', '.join(sorted(missing))}")
+        self.plate_fields = sorted(fields, key=lambda f: (f.plate_folder, f.well, f.site, f.sk))
+        if wells:
+            fields = [f for f in fields if f.well in set(wells)]
+            if not fields:
+                raise PlateError(f"{root}: no fields for well(s) {', '.join(wells)}")
         if not fields:
             raise PlateError(f"{root}: no fields to segment")
         self.fields = sorted(fields, key=lambda f: (f.plate_folder, f.well, f.site, f.sk))
         self.device = device
         self.batch_size = batch_size
+        self.tile_size = tile_size
         self.channels = [CHANNELS[c] for c in measure_channels]
         self.measure_channels = list(measure_channels)
         self.model_channel = {obj: channel_number(b.channel) for obj, b in self.models.items()}
+        self.model_channel.update(model_channels or {})
+        overrides = {obj: dict(th) for obj, th in (thresholds or {}).items() if th}
+        unknown = set(overrides) - set(self.models)
+        if unknown:
+            raise PlateError(f"thresholds given for {sorted(unknown)}, which have no model in this run")
+        self.overrides = overrides
+        self.thresholds = {obj: resolve_thresholds(b.metadata.get("thresholds") or {}, **overrides.get(obj, {}))
+                           for obj, b in self.models.items()}
         self.columns = columns_for(list(self.models), self.channels)
+        self.result: PlateResult | None = None
 
     def manifest(self) -> dict[str, Any]:
+        models = {}
+        for obj, b in self.models.items():
+            entry = {"name": b.name, "channel": b.channel, "path": str(b.path),
+                     "thresholds": b.metadata.get("thresholds")}
+            if self.overrides.get(obj):
+                entry["threshold_overrides"] = self.overrides[obj]
+            if self.model_channel[obj] != channel_number(b.channel):
+                entry["reads_channel"] = CHANNELS[self.model_channel[obj]]
+            if self.tile_size is not None:
+                entry["tile_size"] = self.tile_size
+            models[obj] = entry
         return {"root": self.root, "columns": len(self.columns), "measure_channels": self.channels,
-                "models": {obj: {"name": b.name, "channel": b.channel, "path": str(b.path),
-                                 "thresholds": b.metadata.get("thresholds")} for obj, b in self.models.items()}}
+                "models": models}
 
     def _check_manifest(self) -> None:
         path = self.layout.root / MANIFEST
@@ -191,21 +256,34 @@ class PlateRun:
 
     def run(self, progress: Callable[[int, int], None] | None = None,
             max_fields: int | None = None) -> PlateResult:
-        """Segment every field not yet done (at most ``max_fields`` of them); ``progress(done, total)``."""
+        """Segment every field not yet done (at most ``max_fields`` of them); ``progress(done, total)`` at the start
+        and after each field."""
+        for step in self.iter_run(max_fields):
+            if progress is not None and step.tiles == 0:
+                progress(step.done, step.total)
+        assert self.result is not None
+        return self.result
+
+    def iter_run(self, max_fields: int | None = None) -> Generator[PlateProgress, None, PlateResult]:
+        """:meth:`run` as a generator: yields after every tile batch and every finished field (closing it there is
+        a clean cancel: the field in post-processing is still written, the run resumes after it); returns (and
+        keeps in ``self.result``) the :class:`PlateResult`."""
         from dinocell_core.seg.inference import Segmenter
 
         self._check_manifest()
         todo = self.pending()
         res = PlateResult(total=len(self.fields), done_before=len(self.fields) - len(todo))
+        self.result = None
         if max_fields is not None:
             todo = todo[:max_fields]
         t0 = time.perf_counter()
-        segs = {obj: Segmenter(b.path, device=self.device, batch_size=self.batch_size)
+        segs = {obj: Segmenter(b.path, device=self.device, batch_size=self.batch_size, tile_size=self.tile_size)
                 for obj, b in self.models.items()}
+        for obj, seg in segs.items():
+            seg.thresholds = self.thresholds[obj]
         done = res.done_before
-        if progress is not None:
-            progress(done, res.total)
         try:
+            yield PlateProgress(done, res.total)
             with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
                     ThreadPoolExecutor(1, thread_name_prefix="postprocess") as post:
                 ahead: Future | None = reader.submit(self._read, todo[0]) if todo else None
@@ -221,28 +299,40 @@ class PlateRun:
                     ahead = reader.submit(self._read, todo[i + 1]) if i + 1 < len(todo) else None
                     dists = None
                     if images is not None:
-                        tn = time.perf_counter()
-                        dists = {obj: seg.predict_distance(images[self.model_channel[obj]])
-                                 for obj, seg in segs.items()}
-                        res.network_s += time.perf_counter() - tn
+                        dists = {}
+                        for obj, seg in segs.items():
+                            tn = time.perf_counter()
+                            for item in seg.iter_distance(images[self.model_channel[obj]]):
+                                if isinstance(item, np.ndarray):
+                                    dists[obj] = item
+                                    continue
+                                res.network_s += time.perf_counter() - tn
+                                yield PlateProgress(done, res.total, f.key, obj, *item)
+                                tn = time.perf_counter()
+                            res.network_s += time.perf_counter() - tn
                     if pending is not None:
                         done += self._collect(*pending, res)
-                        if progress is not None:
-                            progress(done, res.total)
+                        yield PlateProgress(done, res.total, pending[0].key)
                         pending = None
                     if dists is not None:
                         pending = (f, post.submit(self._finish, f, images, dists, segs))
                 if pending is not None:
                     done += self._collect(*pending, res)
-                    if progress is not None:
-                        progress(done, res.total)
+                    yield PlateProgress(done, res.total, pending[0].key)
         finally:
             for seg in segs.values():
                 seg.release()
         res.done = done
         res.tables = self.write_plate_tables()
         res.seconds = time.perf_counter() - t0
+        self.result = res
         return res
+
+    def objects(self) -> int:
+        """Cells (or nuclei, in a nuclei-only run) in the finished measurement parts of this run's fields."""
+        import pyarrow.parquet as pq
+
+        return sum(pq.read_metadata(p).num_rows for p in map(self.layout.part, self.fields) if p.is_file())
 
     @staticmethod
     def _collect(f: Any, fut: Future, res: PlateResult) -> int:
@@ -291,12 +381,13 @@ class PlateRun:
             table.to_parquet(tmp, index=False)
 
     def write_plate_tables(self) -> list[Path]:
-        """Stream the parts of every finished plate into ``<plate folder>.parquet`` (one part in memory at once)."""
+        """Stream the parts of every finished plate into ``<plate folder>.parquet`` (one part in memory at once);
+        only plates whose every field is done are written."""
         import pyarrow.parquet as pq
 
         out = []
         by_plate: dict[str, list[Any]] = {}
-        for f in self.fields:
+        for f in self.plate_fields:  # every field of the plate, also when this run covers some wells only
             by_plate.setdefault(f.plate_folder, []).append(f)
         for plate_folder, fields in by_plate.items():
             parts = [self.layout.part(f) for f in fields]

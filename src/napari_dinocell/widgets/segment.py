@@ -185,7 +185,8 @@ class SegmentWidget(QWidget):
         self.plate_btn = QPushButton("Segment this plate → disk")
         for btn, scope in ((self.well_btn, "well"), (self.plate_btn, "plate")):
             btn.setToolTip(f"every site of the layer's {scope} (a JUMP browser layer), with this model and these "
-                           "thresholds; labels TIFFs + a summary CSV in the results folder, in the background")
+                           "thresholds, in the background: segment-plate's labels TIFFs + per-cell Parquet measurements "
+                           "in the results folder (fields already there are skipped)")
             btn.clicked.connect(partial(self.segment_batch, scope))
         self.progress = JobProgress(self.status, self.cancel, unit="tiles")
         self.overwrite_btn = QPushButton("Overwrite edited labels")
@@ -450,7 +451,8 @@ class SegmentWidget(QWidget):
         self.progress.unit = "fields"
 
         def done(result: Any) -> None:
-            self.status.finish(f"{result.objects} objects in {result.fields} fields → {result.summary}")
+            where = result.table or result.folder
+            self.status.finish(f"{result.objects} objects in {result.fields} fields → {where}")
             show_info(self.status.message)
 
         self.worker = start_job(
