@@ -50,8 +50,10 @@ def test_profiles_widget_map_table_and_click(make_napari_viewer, qtbot, embedded
 
     # a click on a drawn well opens one of its fields in the JUMP browser
     widget.canvas.draw()
-    i = 5
-    x, y = widget.ax.transData.transform(wm.coords[i])
+    px = widget.ax.transData.transform(wm.coords)
+    gaps = np.linalg.norm(px[:, None] - px[None], axis=-1) + np.eye(len(px)) * 1e9
+    i = int(gaps.min(1).argmax())  # the best-separated well: a click on it cannot land nearer another one
+    x, y = px[i]
     MouseEvent("button_press_event", widget.canvas, x, y, button=1)._process()
     plate, well = wm.meta.loc[i, "Metadata_Plate"], wm.meta.loc[i, "Metadata_Well"]
     assert widget.message.text().startswith(f"{plate} {well}")
