@@ -185,6 +185,20 @@ def test_growth_stops_at_the_neighbour_and_at_the_cells_ring() -> None:
     assert np.mean((hazy > 0) != (out > 0)) < 1e-3  # (float32 rounding of the shifted map flips a few ring pixels)
 
 
+def test_cells_cut_by_the_image_edge_grow_back_as_their_mirrored_cells() -> None:
+    """The target mirrors cells at the image edge (their map keeps rising toward it), so a half or quarter disk's
+    ring value is that of the whole disk: growth sizes such a core as its mirrored cell (IoU 0.86 / 0.85 without)."""
+    yy, xx = np.mgrid[:120, :120]
+    lab = np.zeros((120, 120), np.int32)
+    lab[yy**2 + (xx - 40) ** 2 <= 30**2] = 1  # half a disk at the top edge
+    lab[(yy - 119) ** 2 + (xx - 119) ** 2 <= 35**2] = 2  # a quarter in the corner
+    lab[(yy - 60) ** 2 + (xx - 95) ** 2 <= 12**2] = 3
+    out = labels_from_distance(distance_map(lab))
+    for c in (1, 2, 3):
+        cell, mine = lab == c, out == np.bincount(out[lab == c]).argmax()
+        assert (cell & mine).sum() / (cell | mine).sum() > 0.95, c
+
+
 def blurred_map(lab: np.ndarray, sigma: float, noise: float, seed: int) -> np.ndarray:
     """A map like an over-smooth network's: blurred (cells bleed past their borders) plus smooth noise."""
     from scipy import ndimage as ndi
