@@ -13,6 +13,7 @@ import tifffile
 from dinocell_core.io.images import normalize_percentile
 from dinocell_core.jump.fixture import (
     PHENOTYPES,
+    Nuisance,
     find_source_root,
     make_field,
     make_jump_fixture,
@@ -138,6 +139,21 @@ def test_make_field_deterministic_and_phenotypes_differ_in_pattern_not_size_or_b
     assert max(p[0].min(), t[0].min()) < min(p[0].max(), t[0].max())
     # ... and the organelle pattern tells them apart: filaments are elongated, puncta round.
     assert t[3].min() > p[3].max()
+
+
+def test_nuisance_changes_the_imaging_not_the_cells():
+    """Per-field gamma/blur/noise (the learning test's option): same labels, same field without the option,
+    a different image with it; the ranges are drawn per field."""
+    plain = make_field(96, seed=3, phenotype="tubular")
+    assert all(np.array_equal(x, y) for x, y in zip(plain, make_field(96, seed=3, phenotype="tubular",
+                                                                      nuisance=Nuisance())))
+    nu = Nuisance(blur_sigma=(0.5, 1.6), gamma=(0.6, 1.6), noise=(0.5, 3.0))
+    a, b = make_field(96, seed=3, phenotype="tubular", nuisance=nu), make_field(96, seed=4, phenotype="tubular",
+                                                                                nuisance=nu)
+    assert np.array_equal(a[1], plain[1]) and np.array_equal(a[2], plain[2])
+    assert not np.array_equal(a[0][:5], plain[0][:5]) and np.array_equal(a[0][5:], plain[0][5:])  # fluorescence only
+    fm = [np.mean([normalize_percentile(x[0][c]) for c in range(5)], axis=0) for x in (plain, a, b)]
+    assert len({round(float(f.mean()), 3) for f in fm}) == 3
 
 
 def test_bad_arguments(tmp_path: Path):

@@ -2,15 +2,19 @@
 
 1. DINO and iBOT carry signal: loss_dino and teacher_entropy fall clearly below ln(heads.out_dim) while
    teacher_batch_entropy stays near it (every prototype still used: no collapse);
-2. the pretrained backbone must beat its own init and random ViTs (LayerScale 1e-5, 0.1, 1.0) by MARGIN on a
-   held-out task that random features do not solve — the fixture's phenotypes differ only in organelle pattern —
-   with a hand-crafted intensity/texture baseline printed for context. NOT met yet by the 80-step CPU run: the test
-   prints the figures and reports an expected failure (xfail) until it is;
+2. the pretrained backbone must beat its own init and random ViTs (LayerScale 1e-5, 0.1, 1.0) by MARGIN k-NN
+   accuracy, and their replicate-retrieval mAP, on held-out plates (another fixture seed) that random features do
+   not solve: the phenotypes differ only in organelle pattern and every field carries its own imaging nuisance
+   (a detector gamma; :class:`dinocell_core.jump.fixture.Nuisance`), with the profiling
+   package's hand-crafted baseline printed for context. NOT met yet by the short CPU run: the test prints the
+   figures and reports an expected failure (xfail) until it is;
 3. continued pretraining: a tiny ViT pretrained at patch 16, exported in the official layout, continued at patch 8
    through the heads-first warm start: the DINO loss falls while the backbone is frozen, and the features are no
    worse after unfreezing than before (the dinov2#204 failure).
 
-Task: leave-one-well-out k-NN (k=5, cosine) of the CLS of whole 96-px fields (fluorescent mean, native pixels).
+Task: leave-one-well-out k-NN (k=5, cosine) of the CLS of whole 96-px fields (fluorescent mean, native pixels), each
+site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well, negcon-MAD) and copairs
+replicate retrieval (mean mAP over the compounds, nulls and weak ones included).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,10 +32,26 @@ from dinocell_core.backbone import load_backbone
 from dinocell_core.config import load_config
 from dinocell_core.io.checkpoint import CheckpointManager
 from dinocell_core.jump.fixture import (
+    Nuisance,
     find_source_root,
     make_jump_fixture,
+    phenotype_of,
     phenotype_table,
 )
+from dinocell_core.jump.index import Field, load_index, well_row_col
+from dinocell_core.profiling.baseline import BaselineEmbedder
+from dinocell_core.profiling.embed import (
+    BackboneEmbedder,
+    EmbedSettings,
+    FieldReader,
+    aggregate_wells,
+    feature_names,
+    find_metadata_dir,
+    iter_site_chunks,
+    site_frame,
+)
+from dinocell_core.profiling.evaluate import EvalSettings, evaluate_profiles
+from dinocell_core.profiling.metadata import annotate
 from dinocell_core.runs.distributed import DistInfo
 from dinocell_core.runs.rundir import read_metrics
 from dinocell_core.ssl.config import DataConfig, PretrainConfig
@@ -42,6 +62,21 @@ from dinocell_core.ssl.trainer import Trainer, run_pretraining
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "pretrain_demo.yaml"
 MARGIN = 0.10  # the pretrained backbone must beat every baseline ViT by this much k-NN accuracy
+# a per-field detector gamma (not the phenotype) dominates random ViTs and the hand-crafted statistics on k-NN
+# (0.63–0.68 and 0.76 vs 0.59–0.86 and 0.93 without) while the pattern stays: a linear probe on the hand-crafted
+# statistics, trained on two held-out plates, scores 0.87 on the other two (docs/pretraining.md)
+NUISANCE = Nuisance(gamma=(0.6, 1.6))
+
+
+@pytest.fixture(scope="module")
+def nuisance_roots(tmp_path_factory) -> tuple[Path, Path]:
+    """SSL data (2 plates × 8 wells × 4 sites) and held-out plates (4 × 16 × 4, another seed), 96 px, with the
+    per-field imaging nuisance :data:`NUISANCE`."""
+    base = tmp_path_factory.mktemp("nuisance")
+    train = make_jump_fixture(base / "train", plates=2, wells=8, sites=4, size=96, seed=0, nuisance=NUISANCE).root
+    held_out = make_jump_fixture(base / "held_out", plates=4, wells=16, sites=4, size=96, seed=1, edge_cases=False,
+                                 nuisance=NUISANCE).root
+    return train, held_out
 
 
 @pytest.fixture(scope="module")
@@ -63,24 +98,40 @@ def field_images(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.stack(imgs), np.array(labels), np.array(groups)
 
 
+def held_out_fields(root: Path) -> tuple[list[Field], np.ndarray, np.ndarray]:
+    """The held-out fields (sorted as profile embed sorts them), each site's own phenotype, its well."""
+    fields = sorted(load_index(str(root)), key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
+    y = []
+    for f in fields:
+        row, col = well_row_col(f.well)
+        y.append(phenotype_of((row - 1) * 24 + col - 1, f.site))
+    return fields, np.array(y), np.array([f"{f.plate}/{f.well}" for f in fields])
+
+
+def held_out_figures(embedder, root: Path, fields: list[Field], y: np.ndarray, groups: np.ndarray,
+                     meta: Path) -> tuple[float, float]:
+    """(site k-NN accuracy, replicate-retrieval mean mAP) of one embedder through the profiling path: whole
+    96-px fields as one tile, fluorescent mean, CLS → site features → well profiles → negcon-MAD → copairs."""
+    s = EmbedSettings(tile=96, tokens="cls", device="cpu")
+    names = feature_names(s, embedder)
+    reader = FieldReader(str(root), s)
+    sites = pd.concat([site_frame(chunk, x, n, names) for _, chunk, x, n in iter_site_chunks(fields, reader,
+                                                                                          embedder, s)],
+                      ignore_index=True)
+    x = sites[names].to_numpy(np.float64, copy=True)
+    if isinstance(embedder, BaselineEmbedder):  # statistics on different scales: z-score before the cosine
+        x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    acc = knn_accuracy(F.normalize(torch.from_numpy(x).float(), dim=-1), y, groups)
+    wells = annotate(aggregate_wells(sites, names, s.well_aggregation), meta)
+    ev = evaluate_profiles(wells, EvalSettings(null_size=10_000, matching=False), source=str(root))
+    return acc, ev.tasks["replicate_retrieval"].summary["mean_map"]
+
+
 def cls_features(backbone, imgs: np.ndarray) -> torch.Tensor:
     backbone.eval()
     with torch.no_grad():
         x = backbone.normalize_input(torch.from_numpy(imgs)[:, None])
         return F.normalize(backbone.forward_tokens(x)["cls"], dim=-1)
-
-
-def handcrafted_features(imgs: np.ndarray) -> torch.Tensor:
-    """Intensity and texture statistics: mean, std, percentiles, gradient and Laplacian energy (z-scored)."""
-    rows = []
-    for t in imgs:
-        gm = np.hypot(cv2.Sobel(t, cv2.CV_32F, 1, 0), cv2.Sobel(t, cv2.CV_32F, 0, 1))
-        lap = cv2.Laplacian(t, cv2.CV_32F)
-        rows.append([t.mean(), t.std(), *np.percentile(t, [10, 50, 90, 99]), gm.mean(), gm.std(),
-                     np.abs(lap).mean(), lap.std()])
-    a = np.asarray(rows, dtype=np.float64)
-    a = (a - a.mean(0)) / (a.std(0) + 1e-9)
-    return F.normalize(torch.from_numpy(a).float(), dim=-1)
 
 
 def knn_accuracy(x: torch.Tensor, y: np.ndarray, groups: np.ndarray, k: int = 5) -> float:
@@ -108,30 +159,37 @@ def signal_figures(run: Path) -> dict[str, tuple[float, float, float]]:
     return {k: (recs[0][k], float(np.mean([r[k] for r in half])), recs[-1][k]) for k in keys}
 
 
-def test_pretraining_learns_and_beats_random_vits(pheno_root, tmp_path, capsys):
-    cfg = demo_config(pheno_root)
-    imgs, y, groups = field_images(pheno_root)
+def test_pretraining_learns_and_beats_random_vits(nuisance_roots, tmp_path, capsys):
+    train_root, held_out = nuisance_roots
+    cfg = demo_config(train_root)
+    fields, y, groups = held_out_fields(held_out)
+    meta = find_metadata_dir(str(held_out))
     init = Trainer(cfg, torch.device("cpu"), DistInfo()).teacher.backbone  # the run's own init (same seed)
-    acc_init = knn_accuracy(cls_features(init, imgs), y, groups)
-    run_pretraining(cfg, tmp_path / "run")
-    trained = load_backbone(cfg.model.arch, cfg.model.patch_size, weights=tmp_path / "run", **cfg.model.kwargs)
-    acc = knn_accuracy(cls_features(trained, imgs), y, groups)
-    acc_random = {}
+    figs = {"its init": held_out_figures(BackboneEmbedder(init, torch.device("cpu")), held_out, fields, y, groups,
+                                         meta)}
     for ls in (1e-5, 0.1, 1.0):
         torch.manual_seed(1)
-        acc_random[ls] = knn_accuracy(cls_features(load_backbone(cfg.model.arch, 8, init_values=ls), imgs), y, groups)
-    acc_hand = knn_accuracy(handcrafted_features(imgs), y, groups)
+        vit = load_backbone(cfg.model.arch, cfg.model.patch_size, init_values=ls, **cfg.model.kwargs)
+        figs[f"random ViT LayerScale {ls:g}"] = held_out_figures(BackboneEmbedder(vit, torch.device("cpu")),
+                                                                 held_out, fields, y, groups, meta)
+    hand = held_out_figures(BaselineEmbedder(), held_out, fields, y, groups, meta)
+    run_pretraining(cfg, tmp_path / "run")
+    trained = load_backbone(cfg.model.arch, cfg.model.patch_size, weights=tmp_path / "run", **cfg.model.kwargs)
+    acc, mean_map = held_out_figures(BackboneEmbedder(trained, torch.device("cpu")), held_out, fields, y, groups,
+                                     meta)
     sig = signal_figures(tmp_path / "run")
     ln_k = math.log(cfg.heads.out_dim)
-    best = max(acc_init, *acc_random.values())
+    best_acc = max(a for a, _ in figs.values())
+    best_map = max(m for _, m in figs.values())
     with capsys.disabled():
         print(f"\nlearning signal over {cfg.train.total_steps} steps (ln heads.out_dim = {ln_k:.3f}; first → "
               "mean of the second half → last):")
         for k, (a, m, b) in sig.items():
             print(f"  {k:<22} {a:.3f} → {m:.3f} → {b:.3f}")
-        print(f"k-NN phenotype accuracy (leave-one-well-out, k=5, {len(y)} fields, chance 0.5): pretrained {acc:.3f}"
-              f" | its init {acc_init:.3f} | random ViT LayerScale 1e-5 {acc_random[1e-5]:.3f}, 0.1 "
-              f"{acc_random[0.1]:.3f}, 1.0 {acc_random[1.0]:.3f} | hand-crafted stats {acc_hand:.3f}")
+        print(f"held-out plates ({len(y)} fields, {len(set(groups))} wells, per-field nuisance): site k-NN phenotype "
+              "accuracy (leave-one-well-out, k=5, chance ≈ 0.5) / replicate-retrieval mean mAP (copairs):")
+        for name, (a, m) in [("pretrained", (acc, mean_map)), *figs.items(), ("hand-crafted stats", hand)]:
+            print(f"  {name:<28} k-NN {a:.3f}   mAP {m:.3f}")
     # 1. DINO/iBOT carry signal (no longer pinned at ln K and ln K / 2), without collapse
     assert sig["teacher_entropy"][1] < ln_k - 0.4
     assert sig["loss_dino"][1] < ln_k
@@ -139,8 +197,9 @@ def test_pretraining_learns_and_beats_random_vits(pheno_root, tmp_path, capsys):
     assert sig["teacher_batch_entropy"][1] > ln_k - 0.5
     # 2. the representation claim is not met by this short CPU run (docs/pretraining.md): reported as an expected
     #    failure with the figures, never as a pass; the day it holds the test passes outright
-    if acc < best + MARGIN:
-        pytest.xfail(f"pretrained k-NN {acc:.3f} does not beat the best of init/random ViTs ({best:.3f}) by {MARGIN}")
+    if acc < best_acc + MARGIN or mean_map <= best_map:
+        pytest.xfail(f"pretrained k-NN {acc:.3f} / mAP {mean_map:.3f} does not beat the best of init/random ViTs "
+                     f"(k-NN {best_acc:.3f} + {MARGIN}, mAP {best_map:.3f})")
 
 
 def test_continued_pretraining_p16_export_then_p8_warm_start(pheno_root, tmp_path, capsys):

@@ -190,14 +190,32 @@ def _organelles(size: int, rng: np.random.Generator, phenotype: str, nuc_mask: n
     return mito, nucleoli
 
 
+@dataclass(frozen=True)
+class Nuisance:
+    """Per-field imaging variation that does not depend on the phenotype (off by default): the optical blur
+    (focus) of the fluorescent channels, a detector response ``signal ** gamma`` and the noise level. Each field
+    draws its values uniformly from these ranges with its own random stream, so a field's cells and organelles are
+    the same with and without nuisance. The SSL augmentations (blur, gamma, noise) cover these ranges, so a
+    representation learned with them can ignore what dominates random features."""
+
+    blur_sigma: tuple[float, float] = (0.8, 0.8)  # fluorescent PSF σ in px (0.8 = the fixed default)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    noise: tuple[float, float] = (1.0, 1.0)  # factor on the shot + read noise std
+
+
 def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
-               vignette: Mapping[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               vignette: Mapping[int, np.ndarray] | None = None, nuisance: Nuisance | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic field: (channels [8, H, W] uint16 in ch1..ch8 order, nuclei labels, cell labels) (int32).
 
     ``vignette`` maps a channel to an H×W map (max 1) that multiplies its signal (fluorescence) or its whole
     image (brightfield), as uneven illumination does; the fixture writes the matching illumination functions.
+    ``nuisance`` adds per-field blur/gamma/noise variation (:class:`Nuisance`).
     """
     rng = np.random.default_rng(seed)
+    nrng = np.random.default_rng([seed, 1])  # nuisance stream: the field itself is unchanged by the option
+    nu = nuisance or Nuisance()
+    psf, gamma, noise_f = (float(nrng.uniform(*r)) for r in (nu.blur_sigma, nu.gamma, nu.noise))
     cells, nuclei, rel = _layout(size, rng, phenotype)
     cell_mask = (cells > 0).astype(np.float32)
     nuc_mask = (nuclei > 0).astype(np.float32)
@@ -227,9 +245,13 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
     }
     out = np.empty((8, size, size), dtype=np.uint16)
     for ch in FLUORESCENT:
-        sig = blur(signal[ch].astype(np.float32), 0.8) * np.float32(_GAINS[ch] * level) * vig.get(ch, even)
+        sig = blur(signal[ch].astype(np.float32), psf)
+        if gamma != 1.0:
+            sig = np.power(np.maximum(sig, 0.0), np.float32(gamma))
+        sig = sig * np.float32(_GAINS[ch] * level) * vig.get(ch, even)
         noisy = sig + _OFFSETS[ch] + rng.uniform(-40, 60)
-        noisy += rng.standard_normal((size, size), dtype=np.float32) * np.sqrt(np.maximum(sig, 0) * 2.0 + 225.0)
+        noisy += (rng.standard_normal((size, size), dtype=np.float32)
+                  * (np.float32(noise_f) * np.sqrt(np.maximum(sig, 0) * 2.0 + 225.0)))
         if ch in (1, 5):  # a few saturated pixels in the brightest structures, as in real Mito/DNA images
             flat = np.argsort(sig, axis=None)[-3:]
             noisy.flat[flat] = 65535
@@ -315,13 +337,13 @@ def _write_csv(path: Path, header: list[str], rows: list[dict[str, object]]) -> 
 
 def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int = 4, sites: int = 2,
                       size: int = 256, seed: int = 0, edge_cases: bool = True,
-                      progress: Callable[[], None] | None = None) -> FixtureInfo:
+                      progress: Callable[[], None] | None = None, nuisance: Nuisance | None = None) -> FixtureInfo:
     """Write a synthetic CPJUMP1 tree under ``out`` (see module docstring); returns what was written.
 
     With ``edge_cases``: given at least 4 fields, the last field of the last plate lacks its ch3 file (an
     incomplete field, left out of load_data as pe2loaddata does); given ≥ 2 wells and ≥ 3 sites, the second well of
     the first plate has no site 2 at all (a gap, as in partial CPJUMP1 wells). ``progress()`` is called after
-    each field.
+    each field. ``nuisance``: per-field imaging variation (:class:`Nuisance`, default none).
     """
     if plates < 1 or wells < 1 or sites < 1 or size < 32:
         raise ValueError("need plates, wells, sites ≥ 1 and size ≥ 32")
@@ -366,7 +388,8 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                         progress()
                     continue
                 fseed = int(np.random.SeedSequence([seed, p, w, s]).generate_state(1)[0])
-                stack, nuclei, cells = make_field(size, fseed, phenotype_of(w, s), vignette=vignettes)
+                stack, nuclei, cells = make_field(size, fseed, phenotype_of(w, s), vignette=vignettes,
+                                                  nuisance=nuisance)
                 drop = edge_cases and total >= 4 and p == plates - 1 and w == wells - 1 and s == sites
                 for ch in ALL_CHANNELS:
                     if drop and ch == 3:
