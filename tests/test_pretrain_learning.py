@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,10 +44,8 @@ from dinocell_core.profiling.embed import (
     EmbedSettings,
     FieldReader,
     aggregate_wells,
-    feature_names,
+    embed_sites,
     find_metadata_dir,
-    iter_site_chunks,
-    site_frame,
 )
 from dinocell_core.profiling.evaluate import EvalSettings, evaluate_profiles
 from dinocell_core.profiling.metadata import annotate
@@ -113,11 +110,7 @@ def held_out_figures(embedder, root: Path, fields: list[Field], y: np.ndarray, g
     """(site k-NN accuracy, replicate-retrieval mean mAP) of one embedder through the profiling path: whole
     96-px fields as one tile, fluorescent mean, CLS → site features → well profiles → negcon-MAD → copairs."""
     s = EmbedSettings(tile=96, tokens="cls", device="cpu")
-    names = feature_names(s, embedder)
-    reader = FieldReader(str(root), s)
-    sites = pd.concat([site_frame(chunk, x, n, names) for _, chunk, x, n in iter_site_chunks(fields, reader,
-                                                                                          embedder, s)],
-                      ignore_index=True)
+    sites, names = embed_sites(fields, FieldReader(str(root), s), embedder, s)
     x = sites[names].to_numpy(np.float64, copy=True)
     if isinstance(embedder, BaselineEmbedder):  # statistics on different scales: z-score before the cosine
         x = (x - x.mean(0)) / (x.std(0) + 1e-9)

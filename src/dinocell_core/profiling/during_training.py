@@ -19,10 +19,8 @@ from dinocell_core.profiling.embed import (
     EmbedSettings,
     FieldReader,
     aggregate_wells,
-    feature_names,
+    embed_sites,
     find_metadata_dir,
-    iter_site_chunks,
-    site_frame,
 )
 from dinocell_core.profiling.table import ProfileError
 from dinocell_core.ssl.config import PretrainConfig
@@ -81,11 +79,8 @@ class TrainingEvaluator:
 
         fields = self.fields()
         embedder = BackboneEmbedder(backbone, self.device, self.embed.tokens, self.embed.batch_size, "teacher")
-        names = feature_names(self.embed, embedder)
-        reader = FieldReader(self.root, self.embed, self.storage)
-        frames = [site_frame(chunk, sites, counts, names)
-                  for _, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, self.embed)]
-        wells = aggregate_wells(pd.concat(frames, ignore_index=True), names, self.embed.well_aggregation)
+        sites, names = embed_sites(fields, FieldReader(self.root, self.embed, self.storage), embedder, self.embed)
+        wells = aggregate_wells(sites, names, self.embed.well_aggregation, self.embed.unit_column)
         return annotate(wells, self.metadata)
 
     def __call__(self, backbone: Any) -> dict[str, float]:

@@ -314,6 +314,16 @@ def site_frame(fields: Sequence[Field], sites: np.ndarray, counts: np.ndarray, n
     return pd.concat([meta, pd.DataFrame(sites, columns=names)], axis=1)
 
 
+def embed_sites(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbedder, s: EmbedSettings
+                ) -> tuple[pd.DataFrame, list[str]]:
+    """Site rows of ``fields`` in memory (no parts folder, not resumable): for short held-out sets such as the
+    evaluation during pretraining. Returns the site frame and its feature column names."""
+    names = feature_names(s, embedder)
+    frames = [site_frame(chunk, sites, counts, names, s.unit_column)
+              for _, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s)]
+    return pd.concat(frames, ignore_index=True), names
+
+
 def aggregate_wells(sites: pd.DataFrame, names: list[str], how: str,
                     unit_column: str = "Metadata_Tile_Count") -> pd.DataFrame:
     """Site rows (those with units) → one row per (plate, well), site and unit counts kept as metadata."""
