@@ -244,6 +244,14 @@ def test_corrected_labels_are_preferred_and_can_be_required(fx, labelled, tmp_pa
     assert len(mine) == 1 and mine[0]["source"] == "corrected"
     assert mine[0]["cells"].endswith("_cells.corrected.tiff") and mine[0]["original_cells"] == auto.cells
     assert store.counts() == {"auto": 14, "imported": 0, "corrected": 1, "fields": 15}
+    # qc.csv: the field's row now describes the corrected masks (one cell fewer), the other fields' rows unchanged
+    qc_before = read_qc(labelled)
+    qc_after = read_qc(store_dir)
+    mine_qc = qc_after.pop(field_key(f))
+    assert qc_before.pop(field_key(f))["source"] == "auto" and qc_after == qc_before
+    assert mine_qc["source"] == "corrected" and mine_qc["nuclei_threshold"] == mine_qc["cells_threshold"] == ""
+    assert {k: mine_qc[k] for k in field_qc(nuc, edited)} == {k: str(v) for k, v in field_qc(nuc, edited).items()}
+    assert int(mine_qc["n_cells"]) == field_qc(nuc, cells)["n_cells"] - 1
     # a second correction keeps the automatic masks as the original; re-running jump label keeps both
     edited2 = edited.copy()
     edited2[edited2 == edited2.max()] = 0
@@ -252,6 +260,8 @@ def test_corrected_labels_are_preferred_and_can_be_required(fx, labelled, tmp_pa
     assert main(["jump", "label", str(fx.root), "-o", str(store_dir), "--qc-fields", "0", *FIXTURE_PARAMS]) == 0
     again = assert_one_row(store_dir, f)
     assert again.source == "corrected" and again.original_source == "auto"
+    assert int(read_qc(store_dir)[field_key(f)]["n_cells"]) == field_qc(nuc, edited2)["n_cells"]
+    assert read_qc(store_dir)[field_key(f)]["source"] == "corrected" and len(read_qc(store_dir)) == 15
     assert np.array_equal(LabelStore.open(store_dir).read(again, "cells"), edited2)
     cfg = SegDataConfig(format="jump", path=str(fx.root), channel="Mito", labels=str(store_dir), max_images=2)
     first = load_samples(cfg)[0]
@@ -261,6 +271,15 @@ def test_corrected_labels_are_preferred_and_can_be_required(fx, labelled, tmp_pa
     with pytest.raises(LabelsError, match="no corrected labels"):
         load_samples(SegDataConfig(format="jump", path=str(fx.root), channel="DNA", labels=str(labelled),
                                    corrected_only=True))
+
+
+def read_qc(store_dir: Path) -> dict:
+    """qc.csv by field (plate folder, well, site); a field listed twice fails."""
+    with open(store_dir / "qc.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {(r["plate_folder"], r["well"], int(r["site"])): r for r in rows}
+    assert len(out) == len(rows)
+    return out
 
 
 def assert_one_row(store_dir: Path, f: Field):

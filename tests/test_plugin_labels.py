@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dinocell_core.jump.fixture import make_jump_fixture
+from dinocell_core.labels.qc import QC_CSV, qc_key, read_qc_csv
 from dinocell_core.labels.run import label_tree
 from dinocell_core.labels.store import LabelStore, field_key
 from dinocell_core.seg.bundle import load_bundle
@@ -58,6 +59,9 @@ def test_edit_save_retrain_round_trip(make_napari_viewer, qtbot, labelled, tmp_p
     assert corrected.original_source == "auto" and corrected.original_cells == row.cells
     qtbot.waitUntil(lambda: f"auto masks kept: {row.cells}" in browser.labels_status.message, timeout=5000)
     assert viewer.layers["Cells"].metadata["labels_source"] == "corrected"
+    qc_rows = {qc_key(r): r for r in read_qc_csv(store_dir / QC_CSV)}  # QC describes the saved masks
+    assert len(qc_rows) == 4 and qc_rows[field_key(field)]["source"] == "corrected"
+    assert int(qc_rows[field_key(field)]["n_cells"]) == len(np.unique(edited)) - 1
 
     # the next field: its own (automatic) labels replace the layers in place; save a second correction
     browser.next_btn.click()

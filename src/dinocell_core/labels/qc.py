@@ -1,5 +1,9 @@
 """Label quality at a glance: per-field counts, area percentiles and flags (qc.csv), and a contact sheet PNG.
 
+qc.csv has one row per field, describing the masks its labels.csv row uses: ``source`` says which (``auto`` and
+``imported`` rows come from ``jump label``, with the thresholds for ``auto``; a saved correction replaces the
+field's row with one of ``source`` ``corrected`` and no thresholds).
+
 Flags: ``no_nuclei``; ``too_many`` (more cells than CellProfiler's own excess-object limit of the CPJUMP1
 pipeline, 500); ``giant_cells`` (a cell over 10× the field's median cell area); ``nuclei_without_cells``
 (nuclei whose cell is missing, e.g. an imported pair that does not match).
@@ -48,11 +52,22 @@ def field_qc(nuclei: np.ndarray, cells: np.ndarray) -> dict[str, Any]:
             "flags": ";".join(flags)}
 
 
+def qc_row(row: Any, stats: dict[str, Any]) -> dict[str, Any]:
+    """The qc.csv row of a labels-store row (a ``LabelRow``) whose masks ``stats`` (:func:`field_qc`) describes."""
+    return {"plate": row.plate, "well": row.well, "site": row.site, "plate_folder": row.plate_folder,
+            "source": row.source, **stats}
+
+
+def qc_key(r: dict[str, Any]) -> tuple[str, str, int]:
+    """The field a qc.csv row is about: (plate folder, well, site)."""
+    return (str(r["plate_folder"]), str(r["well"]), int(r["site"]))
+
+
 def write_qc_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=QC_COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
-    for r in rows:
+    for r in sorted(rows, key=qc_key):
         w.writerow({k: r.get(k, "") for k in QC_COLUMNS})
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
@@ -62,6 +77,13 @@ def read_qc_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return []
     with open(path, encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def update_qc_row(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
+    """Replace (or add) one field's row of qc.csv, keeping the other fields' rows; the file is rewritten atomically."""
+    rows = {qc_key(r): r for r in read_qc_csv(path)}
+    rows[qc_key(row)] = row
+    write_qc_csv(path, list(rows.values()))
 
 
 def render_tile(dna: np.ndarray, rna: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,

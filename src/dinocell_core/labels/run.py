@@ -259,18 +259,15 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     else:
         tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
         worker = _label_cellprofiler
-    qc_rows = {(r["plate_folder"], r["well"], int(r["site"]), r["source"]): r
-               for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
+    qc_rows = {qc.qc_key(r): r for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
     last_flush = time.monotonic()
 
     def record(result: tuple[str, Any, Any]) -> None:
         nonlocal last_flush
         kind, a, b = result
         if kind == "ok":
-            store.add(a, flush=False)
-            qc_rows[(a.plate_folder, a.well, a.site, a.source)] = {
-                "plate": a.plate, "well": a.well, "site": a.site, "plate_folder": a.plate_folder,
-                "source": a.source, **b}
+            if store.add(a, flush=False).source == a.source:  # under a correction, qc.csv keeps describing it
+                qc_rows[(a.plate_folder, a.well, a.site)] = qc.qc_row(a, b)
             summary.labelled += 1
         else:
             summary.skipped.append((a, b))
@@ -314,8 +311,7 @@ def _flush(store: LabelStore, qc_rows: dict, summary: LabelSummary, out: Path) -
                                   "skipped": len(summary.skipped), "incomplete": len(summary.incomplete),
                                   "seconds": round(summary.seconds, 2)}
     store.flush()
-    qc.write_qc_csv(out / qc.QC_CSV, sorted(qc_rows.values(), key=lambda r: (r["plate_folder"], r["well"],
-                                                                             int(r["site"]), r["source"])))
+    qc.write_qc_csv(out / qc.QC_CSV, list(qc_rows.values()))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["field", "reason"])

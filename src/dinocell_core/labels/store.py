@@ -9,6 +9,7 @@ Contract (docs/labels.md)::
     LABELS/<plate folder>/r01c01f01p01_nuclei.tiff     LZW label TIFFs (uint16, uint32 past 65,534 objects)
     LABELS/<plate folder>/r01c01f01p01_cells.tiff      same ids as the nuclei (cell i holds nucleus i)
     LABELS/<plate folder>/r01c01f01p01_cytoplasm.tiff  cells minus the nuclei's interior (IdentifyTertiaryObjects)
+    LABELS/qc.csv           one row per field: counts, area percentiles, flags of the masks in use, and their source
 
 ``source`` is ``auto`` (made by ``jump label``), ``imported`` (made elsewhere) or ``corrected`` (edited by a
 person) and says where the row's masks came from. Corrections are written to ``*.corrected.tiff`` files and win:
@@ -282,11 +283,19 @@ class LabelStore:
     def write_field(self, field: Field, nuclei: np.ndarray, cells: np.ndarray, source: str,
                     flush: bool = True) -> LabelRow:
         """Write a field's masks for ``source`` (atomic TIFFs, then the CSV unless ``flush=False``); returns the
-        field's row as stored (a correction keeps the masks it replaced as the originals)."""
+        field's row as stored (a correction keeps the masks it replaced as the originals). With ``flush``, the
+        field's qc.csv row is then replaced by one describing these masks when they are the row's (a saved
+        correction), so QC never describes masks no longer in use; ``flush=False`` writers own qc.csv."""
         nuc = check_mask(nuclei, f"{field.key} nuclei")
         cel = check_mask(cells, f"{field.key} cells", nuc.shape)
         row = write_masks(self.root, field, nuc, cel, source)
-        return self.add(row, flush=flush)
+        merged = self.add(row, flush=flush)
+        if flush and merged.source == source:
+            from dinocell_core.labels import qc
+
+            with self._lock:
+                qc.update_qc_row(self.root / qc.QC_CSV, qc.qc_row(merged, qc.field_qc(nuc, cel)))
+        return merged
 
     def add(self, row: LabelRow, flush: bool = True) -> LabelRow:
         """Record ``row``'s masks for its field (see :func:`merge_row`); returns the field's row."""
