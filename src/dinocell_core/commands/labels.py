@@ -36,7 +36,9 @@ def add_models_report(md_sub: argparse._SubParsersAction) -> None:
                                        "table and writes report.csv / report.png / report.json.")
     mr.add_argument("models", type=Path)
     mr.add_argument("labels", type=Path)
-    mr.add_argument("--root", default=None, help="the image tree (default: the store's source root)")
+    mr.add_argument("--root", default=None, help="the image tree, a folder or s3:// prefix (default: the store's "
+                                                 "source root)")
+    mr.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// image tree (mirror or test server)")
     mr.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: MODELS/report)")
     mr.add_argument("--device", default="auto")
     mr.add_argument("--max-fields", type=int, default=None, help="per model and label source")
@@ -79,7 +81,7 @@ def _models_report(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         rows = models_report(args.models, args.labels, root=args.root, device=args.device,
-                             max_fields=args.max_fields, progress=progress)
+                             max_fields=args.max_fields, progress=progress, endpoint_url=args.endpoint_url)
     out = args.output or args.models / "report"
     write_report(rows, out)
     print(format_report(rows))

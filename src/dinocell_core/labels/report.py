@@ -44,12 +44,15 @@ def trained_fields(meta: dict[str, Any], root: str) -> set[str] | None:
 
 def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str], root: str | None = None,
                   device: str = "auto", max_fields: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (bundle, label source) with scores on held-out fields (see the module docstring)."""
+                  progress: Callable[[int, int], None] | None = None,
+                  endpoint_url: str | None = None) -> list[dict[str, Any]]:
+    """One row per (bundle, label source) with scores on held-out fields (see the module docstring). The image
+    tree may be an ``s3://`` prefix, read through ``endpoint_url`` when given (as ``jump label`` reads it)."""
     from dinocell_core.io.images import prepare_image
     from dinocell_core.io.tiffio import read_tiff
     from dinocell_core.jump.channels import channel_number
     from dinocell_core.jump.index import index_fields
+    from dinocell_core.labels.run import source_storage
     from dinocell_core.seg.bundle import list_bundles, load_bundle
     from dinocell_core.seg.inference import Segmenter
     from dinocell_core.seg.metrics import evaluate_pairs
@@ -58,10 +61,11 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
     root = root or store.manifest.get("source_root")
     if not root:
         raise LabelsError(f"{labels}: the manifest names no source root; pass --root")
+    storage = source_storage(str(root), endpoint_url)
     bundles = list_bundles(models)
     if not bundles:
         raise LabelsError(f"{models}: no model bundles")
-    fields = index_fields(root).fields
+    fields = index_fields(root, storage=storage).fields
     jobs: list[tuple[Any, str, list]] = []
     for b in bundles:
         try:
@@ -88,7 +92,7 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
         pairs, errs, n_pred_total = [], [], 0
         try:
             for f, row in sel:
-                raw = read_tiff(f.path(root, ch))
+                raw = read_tiff(f.path(root, ch), storage=storage)
                 gt = store.read(row, kind, raw.shape)
                 pred = seg.labels(seg.predict_prepared(prepare_image(raw, None, float(pre["low"]),
                                                                      float(pre["high"]), f.key)))
