@@ -59,10 +59,12 @@ def test_models_report_reads_an_s3_tree_through_endpoint_url(tmp_path, monkeypat
     assert "s3-dna" in capsys.readouterr().out
 
 
-def test_models_report_refuses_endpoint_url_on_a_local_tree(tmp_path, capsys):
+def test_models_report_refuses_endpoint_url_on_a_local_tree_and_an_s3_store(tmp_path, capsys):
     fx = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=1, edge_cases=False)
     models = tmp_path / "MODELS"
     _dna_bundle(models)
     assert main(["models", "report", str(models), str(fx.source_root / GROUND_TRUTH_DIR), "--root", str(fx.root),
                  "--endpoint-url", "http://x", "--device", "cpu"]) == 1
     assert "--endpoint-url applies to s3:// trees" in capsys.readouterr().err
+    assert main(["models", "report", str(models), "s3://bucket/labels", "--device", "cpu"]) == 1
+    assert "the labels store is a local folder" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def add_models_report(md_sub: argparse._SubParsersAction) -> None:
                                        "bundle did not train on), auto and corrected labels separately; prints a "
                                        "table and writes report.csv / report.png / report.json.")
     mr.add_argument("models", type=Path)
-    mr.add_argument("labels", type=Path)
+    mr.add_argument("labels", help="labels store folder (local)")
     mr.add_argument("--root", default=None, help="the image tree, a folder or s3:// prefix (default: the store's "
                                                  "source root)")
     mr.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// image tree (mirror or test server)")

@@ -57,6 +57,8 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
     from dinocell_core.seg.inference import Segmenter
     from dinocell_core.seg.metrics import evaluate_pairs
 
+    if "://" in os.fspath(labels):
+        raise LabelsError(f"{labels}: the labels store is a local folder (the image tree may be on S3, the store not)")
     store = LabelStore.open(labels)
     root = root or store.manifest.get("source_root")
     if not root:
