@@ -6,7 +6,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +337,35 @@ def test_labels_keys_belong_to_format_jump() -> None:
         SegDataConfig(format="pairs", path="x", labels="LABELS")
     with pytest.raises(LabelsError, match="not a labels store"):
         LabelStore.open(Path("/nonexistent/labels"))
+
+
+HOLD_STORE = ("import sys, time; from dinocell_core.labels.store import StoreLock; StoreLock(sys.argv[1]).acquire(); "
+              "print('held', flush=True); time.sleep(600)")
+
+
+def test_a_correction_is_refused_while_another_process_writes_the_store(fx, labelled, tmp_path, capsys) -> None:
+    """A `jump label` run rewrites labels.csv/qc.csv every few seconds from its own copy: a correction saved then
+    would be lost. The store lock makes the save fail loudly (nothing written) instead; the run is refused too."""
+    store_dir = tmp_path / "copy"
+    shutil.copytree(labelled, store_dir)
+    f = next(x for x in index_fields(fx.root, channels=(3, 5)).fields if x.well == "A03")
+    store = LabelStore.open(store_dir)
+    nuc, cells = store.read_pair(store.best(field_key(f)))
+    before = {p.name: p.read_bytes() for p in store_dir.glob("*.csv")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_STORE, str(store_dir)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LabelsError, match=f"being written by pid {holder.pid}.*nothing was written"):
+            store.write_field(f, nuc, cells, "corrected")
+        assert not list(store_dir.rglob("*.corrected.tiff"))
+        assert {p.name: p.read_bytes() for p in store_dir.glob("*.csv")} == before
+        assert main(["jump", "label", str(fx.root), "-o", str(store_dir), "--qc-fields", "0", *FIXTURE_PARAMS]) == 1
+        assert f"being written by pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # the OS released the dead holder's lock: the save now goes through, onto the store as it is on disk
+    assert store.write_field(f, nuc, cells, "corrected").source == "corrected"
+    assert assert_one_row(store_dir, f).source == "corrected"

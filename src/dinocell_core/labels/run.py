@@ -35,6 +35,7 @@ from dinocell_core.labels.cellprofiler import (
 from dinocell_core.labels.store import (
     LabelsError,
     LabelStore,
+    StoreLock,
     write_masks,
 )
 
@@ -229,6 +230,19 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     source = "auto" if method == "cellprofiler" else "imported"
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
                 {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
+    lock = StoreLock(out_p)
+    lock.acquire()  # held until the run ends: a correction saved meanwhile would be overwritten by the next flush
+    try:
+        return _label_into(root_s, out_p, method, params, from_dir, workers, qc_fields, seed, progress,
+                           endpoint_url, storage, source, manifest, t0)
+    finally:
+        lock.release()
+
+
+def _label_into(root_s: str, out_p: Path, method: str, params: CellProfilerParams,
+                from_dir: str | os.PathLike[str] | None, workers: int, qc_fields: int, seed: int,
+                progress: Callable[[int, int], None] | None, endpoint_url: str | None, storage: Any, source: str,
+                manifest: dict[str, Any], t0: float) -> LabelSummary:
     store = LabelStore.open_or_create(out_p, manifest)
     if store.manifest.get("method") != method or (method == "cellprofiler"
                                                   and store.manifest.get("params") != _jsonable(params)):

@@ -36,10 +36,12 @@ import numpy as np
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
+from dinocell_core.io.locks import FolderLock
 from dinocell_core.jump.index import SOURCE_PREFIX, Field, well_row_col
 
 LABELS_CSV = "labels.csv"
 MANIFEST = "manifest.json"
+STORE_LOCK = ".labels.lock"  # held by the one process writing the store (see StoreLock)
 COLUMNS = ("plate", "well", "site", "nuclei", "cells", "source")  # required; the rest may be absent (version 1)
 EXTRA_COLUMNS = ("cytoplasm", "original_source", "original_nuclei", "original_cells", "original_cytoplasm")
 SOURCES = ("auto", "imported", "corrected")
@@ -51,6 +53,21 @@ GROUND_TRUTH_DIR = "ground_truth"  # where the synthetic fixture keeps its true 
 
 class LabelsError(DinocellError):
     """A labels store (or a mask in it) is unusable; the message names the file and says why."""
+
+
+class StoreLock(FolderLock):
+    """One writer per labels store: ``jump label`` holds it for its whole run, a saved correction while it writes.
+    Without it a run's periodic rewrite of labels.csv / qc.csv would silently drop a correction saved meanwhile."""
+
+    error = LabelsError
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(root, STORE_LOCK)
+
+    def busy_message(self, holder: dict[str, Any]) -> str:
+        return (f"labels store {self.folder} is being written by pid {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} (a `jump label` run or another save; lock {self.path}); nothing was "
+                "written — save again when it has finished")
 
 
 FieldKey = tuple[str, str, int]  # (plate folder, well, site)
@@ -200,7 +217,7 @@ class LabelStore:
             store = cls.open(root)
             store.manifest.update({k: v for k, v in manifest.items() if k not in store.manifest})
             return store
-        if root.exists() and any(root.iterdir()):
+        if root.exists() and any(p.name != STORE_LOCK for p in root.iterdir()):
             raise LabelsError(f"{root}: folder exists, is not empty and holds no {LABELS_CSV}; choose an empty "
                               "or new folder for the labels store")
         store = cls(root, (), {"format": FORMAT, "version": FORMAT_VERSION,
@@ -288,14 +305,27 @@ class LabelStore:
         correction), so QC never describes masks no longer in use; ``flush=False`` writers own qc.csv."""
         nuc = check_mask(nuclei, f"{field.key} nuclei")
         cel = check_mask(cells, f"{field.key} cells", nuc.shape)
-        row = write_masks(self.root, field, nuc, cel, source)
-        merged = self.add(row, flush=flush)
-        if flush and merged.source == source:
-            from dinocell_core.labels import qc
+        if not flush:  # a batch writer, which holds the StoreLock for its run
+            return self.add(write_masks(self.root, field, nuc, cel, source), flush=False)
+        with StoreLock(self.root):
+            self._reload()  # another process may have written the store since it was opened
+            merged = self.add(write_masks(self.root, field, nuc, cel, source))
+            if merged.source == source:
+                from dinocell_core.labels import qc
 
-            with self._lock:
-                qc.update_qc_row(self.root / qc.QC_CSV, qc.qc_row(merged, qc.field_qc(nuc, cel)))
+                with self._lock:
+                    qc.update_qc_row(self.root / qc.QC_CSV, qc.qc_row(merged, qc.field_qc(nuc, cel)))
         return merged
+
+    def _reload(self) -> None:
+        """Rows as labels.csv has them now (no-op for a store not yet written)."""
+        path = self.root / LABELS_CSV
+        if path.is_file():
+            rows = _read_rows(path)
+            with self._lock:
+                self._rows = {}
+                for row in rows:
+                    self._rows[row.key] = merge_row(self._rows.get(row.key), row)
 
     def add(self, row: LabelRow, flush: bool = True) -> LabelRow:
         """Record ``row``'s masks for its field (see :func:`merge_row`); returns the field's row."""

@@ -21,7 +21,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from dinocell_core.config import save_config
-from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_json
+from dinocell_core.io.locks import FolderLock, FolderLockedError, exclusive
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ STATES = ("running", "finished", "failed", "stopped")
 LOCK_NAME = ".run.lock"
 
 
-class RunLockedError(DinocellError, RuntimeError):
+class RunLockedError(FolderLockedError):
     """Another process holds a run directory (the message names its host and pid)."""
 
 
@@ -122,7 +121,7 @@ class RunDir:
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}; expected one of {STATES}")
         self.path.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.path / ".status.lock"):  # the trainer and a Stop from napari may write at once
+        with exclusive(self.path / ".status.lock"):  # the trainer and a Stop from napari may write at once
             status = self.read_status()
             status.update(fields)
             status["updated_at"] = time.time()
@@ -132,173 +131,24 @@ class RunDir:
         return status
 
 
-_HELD: dict[Path, list[Any]] = {}  # resolved run path → [open lock file, depth]: one process may re-enter
+class RunLock(FolderLock):
+    """One writer per run directory: ``RUN/.run.lock`` held for the whole run (see :class:`FolderLock`). Re-entrant
+    within one process (the CLI takes it before opening run.log, the trainer again inside)."""
 
-
-class RunLock:
-    """One writer per run directory: an exclusive, non-blocking ``flock`` on ``RUN/.run.lock`` held for the whole
-    run. The OS drops it when the holder dies (kill -9 included), so there are no stale locks to clear by hand; the
-    file's content (host, pid) only names the holder in the refusal message. Re-entrant within one process (the
-    CLI takes it before opening run.log, the trainer again inside)."""
+    error = RunLockedError
 
     def __init__(self, run_path: str | os.PathLike[str]) -> None:
-        self.run_path = Path(run_path)
-        self.path = self.run_path / LOCK_NAME
+        super().__init__(run_path, LOCK_NAME)
+        self.run_path = self.folder
 
-    def _key(self) -> Path:
-        return self.run_path.resolve()
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        key = self._key()
-        if key in _HELD:
-            _HELD[key][1] += 1
-            return
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            if not _try_lock(fh, self.path):
-                holder = _read_holder(fh)
-                fh.close()
-                raise RunLockedError(_busy_message(self.run_path, holder))
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
-            fh.flush()
-        except BaseException:
-            if not fh.closed:
-                fh.close()
-            raise
-        _HELD[key] = [fh, 1]
-
-    def release(self) -> None:
-        key = self._key()
-        entry = _HELD.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            del _HELD[key]
-            entry[0].close()  # closing the descriptor releases the flock
-
-    def probe(self) -> dict[str, Any] | None:
-        """The holder's host/pid if the lock is held (by anyone, this process included), else None."""
-        if self._key() in _HELD:
-            return {"host": socket.gethostname(), "pid": os.getpid()}
-        if not self.path.is_file():
-            return None
-        with open(self.path, "a+", encoding="utf-8") as fh:
-            if _try_lock(fh, self.path):
-                _unlock(fh)
-                return None
-            return _read_holder(fh)
-
-
-def _busy_message(run_path: Path, holder: dict[str, Any]) -> str:
-    return (f"run {run_path} is in use by pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-            f"(lock {run_path / LOCK_NAME}); stop that job first, or use another run directory")
+    def busy_message(self, holder: dict[str, Any]) -> str:
+        return (f"run {self.run_path} is in use by pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+                f"(lock {self.path}); stop that job first, or use another run directory")
 
 
 def check_run_free(run_path: str | os.PathLike[str]) -> None:
     """Raise :class:`RunLockedError` naming the holder if a trainer holds ``run_path``."""
-    holder = RunLock(run_path).probe()
-    if holder is not None:
-        raise RunLockedError(_busy_message(Path(run_path), holder))
-
-
-def _read_holder(fh: Any) -> dict[str, Any]:
-    try:
-        fh.seek(0)
-        data = json.loads(fh.read() or "{}")
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _try_lock(fh: Any, path: Path) -> bool:
-    """Non-blocking exclusive lock; True if taken. A file system without locks (Lustre without -o flock) warns
-    once and counts as taken: refusing every run there would be worse than the old behaviour."""
-    if os.name == "nt":
-        import msvcrt
-
-        try:
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-    import errno
-    import fcntl
-
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        _warn_no_lock(path, exc)
-        return True
-
-
-def _unlock(fh: Any) -> None:
-    if os.name == "nt":
-        import msvcrt
-
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Inter-process lock around a read-modify-write; the OS drops it if the holder dies (no stale locks)."""
-    with open(lock_path, "a+b") as fh:
-        if os.name == "nt":
-            import msvcrt
-
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                locked = True
-            except OSError as exc:  # e.g. Lustre mounted without -o flock: do not kill a long run over it
-                _warn_no_lock(lock_path, exc)
-                locked = False
-            try:
-                yield
-            finally:
-                if locked:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-_WARNED_NO_LOCK: set[Path] = set()
-
-
-def _warn_no_lock(lock_path: Path, exc: OSError) -> None:
-    if lock_path.parent not in _WARNED_NO_LOCK:
-        _WARNED_NO_LOCK.add(lock_path.parent)
-        log.warning(
-            "%s: file locks are not supported here (%s); a second writer on this run directory (another trainer, "
-            "a Stop request) is not detected", lock_path.parent, exc)
+    RunLock(run_path).check_free()
 
 
 def _json_default(obj: Any) -> Any:
