@@ -76,3 +76,17 @@ def test_a_start_without_slope_is_scored_at_the_default() -> None:
     res = tune_thresholds(maps, truths, peaks=(0.47,), fills=(0.09,), grows=(0.01,), rings=(), slopes=(),
                           min_sizes=(), start=old)
     assert [t["thresholds"] for t in res["tried"]] == [CONFIGURED]
+
+
+def test_when_no_growth_wins_the_best_growing_setting_is_refined_too() -> None:
+    """Ring and slope act on growth only: on blurred small cells no growth wins the first round, so the search also
+    tries every ring and slope on the best growing setting, and keeps the overall best."""
+    truths = [touching_disks(size=160, n=20, seed=s) for s in range(3)]
+    maps = [np.clip(ndi.gaussian_filter(distance_map(t), 2.0), 0, 1).astype(np.float32) for t in truths]
+    res = tune_thresholds(maps, truths, start=CONFIGURED)
+    assert res["thresholds"]["grow"] == res["thresholds"]["fill"]  # no growth won
+    growing = [t for t in res["tried"] if t["thresholds"]["grow"] < t["thresholds"]["fill"]]
+    assert {t["thresholds"]["slope"] for t in growing} == {0.5, 0.65, 0.8, 0.9, 1.0}
+    assert {t["thresholds"]["ring"] for t in growing} >= {0.4, 0.5, 0.6, 0.75}
+    best = max(res["tried"], key=lambda t: (round(t["ap_mean"], 6), round(t["seg"], 6)))
+    assert best["ap_mean"] == res["metrics"]["ap_mean"] and best["thresholds"] == res["thresholds"]
