@@ -1,12 +1,13 @@
 """Segmentation pipeline benchmark: where the time goes per 1080×1080 field, post-processing per 1080² field
 (markers, watershed, growth back to the border) against growth without its slope rule and the old fill-only
-version, ``segment-plate`` fields/s per channel for the tiny and the real ViT-S/8 architecture (random weights),
-and peak memory on 8000×8000.
+version, the threshold search with the growth slope fixed or searched, ``segment-plate`` fields/s per channel
+for the tiny and the real ViT-S/8 architecture (random weights), and peak memory on 8000×8000.
 
     python benchmarks/segment.py                   # ViT-S/8 (the real model size), 256-px tiles
     python benchmarks/segment.py --arch vit_test   # tiny backbone: a quick run
     python benchmarks/segment.py --device cuda     # every part on the GPU (also run by benchmarks/gpu_check.py)
     python benchmarks/segment.py --only postprocessing
+    python benchmarks/segment.py --only search     # threshold search: growth slope fixed vs searched
     python benchmarks/segment.py --only plate --plate-archs vit_test,vit_small --plate-fields 2
 
 Per field: preprocessing (channel + percentile normalisation), network (tile batches through backbone +
@@ -85,6 +86,34 @@ def bench_postprocessing(repeats: int = 5) -> None:
     print("  goal: ≤ 150 ms per field on one core")
 
 
+def bench_threshold_search(size: int = 512) -> None:
+    """The validation search (``seg.tune``) with the growth slope fixed at its default against the slope searched
+    too, on blurred + noisy per-cell maps of a fixture field (the docs' "slope" table)."""
+    from scipy import ndimage as ndi
+
+    from dinocell_core.seg.config import GROWTH_SLOPE, ThresholdSection
+    from dinocell_core.seg.tune import tune_thresholds
+
+    _, nuclei, cells = make_field(size, seed=0, phenotype="punctate")
+    start = ThresholdSection().model_dump()
+    print(f"threshold search on one {size}² fixture field, slope fixed at {GROWTH_SLOPE} → searched "
+          f"(AP@0.9 / mean AP, the thresholds picked):")
+    for name, lab in (("nuclei", nuclei), ("cells", cells)):
+        for sigma, noise in ((1.0, 0.08), (2.0, 0.1)):
+            rng = np.random.default_rng(0)
+            d = np.clip(ndi.gaussian_filter(distance_map(lab), sigma)
+                        + ndi.gaussian_filter(rng.normal(0, noise, lab.shape), 1.0), 0, 1).astype(np.float32)
+            row = []
+            for slopes in ((GROWTH_SLOPE,), None):
+                c0 = time.process_time()
+                res = (tune_thresholds([d], [lab], start=start) if slopes is None
+                       else tune_thresholds([d], [lab], slopes=slopes, start=start))
+                m, th = res["metrics"], res["thresholds"]
+                row.append(f"{m['ap@0.90']:.3f} / {m['ap_mean']:.3f} (grow {th['grow']}, ring {th['ring']}, "
+                           f"slope {th['slope']}; {len(res['tried'])} tried, {time.process_time() - c0:.1f} CPU-s)")
+            print(f"  {name:<6} blur {sigma} + noise {noise}: {row[0]}  →  {row[1]}")
+
+
 def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: int, device: str, size: int,
                 fields: int) -> None:
     """``segment-plate`` on a synthetic plate, per architecture: fields/s with the nuclei model only (DNA), the
@@ -143,12 +172,14 @@ def main() -> None:
     ap.add_argument("--plate-fields", type=int, default=2, help="fields of the segment-plate benchmark")
     ap.add_argument("--plate-archs", default="vit_test,vit_small",
                     help="comma-separated backbones of the segment-plate benchmark (patch --patch)")
-    ap.add_argument("--only", default="pipeline,postprocessing,plate,memory",
-                    help="comma-separated parts to run: pipeline, postprocessing, plate, memory")
+    ap.add_argument("--only", default="pipeline,postprocessing,search,plate,memory",
+                    help="comma-separated parts to run: pipeline, postprocessing, search, plate, memory")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if "postprocessing" in parts:
         bench_postprocessing()
+    if "search" in parts:
+        bench_threshold_search()
     if "plate" in parts:
         bench_plate(args.plate_archs.split(","), args.patch, args.tile, args.overlap, args.batch, args.device,
                     args.plate_size, args.plate_fields)

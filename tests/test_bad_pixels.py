@@ -121,6 +121,22 @@ def test_bad_segment_options_are_usage_errors(bundle, tmp_path, option, capsys):
     assert exc.value.code == 2 and option[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["segment", "evaluate"])
+@pytest.mark.parametrize("value,ok", [("1.5", False), ("-0.1", False), ("x", False), ("0", True), ("1", True)])
+def test_slope_option_is_checked_before_any_work(tmp_path, command, value, ok, capsys):
+    """``--slope`` takes [0, 1]; a bad value is a usage error naming the option, a good one reaches the bundle
+    (here missing, so the run fails on the file, exit 1, not on the option)."""
+    args = ([str(tmp_path / "m.safetensors"), str(tmp_path / "x.tif"), "-o", str(tmp_path / "o")]
+            if command == "segment" else [str(tmp_path / "m.safetensors"), str(tmp_path / "data")])
+    if ok:
+        assert main([command, *args, "--slope", value, "--device", "cpu"]) == 1
+        assert "--slope" not in capsys.readouterr().err
+        return
+    with pytest.raises(SystemExit) as exc:
+        main([command, *args, "--slope", value])
+    assert exc.value.code == 2 and "--slope" in capsys.readouterr().err
+
+
 def test_evaluate_scores_are_not_lowered_by_a_few_nan_pixels(bundle, tmp_path):
     """9 NaN pixels per image used to turn every normalised pixel into NaN (SEG 0); masked, the scores are those of
     the clean images."""

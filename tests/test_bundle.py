@@ -10,6 +10,8 @@ from dinocell_core.backbone import load_backbone
 from dinocell_core.io.checkpoint import save_tensors
 from dinocell_core.seg.bundle import BundleError, list_bundles, load_bundle, read_bundle_metadata, save_bundle
 from dinocell_core.seg.decoder import DistanceDecoder
+from dinocell_core.seg.distance import labels_from_distance
+from tests.test_segmentation import big_touching_disks, blurred_map
 
 
 def tiny_model(seed: int = 0) -> DistanceDecoder:
@@ -36,6 +38,32 @@ def test_round_trip_gives_the_same_network(tmp_path) -> None:
     x = torch.rand(1, 1, 40, 48)
     with torch.no_grad():
         np.testing.assert_allclose(rebuilt(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_thresholds_round_trip_slope_and_old_bundles_take_the_default(tmp_path) -> None:
+    from dinocell_core.seg.config import GROWTH_SLOPE
+    from dinocell_core.seg.inference import Segmenter
+
+    model = tiny_model()
+    tuned = {**meta(model), "thresholds": {"peak": 0.47, "fill": 0.09, "grow": 0.01, "ring": 0.75, "slope": 0.65,
+                                           "min_size": 0}}
+    path = save_bundle(tmp_path / "tuned.safetensors", model, tuned)
+    assert load_bundle(path).thresholds["slope"] == 0.65
+    assert read_bundle_metadata(path)["thresholds"]["slope"] == 0.65
+    d = blurred_map(big_touching_disks(), 2.0, 0.1, 0)  # a map where the slope changes the labels
+    assert np.array_equal(Segmenter(path, device="cpu").labels(d),
+                          labels_from_distance(d, ring_fraction=0.75, growth_slope=0.65))
+    assert np.array_equal(Segmenter(path, device="cpu").labels(d, slope=0.9),
+                          labels_from_distance(d, ring_fraction=0.75, growth_slope=0.9))
+    old = save_bundle(tmp_path / "old.safetensors", model, meta(model))  # thresholds written before "slope"
+    assert "slope" not in load_bundle(old).thresholds
+    assert np.array_equal(Segmenter(old, device="cpu").labels(d), labels_from_distance(d, growth_slope=GROWTH_SLOPE))
+    assert not np.array_equal(labels_from_distance(d, growth_slope=0.65), labels_from_distance(d))
+    for bad in (1.5, -0.1, "0.8", True):
+        wrong = {**tuned, "thresholds": {**tuned["thresholds"], "slope": bad}}
+        p = save_bundle(tmp_path / "bad.safetensors", model, wrong)
+        with pytest.raises(BundleError, match=r"thresholds\.slope must be a number in \[0, 1\]"):
+            load_bundle(p)
 
 
 def test_tampered_bundle_is_refused(tmp_path) -> None:

@@ -161,7 +161,7 @@ def test_evaluate_command_on_the_official_layout_with_bundle_thresholds(tmp_path
     from dinocell_core.seg.inference import Segmenter
 
     ann = write_official_layout(tmp_path / "livecell")
-    th = {"peak": 0.52, "fill": 0.2, "grow": 0.05, "ring": 0.6, "min_size": 3}
+    th = {"peak": 0.52, "fill": 0.2, "grow": 0.05, "ring": 0.6, "slope": 0.65, "min_size": 3}
     bundle = tiny_bundle(tmp_path, th)
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(bundle), str(ann), "-o", str(out), "--device", "cpu"]) == 0
@@ -169,8 +169,8 @@ def test_evaluate_command_on_the_official_layout_with_bundle_thresholds(tmp_path
     assert res["thresholds"] == th and res["format"] == "livecell"
     assert {"coco_ap", "coco_ap50", "ap@0.95", "seg", "det"} <= set(res["metrics"])
     assert main(["evaluate", str(bundle), str(ann), "-o", str(out), "--device", "cpu", "--min-size", "9",
-                 "--images", str(tmp_path / "livecell" / "images" / "livecell_test_images")]) == 0
-    assert json.loads(out.read_text())["thresholds"] == {**th, "min_size": 9}
+                 "--slope", "0.9", "--images", str(tmp_path / "livecell" / "images" / "livecell_test_images")]) == 0
+    assert json.loads(out.read_text())["thresholds"] == {**th, "min_size": 9, "slope": 0.9}
     seg = Segmenter(bundle)
     dist = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     np.testing.assert_array_equal(seg.labels(dist), labels_with(dist, th))  # segment's path = evaluate's

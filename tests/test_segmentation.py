@@ -254,9 +254,14 @@ def test_resolve_thresholds_and_bad_keys() -> None:
 
     old_bundle = {"peak": 0.5, "fill": 0.1, "min_size": 0}  # written before "grow" existed
     th = resolve_thresholds(old_bundle, min_size=7)
-    assert th == {"peak": 0.5, "fill": 0.1, "grow": 0.01, "ring": 0.5, "min_size": 7}
+    assert th == {"peak": 0.5, "fill": 0.1, "grow": 0.01, "ring": 0.5, "slope": 0.8, "min_size": 7}
+    assert resolve_thresholds({**old_bundle, "slope": 0.65})["slope"] == 0.65
     assert resolve_thresholds(old_bundle, fill=0.005)["grow"] == 0.005
     with pytest.raises(ValueError, match="unknown threshold"):
         resolve_thresholds(old_bundle, peek=0.3)
     lab = big_touching_disks()
     assert np.array_equal(labels_with(distance_map(lab), {}), labels_from_distance(distance_map(lab)))
+    d = blurred_map(lab, 2.0, 0.0, 0)  # the slope reaches the growth (0: no slope rule, which overshoots here)
+    no_rule = labels_with(d, {"slope": 0.0})
+    assert np.array_equal(no_rule, labels_from_distance(d, growth_slope=0.0))
+    assert (no_rule > 0).sum() > (labels_with(d, {}) > 0).sum()

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="cells grow back to their border inside map > grow, in [0, 1) (default: the bundle's)")
     sg.add_argument("--ring", type=_unit_left_open, default=None,
                     help="growth stops below this fraction of a cell's ring value, in (0, 1] (default: the bundle's)")
+    sg.add_argument("--slope", type=_unit_closed, default=None,
+                    help="growth goes on only while the map falls at ≥ this fraction of a cell's slope 1/R per px, "
+                         "in [0, 1] (lower grows further into a blurred map; default: the bundle's)")
     sg.add_argument("--min-size", type=_non_negative_int, default=None,
                     help="drop objects smaller than this (pixels; default: the bundle's)")
     sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
@@ -69,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--fill", type=_unit_half_open, default=None, help="default: the bundle's")
     ev.add_argument("--grow", type=_unit_half_open, default=None, help="default: the bundle's")
     ev.add_argument("--ring", type=_unit_left_open, default=None, help="default: the bundle's")
+    ev.add_argument("--slope", type=_unit_closed, default=None, help="default: the bundle's")
     ev.add_argument("--min-size", type=_non_negative_int, default=None, help="default: the bundle's")
     ev.set_defaults(handler=_evaluate)
 
@@ -113,6 +117,10 @@ def _unit_half_open(text: str) -> float:
 
 def _unit_left_open(text: str) -> float:
     return _number(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # type: ignore[return-value]
+
+
+def _unit_closed(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")  # type: ignore[return-value]
 
 
 def output_stems(inputs: list[Path], output: Path) -> dict[Path, Path]:
@@ -247,7 +255,7 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
     from dinocell_core.seg.distance import compact_labels
 
     labels = seg.labels(dist, peak_threshold=args.peak, fill_threshold=args.fill, min_size=args.min_size,
-                        grow_threshold=args.grow, ring=args.ring)
+                        grow_threshold=args.grow, ring=args.ring, slope=args.slope)
     out = compact_labels(labels)
     labels_path = stem.parent / f"{stem.name}_labels.tiff"
     with atomic_path(labels_path) as tmp:
@@ -272,7 +280,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(args.model, args.dataset, device=args.device, tile_size=args.tile_size,
                                  batch_size=args.batch_size, channel=args.channel, max_images=args.max_images,
                                  progress=progress, images_dir=args.images, peak=args.peak, fill=args.fill,
-                                 grow=args.grow, ring=args.ring, min_size=args.min_size)
+                                 grow=args.grow, ring=args.ring, slope=args.slope, min_size=args.min_size)
     out = args.output or args.model.with_suffix(".eval.json")
     atomic_write_json(out, result)
     print(format_table(result))

@@ -172,6 +172,12 @@ def _check_run_settings(p: Path, meta: dict[str, Any]) -> None:
                 or not (v > 0 if low_open else v >= 0)):
             raise BundleError(f"{p}: thresholds.{key} must be a number in {'(' if low_open else '['}0, 1), "
                               f"got {v!r}")
+    for key, low_open, high_open in (("grow", False, True), ("ring", True, False), ("slope", False, False)):
+        v = th.get(key)  # optional: bundles written before the key existed use its default
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not (v > 0 if low_open else v >= 0) or not (v < 1 if high_open else v <= 1)):
+            raise BundleError(f"{p}: thresholds.{key} must be a number in {'(' if low_open else '['}0, 1"
+                              f"{')' if high_open else ']'}, got {v!r}")
     ms = th.get("min_size", 0)
     if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
         raise BundleError(f"{p}: thresholds.min_size must be an integer ≥ 0, got {ms!r}")

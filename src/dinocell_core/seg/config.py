@@ -25,7 +25,8 @@ MARKER_CONNECTIVITY = 2
 MIN_MARKER_SIZE = 3
 #: growth takes a pixel only while the map still falls toward it at ≥ this fraction of the cell's own slope 1/R
 #: per px (a perfect map falls at 1/R up to the border; a blurred map's tail beyond it falls at ~0.3–0.7/R).
-#: 0.8 measured on perfect, blurred and noisy synthetic maps (docs/segmentation.md, "Growth back to the border")
+#: 0.8 measured on perfect, blurred and noisy synthetic maps (docs/segmentation.md, "Growth back to the border");
+#: the default of the ``slope`` threshold, tuned per model after training
 GROWTH_SLOPE = 0.8
 
 
@@ -120,6 +121,7 @@ class ThresholdSection(StrictModel):
     fill: float = PField(DEFAULT_FILL_THRESHOLD, ge=0, lt=1)  # cores: watershed inside map > fill
     grow: float = PField(DEFAULT_GROW_THRESHOLD, ge=0, lt=1)  # cores grow back into map > grow (= fill: off)
     ring: float = PField(DEFAULT_RING_FRACTION, gt=0, le=1)  # ... and above ring × their own ring value 1/R
+    slope: float = PField(GROWTH_SLOPE, ge=0, le=1)  # ... while the map falls at ≥ slope × 1/R per px (0: any fall)
     min_size: int = PField(DEFAULT_MIN_SIZE, ge=0)  # objects below this many px are dropped
 
     @model_validator(mode="after")
@@ -133,15 +135,16 @@ class InferenceSection(StrictModel):
     overlap: int = PField(32, ge=0)
     batch_size: int = PField(8, ge=1)
     thresholds: ThresholdSection = PField(default_factory=ThresholdSection)
-    tune_thresholds: bool = True  # after training: search peak/fill/grow/min_size on the validation images
+    tune_thresholds: bool = True  # after training: search peak/fill/grow/ring/slope/min_size on the validation images
 
 
 #: the validation search after decoder training (``seg.tune``): every (peak, fill, grow) combination, then ring,
-#: then min_size
+#: then slope (for the best and, when that does not grow, for the best growing combination), then min_size
 TUNE_PEAK = (0.3, 0.4, 0.47, 0.55, 0.65)
 TUNE_FILL = (0.05, 0.09, 0.15, 0.25)
 TUNE_GROW = (DEFAULT_GROW_THRESHOLD, 0.04, None)  # None: grow = fill (no growth)
 TUNE_RING = (0.4, 0.5, 0.6, 0.75)  # searched for the best (peak, fill, grow)
+TUNE_SLOPE = (0.5, 0.65, 0.8, 0.9, 1.0)  # then for the best ring (higher: stops earlier in a blurred map's tail)
 TUNE_MIN_SIZE = (0, 5, 15, 40)
 
 

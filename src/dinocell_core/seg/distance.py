@@ -280,12 +280,13 @@ def _watershed_by_component(d: np.ndarray, markers: np.ndarray, n: int, parts: n
     return labels
 
 
-THRESHOLD_KEYS = ("peak", "fill", "grow", "ring", "min_size")
+THRESHOLD_KEYS = ("peak", "fill", "grow", "ring", "slope", "min_size")
 
 
 def resolve_thresholds(base: Mapping[str, Any], **overrides: float | int | None) -> dict[str, float | int]:
-    """A bundle's thresholds (``peak``, ``fill``, ``grow``, ``ring``, ``min_size``) with the overrides that are not
-    None. Keys a bundle lacks take the defaults (bundles written before growth existed grow their cells back too).
+    """A bundle's thresholds (``peak``, ``fill``, ``grow``, ``ring``, ``slope``, ``min_size``) with the overrides
+    that are not None. Keys a bundle lacks take the defaults (bundles written before growth, or before ``slope``
+    was tuned, grow their cells back with the default rule).
     Unknown override names are an error, so a typo cannot silently fall back to the bundle's value.
     """
     unknown = set(overrides) - set(THRESHOLD_KEYS)
@@ -293,7 +294,7 @@ def resolve_thresholds(base: Mapping[str, Any], **overrides: float | int | None)
         raise ValueError(f"unknown threshold(s) {sorted(unknown)}; use {', '.join(THRESHOLD_KEYS)}")
     out: dict[str, float | int] = {"peak": DEFAULT_PEAK_THRESHOLD, "fill": DEFAULT_FILL_THRESHOLD,
                                    "grow": DEFAULT_GROW_THRESHOLD, "ring": DEFAULT_RING_FRACTION,
-                                   "min_size": DEFAULT_MIN_SIZE}
+                                   "slope": GROWTH_SLOPE, "min_size": DEFAULT_MIN_SIZE}
     out.update({k: base[k] for k in THRESHOLD_KEYS if base.get(k) is not None})
     out.update({k: v for k, v in overrides.items() if v is not None})
     out["grow"] = min(float(out["grow"]), float(out["fill"]))  # a lower fill than the bundle's grow: no conflict
@@ -307,4 +308,4 @@ def labels_with(dist: np.ndarray, thresholds: Mapping[str, Any]) -> np.ndarray:
     th = resolve_thresholds(thresholds)
     return labels_from_distance(dist, peak_threshold=float(th["peak"]), fill_threshold=float(th["fill"]),
                                 min_size=int(th["min_size"]), grow_threshold=float(th["grow"]),
-                                ring_fraction=float(th["ring"]))
+                                ring_fraction=float(th["ring"]), growth_slope=float(th["slope"]))

@@ -57,8 +57,8 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], dataset: str | os.PathL
                     images_dir: str | os.PathLike[str] | None = None, **thresholds: Any) -> dict[str, Any]:
     """Segment every image of ``dataset`` with the bundle (the inference path users run) and pool the scores.
 
-    ``thresholds``: overrides of the bundle's (``peak``, ``fill``, ``grow``, ``min_size``). Crowd regions
-    (COCO ``iscrowd``) are ignored: predictions mostly inside them are not scored.
+    ``thresholds``: overrides of the bundle's (``peak``, ``fill``, ``grow``, ``ring``, ``slope``, ``min_size``).
+    Crowd regions (COCO ``iscrowd``) are ignored: predictions mostly inside them are not scored.
     """
     from dinocell_core.seg.inference import Segmenter
 

@@ -170,11 +170,12 @@ class Segmenter:
 
     def labels(self, distance: np.ndarray, peak_threshold: float | None = None,
                fill_threshold: float | None = None, min_size: int | None = None,
-               grow_threshold: float | None = None, ring: float | None = None) -> np.ndarray:
+               grow_threshold: float | None = None, ring: float | None = None,
+               slope: float | None = None) -> np.ndarray:
         """Instance labels from a (cached) distance map — no network pass; unset thresholds use the bundle's."""
         t0 = time.perf_counter()
         th = resolve_thresholds(self.thresholds, peak=peak_threshold, fill=fill_threshold, min_size=min_size,
-                                grow=grow_threshold, ring=ring)
+                                grow=grow_threshold, ring=ring, slope=slope)
         out = labels_with(distance, th)
         self.timings["postprocessing"] = self.timings.get("postprocessing", 0.0) + time.perf_counter() - t0
         return out

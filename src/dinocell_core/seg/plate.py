@@ -182,8 +182,8 @@ class PlateRun:
         """``models_dir`` is a models folder (bundles chosen by channel, :func:`choose_models`) or an explicit
         ``{"Nuclei"/"Cells": bundle path}``. ``wells`` limits the run to those wells (the plate table is written
         once every field of the plate is done, by this run or another into the same folder); ``tile_size``,
-        ``thresholds`` (per object: peak/fill/grow/ring/min_size over the bundle's) and ``model_channels`` (per
-        object: the channel its model reads, default the bundle's) override the bundles'."""
+        ``thresholds`` (per object: peak/fill/grow/ring/slope/min_size over the bundle's) and ``model_channels``
+        (per object: the channel its model reads, default the bundle's) override the bundles'."""
         from dinocell_core.jump.index import load_index
         from dinocell_core.seg.distance import resolve_thresholds
 
