@@ -20,7 +20,6 @@ pytest.importorskip("pycytominer")
 from dinocell_core.jump.fixture import make_jump_fixture, well_treatment  # noqa: E402
 from dinocell_core.jump.index import load_index  # noqa: E402
 from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key  # noqa: E402
-from dinocell_core.profiling.baseline import BaselineEmbedder  # noqa: E402
 from dinocell_core.profiling.cells import crop_origins, crop_stack, object_centres  # noqa: E402
 from dinocell_core.profiling.embed import (  # noqa: E402
     EmbedSettings,
@@ -31,6 +30,7 @@ from dinocell_core.profiling.embed import (  # noqa: E402
     parts_dir,
 )
 from dinocell_core.profiling.table import ProfileError, read_profiles  # noqa: E402
+from tests.test_profile_embed import _Counting, _Crash  # noqa: E402
 
 UNLABELLED = {("BR00116991", "A03", 1), ("BR00116991", "A03", 2), ("BR00117005", "A05", 2)}  # DMSO wells
 EMPTIED = ("BR00117005", "A07", 1)  # a DMSO field whose corrected masks hold no object
@@ -148,22 +148,6 @@ def test_cells_embed_then_evaluate_on_the_fixture(plates: Path, labels: Path, tm
     null = rr.loc[rr["strength"] == 0.0]
     assert full["mean_average_precision"].mean() > null["mean_average_precision"].mean() + 0.3
     assert full["below_corrected_p"].any() and not null["below_corrected_p"].any()
-
-
-class _Crash(RuntimeError):
-    pass
-
-
-class _Counting(BaselineEmbedder):
-    def __init__(self, crash_after: int | None = None) -> None:
-        self.calls = 0
-        self.crash_after = crash_after
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        if self.crash_after is not None and self.calls >= self.crash_after:
-            raise _Crash("killed")
-        self.calls += 1
-        return super().__call__(tiles)
 
 
 def test_cells_embed_resumes_and_refuses_another_store(plates: Path, labels: Path, tmp_path: Path):

@@ -103,6 +103,9 @@ class _Crash(RuntimeError):
 
 
 class _Counting(BaselineEmbedder):
+    """The baseline embedder, counting its batches and raising :class:`_Crash` after ``crash_after`` of them (a
+    killed embed, for the resume tests here and in test_profile_cells)."""
+
     def __init__(self, crash_after: int | None = None) -> None:
         self.calls = 0
         self.crash_after = crash_after
