@@ -230,83 +230,72 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     source = "auto" if method == "cellprofiler" else "imported"
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
                 {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
-    lock = StoreLock(out_p)
-    lock.acquire()  # held until the run ends: a correction saved meanwhile would be overwritten by the next flush
-    try:
-        return _label_into(root_s, out_p, method, params, from_dir, workers, qc_fields, seed, progress,
-                           endpoint_url, storage, source, manifest, t0)
-    finally:
-        lock.release()
+    # held for the whole run: a correction saved meanwhile would be overwritten by the run's next flush
+    with StoreLock(out_p):
+        store = LabelStore.open_or_create(out_p, manifest)
+        if store.manifest.get("method") != method or (method == "cellprofiler"
+                                                      and store.manifest.get("params") != _jsonable(params)):
+            raise LabelsError(f"{out_p} was made by method {store.manifest.get('method')!r} with params "
+                              f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
+                              "new folder)")
+        fields_ok, incomplete = tree_fields(root_s, storage)
+        if not fields_ok:
+            raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
+        summary = LabelSummary(incomplete=incomplete)
+        done = set()
+        for key in store.keys():  # masks whose files went missing are relabelled, not trusted (corrections stay)
+            r = store.get(key, source)
+            if r is not None:
+                if all((out_p / p).is_file() for p in (r.nuclei, r.cells, r.cytoplasm) if p):
+                    done.add(key)
+                else:
+                    store.remove(key, source)
+        todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
+        summary.resumed = len(fields_ok) - len(todo)
+        if method == "import":
+            from dinocell_core.labels.importer import match_import_files
 
+            matched, unmatched = match_import_files(Path(from_dir), todo)  # type: ignore[arg-type]
+            summary.skipped.extend(unmatched)
+            tasks: list[Any] = [(root_s, str(out_p), f, paths, endpoint_url) for f, paths in matched]
+            worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
+        else:
+            tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
+            worker = _label_cellprofiler
+        qc_rows = {qc.qc_key(r): r for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
+        last_flush = time.monotonic()
 
-def _label_into(root_s: str, out_p: Path, method: str, params: CellProfilerParams,
-                from_dir: str | os.PathLike[str] | None, workers: int, qc_fields: int, seed: int,
-                progress: Callable[[int, int], None] | None, endpoint_url: str | None, storage: Any, source: str,
-                manifest: dict[str, Any], t0: float) -> LabelSummary:
-    store = LabelStore.open_or_create(out_p, manifest)
-    if store.manifest.get("method") != method or (method == "cellprofiler"
-                                                  and store.manifest.get("params") != _jsonable(params)):
-        raise LabelsError(f"{out_p} was made by method {store.manifest.get('method')!r} with params "
-                          f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
-                          "new folder)")
-    fields_ok, incomplete = tree_fields(root_s, storage)
-    if not fields_ok:
-        raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
-    summary = LabelSummary(incomplete=incomplete)
-    done = set()
-    for key in store.keys():  # masks whose files went missing are relabelled, not trusted (corrections stay)
-        r = store.get(key, source)
-        if r is not None:
-            if all((out_p / p).is_file() for p in (r.nuclei, r.cells, r.cytoplasm) if p):
-                done.add(key)
+        def record(result: tuple[str, Any, Any]) -> None:
+            nonlocal last_flush
+            kind, a, b = result
+            if kind == "ok":
+                if store.add(a, flush=False).source == a.source:  # under a correction, qc.csv keeps describing it
+                    qc_rows[(a.plate_folder, a.well, a.site)] = qc.qc_row(a, b)
+                summary.labelled += 1
             else:
-                store.remove(key, source)
-    todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
-    summary.resumed = len(fields_ok) - len(todo)
-    if method == "import":
-        from dinocell_core.labels.importer import match_import_files
+                summary.skipped.append((a, b))
+            if progress is not None:
+                progress(summary.labelled + len(summary.skipped), len(tasks))
+            if time.monotonic() - last_flush > 5.0:
+                _flush(store, qc_rows, summary, out_p)
+                last_flush = time.monotonic()
 
-        matched, unmatched = match_import_files(Path(from_dir), todo)  # type: ignore[arg-type]
-        summary.skipped.extend(unmatched)
-        tasks: list[Any] = [(root_s, str(out_p), f, paths, endpoint_url) for f, paths in matched]
-        worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
-    else:
-        tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
-        worker = _label_cellprofiler
-    qc_rows = {qc.qc_key(r): r for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
-    last_flush = time.monotonic()
-
-    def record(result: tuple[str, Any, Any]) -> None:
-        nonlocal last_flush
-        kind, a, b = result
-        if kind == "ok":
-            if store.add(a, flush=False).source == a.source:  # under a correction, qc.csv keeps describing it
-                qc_rows[(a.plate_folder, a.well, a.site)] = qc.qc_row(a, b)
-            summary.labelled += 1
-        else:
-            summary.skipped.append((a, b))
-        if progress is not None:
-            progress(summary.labelled + len(summary.skipped), len(tasks))
-        if time.monotonic() - last_flush > 5.0:
+        try:
+            if workers <= 1 or len(tasks) <= 1:
+                for task in tasks:
+                    record(worker(task))
+            else:
+                # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
+                ctx = mp.get_context("spawn")
+                with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+                    for result in pool.imap_unordered(worker, tasks, chunksize=1):
+                        record(result)
+        finally:
+            summary.seconds = time.perf_counter() - t0
             _flush(store, qc_rows, summary, out_p)
-            last_flush = time.monotonic()
-
-    try:
-        if workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                record(worker(task))
-        else:
-            # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-                for result in pool.imap_unordered(worker, tasks, chunksize=1):
-                    record(result)
-    finally:
-        summary.seconds = time.perf_counter() - t0
-        _flush(store, qc_rows, summary, out_p)
-    if qc_fields > 0 and store.rows:
-        write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed, storage=storage)
-    return summary
+        if qc_fields > 0 and store.rows:
+            write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed, storage=storage)
+        return summary
 
 
 def _worker_init() -> None:

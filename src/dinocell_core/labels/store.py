@@ -158,6 +158,14 @@ def merge_row(existing: LabelRow | None, new: LabelRow) -> LabelRow:
     return new
 
 
+def _merged(rows: Iterable[LabelRow]) -> dict[FieldKey, LabelRow]:
+    """One row per field from rows as read (a version-1 store has one per source), merged as writes merge them."""
+    out: dict[FieldKey, LabelRow] = {}
+    for row in rows:
+        out[row.key] = merge_row(out.get(row.key), row)
+    return out
+
+
 def _mask_dtype(labels: np.ndarray) -> np.dtype:
     return np.dtype(np.uint16) if int(labels.max(initial=0)) < np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
@@ -185,10 +193,8 @@ class LabelStore:
                  manifest: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.manifest: dict[str, Any] = dict(manifest or {})
-        self._rows: dict[FieldKey, LabelRow] = {}
+        self._rows: dict[FieldKey, LabelRow] = _merged(rows)
         self._lock = threading.Lock()
-        for row in rows:
-            self._rows[row.key] = merge_row(self._rows.get(row.key), row)
 
     # ------------------------------------------------------------------------------------------ open / create
     @classmethod
@@ -321,11 +327,9 @@ class LabelStore:
         """Rows as labels.csv has them now (no-op for a store not yet written)."""
         path = self.root / LABELS_CSV
         if path.is_file():
-            rows = _read_rows(path)
+            rows = _merged(_read_rows(path))
             with self._lock:
-                self._rows = {}
-                for row in rows:
-                    self._rows[row.key] = merge_row(self._rows.get(row.key), row)
+                self._rows = rows
 
     def add(self, row: LabelRow, flush: bool = True) -> LabelRow:
         """Record ``row``'s masks for its field (see :func:`merge_row`); returns the field's row."""
