@@ -279,13 +279,16 @@ def embed_chunk(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbe
             done.append(np.concatenate(cols, axis=1))
             waiting.clear()
 
+    pending = 0  # units in ``waiting``
     for f in fields:
         units = reader(f)
         counts.append(len(units[views[0]]))
         if counts[-1]:
             waiting.append(units)
-        if sum(len(u[views[0]]) for u in waiting) >= FLUSH_BATCHES * s.batch_size:
+            pending += counts[-1]
+        if pending >= FLUSH_BATCHES * s.batch_size:
             flush()
+            pending = 0
     flush()
     emb = np.concatenate(done) if done else np.zeros((0, dim), np.float32)
     bounds = np.concatenate([[0], np.cumsum(counts)])

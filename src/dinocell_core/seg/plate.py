@@ -199,13 +199,14 @@ class PlateRun:
             if missing:
                 raise PlateError(f"{root}: no fields for plate(s) {', '.join(sorted(missing))}")
         self.plate_fields = sorted(fields, key=lambda f: (f.plate_folder, f.well, f.site, f.sk))
+        fields = self.plate_fields
         if wells:
             fields = [f for f in fields if f.well in set(wells)]
             if not fields:
                 raise PlateError(f"{root}: no fields for well(s) {', '.join(wells)}")
         if not fields:
             raise PlateError(f"{root}: no fields to segment")
-        self.fields = sorted(fields, key=lambda f: (f.plate_folder, f.well, f.site, f.sk))
+        self.fields = fields
         self.device = device
         self.batch_size = batch_size
         self.tile_size = tile_size
