@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dinocell_core.backbone import load_backbone
 from dinocell_core.ssl.heads import DINOHead
-from dinocell_core.ssl.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from dinocell_core.ssl.losses import TeacherQueue, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
 from dinocell_core.ssl.model import LossWeights, ssl_losses
 from dinocell_core.ssl.optim import apply_step_values, param_groups, scaled_lr
 from dinocell_core.ssl.schedules import ScheduleSpec, values_at
@@ -189,6 +190,35 @@ def test_sinkhorn_target_entropy_floor_with_few_rows():
         q = sinkhorn_knopp(logits, 0.04, 3)
         ent = -(q * q.clamp_min(1e-12).log()).sum(-1)
         assert ent.mean() >= math.log(k / n) - 0.05  # 3 iterations: equipartition holds on average
+
+
+def test_teacher_queue_lets_two_views_share_a_prototype():
+    """With fewer rows than prototypes, Sinkhorn gives the two views of one image different prototypes (each row
+    needs a share of its own); normalised together with a queue of earlier rows, they share one. The queue keeps
+    the newest rows and its targets are still distributions over the prototypes."""
+    g = torch.Generator().manual_seed(0)
+    k, n_img = 64, 8
+    protos = F.normalize(torch.randn(k, 16, generator=g), dim=-1)
+    def views(n: int) -> torch.Tensor:  # two slightly different views of n images, as cosine logits
+        z = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
+        pair = torch.stack([z + 0.01 * torch.randn(n, 16, generator=g), z + 0.01 * torch.randn(n, 16, generator=g)])
+        return F.normalize(pair, dim=-1).reshape(2 * n, 16) @ protos.t()
+    def agreement(q: torch.Tensor) -> float:
+        a, b = q.view(2, n_img, k).argmax(-1)
+        return float((a == b).float().mean())
+
+    batch = views(n_img)
+    assert agreement(sinkhorn_knopp(batch, 0.01, 3)) == 0.0
+    queue = TeacherQueue(1024)
+    for _ in range(64):
+        queue.targets(views(n_img), 0.01, 3)
+    assert queue.rows.shape == (1024, k)
+    q = queue.targets(batch, 0.01, 3)
+    torch.testing.assert_close(q.sum(-1), torch.ones(2 * n_img))
+    assert agreement(q) >= 0.75
+    torch.testing.assert_close(queue.rows[: 2 * n_img], batch)  # newest first, the oldest rows left
+    with pytest.raises(ValueError, match="at least one row"):
+        TeacherQueue(0)
 
 
 def test_plain_last_layer_can_shrink_normalised_cannot():

@@ -128,15 +128,18 @@ def cls_features(backbone, imgs: np.ndarray) -> torch.Tensor:
 
 
 def knn_accuracy(x: torch.Tensor, y: np.ndarray, groups: np.ndarray, k: int = 5) -> float:
-    """Leave-one-well-out k-NN (cosine): neighbours never come from the query's own well."""
+    """Leave-one-well-out k-NN (cosine) balanced accuracy: neighbours never come from the query's own well, and
+    each phenotype's recall counts equally, so chance is 0.5 (70 % of the held-out sites look like DMSO: plain
+    accuracy would give "always DMSO" 0.70)."""
     sim = x @ x.t()
-    correct = 0
+    pred = []
     for i in range(len(y)):
         s = sim[i].clone()
         s[torch.from_numpy(groups == groups[i])] = -2.0
         values, counts = np.unique(y[s.topk(k).indices.numpy()], return_counts=True)
-        correct += int(values[counts.argmax()] == y[i])
-    return correct / len(y)
+        pred.append(values[counts.argmax()])
+    hit = np.array(pred) == y
+    return float(np.mean([hit[y == c].mean() for c in np.unique(y)]))
 
 
 def demo_config(root: Path, *extra: str) -> PretrainConfig:
@@ -148,7 +151,8 @@ def signal_figures(run: Path) -> dict[str, tuple[float, float, float]]:
     """(first logged, mean of the second half, last logged) of each signal."""
     recs = read_metrics(run / "metrics.jsonl")
     half = recs[len(recs) // 2:]
-    keys = ("loss_dino", "loss_ibot", "teacher_entropy", "teacher_batch_entropy", "loss_koleo")
+    keys = ("loss_dino", "loss_ibot", "teacher_entropy", "teacher_batch_entropy", "teacher_view_agreement",
+            "loss_koleo")
     return {k: (recs[0][k], float(np.mean([r[k] for r in half])), recs[-1][k]) for k in keys}
 
 
@@ -180,14 +184,18 @@ def test_pretraining_learns_and_beats_random_vits(nuisance_roots, tmp_path, caps
         for k, (a, m, b) in sig.items():
             print(f"  {k:<22} {a:.3f} → {m:.3f} → {b:.3f}")
         print(f"held-out plates ({len(y)} fields, {len(set(groups))} wells, per-field nuisance): site k-NN phenotype "
-              "accuracy (leave-one-well-out, k=5, chance ≈ 0.5) / replicate-retrieval mean mAP (copairs):")
+              "balanced accuracy (leave-one-well-out, k=5, chance 0.5) / replicate-retrieval mean mAP (copairs):")
         for name, (a, m) in [("pretrained", (acc, mean_map)), *figs.items(), ("hand-crafted stats", hand)]:
             print(f"  {name:<28} k-NN {a:.3f}   mAP {m:.3f}")
-    # 1. DINO/iBOT carry signal (no longer pinned at ln K and ln K / 2), without collapse
+    # 1. DINO/iBOT carry signal (no longer pinned at ln K and ln K / 2), without collapse: the student predicts
+    #    the teacher clearly better than a uniform guess, the two views of a field often share their top prototype
+    #    (1/K for unrelated targets; 0.00 without loss.sinkhorn_queue), and the rows of a batch differ (batch minus
+    #    row entropy = their mutual information with the prototype; 0 when every image gets the same target)
     assert sig["teacher_entropy"][1] < ln_k - 0.4
-    assert sig["loss_dino"][1] < ln_k
+    assert sig["loss_dino"][1] < ln_k - 0.5
     assert sig["loss_ibot"][1] < 0.5 * ln_k - 0.2
-    assert sig["teacher_batch_entropy"][1] > ln_k - 0.5
+    assert sig["teacher_view_agreement"][1] > 0.1
+    assert sig["teacher_batch_entropy"][1] > sig["teacher_entropy"][1] + 0.3
     # 2. the representation claim is not met by this short CPU run (docs/pretraining.md): reported as an expected
     #    failure with the figures, never as a pass; the day it holds the test passes outright
     if acc < best_acc + MARGIN or mean_map <= best_map:

@@ -93,10 +93,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nDemo finished in {time.perf_counter() - t0:.0f} s. Outputs in {out}:")
     print(f"  SSL preview        {out / 'ssl_preview.png'}")
     print(f"  pretraining run    {pre_run}  (loss {losses[0]:.2f} → {losses[-1]:.2f}; metrics.jsonl, checkpoints/)")
-    for key in ("loss_dino", "loss_ibot", "teacher_entropy", "teacher_batch_entropy"):
+    for key in ("loss_dino", "loss_ibot", "teacher_entropy", "teacher_batch_entropy", "teacher_view_agreement"):
         print(f"    {key:<22} {recs[0][key]:.3f} → {recs[-1][key]:.3f}")
     print(f"    (ln heads.out_dim = {ln_k:.3f}: DINO loss and teacher entropy at that value carry no signal; "
-          "teacher_batch_entropy near it means no collapse)")
+          "teacher_batch_entropy well above teacher_entropy means no collapse; teacher_view_agreement: share of "
+          "fields whose two views get the same top prototype)")
     print(f"  backbone export    {backbone.with_suffix('.safetensors')}")
     print(f"  model bundle       {model}")
     print(f"  labels             {out / 'segmented'}")

@@ -180,6 +180,9 @@ class LossSection(StrictModel):
     warmup_teacher_temp: float = PField(0.04, gt=0)
     warmup_teacher_temp_epochs: float = PField(10, ge=0)
     sinkhorn_iterations: int = PField(3, ge=1)
+    # teacher DINO rows of recent steps that join each batch's Sinkhorn-Knopp (per rank; 0 = the batch alone, as the
+    # official multi-GPU recipe). Needed when a rank has fewer rows than heads.out_dim (ssl.losses.TeacherQueue).
+    sinkhorn_queue: int = PField(0, ge=0)
 
 
 class OptimSection(StrictModel):

@@ -19,7 +19,7 @@ from torch import nn
 
 from dinocell_core.backbone import DinoBackbone
 from dinocell_core.ssl.heads import DINOHead
-from dinocell_core.ssl.losses import dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
+from dinocell_core.ssl.losses import TeacherQueue, dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
 
 
 class SSLNetwork(nn.Module):
@@ -91,14 +91,19 @@ class LossWeights:
 
 def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], masks: torch.Tensor,
                n_global: int, n_local: int, teacher_temp: float, w: LossWeights,
-               groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               groups: torch.Tensor | None = None, queue: TeacherQueue | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and a dict of every term and collapse signal (all fp32 tensors: no host sync here).
 
-    ``groups`` (int [B]): the field of each sample, so KoLeo never pairs two crops of one field."""
+    ``groups`` (int [B]): the field of each sample, so KoLeo never pairs two crops of one field. ``queue``: the
+    DINO targets are normalised over the batch and the queue's recent teacher rows (``loss.sinkhorn_queue``)."""
     b = masks.shape[0] // n_global
     t_dino = teacher["dino_logits"].float()
     k = t_dino.shape[-1]
-    t_probs = sinkhorn_knopp(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
+    if queue is not None:
+        t_probs = queue.targets(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
+    else:
+        t_probs = sinkhorn_knopp(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
     s_dino = student["dino_logits"].float()
     s_global = s_dino[: n_global * b].view(n_global, b, k)
     zero = s_dino.new_zeros(())
@@ -121,6 +126,9 @@ def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor
             "loss_ibot": ibot.detach(), "loss_koleo": torch.as_tensor(koleo, device=total.device).detach(),
             "teacher_entropy": entropy(t_probs.view(-1, k)),
             "teacher_batch_entropy": entropy(t_probs.view(-1, k).mean(0, keepdim=True)),
+            # share of samples whose two global views get the same top prototype: 0 = the targets are noise
+            "teacher_view_agreement": ((t_probs[0].argmax(-1) == t_probs[1].argmax(-1)).float().mean()
+                                       if n_global > 1 else zero),
             "student_cls_std": F.normalize(cls.reshape(-1, cls.shape[-1]), dim=-1).std(0).mean(),
             "teacher_cls_std": F.normalize(teacher["cls_global"].float(), dim=-1).std(0).mean(),
         }

@@ -42,6 +42,7 @@ from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest, stop_signals_blocked
 from dinocell_core.ssl.config import PretrainConfig, check_resume_config
 from dinocell_core.ssl.data import make_ssl_loader
+from dinocell_core.ssl.losses import TeacherQueue
 from dinocell_core.ssl.model import LossWeights, SSLNetwork, field_groups, set_drop_path, ssl_losses
 from dinocell_core.ssl.optim import apply_step_values, clip_module_grads, param_groups
 from dinocell_core.ssl.schedules import StepValues, schedule_spec, values_at
@@ -180,10 +181,11 @@ class Trainer:
         autocast_for(cfg.train.precision, device)  # refuse bf16 on CPU before any work
         self.autocast = lambda: autocast_for(cfg.train.precision, device)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+        self.queue = TeacherQueue(cfg.loss.sinkhorn_queue) if cfg.loss.sinkhorn_queue else None
 
     # -- state
     def state(self, step: int) -> dict[str, Any]:
-        return {
+        state = {
             "kind": PRETRAIN_FORMAT,
             "step": step,
             "backbone_meta": self.student.backbone.metadata(),
@@ -194,6 +196,9 @@ class Trainer:
             "world_size": self.dist.world_size,
             "config": config_to_dict(self.cfg),
         }
+        if self.queue is not None and self.queue.rows is not None:
+            state["dino_queue"] = self.queue.rows
+        return state
 
     @staticmethod
     def _parts(net: SSLNetwork) -> dict[str, torch.nn.Module]:
@@ -205,6 +210,8 @@ class Trainer:
                 m.load_state_dict(state[which][k], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.guard.skipped = int(state.get("nonfinite_skipped", 0))
+        if self.queue is not None and "dino_queue" in state:  # this rank continues with the saved rank's rows
+            self.queue.load(state["dino_queue"].to(self.device))
         return int(state["step"])
 
     def _wrap_ddp(self, frozen: bool) -> None:
@@ -237,7 +244,8 @@ class Trainer:
                 t_out = self.teacher.teacher_forward(g, masks)
                 s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
             groups = field_groups(batch["fields"], self.device) if "fields" in batch else None
-            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights, groups)
+            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights, groups,
+                                      self.queue)
         self.optimizer.zero_grad(set_to_none=True)
         with phase("backward"):
             total.backward()  # a non-finite loss gives non-finite gradients: caught below, the step is skipped
