@@ -211,12 +211,16 @@ def test_teacher_queue_lets_two_views_share_a_prototype():
     assert agreement(sinkhorn_knopp(batch, 0.01, 3)) == 0.0
     queue = TeacherQueue(1024)
     for _ in range(64):
-        queue.targets(views(n_img), 0.01, 3)
+        queue.push(views(n_img))
     assert queue.rows.shape == (1024, k)
+    kept = queue.rows.clone()
     q = queue.targets(batch, 0.01, 3)
     torch.testing.assert_close(q.sum(-1), torch.ones(2 * n_img))
     assert agreement(q) >= 0.75
+    assert torch.equal(queue.rows, kept)  # targets leave the queue alone: the trainer pushes after a finite step
+    queue.push(batch)
     torch.testing.assert_close(queue.rows[: 2 * n_img], batch)  # newest first, the oldest rows left
+    torch.testing.assert_close(queue.rows[2 * n_img:], kept[: 1024 - 2 * n_img])
     with pytest.raises(ValueError, match="at least one row"):
         TeacherQueue(0)
 

@@ -176,8 +176,10 @@ def test_nonfinite_steps_are_skipped_then_stop(fixture_root):
     assert not finite
     for k, v in trainer.student.state_dict().items():
         assert torch.equal(v, before[k]), k  # nothing was updated
+    assert trainer.queue is not None and trainer.queue.rows is None  # no NaN teacher row joins the Sinkhorn queue
     _, _, finite = trainer.train_step(batch, 1)
     assert finite and trainer.guard.streak == 0
+    assert trainer.queue.rows is not None and bool(torch.isfinite(trainer.queue.rows).all())
     trainer.train_step(bad, 2)
     with pytest.raises(FloatingPointError, match="2 consecutive"):
         trainer.train_step(bad, 3)

@@ -72,12 +72,18 @@ class TeacherQueue:
 
     @torch.no_grad()
     def targets(self, logits: torch.Tensor, temperature: float, n_iterations: int = 3) -> torch.Tensor:
-        """Targets [N, K] for the current rows; then the current rows join the queue (oldest rows leave)."""
+        """Targets [N, K] for the current rows, normalised together with the queue (which stays unchanged)."""
         rows = logits.detach().float()
         full = rows if self.rows is None else torch.cat([rows, self.rows.to(rows.device)])
-        probs = sinkhorn_knopp(full, temperature, n_iterations)[: rows.shape[0]]
+        return sinkhorn_knopp(full, temperature, n_iterations)[: rows.shape[0]]
+
+    @torch.no_grad()
+    def push(self, logits: torch.Tensor) -> None:
+        """A step's rows join the queue (newest first; the oldest leave). Only after a finite step: one NaN row
+        would poison every later target."""
+        rows = logits.detach().float()
+        full = rows if self.rows is None else torch.cat([rows, self.rows.to(rows.device)])
         self.rows = full[: self.size].clone()
-        return probs
 
     def load(self, rows: torch.Tensor) -> None:
         if rows.ndim != 2:

@@ -260,6 +260,8 @@ class Trainer:
         if finite:
             with phase("ema"):
                 ema_update(self.teacher, self.student, v.momentum)
+            if self.queue is not None:
+                self.queue.push(t_out["dino_logits"])
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.update(finite, step)
