@@ -1,7 +1,8 @@
 """Pretraining demonstrably learns (configs/pretrain_demo.yaml on the synthetic fixture, CPU):
 
-1. DINO and iBOT carry signal: loss_dino and teacher_entropy fall clearly below ln(heads.out_dim) while
-   teacher_batch_entropy stays near it (every prototype still used: no collapse);
+1. DINO and iBOT carry signal: loss_dino and teacher_entropy fall clearly below ln(heads.out_dim), the two views
+   of a field often share their top prototype (teacher_view_agreement), and teacher_batch_entropy stays well above
+   teacher_entropy (the images get different targets: no collapse);
 2. the pretrained backbone must beat its own init and random ViTs (LayerScale 1e-5, 0.1, 1.0) by MARGIN k-NN
    accuracy, and their replicate-retrieval mAP, on held-out plates (another fixture seed) that random features do
    not solve: the phenotypes differ only in organelle pattern and every field carries its own imaging nuisance
@@ -12,8 +13,8 @@
    through the heads-first warm start: the DINO loss falls while the backbone is frozen, and the features are no
    worse after unfreezing than before (the dinov2#204 failure).
 
-Task: leave-one-well-out k-NN (k=5, cosine) of the CLS of whole 96-px fields (fluorescent mean, native pixels), each
-site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well, negcon-MAD) and copairs
+Task: leave-one-well-out k-NN (k=5, cosine, balanced accuracy) of the CLS of whole 96-px fields (fluorescent mean,
+native pixels), each site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well, negcon-MAD) and copairs
 replicate retrieval (mean mAP over the compounds, nulls and weak ones included).
 """
 
