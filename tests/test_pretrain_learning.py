@@ -14,8 +14,8 @@
    worse after unfreezing than before (the dinov2#204 failure).
 
 Task: leave-one-well-out k-NN (k=5, cosine, balanced accuracy) of the CLS of whole 96-px fields (fluorescent mean,
-native pixels), each site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well, negcon-MAD) and copairs
-replicate retrieval (mean mAP over the compounds, nulls and weak ones included).
+native pixels), each site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well,
+negcon-MAD) and copairs replicate retrieval (mean mAP over the compounds, nulls and weak ones included).
 """
 
 from __future__ import annotations
