@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,15 +68,20 @@ def test_progress_then_result_and_bounded_memory() -> None:
     assert peak < 4.5 * img.nbytes
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory):
+def tiny_dna_bundle(folder: Path, name: str) -> Path:
+    """An untrained DNA bundle of the tiny test ViT, ``folder/<name>.safetensors`` (seed 0)."""
     torch.manual_seed(0)
     model = DistanceDecoder(load_backbone("vit_test", patch_size=8), width=32, stem_width=8).eval()
-    meta = {"name": "t", "channel": "DNA", "backbone": {"arch": "vit_test", "patch_size": 8, "kwargs": {}},
+    meta = {"name": name, "channel": "DNA", "backbone": {"arch": "vit_test", "patch_size": 8, "kwargs": {}},
             "decoder": {"layers": model.layers, "width": 32, "stem_width": 8},
             "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {"peak": 0.47, "fill": 0.09, "min_size": 0},
             "tile_size": 64, "overlap": 16}
-    return save_bundle(tmp_path_factory.mktemp("b") / "t.safetensors", model, meta)
+    return save_bundle(folder / f"{name}.safetensors", model, meta)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return tiny_dna_bundle(tmp_path_factory.mktemp("b"), "t")
 
 
 def test_decoder_output_size_equals_input_size() -> None:

@@ -10,28 +10,12 @@ import pytest
 
 pytest.importorskip("boto3")
 
-from dinocell_core.backbone import load_backbone  # noqa: E402
 from dinocell_core.cli import main  # noqa: E402
 from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.labels.store import GROUND_TRUTH_DIR  # noqa: E402
-from dinocell_core.seg.bundle import save_bundle  # noqa: E402
-from dinocell_core.seg.decoder import DistanceDecoder  # noqa: E402
 from tests.conftest import s3_server  # noqa: E402
+from tests.test_inference import tiny_dna_bundle  # noqa: E402
 from tests.test_jump_label_s3 import BUCKET, PREFIX, _bucket  # noqa: E402
-
-
-def _dna_bundle(folder):
-    """An untrained DNA bundle (tiny test ViT): the report's scores do not matter here, only where images come
-    from."""
-    import torch
-
-    torch.manual_seed(0)
-    model = DistanceDecoder(load_backbone("vit_test", patch_size=8), width=32, stem_width=8).eval()
-    meta = {"name": "s3-dna", "channel": "DNA", "backbone": {"arch": "vit_test", "patch_size": 8, "kwargs": {}},
-            "decoder": {"layers": model.layers, "width": 32, "stem_width": 8},
-            "preprocessing": {"low": 1.0, "high": 99.8}, "thresholds": {"peak": 0.47, "fill": 0.09, "min_size": 0},
-            "tile_size": 64, "overlap": 16}
-    return save_bundle(folder / "s3-dna.safetensors", model, meta)
 
 
 def _report(path):
@@ -45,7 +29,7 @@ def test_models_report_reads_an_s3_tree_through_endpoint_url(tmp_path, monkeypat
         monkeypatch.delenv(var, raising=False)  # read anonymously, and only through the flag
     fx = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=3, edge_cases=False)
     models = tmp_path / "MODELS"
-    _dna_bundle(models)
+    tiny_dna_bundle(models, "s3-dna")  # untrained: only where the images come from matters
     labels = str(fx.source_root / GROUND_TRUTH_DIR)  # the fixture's true masks (source "imported")
     args = ["models", "report", str(models), labels, "--device", "cpu"]
     assert main([*args, "--root", str(fx.root), "-o", str(tmp_path / "local")]) == 0
@@ -62,7 +46,7 @@ def test_models_report_reads_an_s3_tree_through_endpoint_url(tmp_path, monkeypat
 def test_models_report_refuses_endpoint_url_on_a_local_tree_and_an_s3_store(tmp_path, capsys):
     fx = make_jump_fixture(tmp_path / "fx", plates=1, wells=1, sites=1, size=64, seed=1, edge_cases=False)
     models = tmp_path / "MODELS"
-    _dna_bundle(models)
+    tiny_dna_bundle(models, "s3-dna")  # untrained: only where the images come from matters
     assert main(["models", "report", str(models), str(fx.source_root / GROUND_TRUTH_DIR), "--root", str(fx.root),
                  "--endpoint-url", "http://x", "--device", "cpu"]) == 1
     assert "--endpoint-url applies to s3:// trees" in capsys.readouterr().err
