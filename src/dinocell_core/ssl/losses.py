@@ -81,9 +81,9 @@ class TeacherQueue:
     def push(self, logits: torch.Tensor) -> None:
         """A step's rows join the queue (newest first; the oldest leave). Only after a finite step: one NaN row
         would poison every later target."""
-        rows = logits.detach().float()
-        full = rows if self.rows is None else torch.cat([rows, self.rows.to(rows.device)])
-        self.rows = full[: self.size].clone()
+        rows = logits.detach().float()[: self.size]
+        keep = 0 if self.rows is None else self.size - rows.shape[0]
+        self.rows = torch.cat([rows, self.rows[:keep].to(rows.device)]) if keep > 0 else rows.clone()
 
     def load(self, rows: torch.Tensor) -> None:
         if rows.ndim != 2:
