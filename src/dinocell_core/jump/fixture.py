@@ -203,6 +203,21 @@ class Nuisance:
     noise: tuple[float, float] = (1.0, 1.0)  # factor on the shot + read noise std
 
 
+def field_seed(seed: int, plate: int, well: int, site: int) -> int:
+    """The random seed of one fixture field (``plate``/``well`` indices from 0 in writing order, ``site`` from 1)."""
+    return int(np.random.SeedSequence([seed, plate, well, site]).generate_state(1)[0])
+
+
+def nuisance_of(fseed: int, nuisance: Nuisance | None) -> tuple[float, float, float]:
+    """(PSF σ, gamma, noise factor) that the field with seed ``fseed`` is imaged with: the ground truth a test needs
+    to ask what a representation encodes besides the phenotype. Its own random stream, so the option leaves the
+    field's cells and organelles unchanged."""
+    nu = nuisance or Nuisance()
+    nrng = np.random.default_rng([fseed, 1])
+    psf, gamma, noise = (float(nrng.uniform(*r)) for r in (nu.blur_sigma, nu.gamma, nu.noise))
+    return psf, gamma, noise
+
+
 def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
                vignette: Mapping[int, np.ndarray] | None = None, nuisance: Nuisance | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,9 +228,7 @@ def make_field(size: int = 256, seed: int = 0, phenotype: str = "punctate",
     ``nuisance`` adds per-field blur/gamma/noise variation (:class:`Nuisance`).
     """
     rng = np.random.default_rng(seed)
-    nrng = np.random.default_rng([seed, 1])  # nuisance stream: the field itself is unchanged by the option
-    nu = nuisance or Nuisance()
-    psf, gamma, noise_f = (float(nrng.uniform(*r)) for r in (nu.blur_sigma, nu.gamma, nu.noise))
+    psf, gamma, noise_f = nuisance_of(seed, nuisance)
     cells, nuclei, rel = _layout(size, rng, phenotype)
     cell_mask = (cells > 0).astype(np.float32)
     nuc_mask = (nuclei > 0).astype(np.float32)
@@ -387,7 +400,7 @@ def make_jump_fixture(out: str | os.PathLike[str], plates: int = 2, wells: int =
                     if progress is not None:
                         progress()
                     continue
-                fseed = int(np.random.SeedSequence([seed, p, w, s]).generate_state(1)[0])
+                fseed = field_seed(seed, p, w, s)
                 stack, nuclei, cells = make_field(size, fseed, phenotype_of(w, s), vignette=vignettes,
                                                   nuisance=nuisance)
                 drop = edge_cases and total >= 4 and p == plates - 1 and w == wells - 1 and s == sites
