@@ -14,12 +14,16 @@ from dinocell_core.io.images import normalize_percentile
 from dinocell_core.jump.fixture import (
     PHENOTYPES,
     Nuisance,
+    field_seed,
     find_source_root,
     make_field,
     make_jump_fixture,
+    nuisance_of,
+    phenotype_of,
     phenotype_table,
+    plate_spec,
 )
-from dinocell_core.jump.index import FILE_RE, index_fields
+from dinocell_core.jump.index import FILE_RE, index_fields, well_row_col
 from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key, field_prefix
 
 LAYOUT = re.compile(r"^cpg0000-jump-pilot/source_4/images/(?P<batch>[^/]+)/images/(?P<folder>BR\d{8}[A-Z]?__"
@@ -154,6 +158,32 @@ def test_nuisance_changes_the_imaging_not_the_cells():
     assert not np.array_equal(a[0][:5], plain[0][:5]) and np.array_equal(a[0][5:], plain[0][5:])  # fluorescence only
     fm = [np.mean([normalize_percentile(x[0][c]) for c in range(5)], axis=0) for x in (plain, a, b)]
     assert len({round(float(f.mean()), 3) for f in fm}) == 3
+
+
+def test_field_seed_and_nuisance_of_are_the_fixtures_ground_truth(tmp_path: Path):
+    """What the learning test reads back: field_seed is the seed each written field was made with (its ground-truth
+    labels regenerate), and nuisance_of the imaging it got (fixing the ranges at the drawn values gives the same
+    image)."""
+    nu = Nuisance(blur_sigma=(0.5, 1.6), gamma=(0.6, 1.6), noise=(0.5, 3.0))
+    info = make_jump_fixture(tmp_path, plates=2, wells=3, sites=2, size=64, seed=5, edge_cases=False, nuisance=nu)
+    truth = LabelStore.open(info.source_root / GROUND_TRUTH_DIR)
+    plate_index = {plate_spec(p)[1]: p for p in range(2)}
+    gammas = set()
+    for f in index_fields(info.root).fields:
+        row, col = well_row_col(f.well)
+        w = (row - 1) * 24 + col - 1
+        fseed = field_seed(5, plate_index[f.plate_folder], w, f.site)
+        _, nuclei, cells = make_field(64, fseed, phenotype_of(w, f.site))
+        best = truth.best(field_key(f))
+        assert np.array_equal(tifffile.imread(truth.root / best.nuclei), nuclei)
+        assert np.array_equal(tifffile.imread(truth.root / best.cells), cells)
+        psf, gamma, noise = nuisance_of(fseed, nu)
+        assert 0.5 <= psf <= 1.6 and 0.6 <= gamma <= 1.6 and 0.5 <= noise <= 3.0
+        fixed = Nuisance(blur_sigma=(psf, psf), gamma=(gamma, gamma), noise=(noise, noise))
+        assert np.array_equal(make_field(64, fseed, "punctate", nuisance=nu)[0],
+                              make_field(64, fseed, "punctate", nuisance=fixed)[0])
+        gammas.add(round(gamma, 6))
+    assert len(gammas) == 12  # one draw per field
 
 
 def test_bad_arguments(tmp_path: Path):
