@@ -15,7 +15,9 @@
 
 Task: leave-one-well-out k-NN (k=5, cosine, balanced accuracy) of the CLS of whole 96-px fields (fluorescent mean,
 native pixels), each site labelled with its own phenotype; for 2. also issue 12's profiles (CLS → site → well,
-negcon-MAD) and copairs replicate retrieval (mean mAP over the compounds, nulls and weak ones included).
+negcon-MAD) and copairs replicate retrieval (mean mAP over the compounds, nulls and weak ones included), and, to
+say what the features carry, ridge fits on two held-out plates scored on the other two: a phenotype probe and the
+R² of each field's detector gamma (the fixture's ground truth, ``fixture.nuisance_of``).
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ def held_out_figures(embedder, ho: HeldOut) -> Figures:
     wells = annotate(aggregate_wells(sites, names, s.well_aggregation), ho.meta)
     ev = evaluate_profiles(wells, EvalSettings(null_size=10_000, matching=False), source=str(ho.root))
     labels = np.where(ho.y == ho.y[0], 1.0, -1.0)
-    weights = np.where(labels > 0, 1.0 / (labels > 0).mean(), 1.0 / (labels < 0).mean())  # balanced classes
+    # targets ±1/class share: least squares on them gives Fisher's discriminant, each class weighing equally
+    weights = np.where(labels > 0, 1.0 / (labels > 0).mean(), 1.0 / (labels < 0).mean())
     return Figures(acc, ev.tasks["replicate_retrieval"].summary["mean_map"],
                    cross_plate(z, labels * weights, ho.plates,
                                lambda pred, t: balanced_sign_accuracy(pred, np.sign(t))),
