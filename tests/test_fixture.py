@@ -14,6 +14,7 @@ from dinocell_core.io.images import normalize_percentile
 from dinocell_core.jump.fixture import (
     PHENOTYPES,
     Nuisance,
+    field_position,
     field_seed,
     find_source_root,
     make_field,
@@ -21,9 +22,8 @@ from dinocell_core.jump.fixture import (
     nuisance_of,
     phenotype_of,
     phenotype_table,
-    plate_spec,
 )
-from dinocell_core.jump.index import FILE_RE, index_fields, well_row_col
+from dinocell_core.jump.index import FILE_RE, index_fields
 from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key, field_prefix
 
 LAYOUT = re.compile(r"^cpg0000-jump-pilot/source_4/images/(?P<batch>[^/]+)/images/(?P<folder>BR\d{8}[A-Z]?__"
@@ -167,12 +167,10 @@ def test_field_seed_and_nuisance_of_are_the_fixtures_ground_truth(tmp_path: Path
     nu = Nuisance(blur_sigma=(0.5, 1.6), gamma=(0.6, 1.6), noise=(0.5, 3.0))
     info = make_jump_fixture(tmp_path, plates=2, wells=3, sites=2, size=64, seed=5, edge_cases=False, nuisance=nu)
     truth = LabelStore.open(info.source_root / GROUND_TRUTH_DIR)
-    plate_index = {plate_spec(p)[1]: p for p in range(2)}
     gammas = set()
     for f in index_fields(info.root).fields:
-        row, col = well_row_col(f.well)
-        w = (row - 1) * 24 + col - 1
-        fseed = field_seed(5, plate_index[f.plate_folder], w, f.site)
+        p, w = field_position(f, plates=2)
+        fseed = field_seed(5, p, w, f.site)
         _, nuclei, cells = make_field(64, fseed, phenotype_of(w, f.site))
         best = truth.best(field_key(f))
         assert np.array_equal(tifffile.imread(truth.root / best.nuclei), nuclei)

@@ -36,15 +36,15 @@ from dinocell_core.config import load_config
 from dinocell_core.io.checkpoint import CheckpointManager
 from dinocell_core.jump.fixture import (
     Nuisance,
+    field_position,
     field_seed,
     find_source_root,
     make_jump_fixture,
     nuisance_of,
     phenotype_of,
     phenotype_table,
-    plate_spec,
 )
-from dinocell_core.jump.index import Field, load_index, well_row_col
+from dinocell_core.jump.index import Field, load_index
 from dinocell_core.profiling.baseline import BaselineEmbedder
 from dinocell_core.profiling.embed import (
     BackboneEmbedder,
@@ -118,13 +118,11 @@ class HeldOut:
 
 def held_out_set(root: Path, seed: int, plates: int) -> HeldOut:
     fields = sorted(load_index(str(root)), key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
-    plate_index = {plate_spec(p)[1]: p for p in range(plates)}
     y, log_gamma = [], []
     for f in fields:
-        row, col = well_row_col(f.well)
-        w = (row - 1) * 24 + col - 1
+        p, w = field_position(f, plates)
         y.append(phenotype_of(w, f.site))
-        log_gamma.append(math.log(nuisance_of(field_seed(seed, plate_index[f.plate_folder], w, f.site), NUISANCE)[1]))
+        log_gamma.append(math.log(nuisance_of(field_seed(seed, p, w, f.site), NUISANCE)[1]))
     return HeldOut(root, find_metadata_dir(str(root)), fields, np.array(y),
                    np.array([f"{f.plate}/{f.well}" for f in fields]), np.array([f.plate for f in fields]),
                    np.array(log_gamma))

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes
 from dinocell_core.io.tiffio import write_tiff
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, FLUORESCENT
-from dinocell_core.jump.index import SOURCE_PREFIX, Field, file_name, well_name
+from dinocell_core.jump.index import SOURCE_PREFIX, Field, file_name, well_name, well_row_col
 from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore
 
 PHENOTYPES = ("punctate", "tubular")
@@ -206,6 +206,14 @@ class Nuisance:
 def field_seed(seed: int, plate: int, well: int, site: int) -> int:
     """The random seed of one fixture field (``plate``/``well`` indices from 0 in writing order, ``site`` from 1)."""
     return int(np.random.SeedSequence([seed, plate, well, site]).generate_state(1)[0])
+
+
+def field_position(field: Field, plates: int) -> tuple[int, int]:
+    """(plate index, well index) that ``make_jump_fixture(plates=plates)`` gave ``field``: the numbering that
+    field_seed, phenotype_of and well_treatment take."""
+    folders = [plate_spec(p)[1] for p in range(plates)]
+    row, col = well_row_col(field.well)
+    return folders.index(field.plate_folder), (row - 1) * 24 + col - 1
 
 
 def nuisance_of(fseed: int, nuisance: Nuisance | None) -> tuple[float, float, float]:

@@ -100,10 +100,8 @@ def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor
     b = masks.shape[0] // n_global
     t_dino = teacher["dino_logits"].float()
     k = t_dino.shape[-1]
-    if queue is not None:
-        t_probs = queue.targets(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
-    else:
-        t_probs = sinkhorn_knopp(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
+    normalise = queue.targets if queue is not None else sinkhorn_knopp
+    t_probs = normalise(t_dino, teacher_temp, w.sinkhorn_iterations).view(n_global, b, k)
     s_dino = student["dino_logits"].float()
     s_global = s_dino[: n_global * b].view(n_global, b, k)
     zero = s_dino.new_zeros(())
