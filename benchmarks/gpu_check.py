@@ -124,8 +124,8 @@ def check_pretraining(args: argparse.Namespace) -> None:
     import torch
 
     from dinocell_core.config import load_config
-    from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.ssl.config import PretrainConfig
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data

@@ -80,8 +80,8 @@ def bench_tarpit(timeout: float, attempts: int) -> None:
 
 
 def bench_stop(tmp: Path) -> None:
-    from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.runs.rundir import RunDir, read_metrics
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     root = make_jump_fixture(tmp / "fx", plates=1, wells=2, sites=2, size=128, seed=0).root
     run = tmp / "stop"

@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 
 from dinocell_core.io.tiffio import read_tiff
-from dinocell_core.jump.fixture import make_jump_fixture
 from dinocell_core.jump.index import index_fields
 from dinocell_core.labels import cellprofiler as cp
 from dinocell_core.labels.run import _illum, label_tree
+from dinocell_core.synthetic.fixture import make_jump_fixture
 
 
 def steps(root: Path) -> dict[str, float]:

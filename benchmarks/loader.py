@@ -28,7 +28,6 @@ import torch  # noqa: E402
 
 from dinocell_core.io.tiffio import read_tiff  # noqa: E402
 from dinocell_core.jump.channels import FLUORESCENT  # noqa: E402
-from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.jump.index import (
     file_name,
     index_fields,
@@ -39,6 +38,7 @@ from dinocell_core.jump.index import (
 from dinocell_core.ssl.config import DataConfig  # noqa: E402
 from dinocell_core.ssl.data import make_ssl_loader  # noqa: E402
 from dinocell_core.ssl.prepare import prepare_fields  # noqa: E402
+from dinocell_core.synthetic.fixture import make_jump_fixture  # noqa: E402
 
 
 def ensure_fixture(work: Path, n_fields: int) -> Path:

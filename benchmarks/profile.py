@@ -31,10 +31,10 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.jump.index import load_index  # noqa: E402
 from dinocell_core.labels.store import find_labels_root  # noqa: E402
 from dinocell_core.profiling.embed import EmbedSettings, embed_profiles  # noqa: E402
+from dinocell_core.synthetic.fixture import make_jump_fixture  # noqa: E402
 
 
 def embed_rate(root: Path, fields: list, s: EmbedSettings, out: Path) -> tuple[float, int]:
@@ -82,9 +82,13 @@ def bench_cells(args: argparse.Namespace, root: Path, fields: list, work: Path) 
 
 
 def bench_evaluate(args: argparse.Namespace) -> None:
-    from dinocell_core.profiling.evaluate import EvalSettings, prepare, replicate_retrieval
+    from dinocell_core.profiling.evaluate import (
+        EvalSettings,
+        prepare,
+        replicate_retrieval,
+    )
     from dinocell_core.profiling.normalize import normalize_profiles
-    from dinocell_core.profiling.synthetic import planted_profiles
+    from dinocell_core.synthetic.profiles import planted_profiles
 
     t0 = time.perf_counter()
     df = planted_profiles(plates=40, perturbations=320, negcon_per_plate=64, features=384, seed=0)

@@ -35,12 +35,16 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dinocell_core.backbone import load_backbone  # noqa: E402
-from dinocell_core.jump.fixture import make_field  # noqa: E402
+from dinocell_core.backbones.vit import load_backbone  # noqa: E402
 from dinocell_core.seg.bundle import save_bundle  # noqa: E402
 from dinocell_core.seg.decoder import DistanceDecoder  # noqa: E402
-from dinocell_core.seg.distance import distance_map, labels_from_distance, resolve_thresholds  # noqa: E402
+from dinocell_core.seg.distance import (  # noqa: E402
+    distance_map,
+    labels_from_distance,
+    resolve_thresholds,
+)
 from dinocell_core.seg.inference import Segmenter, run_tiled  # noqa: E402
+from dinocell_core.synthetic.fixture import make_field  # noqa: E402
 
 
 def make_bundle(folder: Path, arch: str, patch: int, tile: int, overlap: int, channel: str = "DNA") -> Path:
@@ -118,8 +122,8 @@ def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: in
                 fields: int) -> None:
     """``segment-plate`` on a synthetic plate, per architecture: fields/s with the nuclei model only (DNA), the
     cells model only (AGP), both + measurements; on CUDA also the peak GPU memory of each run."""
-    from dinocell_core.jump.fixture import make_jump_fixture
     from dinocell_core.seg.plate import PlateRun
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     sites = min(2, fields)
     wells = -(-fields // sites)

@@ -26,14 +26,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from dinocell_core.backbone import count_forward_flops  # noqa: E402
+from dinocell_core.backbones.vit import count_forward_flops  # noqa: E402
 from dinocell_core.config import load_config  # noqa: E402
-from dinocell_core.jump.fixture import make_jump_fixture  # noqa: E402
 from dinocell_core.runs.distributed import DistInfo  # noqa: E402
 from dinocell_core.ssl.augment import MaskingGenerator, ibot_masks  # noqa: E402
 from dinocell_core.ssl.config import PretrainConfig  # noqa: E402
 from dinocell_core.ssl.data import make_ssl_loader  # noqa: E402
 from dinocell_core.ssl.trainer import PhaseTimer, Trainer  # noqa: E402
+from dinocell_core.synthetic.fixture import make_jump_fixture  # noqa: E402
 
 #: dense bf16 peak TFLOP/s by device-name substring (no sparsity)
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A800": 312.0, "L40S": 362.0,

@@ -91,7 +91,7 @@ def measure_segment(app, work: Path, args: argparse.Namespace) -> dict[str, dict
     """Segment click → result Labels layer shown, then one re-threshold from the slider."""
     import napari
 
-    from dinocell_core.jump.fixture import make_field
+    from dinocell_core.synthetic.fixture import make_field
     from napari_dinocell.widgets.segment import SegmentWidget
 
     models = work / "models"
@@ -152,7 +152,7 @@ def measure_browse(app, work: Path, size: int) -> dict[str, dict[str, float]]:
     updated in place)."""
     import napari
 
-    from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.synthetic.fixture import make_jump_fixture
     from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
 
     info = make_jump_fixture(work / "jump", plates=1, wells=1, sites=2, size=size, seed=1)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 def make_untrained_bundle(folder: Path, arch: str, tile: int = 256) -> Path:
     """A DNA decoder bundle with random weights (C's DistanceDecoder + save_bundle): the stall depends on compute
     and data sizes, not on accuracy."""
-    from dinocell_core.backbone import load_backbone
+    from dinocell_core.backbones.loading import load_backbone
     from dinocell_core.seg.bundle import save_bundle
     from dinocell_core.seg.decoder import DistanceDecoder
 

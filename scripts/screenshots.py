@@ -85,7 +85,7 @@ def save(viewer, out: Path, name: str) -> Path:
 
 
 def shot_browser(out: Path, work: Path) -> None:
-    from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     info = make_jump_fixture(work / "jump", plates=2, wells=3, sites=2, size=384, seed=3)
     viewer = new_viewer("DINOCell — JUMP browser")
@@ -108,7 +108,7 @@ def shot_sample(out: Path) -> None:
 
 def fixture_root(work: Path) -> Path:
     """The fixture of configs/*_demo.yaml (`dinocell-core fixture jump fixture --size 192`)."""
-    from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     return make_jump_fixture(work / "fixture", plates=2, wells=4, sites=2, size=192, seed=0).root
 

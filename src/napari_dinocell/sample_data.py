@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dinocell_core.jump.channels import CHANNELS
-from dinocell_core.jump.fixture import make_field
+from dinocell_core.synthetic.fixture import make_field
 from napari_dinocell.layers import field_layer_data
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _fixture_jump(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dinocell_core.jump.fixture import make_jump_fixture
+    from dinocell_core.synthetic.fixture import make_jump_fixture
 
     with tqdm(total=args.plates * args.wells * args.sites, unit="field", desc="fixture") as bar:
         info = make_jump_fixture(args.out, plates=args.plates, wells=args.wells, sites=args.sites,

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _step(title: str, argv: list[str]) -> None:
-    from dinocell_core.cli import main
+    from dinocell_core.commands import main
 
     print(f"\n== {title}\n$ dinocell-core {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()

@@ -73,7 +73,7 @@ def _jump_label(args: argparse.Namespace) -> int:
 def _models_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dinocell_core.labels.report import format_report, models_report, write_report
+    from dinocell_core.seg.report import format_report, models_report, write_report
 
     with tqdm(unit="field", desc="report") as bar:
         def progress(done: int, total: int) -> None:

@@ -135,7 +135,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from dinocell_core.jump.index import load_index
-    from dinocell_core.profiling.embed import EmbedSettings, embed_profiles, find_metadata_dir
+    from dinocell_core.profiling.embed import (
+        EmbedSettings,
+        embed_profiles,
+        find_metadata_dir,
+    )
     from dinocell_core.profiling.table import ProfileError
 
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None

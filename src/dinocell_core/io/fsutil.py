@@ -17,7 +17,6 @@ from typing import Any
 
 from dinocell_core.errors import DinocellError
 
-
 _UMASK_LOCK = threading.Lock()
 
 

@@ -16,7 +16,6 @@ import tifffile
 
 from dinocell_core.errors import DinocellError
 
-
 log = logging.getLogger(__name__)
 
 #: the largest image read_image decodes (16384² pixels): a small compressed file can declare a huge image

@@ -38,10 +38,6 @@ def channel_number(name_or_int: str | int) -> int:
     return ch
 
 
-def is_brightfield(channel: str | int) -> bool:
-    return channel_number(channel) in BRIGHTFIELD
-
-
 @dataclass(frozen=True)
 class ChannelMode:
     """What one SSL view is made of: the fluorescent mean, one channel, or several channels as views.
@@ -52,8 +48,6 @@ class ChannelMode:
 
     kind: Literal["fluorescent_mean", "multiview", "channel"]
     channel: int | None = None
-
-    CHOICES = ("fluorescent_mean", "brightfield", "multiview", "channel:N")
 
     @classmethod
     def parse(cls, mode: str | ChannelMode) -> ChannelMode:

@@ -27,7 +27,12 @@ import numpy as np
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS, NAME_TO_CHANNEL, channel_number
+from dinocell_core.jump.channels import (
+    ALL_CHANNELS,
+    CHANNELS,
+    NAME_TO_CHANNEL,
+    channel_number,
+)
 
 log = logging.getLogger(__name__)
 

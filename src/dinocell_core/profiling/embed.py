@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode, channel_number
+from dinocell_core.jump.channels import (
+    CHANNELS,
+    FLUORESCENT,
+    FMEAN,
+    ChannelMode,
+    channel_number,
+)
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.cells import CellSource, crop_stack
 from dinocell_core.profiling.table import ProfileError
@@ -169,9 +175,8 @@ def make_embedder(s: EmbedSettings) -> TileEmbedder:
         return BaselineEmbedder()
     import torch
 
-    from dinocell_core.backbone import load_backbone
+    from dinocell_core.backbones.loading import backbone_from_weights, load_backbone
     from dinocell_core.device import resolve_device
-    from dinocell_core.features import backbone_from_weights
 
     device = resolve_device(s.device)
     if s.backbone == "random":

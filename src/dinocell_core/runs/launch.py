@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_text
+from dinocell_core.runs.records import effective_state, is_local
 from dinocell_core.runs.rundir import RunDir, RunLockedError, check_run_free
 
 log = logging.getLogger(__name__)
@@ -84,39 +85,6 @@ def job_command(kind: str, run_dir: str | os.PathLike[str], nproc: int = 1, pyth
     # our torchrun front exits 0 after a clean stop; 100 s for the ranks to checkpoint (Slurm warns 120 s ahead)
     return [python, "-m", "dinocell_core.runs.torchrun", "--standalone", f"--nproc_per_node={nproc}",
             f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}", *job]
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True if ``pid`` is a live process on this host (an unreaped zombie counts as dead)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def is_local(status: Mapping[str, object]) -> bool:
-    return status.get("host") in (None, socket.gethostname())
-
-
-def effective_state(status: Mapping[str, object]) -> str:
-    """The state to show: "running" runs whose local process is gone without a final state read as "lost"."""
-    state = status.get("state")
-    if state is None:
-        return "queued" if status.get("slurm_job_id") else "unknown"
-    if state == "running" and is_local(status) and status.get("launcher") != "slurm":
-        pid = status.get("pid")
-        if isinstance(pid, int) and not pid_alive(pid):
-            return "lost"
-    return str(state)
 
 
 def _check_not_running(run: RunDir) -> None:

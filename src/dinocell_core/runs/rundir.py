@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from dinocell_core.config import save_config
 from dinocell_core.io.fsutil import atomic_write_json
 from dinocell_core.io.locks import FolderLock, FolderLockedError, exclusive
+from dinocell_core.runs.records import effective_state
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,11 @@ class MetricsTail:
 
 @dataclass
 class RunInfo:
+    """One run as a list shows it; ``state`` is the effective state (a dead local process reads "lost")."""
+
     path: Path
     kind: str | None
-    state: str | None
+    state: str
     step: int | None
     total_steps: int | None
     samples_per_s: float | None
@@ -222,7 +225,7 @@ def run_info(path: str | os.PathLike[str]) -> RunInfo:
     return RunInfo(
         path=Path(path),
         kind=status.get("kind"),
-        state=status.get("state"),
+        state=effective_state(status),
         step=status.get("step"),
         total_steps=status.get("total_steps"),
         samples_per_s=status.get("samples_per_s"),

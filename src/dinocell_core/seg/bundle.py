@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dinocell_core.archs import (
+from dinocell_core.backbones.archs import (
     ArchitectureError,
     backbone_params,
     check_backbone,
@@ -25,7 +25,12 @@ from dinocell_core.archs import (
     decoder_params,
 )
 from dinocell_core.errors import DinocellError
-from dinocell_core.io.checkpoint import CheckpointError, load_tensors, read_meta, save_tensors
+from dinocell_core.io.checkpoint import (
+    CheckpointError,
+    load_tensors,
+    read_meta,
+    save_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class Bundle:
 
     def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The network with this bundle's weights, in eval mode (no download: the backbone is built empty)."""
-        from dinocell_core.backbone import load_backbone
+        from dinocell_core.backbones.loading import load_backbone
         from dinocell_core.seg.decoder import DistanceDecoder
 
         bb_meta, dec = check_architecture(self.path, self.metadata)

@@ -86,7 +86,7 @@ class BackboneSection(StrictModel):
 
     @model_validator(mode="after")
     def _arch(self) -> "BackboneSection":
-        from dinocell_core.archs import check_backbone
+        from dinocell_core.backbones.archs import check_backbone
 
         check_backbone(self.arch, self.patch_size, self.kwargs, "backbone", key="backbone")
         return self

@@ -167,11 +167,6 @@ def coco_to_labels(shape: tuple[int, int], annotations: Sequence[dict],
     return lab, (crowd if crowd.any() else None)
 
 
-def polygons_to_mask(shape: tuple[int, int], annotations: Sequence[dict], name: str = "annotations") -> np.ndarray:
-    """COCO annotations (polygons or RLE) → int32 instance labels; crowd annotations are left out."""
-    return coco_to_labels(shape, annotations, name)[0]
-
-
 LIVECELL_IMAGE_DIRS = ("images/livecell_test_images", "images/livecell_train_val_images", "images", ".")
 
 

@@ -33,7 +33,12 @@ import pandas as pd
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
-from dinocell_core.seg.bundle import BundleError, BundleInfo, list_bundles, read_bundle_metadata
+from dinocell_core.seg.bundle import (
+    BundleError,
+    BundleInfo,
+    list_bundles,
+    read_bundle_metadata,
+)
 from dinocell_core.seg.measure import INTENSITY_FEATURES, measure_cells
 
 log = logging.getLogger(__name__)

@@ -20,12 +20,24 @@ import torch
 from dinocell_core.config import check_resume_changes, config_to_dict, read_yaml
 from dinocell_core.device import resolve_device
 from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
+from dinocell_core.runs.records import validation_record
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
 from dinocell_core.schedules import warmup_cosine
-from dinocell_core.seg.bundle import load_bundle, save_bundle, unique_state
+from dinocell_core.seg.bundle import (
+    load_bundle,
+    restore_aliases,
+    save_bundle,
+    unique_state,
+)
 from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig
-from dinocell_core.seg.data import SegSample, load_samples, prepare_samples, split_samples, tile_batch
+from dinocell_core.seg.data import (
+    SegSample,
+    load_samples,
+    prepare_samples,
+    split_samples,
+    tile_batch,
+)
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
 from dinocell_core.seg.inference import run_tiled
 from dinocell_core.seg.tune import score_thresholds, tune_thresholds
@@ -38,7 +50,7 @@ def _channel_data(cfg: SegDataConfig, channel: str | None) -> SegDataConfig:
 
 
 def build_model(cfg: DecoderConfig) -> DistanceDecoder:
-    from dinocell_core.backbone import load_backbone
+    from dinocell_core.backbones.loading import load_backbone
 
     bb = load_backbone(cfg.backbone.arch, patch_size=cfg.backbone.patch_size, weights=cfg.backbone.weights,
                        **cfg.backbone.kwargs)
@@ -245,7 +257,8 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
     best = {"ap": -1.0, "step": -1, "metrics": {}}
     rng = np.random.default_rng([cfg.seed, ci])
     if resume is not None:
-        model.load_state_dict(resume["model"], strict=False)  # aliased duplicates were not saved
+        aliases = unique_state(model.state_dict())[1]  # modules registered twice were saved once
+        model.load_state_dict(restore_aliases(resume["model"], aliases), strict=True)
         opt.load_state_dict(resume["optimizer"])
         local = int(resume["step"]) - base
         best = resume["best"]
@@ -290,7 +303,7 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
             run.update_status(step=step, samples_per_s=sps, eta_s=eta)
         if local % tc.eval_every == 0 or local == tc.steps:
             metrics = validate(model, val_s, cfg, device)
-            run.append_metrics({"step": step, "channel": channel, **{f"val_{k}": v for k, v in metrics.items()}})
+            run.append_metrics({"step": step, "channel": channel, **validation_record(metrics)})
             log.info("step %d channel %s: val AP@0.5 %.3f SEG %.3f DET %.3f", step, channel, metrics["ap@0.50"],
                      metrics["seg"], metrics["det"])
             if metrics["ap@0.50"] > best["ap"]:
@@ -302,7 +315,7 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
     if cfg.inference.tune_thresholds:
         result = tune_bundle(bundle_path, val_s, cfg, device)
         run.append_metrics({"step": base + local, "channel": channel, "tuned_thresholds": result["thresholds"],
-                            **{f"val_tuned_{k}": v for k, v in result["metrics"].items()}})
+                            **validation_record(result["metrics"], tuned=True)})
     return bundle_path
 
 

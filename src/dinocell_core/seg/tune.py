@@ -13,10 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from dinocell_core.seg.config import (DEFAULT_RING_FRACTION, GROWTH_SLOPE, TUNE_FILL, TUNE_GROW, TUNE_MIN_SIZE,
-                                      TUNE_PEAK, TUNE_RING, TUNE_SLOPE)
+from dinocell_core.seg.config import (
+    DEFAULT_RING_FRACTION,
+    GROWTH_SLOPE,
+    TUNE_FILL,
+    TUNE_GROW,
+    TUNE_MIN_SIZE,
+    TUNE_PEAK,
+    TUNE_RING,
+    TUNE_SLOPE,
+)
 from dinocell_core.seg.distance import labels_with, resolve_thresholds
-from dinocell_core.seg.metrics import AP_THRESHOLDS, drop_crowd_predictions, evaluate_pairs
+from dinocell_core.seg.metrics import (
+    AP_THRESHOLDS,
+    drop_crowd_predictions,
+    evaluate_pairs,
+)
 
 
 def score_thresholds(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], thresholds: dict[str, Any],

@@ -14,7 +14,6 @@ from pydantic import field_validator, model_validator
 
 from dinocell_core.config import StrictModel, check_resume_changes
 from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
-
 from dinocell_core.ssl.schedules import SCALING_RULES
 
 
@@ -152,7 +151,7 @@ class ModelSection(StrictModel):
 
     @model_validator(mode="after")
     def _arch(self) -> "ModelSection":
-        from dinocell_core.archs import check_backbone
+        from dinocell_core.backbones.archs import check_backbone
 
         for own in ("drop_path_rate", "rope_rescale_coords"):
             if own in self.kwargs:
@@ -241,7 +240,7 @@ class TrainSection(StrictModel):
 class EvalSection(StrictModel):
     """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
     and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
-    metrics.jsonl (see :mod:`dinocell_core.profiling.during_training`)."""
+    metrics.jsonl (see :mod:`dinocell_core.ssl.evaluation`)."""
 
     every: int = PField(0, ge=0)
     root: str | None = None  # CPJUMP1 tree of the held-out plates (default: data.root)

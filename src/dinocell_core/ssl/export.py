@@ -11,26 +11,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from dinocell_core.backbone import EXPORT_FORMAT, PRETRAIN_FORMAT, DinoBackbone, WeightsError, load_backbone
-from dinocell_core.io.checkpoint import load_state, resolve_checkpoint, save_tensors
+from dinocell_core.backbones.loading import teacher_backbone
+from dinocell_core.backbones.vit import EXPORT_FORMAT
+from dinocell_core.io.checkpoint import save_tensors
 from dinocell_core.io.fsutil import atomic_path, atomic_write_text
-
-
-def teacher_backbone(source: str | os.PathLike[str]) -> tuple[DinoBackbone, dict[str, Any]]:
-    ckpt = resolve_checkpoint(source)
-    state = load_state(ckpt)
-    if state.get("kind") != PRETRAIN_FORMAT:
-        raise WeightsError(f"{ckpt}: not a DINOCell pretraining checkpoint")
-    meta = state["backbone_meta"]
-    backbone = load_backbone(meta["arch"], patch_size=int(meta["patch_size"]), **meta.get("kwargs", {}))
-    backbone.load_state_dict(state["teacher"]["backbone"], strict=True)
-    info = {"source_checkpoint": str(ckpt.resolve()), "step": int(state["step"]),
-            "config_name": state.get("config", {}).get("name")}
-    return backbone, info
 
 
 def export_backbone(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> list[Path]:

@@ -91,11 +91,6 @@ class TeacherQueue:
         self.rows = rows.float()[: self.size].clone()
 
 
-def softmax_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Teacher targets without centering (for diagnostics only)."""
-    return F.softmax(logits.float() / temperature, dim=-1)
-
-
 def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float = 0.1,
               ignore_diagonal: bool = False) -> torch.Tensor:
     """Cross-entropy of every student crop [S, B, K] against every teacher crop [T, B, K], averaged over pairs.

@@ -17,9 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinocell_core.backbone import DinoBackbone
+from dinocell_core.backbones.vit import DinoBackbone
 from dinocell_core.ssl.heads import DINOHead
-from dinocell_core.ssl.losses import TeacherQueue, dino_loss, entropy, ibot_loss, koleo_loss, sinkhorn_knopp
+from dinocell_core.ssl.losses import (
+    TeacherQueue,
+    dino_loss,
+    entropy,
+    ibot_loss,
+    koleo_loss,
+    sinkhorn_knopp,
+)
 
 
 class SSLNetwork(nn.Module):

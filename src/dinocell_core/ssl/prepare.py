@@ -21,7 +21,12 @@ from dinocell_core.jump.channels import FMEAN
 from dinocell_core.jump.index import Field
 from dinocell_core.ssl.config import DataConfig
 from dinocell_core.ssl.data import SSLFieldDataset, load_ssl_fields
-from dinocell_core.ssl.prepared_store import MANIFEST, field_file, settings_of, views_for
+from dinocell_core.ssl.prepared_store import (
+    MANIFEST,
+    field_file,
+    settings_of,
+    views_for,
+)
 
 log = logging.getLogger(__name__)
 

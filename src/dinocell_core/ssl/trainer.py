@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from dinocell_core.backbone import PRETRAIN_FORMAT, load_backbone
+from dinocell_core.backbones.loading import load_backbone
+from dinocell_core.backbones.vit import PRETRAIN_FORMAT
 from dinocell_core.config import ConfigError, config_to_dict
 from dinocell_core.device import resolve_device
 from dinocell_core.errors import DinocellError
@@ -43,7 +44,13 @@ from dinocell_core.runs.stopping import StopRequest, stop_signals_blocked
 from dinocell_core.ssl.config import PretrainConfig, check_resume_config
 from dinocell_core.ssl.data import make_ssl_loader
 from dinocell_core.ssl.losses import TeacherQueue
-from dinocell_core.ssl.model import LossWeights, SSLNetwork, field_groups, set_drop_path, ssl_losses
+from dinocell_core.ssl.model import (
+    LossWeights,
+    SSLNetwork,
+    field_groups,
+    set_drop_path,
+    ssl_losses,
+)
 from dinocell_core.ssl.optim import apply_step_values, clip_module_grads, param_groups
 from dinocell_core.ssl.schedules import StepValues, schedule_spec, values_at
 
@@ -478,7 +485,7 @@ def _evaluator(cfg: PretrainConfig, device: torch.device) -> Any:
     """The ``eval:`` benchmark (held-out plates → copairs mAP), or None when ``eval.every`` is 0."""
     if not cfg.eval.every:
         return None
-    from dinocell_core.profiling.during_training import TrainingEvaluator
+    from dinocell_core.ssl.evaluation import TrainingEvaluator
 
     return TrainingEvaluator(cfg, device)
 

@@ -27,8 +27,21 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from dinocell_core.config import RECIPES, ConfigError, apply_overrides, config_to_dict, load_config, validate_config
-from napari_dinocell.config_dict import field_annotation, get_nested, pop_nested, prune_empty, set_nested
+from dinocell_core.config import (
+    RECIPES,
+    ConfigError,
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    validate_config,
+)
+from napari_dinocell.config_dict import (
+    field_annotation,
+    get_nested,
+    pop_nested,
+    prune_empty,
+    set_nested,
+)
 from napari_dinocell.preflight import missing_paths
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.run_controls import RunControls

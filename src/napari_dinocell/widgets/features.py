@@ -15,9 +15,17 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
-from dinocell_core.features import FeaturePCA, backbone_from_weights, iter_feature_pca
+from dinocell_core.backbones.loading import backbone_from_weights
+from dinocell_core.backbones.pca import FeaturePCA, iter_feature_pca
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout

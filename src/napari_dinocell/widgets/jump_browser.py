@@ -33,8 +33,15 @@ from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.jump.preprocess import Preprocessor, read_field
 from dinocell_core.labels.store import LabelRow, LabelStore, field_key
 from napari_dinocell.jobs import start_job
-from napari_dinocell.layers import (FLUOR_MEAN_NAME, LAYER_KEY, OWNER_KEY, channel_layer_kwargs, contrast_limits,
-                                    owned_layer, upsert_image)
+from napari_dinocell.layers import (
+    FLUOR_MEAN_NAME,
+    LAYER_KEY,
+    OWNER_KEY,
+    channel_layer_kwargs,
+    contrast_limits,
+    owned_layer,
+    upsert_image,
+)
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit, UiSteps, scroll_layout
 

@@ -31,7 +31,13 @@ from qtpy.QtWidgets import (
 
 from dinocell_core.profiling.evaluate import EvalSettings
 from dinocell_core.profiling.normalize import NEGCON_FLAG
-from dinocell_core.profiling.projection import METHODS, UMAP_MISSING, WellMap, iter_well_map, umap_available
+from dinocell_core.profiling.projection import (
+    METHODS,
+    UMAP_MISSING,
+    WellMap,
+    iter_well_map,
+    umap_available,
+)
 from napari_dinocell.jobs import Progress, start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit

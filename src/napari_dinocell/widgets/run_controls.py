@@ -16,19 +16,28 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info
 from pydantic import BaseModel
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from dinocell_core.config import ConfigError
 from dinocell_core.runs.launch import (
     LaunchError,
     SlurmOptions,
-    effective_state,
     launch_local,
     resume_run,
     slurm_available,
     stop_run,
     submit_slurm,
 )
+from dinocell_core.runs.records import effective_state
 from dinocell_core.runs.rundir import RunDir
 from napari_dinocell.jobs import start_job
 from napari_dinocell.status import JobStatus

@@ -35,7 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from dinocell_core.runs.launch import LaunchError, effective_state, resume_run, stop_run
+from dinocell_core.runs.launch import LaunchError, resume_run, stop_run
+from dinocell_core.runs.records import effective_state
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo, list_runs
 from napari_dinocell.jobs import start_job
 from napari_dinocell.status import JobStatus

@@ -48,7 +48,13 @@ from napari_dinocell.segment_jobs import (
     threshold_job,
 )
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import LayerCombo, PathEdit, UiSteps, fit_narrow, scroll_layout
+from napari_dinocell.widgets.common import (
+    LayerCombo,
+    PathEdit,
+    UiSteps,
+    fit_narrow,
+    scroll_layout,
+)
 from napari_dinocell.widgets.job_progress import JobProgress
 
 STALE = " [stale]"

@@ -1,0 +1,80 @@
+"""`dinocell-core pretrain CONFIG --plan OUT.json`: schedule milestones and cost without data, weights or torch;
+the heads-first warm start of the recipes is checked on the plan itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dinocell_core.config import ConfigError, load_config
+from dinocell_core.ssl.config import PretrainConfig
+from dinocell_core.ssl.plan import milestones, plan_table
+from dinocell_core.ssl.schedules import schedule_spec, values_at
+from tests.helpers import REPO
+
+RECIPE = REPO / "configs" / "pretrain_vits8_jump.yaml"
+KEYS = ["step", "lr", "last_layer_lr", "backbone_lr_factor", "wd", "momentum", "teacher_temp"]
+
+
+def test_plan_cli_writes_the_json_contract_without_data_or_torch(tmp_path):
+    out = tmp_path / "plan" / "a100.json"
+    code = ("import sys; sys.argv[1:] = ['pretrain', sys.argv[1], 'data.root=/nonexistent', "
+            "'model.weights=/nonexistent.pth', '--plan', sys.argv[2]]; "
+            "from dinocell_core.cli import main; rc = main(sys.argv[1:]); assert rc == 0, rc; "
+            "assert 'torch' not in sys.modules, 'the plan imported torch'")
+    proc = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(out)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(proc.stdout)
+    plan = json.loads(out.read_text())
+    assert list(plan) == KEYS
+    n = len(plan["step"])
+    assert all(len(plan[k]) == n for k in KEYS)
+    assert plan["step"][:3] == [0, 10, 20] and plan["step"][-1] == 79_999 and n == 8001
+    cfg = load_config(PretrainConfig, RECIPE)
+    spec = schedule_spec(cfg, 1)
+    i = plan["step"].index(5000)
+    v = values_at(spec, 5000)
+    assert (plan["lr"][i], plan["backbone_lr_factor"][i], plan["teacher_temp"][i]) == (
+        v.lr, v.backbone_factor, v.teacher_temp)
+    for word in ("backbone unfreezes", "LR warm-up ends", "prototypes", "3,840,000 samples", "last step"):
+        assert word in proc.stdout, word
+    assert "WARNING" not in proc.stdout
+
+
+def test_recipe_heads_first_phase_trains_heads_at_full_lr():
+    """While the backbone is frozen the heads reach the peak LR and the prototypes train before the unfreeze;
+    then the backbone factor ramps from ~0 to 1 (the recipe flaw of the issue: LR 0 on the last layer and ≤ 10 %
+    on the MLPs for the whole frozen phase)."""
+    spec = schedule_spec(load_config(PretrainConfig, RECIPE), 1)
+    plan = plan_table(spec)
+    steps = plan["step"]
+    frozen = [i for i, s in enumerate(steps) if s < spec.freeze_backbone_steps]
+    assert all(plan["backbone_lr_factor"][i] == 0.0 for i in frozen)
+    assert max(plan["lr"][i] for i in frozen) >= 0.99 * spec.lr
+    assert sum(plan["last_layer_lr"][i] > 0 for i in frozen) >= 0.9 * len(frozen)
+    unfreeze = spec.freeze_backbone_steps
+    assert 0 < values_at(spec, unfreeze).backbone_factor < 0.01
+    assert values_at(spec, unfreeze + spec.backbone_ramp_steps).backbone_factor == 1.0
+    ms = {what: step for step, what in milestones(spec)}
+    assert ms["LR warm-up ends (peak LR)"] < ms["backbone unfreezes (LR ramp starts)"]
+
+
+def test_a_warm_start_that_never_trains_the_heads_is_refused():
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        load_config(PretrainConfig, RECIPE, ["optim.warmup_epochs=10"])
+    with pytest.raises(ConfigError, match="freeze_last_layer_epochs"):
+        load_config(PretrainConfig, RECIPE, ["optim.freeze_last_layer_epochs=5"])
+    with pytest.raises(ConfigError, match="crops_per_field"):
+        load_config(PretrainConfig, RECIPE, ["train.batch_size=2", "data.crops_per_field=2"])
+
+
+def test_native_recipe_sees_cells_at_decoder_scale():
+    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain_vits8_jump_native.yaml")
+    lo, hi = cfg.data.global_crop_px
+    assert cfg.data.global_size / hi >= 0.7 and cfg.data.global_size / lo <= 1.0  # 0.7–1.0× native scale
+    assert cfg.model.drop_path_profile == "uniform" and cfg.heads.out_dim == 2048
