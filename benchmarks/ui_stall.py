@@ -92,7 +92,7 @@ def measure_segment(app, work: Path, args: argparse.Namespace) -> dict[str, dict
     import napari
 
     from dinocell_core.synthetic.fixture import make_field
-    from napari_dinocell.widgets.segment import SegmentWidget
+    from napari_dinocell.widgets.segment.dock import SegmentWidget
 
     models = work / "models"
     make_untrained_bundle(models, args.arch)
@@ -103,8 +103,8 @@ def measure_segment(app, work: Path, args: argparse.Namespace) -> dict[str, dict
     viewer.window.add_dock_widget(widget, name="Segment")
     widget.device.setCurrentText(args.device)
     widget.tile.setValue(args.tile)
-    widget.scan_models(str(models))
-    wait_until(app, lambda: widget.model_combo.count() > 0, 60)
+    widget.picker.scan_models(str(models))
+    wait_until(app, lambda: widget.picker.model_combo.count() > 0, 60)
     settle(app, 20)
 
     direct = [direct_segment(models, channels[4], args)]
@@ -123,7 +123,7 @@ def measure_segment(app, work: Path, args: argparse.Namespace) -> dict[str, dict
     meter.start()
     t0 = time.perf_counter()
     before = viewer.layers["DNA labels"].data.copy()
-    widget.peak.setValue(0.7)
+    widget.thresholds.peak.setValue(0.7)
     wait_until(app, lambda: not np.array_equal(viewer.layers["DNA labels"].data, before) or
                (time.perf_counter() - t0) > 30, 60)
     wait_until(app, lambda: not widget._thresholding, 60)

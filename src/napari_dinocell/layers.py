@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from dinocell_core.jump.channels import BRIGHTFIELD, CHANNELS
+from napari_dinocell.layer_meta import CHANNEL, LAYER, OWNER
 
 #: Cell Painting colours: Mito magenta, AGP red, RNA yellow, ER green, DNA blue; brightfield planes gray
 COLORMAPS = {1: "magenta", 2: "red", 3: "yellow", 4: "green", 5: "blue", 6: "gray", 7: "gray", 8: "gray"}
 FLUOR_MEAN_NAME = "Fluorescent mean"
-#: metadata keys marking a layer as added (and updatable) by a DINOCell view, e.g. the JUMP browser
-OWNER_KEY = "dinocell_owner"
-LAYER_KEY = "dinocell_layer"
+#: the mark a result layer's name gets when the image it was computed from changes
+STALE = " [stale]"
 
 
 def contrast_limits(image: np.ndarray, low: float = 0.5, high: float = 99.8) -> tuple[float, float]:
@@ -42,7 +42,7 @@ def channel_layer_kwargs(channel: int, image: np.ndarray, metadata: dict[str, An
         "blending": "translucent" if bright else "additive",
         "contrast_limits": contrast_limits(image),
         "visible": not bright,  # brightfield would wash out the additive fluorescent overlay
-        "metadata": {"channel": channel, **(metadata or {})},
+        "metadata": {CHANNEL: channel, **(metadata or {})},
     }
 
 
@@ -56,7 +56,7 @@ def field_layer_data(
 def owned_layer(viewer: Any, owner: str, key: str) -> Any:
     """The layer ``owner`` added under ``key`` (None if there is none, e.g. the user deleted it)."""
     return next((layer for layer in viewer.layers
-                 if layer.metadata.get(OWNER_KEY) == owner and layer.metadata.get(LAYER_KEY) == key), None)
+                 if layer.metadata.get(OWNER) == owner and layer.metadata.get(LAYER) == key), None)
 
 
 def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: str = "dinocell") -> Any:
@@ -76,5 +76,5 @@ def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: s
         layer.contrast_limits = limits
         layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
         return layer
-    meta = {**kwargs.get("metadata", {}), OWNER_KEY: owner, LAYER_KEY: key}
+    meta = {**kwargs.get("metadata", {}), OWNER: owner, LAYER: key}
     return viewer.add_image(data, **{**kwargs, "metadata": meta})

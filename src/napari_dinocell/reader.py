@@ -20,6 +20,7 @@ import tifffile
 
 from dinocell_core.io.tiffio import read_tiff
 from dinocell_core.jump.index import FILE_RE
+from napari_dinocell.layer_meta import CHANNEL, FIELD, SOURCE_PATH
 from napari_dinocell.layers import channel_layer_kwargs, contrast_limits
 
 LayerData = tuple[Any, ...]
@@ -133,8 +134,7 @@ def _already_open(field_key: str, channels: set[int]) -> bool:
         return False
     if viewer is None:
         return False
-    shown = {layer.metadata.get("channel") for layer in viewer.layers
-             if layer.metadata.get("dinocell_field") == field_key}
+    shown = {layer.metadata.get(CHANNEL) for layer in viewer.layers if layer.metadata.get(FIELD) == field_key}
     return channels <= shown
 
 
@@ -146,14 +146,14 @@ def read_path(path: str | list[str]) -> list[LayerData]:
         key = str(p.parent / field_name)
         if _already_open(key, set(files)):
             return NOTHING  # another file of a field opened a moment ago (a multi-file selection)
-        meta = {"dinocell_field": key, "source_path": str(p.parent)}
+        meta = {FIELD: key, SOURCE_PATH: str(p.parent)}
         layers: list[LayerData] = []
         for ch in sorted(files):
             img = read_tiff(files[ch])
             layers.append((img, channel_layer_kwargs(ch, img, meta), "image"))
         return layers
     img = tifffile.imread(p)  # plain TIFFs may be stacks; CPJUMP1 channel files are always 2-D
-    meta = {"source_path": str(p)}
+    meta = {SOURCE_PATH: str(p)}
     if is_label_file(p) and np.issubdtype(img.dtype, np.integer) and img.ndim in (2, 3):
         return [(img, {"name": p.stem, "metadata": meta}, "labels")]
     kwargs: dict[str, Any] = {"name": p.stem, "metadata": meta}

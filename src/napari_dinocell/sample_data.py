@@ -7,24 +7,28 @@ layers one per event-loop turn, so the viewer keeps drawing meanwhile (the longe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dinocell_core.jump.channels import CHANNELS
 from dinocell_core.synthetic.fixture import make_field
+from napari_dinocell.layer_meta import CHANNEL, FIELD
 from napari_dinocell.layers import field_layer_data
+
+if TYPE_CHECKING:
+    from napari_dinocell.ui_steps import UiSteps
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 #: the layers returned to napari directly; the rest follow one per event-loop turn
 FIRST = ("DNA",)
-_steps: list[Any] = []  # the pending-steps runner (a QObject must outlive this call)
+_steps: list[UiSteps] = []  # the pending-steps runner (a QObject must outlive this call)
 
 
 def sample_field(size: int = 512, seed: int = 0) -> list[LayerData]:
     """All layers of the synthetic field: 8 channels (Mito … Brightfield), cells and nuclei ground truth."""
     channels, nuclei, cells = make_field(size=size, seed=seed)
-    meta = {"dinocell_field": f"synthetic_seed{seed}"}
+    meta = {FIELD: f"synthetic_seed{seed}"}
     layers = field_layer_data(channels, sorted(CHANNELS), meta)
     layers.append((cells, {"name": "cells (ground truth)", "visible": False}, "labels"))
     layers.append((nuclei, {"name": "nuclei (ground truth)"}, "labels"))
@@ -35,7 +39,7 @@ def open_sample_field() -> list[LayerData]:
     """The napari sample command: DNA now, the other layers in field order right after."""
     import napari
 
-    from napari_dinocell.widgets.common import UiSteps
+    from napari_dinocell.ui_steps import UiSteps
 
     layers = sample_field()
     viewer = napari.current_viewer()
@@ -61,10 +65,10 @@ def _add(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], kind: str) -> No
 
 def _channel_index(viewer: Any, kwargs: dict[str, Any]) -> int:
     """Keep the channels in field order (Mito … Brightfield) below the labels."""
-    ch = kwargs["metadata"]["channel"]
-    images = [i for i, layer in enumerate(viewer.layers) if isinstance(layer.metadata.get("channel"), int)
-              and layer.metadata.get("dinocell_field") == kwargs["metadata"]["dinocell_field"]
-              and layer.metadata["channel"] < ch]
+    ch = kwargs["metadata"][CHANNEL]
+    images = [i for i, layer in enumerate(viewer.layers) if isinstance(layer.metadata.get(CHANNEL), int)
+              and layer.metadata.get(FIELD) == kwargs["metadata"][FIELD]
+              and layer.metadata[CHANNEL] < ch]
     return images[-1] + 1 if images else 0
 
 

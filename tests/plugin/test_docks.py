@@ -22,22 +22,19 @@ def test_all_docks_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     qt_window.resize(1400, 1000)
     qtbot.wait(50)
     assert qt_window.height() <= 1000
-    for w in widgets:
-        if hasattr(w, "timer"):
-            w.timer.stop()
 
 
 def test_folders_are_remembered_between_sessions(make_napari_viewer, tmp_path):
     from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
     from napari_dinocell.widgets.pretrain import PretrainWidget
-    from napari_dinocell.widgets.segment import SegmentWidget
+    from napari_dinocell.widgets.segment.dock import SegmentWidget
 
     viewer = make_napari_viewer()
     browser = JumpBrowserWidget(viewer)
     browser.root.setText(str(tmp_path / "cpjump1"))
     seg = SegmentWidget(viewer)
-    seg.models_dir.setText(str(tmp_path / "models"))
-    seg.results_dir.setText(str(tmp_path / "results"))
+    seg.picker.models_dir.setText(str(tmp_path / "models"))
+    seg.export.folder.setText(str(tmp_path / "results"))
     pre = PretrainWidget(viewer)
     pre.out_dir.set(str(tmp_path / "runs"))
     for w in (browser, seg, pre):
@@ -45,6 +42,6 @@ def test_folders_are_remembered_between_sessions(make_napari_viewer, tmp_path):
 
     assert JumpBrowserWidget(viewer).root.text() == str(tmp_path / "cpjump1")
     seg2 = SegmentWidget(viewer)
-    assert seg2.models_dir.text() == str(tmp_path / "models")
-    assert seg2.results_dir.text() == str(tmp_path / "results")
+    assert seg2.picker.models_dir.text() == str(tmp_path / "models")
+    assert seg2.export.folder.text() == str(tmp_path / "results")
     assert PretrainWidget(viewer).out_dir.get() == str(tmp_path / "runs")

@@ -11,7 +11,7 @@ import torch
 from dinocell_core.io.checkpoint import CheckpointError
 from dinocell_core.runs.launch import LaunchError
 from dinocell_core.ssl.data import TooManyFailures
-from napari_dinocell.jobs import Progress, start_job, throttled
+from napari_dinocell.jobs.runner import Progress, start_job, throttled
 from napari_dinocell.status import JobState, JobStatus
 
 ERRORS = [

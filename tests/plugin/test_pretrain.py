@@ -54,7 +54,7 @@ def demo_form(widget, root: Path, out: Path, name: str, steps: int, checkpoint_e
 
 def open_runs(viewer, qtbot, folder: Path):
     _, runs = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
-    runs.timer.setInterval(100)
+    runs.watcher.timer.setInterval(100)
     runs.set_folder(folder)
     qtbot.waitUntil(lambda: runs.table.rowCount() == 1, timeout=30_000)
     runs.table.selectRow(0)
@@ -62,8 +62,8 @@ def open_runs(viewer, qtbot, folder: Path):
 
 
 def close_runs(runs, qtbot) -> None:
-    runs.timer.stop()
-    qtbot.waitUntil(lambda: not runs._polling, timeout=10_000)
+    runs.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not runs.watcher.polling, timeout=10_000)
 
 
 def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path, jump_root):
@@ -131,13 +131,13 @@ def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, 
     runs = open_runs(viewer, qtbot, runs_dir)
     qtbot.waitUntil(lambda: run.read_status().get("state") != "running", timeout=120_000)
     assert run.read_status()["state"] == "finished", (run.read_status(), run.console_path.read_text()[-2000:])
-    qtbot.waitUntil(lambda: len(runs.series.get("loss_total", ()).steps if "loss_total" in runs.series else [])
+    qtbot.waitUntil(lambda: len(runs.plot.series["loss_total"].steps if "loss_total" in runs.plot.series else [])
                     == 8, timeout=10_000)
     qtbot.waitUntil(lambda: runs.table.item(0, 2) is not None and runs.table.item(0, 2).text() == "finished",
                     timeout=10_000)
-    assert LOSS_TERMS <= set(runs.series)  # every loss term plotted; lr/momentum are not losses
-    assert runs.series["loss_total"].steps == [float(s) for s in range(1, 9)]
-    assert list(runs._lines["loss_koleo"].get_xdata()) == runs.series["loss_koleo"].steps
+    assert LOSS_TERMS <= set(runs.plot.series)  # every loss term plotted; lr/momentum are not losses
+    assert runs.plot.series["loss_total"].steps == [float(s) for s in range(1, 9)]
+    assert list(runs.plot.lines["loss_koleo"].get_xdata()) == runs.plot.series["loss_koleo"].steps
     assert runs.table.item(0, 3).text() == "8/8"
     assert CheckpointManager(run.checkpoints_dir).steps() == [4, 8]
     log_lines = run.log_path.read_text().splitlines()

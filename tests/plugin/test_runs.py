@@ -25,11 +25,11 @@ def test_runs_widget_table_plot_and_error(make_napari_viewer, qtbot, tmp_path):
     run.update_status(state="running", kind="pretrain", step=2, total_steps=10, pid=os.getpid(),
                       samples_per_s=12.5, eta_s=3725.0, last_checkpoint=str(run.checkpoints_dir / "step_2.st"))
     for step in (1, 2):
-        run.append_metrics({"step": step, "loss": 5.0 - step, "dino_loss": 3.0 - step, "lr": 1e-3})
+        run.append_metrics({"step": step, "loss": 5.0 - step, "loss_dino": 3.0 - step, "lr": 1e-3})
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
-    widget.timer.setInterval(50)
+    widget.watcher.timer.setInterval(50)
     widget.set_folder(tmp_path)
     qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
     assert _cell(widget, 0, "State") == "running"
@@ -40,23 +40,23 @@ def test_runs_widget_table_plot_and_error(make_napari_viewer, qtbot, tmp_path):
 
     widget.table.selectRow(0)
     assert widget.selected == run.path
-    qtbot.waitUntil(lambda: len(widget.series.get("loss", ()).steps if "loss" in widget.series else []) == 2,
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"].steps if "loss" in widget.plot.series else []) == 2,
                     timeout=5000)
-    assert set(widget.series) == {"loss", "dino_loss"}  # every loss term; lr is not a loss
+    assert set(widget.plot.series) == {"loss", "loss_dino"}  # every loss term; lr is not a loss
     first_offset = widget.tail.offset
 
     # a torn (partial) last line is not read until it is complete; reads continue from the byte offset
-    run.append_metrics({"step": 3, "loss": 1.5, "dino_loss": 0.5})
+    run.append_metrics({"step": 3, "loss": 1.5, "loss_dino": 0.5})
     with open(run.metrics_path, "a") as fh:
         fh.write('{"step": 4, "loss": 1.2')
-    qtbot.waitUntil(lambda: len(widget.series["loss"].steps) == 3, timeout=5000)
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"].steps) == 3, timeout=5000)
     assert widget.tail.offset > first_offset
     with open(run.metrics_path, "a") as fh:
-        fh.write(', "dino_loss": 0.4}\n')
-    qtbot.waitUntil(lambda: len(widget.series["loss"].steps) == 4, timeout=5000)
-    assert widget.series["loss"].steps == [1.0, 2.0, 3.0, 4.0]
-    assert widget.series["loss"].values == [4.0, 3.0, 1.5, 1.2]
-    line = widget._lines["loss"]
+        fh.write(', "loss_dino": 0.4}\n')
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"].steps) == 4, timeout=5000)
+    assert widget.plot.series["loss"].steps == [1.0, 2.0, 3.0, 4.0]
+    assert widget.plot.series["loss"].values == [4.0, 3.0, 1.5, 1.2]
+    line = widget.plot.lines["loss"]
     assert list(line.get_xdata()) == [1.0, 2.0, 3.0, 4.0]
     assert widget.stop_btn.isEnabled() and not widget.resume_btn.isEnabled()
 
@@ -66,8 +66,8 @@ def test_runs_widget_table_plot_and_error(make_napari_viewer, qtbot, tmp_path):
     assert "disk quota exceeded" in widget.log_view.toPlainText()  # the job's raw output (console.log) too
     assert _cell(widget, 0, "State") == "failed"
     assert widget.resume_btn.isEnabled() and not widget.stop_btn.isEnabled()
-    widget.timer.stop()
-    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)
 
 
 def test_runs_widget_missing_folder_is_a_notification(make_napari_viewer, qtbot, tmp_path):
@@ -77,8 +77,8 @@ def test_runs_widget_missing_folder_is_a_notification(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: widget._last_error is not None, timeout=5000)
     assert "does not exist" in widget._last_error
     assert widget.table.rowCount() == 0
-    widget.timer.stop()
-    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)
 
 
 FAKE_SBATCH = """#!/bin/sh
@@ -106,7 +106,7 @@ def test_resume_from_runs_widget_keeps_slurm_and_gpu_count(make_napari_viewer, q
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
-    widget.timer.setInterval(50)
+    widget.watcher.timer.setInterval(50)
     widget.set_folder(runs_dir)
     qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
     widget.table.selectRow(0)
@@ -117,8 +117,8 @@ def test_resume_from_runs_widget_keeps_slurm_and_gpu_count(make_napari_viewer, q
     assert "#SBATCH --partition=gpu-a100" in script and "#SBATCH --time=48:00:00" in script
     status = run.read_status()
     assert status["launcher"] == "slurm" and status["world_size"] == 4 and status["slurm"]["gpus"] == 4
-    widget.timer.stop()
-    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)
 
 
 def test_resume_keeps_the_torchrun_world_size(tmp_path):
@@ -164,22 +164,22 @@ def test_decoder_metrics_on_their_own_axis_and_failure_notification(make_napari_
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
-    widget.timer.setInterval(50)
+    widget.watcher.timer.setInterval(50)
     widget.set_folder(tmp_path)
     qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
     widget.table.selectRow(0)
-    qtbot.waitUntil(lambda: "Mito val_seg" in widget.series, timeout=5000)
-    loss_lines = {line.get_label() for line in widget.ax.get_lines()}
-    val_lines = {line.get_label() for line in widget.ax_val.get_lines()}
+    qtbot.waitUntil(lambda: "Mito val_seg" in widget.plot.series, timeout=5000)
+    loss_lines = {line.get_label() for line in widget.plot.ax.get_lines()}
+    val_lines = {line.get_label() for line in widget.plot.ax_val.get_lines()}
     assert loss_lines == {"DNA loss", "Mito loss"}
     assert val_lines == {f"{c} {m}" for c in ("DNA", "Mito") for m in ("ap@0.50", "ap_mean", "f1@0.50", "seg", "det")}
-    assert not any("n_gt" in k or "n_images" in k for k in widget.series)
-    assert widget.ax_val.get_ylim() == (0.0, 1.0)
+    assert not any("n_gt" in k or "n_images" in k for k in widget.plot.series)
+    assert widget.plot.ax_val.get_ylim() == (0.0, 1.0)
 
     run.update_status(state="failed", error="CUDA out of memory")
     qtbot.waitUntil(lambda: any("dec failed: CUDA out of memory" in m for m in notifications), timeout=5000)
-    widget.timer.stop()
-    qtbot.waitUntil(lambda: not widget._polling, timeout=5000)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)
 
     from napari_dinocell.widgets.runs import RunsWidget
 
@@ -187,6 +187,34 @@ def test_decoder_metrics_on_their_own_axis_and_failure_notification(make_napari_
     try:
         assert second.folder_edit.text() == str(tmp_path)
     finally:
-        second.timer.stop()
-        qtbot.waitUntil(lambda: not second._polling, timeout=5000)
+        second.watcher.timer.stop()
+        qtbot.waitUntil(lambda: not second.watcher.polling, timeout=5000)
         second.deleteLater()
+
+
+def test_one_watcher_reads_each_status_once_per_poll(make_napari_viewer, tmp_path, monkeypatch):
+    """The Runs table and a training form share one watcher; a poll of a runs folder and of one run inside it reads
+    each status.json once, and the run's state is list_runs' effective state (a dead local process is "lost")."""
+    from napari_dinocell.jobs.runs import poll_runs
+    from napari_dinocell.widgets.runs import RunsWidget
+
+    for name in ("a", "b"):
+        run = RunDir(tmp_path / name)
+        run.write_config(_Cfg())
+        run.update_status(state="running", kind="decoder", pid=2**22 + 17)  # no such process
+    reads: list[str] = []
+    read_status = RunDir.read_status
+    monkeypatch.setattr(RunDir, "read_status", lambda self: reads.append(self.path.name) or read_status(self))
+
+    poll = poll_runs([tmp_path / "a", tmp_path], [])
+    assert sorted(reads) == ["a", "b"]
+    assert poll.runs[tmp_path / "a"] == [poll.run(tmp_path / "a")]
+    assert {info.name: info.state for info in poll.runs[tmp_path]} == {"a": "lost", "b": "lost"}
+
+    viewer = make_napari_viewer()
+    _, form = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
+    runs = RunsWidget(viewer)
+    try:
+        assert runs.watcher is form.run_controls.watcher
+    finally:
+        runs.deleteLater()

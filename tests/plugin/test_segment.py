@@ -18,7 +18,7 @@ import tifffile
 from dinocell_core.seg.bundle import load_bundle, save_bundle
 from dinocell_core.seg.inference import Segmenter
 from napari_dinocell.sample_data import sample_field
-from napari_dinocell.segment_jobs import threshold_job
+from napari_dinocell.jobs.segment import threshold_job
 from napari_dinocell.status import JobState
 
 
@@ -30,8 +30,8 @@ def add_field(viewer, size: int = 128, seed: int = 2) -> None:
 
 def segment_widget(viewer, qtbot, folder: Path):
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
-    widget.scan_models(str(folder))
-    qtbot.waitUntil(lambda: widget.model_combo.count() > 0, timeout=20_000)
+    widget.picker.scan_models(str(folder))
+    qtbot.waitUntil(lambda: widget.picker.model_combo.count() > 0, timeout=20_000)
     return widget
 
 
@@ -44,13 +44,13 @@ def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbo
     viewer = make_napari_viewer()
     add_field(viewer)
     widget = segment_widget(viewer, qtbot, models_dir)
-    assert [widget.model_combo.itemText(i) for i in range(2)] == ["Mito · demo-Mito", "DNA · demo-DNA"]
+    assert [widget.picker.model_combo.itemText(i) for i in range(2)] == ["Mito · demo-Mito", "DNA · demo-DNA"]
 
     # the model follows the layer's channel
-    widget.layer_combo.set_layer(viewer.layers["Mito"])
-    assert widget.model_combo.currentData().endswith("demo-Mito.safetensors")
-    widget.layer_combo.set_layer(viewer.layers["DNA"])
-    assert widget.model_combo.currentData().endswith("demo-DNA.safetensors")
+    widget.picker.layer_combo.set_layer(viewer.layers["Mito"])
+    assert widget.picker.model_combo.currentData().endswith("demo-Mito.safetensors")
+    widget.picker.layer_combo.set_layer(viewer.layers["DNA"])
+    assert widget.picker.model_combo.currentData().endswith("demo-DNA.safetensors")
 
     network_runs: list[JobState] = []
     widget.status.events.state.connect(lambda s: network_runs.append(s) if s == JobState.RUNNING else None)
@@ -64,12 +64,13 @@ def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbo
     assert widget.progress.bar.value() == widget.progress.bar.maximum() and "done after" in widget.progress.detail_text
 
     # sliders: labels recomputed from the cached distance map; no network job starts
-    out = widget.outputs[id(viewer.layers["DNA"])]
+    out = widget.outputs.get(viewer.layers["DNA"])
     distance = out.distance
     for peak, fill in ((float(np.quantile(distance, 0.95)), float(np.quantile(distance, 0.5))), (0.99, 0.98)):
-        widget.peak.setValue(peak)
-        widget.fill.setValue(fill)
-        expected = threshold_job(out.segmenter, distance, widget.peak.value(), widget.fill.value(), 0)
+        widget.thresholds.peak.setValue(peak)
+        widget.thresholds.fill.setValue(fill)
+        expected = threshold_job(out.segmenter, distance, widget.thresholds.peak.value(),
+                                 widget.thresholds.fill.value(), 0)
         qtbot.waitUntil(lambda e=expected: np.array_equal(labels.data, e), timeout=10_000)
         assert widget.worker is None
     assert len(network_runs) == 1  # still the one segmentation: re-thresholding never ran the network
@@ -129,9 +130,10 @@ def test_bundle_thresholds_and_min_size_give_the_cli_labels(make_napari_viewer, 
     viewer = make_napari_viewer()
     layer = viewer.add_image(tifffile.imread(img_path), name="DNA")
     widget = segment_widget(viewer, qtbot, custom)
-    assert (widget.peak.value(), widget.fill.value(), widget.min_size.value()) == (peak, fill, 25)
-    assert "peak" in widget.model_info.text() and "custom-DNA" in widget.model_info.text()
-    widget.layer_combo.set_layer(layer)
+    assert (widget.thresholds.peak.value(), widget.thresholds.fill.value(),
+            widget.thresholds.min_size.value()) == (peak, fill, 25)
+    assert "peak" in widget.picker.model_info.text() and "custom-DNA" in widget.picker.model_info.text()
+    widget.picker.layer_combo.set_layer(layer)
     widget.device.setCurrentText("cpu")
     widget.run_btn.click()
     wait_idle(widget, qtbot)
@@ -152,7 +154,7 @@ def test_results_are_tied_to_their_data(make_napari_viewer, qtbot, models_dir, n
     add_field(viewer)
     widget = segment_widget(viewer, qtbot, models_dir)
     dna = viewer.layers["DNA"]
-    widget.layer_combo.set_layer(dna)
+    widget.picker.layer_combo.set_layer(dna)
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     labels = viewer.layers["DNA labels"]
@@ -161,8 +163,8 @@ def test_results_are_tied_to_their_data(make_napari_viewer, qtbot, models_dir, n
     # the image changes (the browser's next site): results marked stale, sliders do nothing
     dna.data = sample_field(size=128, seed=9)[4][0]
     assert labels.name == "DNA labels [stale]" and not labels.visible
-    assert widget.outputs[id(dna)].stale and "stale" in widget.message.text()
-    widget.peak.setValue(0.9)
+    assert widget.outputs.get(dna).stale and "stale" in widget.message.text()
+    widget.thresholds.peak.setValue(0.9)
     qtbot.wait(200)
     wait_idle(widget, qtbot)
     np.testing.assert_array_equal(labels.data, before)
@@ -170,7 +172,7 @@ def test_results_are_tied_to_their_data(make_napari_viewer, qtbot, models_dir, n
     # a re-run on the new data clears the mark, in place
     widget.run_btn.click()
     wait_idle(widget, qtbot)
-    assert viewer.layers["DNA labels"] is labels and labels.visible and not widget.outputs[id(dna)].stale
+    assert viewer.layers["DNA labels"] is labels and labels.visible and not widget.outputs.get(dna).stale
 
     # the image changes while the network runs: its result is dropped, not shown over the new image
     widget.run_btn.click()
@@ -180,8 +182,8 @@ def test_results_are_tied_to_their_data(make_napari_viewer, qtbot, models_dir, n
     assert labels.name.endswith("[stale]")
 
     # saving stale labels is refused
-    widget.results_dir.setText(str(tmp_path))
-    widget.save_btn.click()
+    widget.export.folder.setText(str(tmp_path))
+    widget.export.save_btn.click()
     assert any("stale" in m for m in notifications) and not list(tmp_path.iterdir())
 
 
@@ -192,43 +194,42 @@ def test_model_channel_checks_selection_and_channel_picker(make_napari_viewer, q
 
     # follows the layer selection
     viewer.layers.selection.active = viewer.layers["ER"]
-    assert widget.layer_combo.current_layer() is viewer.layers["ER"]
+    assert widget.picker.layer_combo.current_layer() is viewer.layers["ER"]
     viewer.layers.selection.active = viewer.layers["Brightfield"]
-    assert widget.layer_combo.current_layer() is viewer.layers["Brightfield"]
+    assert widget.picker.layer_combo.current_layer() is viewer.layers["Brightfield"]
     # no Brightfield model: the DNA/Mito model left selected is flagged
-    assert "trained on" in widget.match_warning.text() and "Brightfield" in widget.match_warning.text()
+    assert "trained on" in widget.picker.match_warning.text() and "Brightfield" in widget.picker.match_warning.text()
     viewer.layers.selection.active = viewer.layers["DNA"]
-    assert widget.match_warning.text() == ""
-    assert "validation" in widget.model_info.text() and "tile 32 px" in widget.model_info.text()
+    assert widget.picker.match_warning.text() == ""
+    assert "validation" in widget.picker.model_info.text() and "tile 32 px" in widget.picker.model_info.text()
 
     # fill stays below peak
-    widget.peak.setValue(0.3)
-    widget.fill.setValue(0.5)
-    assert widget.fill.value() < widget.peak.value()
+    widget.thresholds.peak.setValue(0.3)
+    widget.thresholds.fill.setValue(0.5)
+    assert widget.thresholds.fill.value() < widget.thresholds.peak.value()
 
     # a multichannel layer: a channel picker, and the picked plane is segmented
     stack = np.stack([sample_field(size=96, seed=3)[i][0] for i in (0, 4)])  # [Mito, DNA]
     multi = viewer.add_image(stack, name="stack", channel_axis=None)
-    widget.layer_combo.set_layer(multi)
-    assert widget.channel_pick.isEnabled() and widget.channel_pick.count() == 2
-    widget.channel_pick.setCurrentIndex(1)
-    widget.model_combo.setCurrentIndex(widget.model_combo.findText("DNA · demo-DNA"))
+    widget.picker.layer_combo.set_layer(multi)
+    assert widget.picker.channel_pick.isEnabled() and widget.picker.channel_pick.count() == 2
+    widget.picker.channel_pick.setCurrentIndex(1)
+    widget.picker.model_combo.setCurrentIndex(widget.picker.model_combo.findText("DNA · demo-DNA"))
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.DONE, widget.status.message
     assert viewer.layers["stack labels"].data.shape == (96, 96)
     seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
-    expected = compact(seg.labels(seg.predict_distance(stack[1]), widget.peak.value(), widget.fill.value(),
-                                  widget.min_size.value()))
+    expected = compact(seg.labels(seg.predict_distance(stack[1]), *widget.thresholds.values()))
     np.testing.assert_array_equal(viewer.layers["stack labels"].data, expected)
 
     # an RGB layer too
     rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
-    widget.layer_combo.set_layer(rgb)
-    assert [widget.channel_pick.itemText(i) for i in range(3)] == ["red", "green", "blue"]
+    widget.picker.layer_combo.set_layer(rgb)
+    assert [widget.picker.channel_pick.itemText(i) for i in range(3)] == ["red", "green", "blue"]
 
     # segmenting with a mismatched model warns
-    widget.layer_combo.set_layer(viewer.layers["Brightfield"])
+    widget.picker.layer_combo.set_layer(viewer.layers["Brightfield"])
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     assert any("trained on" in m for m in notifications)
@@ -240,9 +241,9 @@ def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, mo
     dna = viewer.add_image(data, name="DNA", metadata={"channel": 5, "plate": "BR00116991", "well": "A01",
                                                         "site": 3})
     widget = segment_widget(viewer, qtbot, models_dir)
-    widget.layer_combo.set_layer(dna)
-    widget.peak.setValue(float(np.round(0.35, 2)))
-    widget.fill.setValue(0.1)
+    widget.picker.layer_combo.set_layer(dna)
+    widget.thresholds.peak.setValue(float(np.round(0.35, 2)))
+    widget.thresholds.fill.setValue(0.1)
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     labels = viewer.layers["DNA labels"]
@@ -250,19 +251,19 @@ def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, mo
     # a hand edit, then a slider move: warned, edits kept until confirmed
     labels.paint((5, 5), 999)
     edited = labels.data.copy()
-    widget.peak.setValue(0.6)
+    widget.thresholds.peak.setValue(0.6)
     qtbot.waitUntil(lambda: widget.overwrite_btn.isVisibleTo(widget), timeout=5000)
     assert any("edited by hand" in m for m in notifications)
     np.testing.assert_array_equal(labels.data, edited)
 
     # save: the current (edited) labels, named by plate / well / site
-    widget.results_dir.setText(str(tmp_path / "results"))
-    widget.save_btn.click()
+    widget.export.folder.setText(str(tmp_path / "results"))
+    widget.export.save_btn.click()
     saved = tmp_path / "results" / "BR00116991_A01_s3_DNA_labels.tiff"
     qtbot.waitUntil(saved.exists, timeout=10_000)
     np.testing.assert_array_equal(tifffile.imread(saved), edited)  # the hand edit is saved too
 
-    widget.export_btn.click()
+    widget.export.export_btn.click()
     table = tmp_path / "results" / "BR00116991_A01_s3_DNA_objects.csv"
     qtbot.waitUntil(table.exists, timeout=10_000)
     with open(table) as fh:
@@ -286,7 +287,7 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     viewer = make_napari_viewer()
     big = viewer.add_image(np.random.default_rng(0).integers(0, 4000, (1024, 1024)).astype(np.uint16), name="DNA")
     widget = segment_widget(viewer, qtbot, models_dir)
-    widget.layer_combo.set_layer(big)
+    widget.picker.layer_combo.set_layer(big)
     widget.tile.setValue(32)  # thousands of tile batches: time to cancel between two of them
     widget.run_btn.click()
     qtbot.waitUntil(lambda: widget.status.done > 0, timeout=30_000)
@@ -305,8 +306,8 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     data = bytearray((bad / "demo-DNA.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (bad / "demo-DNA.safetensors").write_bytes(bytes(data))
-    widget.scan_models(str(bad))
-    qtbot.waitUntil(lambda: widget.model_combo.count() == 1, timeout=20_000)
+    widget.picker.scan_models(str(bad))
+    qtbot.waitUntil(lambda: widget.picker.model_combo.count() == 1, timeout=20_000)
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.FAILED
@@ -320,7 +321,7 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     assert any("Segmenting failed" in m and "does not exist" in m for m in notifications), notifications
 
     # a models folder without bundles
-    widget.scan_models(str(tmp_path))
+    widget.picker.scan_models(str(tmp_path))
     qtbot.waitUntil(lambda: any("no model bundles" in m for m in notifications), timeout=20_000)
     assert "DNA labels" not in viewer.layers
 
@@ -340,11 +341,11 @@ def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_d
     browser.load_root(str(info.source_root))
     qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not browser.busy, timeout=20_000)
     widget = segment_widget(viewer, qtbot, models_dir)
-    widget.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.picker.layer_combo.set_layer(viewer.layers["DNA"])
     widget.device.setCurrentText("cpu")
     results = tmp_path / "results"
-    widget.results_dir.setText(str(results))
-    widget.well_btn.click()
+    widget.export.folder.setText(str(results))
+    widget.export.well_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.DONE, widget.status.message
     field = browser.current
@@ -357,8 +358,7 @@ def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_d
     seg = Segmenter(models_dir / "demo-DNA.safetensors", device="cpu", tile_size=widget.tile.value())
     first = well_fields[0]
     image = tifffile.imread(first.path(str(info.source_root), 5))
-    expected = compact(seg.labels(seg.predict_distance(image), widget.peak.value(), widget.fill.value(),
-                                  widget.min_size.value()))
+    expected = compact(seg.labels(seg.predict_distance(image), *widget.thresholds.values()))
     np.testing.assert_array_equal(tifffile.imread(layout.labels(first, "Nuclei")), expected)
     part = pd.read_parquet(layout.part(first))
     assert list(part["ObjectNumber"]) == list(range(1, int(expected.max()) + 1))
@@ -367,7 +367,7 @@ def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_d
     assert f"{len(well_fields)} fields" in widget.status.message
     mtimes = [layout.part(f).stat().st_mtime_ns for f in well_fields]
 
-    widget.plate_btn.click()
+    widget.export.plate_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.DONE, widget.status.message
     assert len(list(results.glob("labels/*/*/*.tiff"))) == len(browser.fields)

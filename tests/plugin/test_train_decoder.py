@@ -59,7 +59,7 @@ def test_a_launched_run_that_fails_raises_a_notification(make_napari_viewer, qtb
         shutil.rmtree(gt)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Train decoder")
-    widget.run_controls.watch_timer.setInterval(200)
+    widget.run_controls.watcher.timer.setInterval(200)
     widget.editors["data.path"].set(str(root))
     widget.out_dir.set(str(tmp_path / "runs"))
     widget.run_name.setText("no_masks")

@@ -6,7 +6,7 @@ from functools import partial
 
 from qtpy.QtWidgets import QApplication
 
-from napari_dinocell.widgets.common import UiSteps
+from napari_dinocell.ui_steps import UiSteps
 
 
 def test_steps_run_in_order_one_per_turn(qtbot) -> None:

@@ -42,12 +42,9 @@ from napari_dinocell.config_dict import (
     prune_empty,
     set_nested,
 )
-from napari_dinocell.preflight import missing_paths
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.run_controls import RunControls
 from napari_dinocell.widgets.value_editor import FormKey, ValueEditor
-
-__all__ = ["ConfigLaunchForm", "FormKey", "ValueEditor", "missing_paths", "set_nested"]
 
 
 class ConfigLaunchForm(QWidget):

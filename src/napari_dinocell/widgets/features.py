@@ -9,7 +9,6 @@ computed from the previous data is dropped.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,19 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QWidget,
 )
+from superqt.utils import WorkerBase
 
-from dinocell_core.backbones.loading import backbone_from_weights
-from dinocell_core.backbones.pca import FeaturePCA, iter_feature_pca
-from napari_dinocell.jobs import Progress, start_job
+from dinocell_core.backbones.pca import FeaturePCA
+from napari_dinocell.jobs.features import features_job
+from napari_dinocell.jobs.runner import start_job
+from napari_dinocell.layer_meta import SOURCE_LAYER
+from napari_dinocell.layers import STALE
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
 
 FROM_CHECKPOINT = "from checkpoint"
-STALE = " [stale]"
 ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")
-
-
-def features_job(
-    image: np.ndarray, weights: str | None, arch: str, patch_size: int, device: str, tile: int
-) -> Generator[Progress, None, FeaturePCA | None]:
-    from dinocell_core.device import resolve_device
-
-    device = str(resolve_device(device))
-    backbone = backbone_from_weights(weights, None if arch == FROM_CHECKPOINT else arch, patch_size)
-    result = None
-    for item in iter_feature_pca(image, backbone, device=device, tile=tile):
-        if isinstance(item, FeaturePCA):
-            result = item
-        else:
-            yield Progress(item[0], item[1], "tiles")
-    return result
 
 
 class FeaturesWidget(QWidget):
@@ -57,7 +42,7 @@ class FeaturesWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.status = JobStatus()
-        self.worker: Any = None
+        self.worker: WorkerBase | None = None
         self._pca: dict[tuple[int, str], Any] = {}  # (id(source layer), checkpoint tag) → PCA layer
         self._watched: set[int] = set()
         self.layer_combo = LayerCombo(napari_viewer)
@@ -134,11 +119,12 @@ class FeaturesWidget(QWidget):
             else:
                 self._pca[key] = self.viewer.add_image(
                     result.rgb, name=name, rgb=True, scale=scale, translate=translate, blending="translucent",
-                    metadata={"dinocell_source": src.name})
+                    metadata={SOURCE_LAYER: src.name})
             ev = ", ".join(f"{v:.0%}" for v in result.explained)
             self.status.finish(f"{name}: variance explained by PC1–3 {ev}")
 
-        self.worker = start_job(features_job, data, weights, self.arch.currentText(), self.patch.value(),
+        arch = None if self.arch.currentText() == FROM_CHECKPOINT else self.arch.currentText()
+        self.worker = start_job(features_job, data, weights, arch, self.patch.value(),
                                 self.device.currentText(), self.tile.value(), status=self.status,
                                 title="Backbone features", on_returned=show, on_finished=self._finished)
         self._update_enabled()

@@ -1,7 +1,7 @@
 """A job's progress inside its own dock: bar, "done/total · elapsed · ETA" and a Cancel button.
 
 napari's own progress bars sit in the collapsed activity panel and cost a repaint of the whole window per update;
-this view redraws one small bar, only on the (throttled, see :mod:`napari_dinocell.jobs`) status updates.
+this view redraws one small bar, only on the (throttled, see :mod:`napari_dinocell.jobs.runner`) status updates.
 """
 
 from __future__ import annotations

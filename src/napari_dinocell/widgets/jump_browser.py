@@ -28,52 +28,25 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
+from dinocell_core.jump.channels import ALL_CHANNELS
 from dinocell_core.jump.index import Field, barcode_of, load_index
-from dinocell_core.jump.preprocess import Preprocessor, read_field
-from dinocell_core.labels.store import LabelRow, LabelStore, field_key
-from napari_dinocell.jobs import start_job
+from dinocell_core.labels.store import LabelRow
+from napari_dinocell import layer_meta
+from napari_dinocell.jobs.browser import read_field_job, read_labels_job, save_corrections_job
+from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layers import (
     FLUOR_MEAN_NAME,
-    LAYER_KEY,
-    OWNER_KEY,
     channel_layer_kwargs,
     contrast_limits,
     owned_layer,
     upsert_image,
 )
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import PathEdit, UiSteps, scroll_layout
+from napari_dinocell.ui_steps import UiSteps
+from napari_dinocell.widgets.common import PathEdit, scroll_layout
 
 OWNER = "jump_browser"
-
-
-def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
-    """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""
-    stack = read_field(root, field, ALL_CHANNELS)
-    mean = None
-    if fluor_mean:
-        prep = Preprocessor()
-        mean = prep.fluorescent_mean([prep.channel(stack[ALL_CHANNELS.index(c)]) for c in FLUORESCENT])
-    return field, stack, mean
-
-
 LABEL_LAYERS = ("Nuclei", "Cells")
-
-
-def read_labels_job(store_root: str, field: Field) -> tuple[Field, np.ndarray | None, np.ndarray | None, str]:
-    """The field's preferred masks from the store (None, None, "none" when it has no labels)."""
-    store = LabelStore.open(store_root)
-    row = store.best(field_key(field))
-    if row is None:
-        return field, None, None, "none"
-    nuclei, cells = store.read_pair(row)
-    return field, nuclei, cells, row.source
-
-
-def save_corrections_job(store_root: str, field: Field, nuclei: np.ndarray, cells: np.ndarray) -> LabelRow:
-    """Write edited masks as the field's corrected labels (the automatic ones are kept)."""
-    return LabelStore.open(store_root).write_field(field, nuclei, cells, "corrected")
 
 
 class JumpBrowserWidget(QWidget):
@@ -245,8 +218,9 @@ class JumpBrowserWidget(QWidget):
 
     def _show_stack(self, result: tuple[Field, np.ndarray, np.ndarray | None]) -> None:
         field, stack, mean = result
-        meta = {"dinocell_field": field.key, "plate": field.plate, "well": field.well, "site": field.site,
-                "jump_root": self.root.text(), "plate_folder": field.plate_folder}  # for "segment this well/plate"
+        meta = {layer_meta.FIELD: field.key, layer_meta.PLATE: field.plate, layer_meta.WELL: field.well,
+                layer_meta.SITE: field.site,  # and where the field lives, for "segment this well/plate"
+                layer_meta.JUMP_ROOT: self.root.text(), layer_meta.PLATE_FOLDER: field.plate_folder}
         for i, ch in enumerate(ALL_CHANNELS):
             self._ui.push(partial(self._place, stack[i], channel_layer_kwargs(ch, stack[i], meta)))
         if mean is None:
@@ -255,7 +229,7 @@ class JumpBrowserWidget(QWidget):
             self._ui.push(partial(self._place, mean, {
                 "name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
                 "contrast_limits": contrast_limits(mean), "visible": False,
-                "metadata": {**meta, "channel": "fluorescent_mean"}}))
+                "metadata": {**meta, layer_meta.CHANNEL: "fluorescent_mean"}}))
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
         if self.labels_store.text():
             self._labels_reading = True
@@ -271,7 +245,7 @@ class JumpBrowserWidget(QWidget):
         field, nuclei, cells, source = result
         if field != self.current:
             return  # the user moved on; the newer field's labels follow
-        meta = {"dinocell_field": field.key, "labels_source": source}
+        meta = {layer_meta.FIELD: field.key, layer_meta.LABELS_SOURCE: source}
         for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
             data = np.zeros(shape, np.int32) if data is None else data
             layer = owned_layer(self.viewer, OWNER, name)
@@ -280,7 +254,7 @@ class JumpBrowserWidget(QWidget):
                 layer.metadata = {**layer.metadata, **meta}
             else:
                 self.viewer.add_labels(data, name=name, opacity=0.4,
-                                       metadata={**meta, OWNER_KEY: OWNER, LAYER_KEY: name})
+                                       metadata={**meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name})
         self.labels_status.finish(f"labels: {source}" if nuclei is not None else
                                   "this field has no labels in the store yet (draw them, then save)")
 
@@ -291,7 +265,7 @@ class JumpBrowserWidget(QWidget):
             self.message.setText("set a labels store and show a field first")
             return
         layers = [layer for n in LABEL_LAYERS if (layer := owned_layer(self.viewer, OWNER, n)) is not None]
-        if len(layers) != 2 or any(layer.metadata.get("dinocell_field") != field.key for layer in layers):
+        if len(layers) != 2 or any(layer.metadata.get(layer_meta.FIELD) != field.key for layer in layers):
             self.message.setText(f"the Nuclei and Cells layers do not belong to {field.key}; nothing saved")
             return
         self.save_btn.setEnabled(False)
@@ -303,7 +277,7 @@ class JumpBrowserWidget(QWidget):
     def _saved(self, row: LabelRow) -> None:
         for n in LABEL_LAYERS:
             if (layer := owned_layer(self.viewer, OWNER, n)) is not None:
-                layer.metadata = {**layer.metadata, "labels_source": "corrected"}
+                layer.metadata = {**layer.metadata, layer_meta.LABELS_SOURCE: "corrected"}
         kept = f" ({row.original_source} masks kept: {row.original_cells})" if row.original_source else ""
         self.labels_status.finish(f"saved corrections: {row.nuclei}, {row.cells}{kept}")
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from dinocell_core.ssl.config import PretrainConfig
 from napari_dinocell.preflight import check_has_images, check_weights, missing_paths
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
+from napari_dinocell.widgets.config_form import ConfigLaunchForm
+from napari_dinocell.widgets.value_editor import FormKey
 
 CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")
 

@@ -2,12 +2,11 @@
 each perturbation's mAP and q-value, and a click on a well to open one of its fields in the JUMP browser.
 
 Reading, normalising, the copairs benchmark and the projection run in a worker
-(:func:`dinocell_core.profiling.projection.iter_well_map`); the widget only draws.
+(:func:`napari_dinocell.jobs.profiles.well_map_job`); the widget only draws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -28,35 +27,19 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt.utils import WorkerBase
 
 from dinocell_core.profiling.evaluate import EvalSettings
 from dinocell_core.profiling.normalize import NEGCON_FLAG
-from dinocell_core.profiling.projection import (
-    METHODS,
-    UMAP_MISSING,
-    WellMap,
-    iter_well_map,
-    umap_available,
-)
-from napari_dinocell.jobs import Progress, start_job
+from dinocell_core.profiling.projection import METHODS, UMAP_MISSING, WellMap, umap_available
+from napari_dinocell.jobs.profiles import well_map_job
+from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit
 
 COLOR_BY = ("retrieval", "perturbation", "plate")
 TABLE_COLUMNS = ("Perturbation", "mAP", "q-value", "Retrieved")
 PICK_RADIUS_PX = 8.0
-
-
-def well_map_job(profiles: str, evaluation: str | None, normalize: str, null_size: int, method: str
-                 ) -> Generator[Progress, None, WellMap | None]:
-    settings = EvalSettings(normalize=normalize, null_size=null_size, matching=False)
-    result = None
-    for item in iter_well_map(profiles, evaluation or None, settings, method):
-        if isinstance(item, WellMap):
-            result = item
-        else:
-            yield Progress(item[0], item[1], item[2])
-    return result
 
 
 def point_colors(wm: WellMap, by: str, pert_col: str, plate_col: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -94,7 +77,7 @@ class ProfilesWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.status = JobStatus()
-        self.worker: Any = None
+        self.worker: WorkerBase | None = None
         self.map: WellMap | None = None
         self.settings = EvalSettings()
         self.profiles = PathEdit("well profiles (.csv / .parquet from `profile embed`)", "file")

@@ -2,8 +2,9 @@
 
 Launching, stopping and resuming are :mod:`dinocell_core.runs.launch` calls (the CLI's code): Resume is
 :func:`~dinocell_core.runs.launch.resume_run`, which relaunches a run the way its status.json says it was launched.
-A launched run is watched (status.json, off the GUI thread) so a failure raises a notification here, not only
-in the Runs widget.
+A launched run is watched through the application's one
+:class:`~napari_dinocell.jobs.run_watcher.RunWatcher` (off the GUI thread), so a failure raises a notification
+here, not only in the Runs widget.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from napari.utils.notifications import show_error, show_info
 from pydantic import BaseModel
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -37,13 +36,10 @@ from dinocell_core.runs.launch import (
     stop_run,
     submit_slurm,
 )
-from dinocell_core.runs.records import effective_state
 from dinocell_core.runs.rundir import RunDir
-from napari_dinocell.jobs import start_job
-from napari_dinocell.status import JobStatus
+from napari_dinocell.jobs.run_watcher import shared_watcher
+from napari_dinocell.jobs.runs import RunPoll
 from napari_dinocell.widgets.value_editor import ValueEditor
-
-WATCH_MS = 2000
 
 
 class RunControls(QWidget):
@@ -57,8 +53,7 @@ class RunControls(QWidget):
         self.kind = kind
         self.build_config = build_config
         self.last_run: Path | None = None
-        self._watch_status = JobStatus()
-        self._watching = False
+        self.watcher = shared_watcher()
         self._reported: set[tuple[str, float]] = set()
 
         self.out_dir = ValueEditor(str, "dir")
@@ -104,10 +99,6 @@ class RunControls(QWidget):
         run_form.addRow(self.message)
         self.setLayout(run_form)
         run_form.setContentsMargins(0, 0, 0, 0)
-
-        self.watch_timer = QTimer(self)
-        self.watch_timer.setInterval(WATCH_MS)
-        self.watch_timer.timeout.connect(self._watch)
 
     # ------------------------------------------------------------------ validate / launch
     def run_dir(self) -> Path:
@@ -201,33 +192,21 @@ class RunControls(QWidget):
     # ------------------------------------------------------------------ failure watch
     def _started(self, run_dir: Path) -> None:
         self.last_run = run_dir
-        self.watch_timer.start()
+        self.watcher.watch(self, run_dir)
 
-    def _watch(self) -> None:
-        if self._watching or self.last_run is None:
-            return
-        self._watching = True
+    def runs_polled(self, poll: RunPoll) -> None:
+        """Report the launched run's failure once; stop watching it once it has ended."""
         run = self.last_run
-
-        def read() -> dict[str, Any]:
-            status = RunDir(run).read_status()
-            return {**status, "effective_state": effective_state(status)}
-
-        def done(status: dict[str, Any]) -> None:
-            state = status["effective_state"]
-            if state in ("failed", "lost"):
-                key = (str(run), float(status.get("updated_at") or 0.0))
-                if key not in self._reported:
-                    self._reported.add(key)
-                    self.error(f"run {run.name} {state}: {status.get('error') or 'the job process is gone'}")
-            if state not in ("running", "queued", "unknown"):
-                self.watch_timer.stop()
-
-        def finished() -> None:
-            self._watching = False
-
-        start_job(read, status=self._watch_status, title=f"Watching {run.name}", on_returned=done,
-                  on_finished=finished, show_progress=False)
+        info = poll.run(run) if run is not None else None
+        if run is None or info is None:
+            return
+        if info.state in ("failed", "lost"):
+            key = (str(run), float(info.updated_at or 0.0))
+            if key not in self._reported:
+                self._reported.add(key)
+                self.error(f"run {run.name} {info.state}: {info.error or 'the job process is gone'}")
+        if info.state not in ("running", "queued", "unknown"):
+            self.watcher.unwatch(self)
 
     # ------------------------------------------------------------------ messages
     def error(self, text: str) -> None:

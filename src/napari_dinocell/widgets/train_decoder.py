@@ -15,7 +15,8 @@ from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
 from dinocell_core.jump.channels import CHANNELS, channel_number
 from dinocell_core.seg.config import DecoderConfig
 from napari_dinocell.preflight import check_has_images, check_weights, missing_paths
-from napari_dinocell.widgets.config_form import ConfigLaunchForm, FormKey
+from napari_dinocell.widgets.config_form import ConfigLaunchForm
+from napari_dinocell.widgets.value_editor import FormKey
 
 
 class TrainDecoderWidget(ConfigLaunchForm):

@@ -1,4 +1,5 @@
-"""Background jobs of the plugin: each runs in a thread worker, never on the GUI thread.
+"""The job runner: every background job of the plugin runs through :func:`start_job`, in a thread worker, never on
+the GUI thread.
 
 A job function is a plain function or a generator that yields :class:`Progress` (so a cancel takes effect between
 steps) and returns its result. :func:`start_job` wires it to a :class:`JobStatus` and error notifications; widgets

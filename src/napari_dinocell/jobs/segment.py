@@ -1,0 +1,93 @@
+"""The Segment widget's work in the viewer: the network pass over image layers and re-thresholding a cached
+distance map.
+
+Labels always come from :meth:`dinocell_core.seg.inference.Segmenter.labels` + ``compact_labels``, as
+``dinocell-core segment`` writes them, so the widget, the batch job and the CLI agree.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from dinocell_core.seg.bundle import load_bundle
+from dinocell_core.seg.distance import compact_labels
+from napari_dinocell.jobs.runner import Progress
+
+if TYPE_CHECKING:
+    from dinocell_core.seg.inference import Segmenter
+
+
+@dataclass
+class SegmentTask:
+    layer_ref: weakref.ref[Image]
+    image: np.ndarray
+    bundle_path: Path
+    generation: int
+    channel: int | None = None
+
+
+@dataclass
+class SegmentResult:
+    task: SegmentTask
+    segmenter: Segmenter  # released: its labels() is the thresholding step, as in the CLI
+    distance: np.ndarray
+    labels: np.ndarray
+    labels_layer: Labels  # built in the worker: napari's Labels constructor scans the whole array
+
+
+def segment_job(
+    tasks: list[SegmentTask], device: str, tile_size: int | None, peak: float, fill: float, min_size: int
+) -> Generator[Progress, None, list[SegmentResult]]:
+    """Run each task's model over its image; yields tile progress (cancel points) and returns the results.
+
+    The model is released (GPU memory freed) after each task, also when cancelled or failed.
+    """
+    from dinocell_core.seg.inference import Segmenter
+
+    warm_first_labels_layer()
+    results: list[SegmentResult] = []
+    for n, task in enumerate(tasks):
+        segmenter = Segmenter(load_bundle(task.bundle_path), device=device, tile_size=tile_size,
+                              channel=task.channel)
+        try:
+            distance = None
+            for item in segmenter.iter_distance(task.image):
+                if isinstance(item, np.ndarray):
+                    distance = item
+                else:
+                    done, total = item
+                    yield Progress(done, total, f"image {n + 1}/{len(tasks)}: {task.bundle_path.stem}")
+            if distance is None:
+                raise RuntimeError(f"{task.bundle_path.name}: inference produced no distance map")
+        finally:
+            segmenter.release()
+            # the widget keeps this Segmenter for re-thresholding (labels() needs only the thresholds): drop the
+            # bundle's weights too, or each result would hold a copy of its model in memory
+            segmenter.bundle = replace(segmenter.bundle, state_dict={})
+        labels = threshold_job(segmenter, distance, peak, fill, min_size)
+        results.append(SegmentResult(task, segmenter, distance, labels, Labels(labels)))
+    return results
+
+
+def threshold_job(segmenter: Segmenter, distance: np.ndarray, peak: float, fill: float, min_size: int) -> np.ndarray:
+    """Labels from a distance map exactly as ``dinocell-core segment`` writes them."""
+    return compact_labels(segmenter.labels(distance, peak_threshold=peak, fill_threshold=fill, min_size=min_size))
+
+
+def warm_first_labels_layer() -> None:
+    """Do here, in the worker, the one-time work napari would do on the GUI thread when the session's first Labels
+    layer is added: lazy imports (pandas alone takes ~0.2 s) and vispy's dash-pattern cache, which the first
+    anti-aliased line (the layer's polygon-tool overlay) fills in ~80 ms of Python loops."""
+    import napari._qt.layer_controls.qt_labels_controls  # noqa: F401
+    import napari._vispy.layers.labels  # noqa: F401
+    import pandas  # noqa: F401
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()

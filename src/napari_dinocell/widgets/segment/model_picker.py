@@ -1,0 +1,178 @@
+"""The Segment dock's model picker: the image layer to segment (and the channel of a multichannel one), the models
+folder and the model, with what the model is and a warning when it was trained on another channel than the layer
+shows. The model follows the layer: choosing a DNA layer selects the DNA model when the folder has one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+
+from dinocell_core.jump.channels import CHANNELS, channel_number
+from dinocell_core.seg.bundle import BundleInfo, list_bundles
+from napari_dinocell.jobs.runner import start_job
+from napari_dinocell.status import JobStatus
+from napari_dinocell.widgets.common import LayerCombo, PathEdit, fit_narrow
+from napari_dinocell.widgets.segment.images import layer_channel, n_channels
+
+if TYPE_CHECKING:
+    import napari
+
+WARN_STYLE = "color: #ffb347;"
+
+
+def bundle_channel(info: BundleInfo) -> int | None:
+    try:
+        return channel_number(info.channel)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def model_summary(info: BundleInfo) -> str:
+    """What a bundle is: channel, training data, validation AP, tile size, thresholds (from its metadata)."""
+    meta = info.metadata
+    parts = [f"<b>{info.name}</b> · channel {info.channel}"]
+    data = meta.get("training_data") or {}
+    if data:
+        train = data.get("train") or {}
+        parts.append(f"trained on {data.get('format', '?')} data {Path(str(data.get('path', '?'))).name} "
+                     f"({train.get('images', '?')} images, {train.get('cells', '?')} cells, "
+                     f"{meta.get('step', '?')} steps)")
+    val = meta.get("validation_metrics") or {}
+    scores = [f"{k} {float(v):.2f}" for k, v in val.items() if k in ("ap@0.50", "ap_mean", "f1@0.50")]
+    parts.append("validation " + ", ".join(scores) if scores else "no validation scores recorded")
+    th = meta.get("thresholds", {})
+    parts.append(f"tile {meta.get('tile_size')} px · peak {th.get('peak')} · fill {th.get('fill')} · "
+                 f"min size {th.get('min_size', 0)} px")
+    return "<br>".join(parts)
+
+
+class ModelPicker(QWidget):
+    """Image, channel, models folder and model; ``model_changed(BundleInfo)`` when another model is chosen,
+    ``models_listed`` once a folder's models are in the list."""
+
+    model_changed = Signal(object)
+    models_listed = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.bundles: list[BundleInfo] = []
+        self.layer_combo = LayerCombo(viewer)
+        self.layer_combo.currentIndexChanged.connect(self._layer_changed)
+        self.channel_pick = QComboBox()
+        self.channel_pick.setToolTip("the channel of a multichannel / RGB layer to segment")
+        self.channel_pick.currentIndexChanged.connect(lambda _: self._check_match())
+        self.models_dir = PathEdit("models folder (decoder bundles)", "dir", settings_key="segment/models_folder")
+        self.models_dir.edit.editingFinished.connect(self.scan_models)
+        self.model_combo = QComboBox()
+        fit_narrow(self.model_combo)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.match_warning = QLabel("")
+        self.match_warning.setWordWrap(True)
+        self.match_warning.setStyleSheet(WARN_STYLE)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Image", self.layer_combo)
+        form.addRow("Channel", self.channel_pick)
+        form.addRow("Models", self.models_dir)
+        form.addRow("Model", self.model_combo)
+        form.addRow(self.model_info)
+        form.addRow(self.match_warning)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._follow_selection()
+        self._layer_changed()
+        if self.models_dir.text() and Path(self.models_dir.text()).expanduser().is_dir():
+            self.scan_models()  # the folder remembered from the last session
+
+    # ------------------------------------------------------------------------- models
+    def scan_models(self, folder: str | None = None) -> None:
+        if folder is not None:
+            self.models_dir.setText(str(folder))
+        if not self.models_dir.text():
+            return
+        start_job(list_bundles, self.models_dir.text(), status=JobStatus(), title="Scanning models",
+                  on_returned=self._models_listed, show_progress=False)
+
+    def _models_listed(self, bundles: list[BundleInfo]) -> None:
+        if not bundles:
+            raise FileNotFoundError(f"no model bundles in {self.models_dir.text()}")
+        self.bundles = sorted(bundles, key=lambda b: (bundle_channel(b) or 99, b.name))
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for info in self.bundles:
+            ch = bundle_channel(info)
+            self.model_combo.addItem(f"{CHANNELS.get(ch, info.channel)} · {info.name}", str(info.path))
+        self.model_combo.blockSignals(False)
+        self._layer_changed()
+        self._model_changed()
+        self.models_listed.emit()
+
+    def bundle_for_channel(self, channel: int | None) -> BundleInfo | None:
+        return next((b for b in self.bundles if channel is not None and bundle_channel(b) == channel), None)
+
+    def current_bundle(self) -> BundleInfo | None:
+        path = self.model_combo.currentData()
+        return next((b for b in self.bundles if str(b.path) == path), None)
+
+    def _model_changed(self, *_: Any) -> None:
+        info = self.current_bundle()
+        self.model_info.setText("" if info is None else model_summary(info))
+        if info is not None:
+            self._check_match()
+            self.model_changed.emit(info)
+
+    # ------------------------------------------------------------------------- layer and channel
+    def current_layer(self) -> Image | None:
+        return self.layer_combo.current_layer()
+
+    def _follow_selection(self, event: Any = None) -> None:
+        """Make the viewer's active image layer the one to segment (matched by name: a plugin's viewer hands out
+        proxies of its selected layers, not the layers themselves)."""
+        active = self.viewer.layers.selection.active
+        if active is None:
+            return
+        layer = next((lyr for lyr in self.viewer.layers if lyr.name == active.name), None)
+        if layer is not None and layer.__class__.__name__ == "Image":
+            self.layer_combo.set_layer(layer)
+
+    def _layer_changed(self, *_: Any) -> None:
+        """Auto-select the model trained on the layer's channel; offer a channel picker for multichannel data."""
+        layer = self.current_layer()
+        n = n_channels(layer) if layer is not None else 1
+        self.channel_pick.blockSignals(True)
+        self.channel_pick.clear()
+        if layer is not None and n > 1:
+            names = ["red", "green", "blue", "alpha"] if layer.rgb else []
+            self.channel_pick.addItems([names[i] if i < len(names) else f"channel {i}" for i in range(n)])
+        self.channel_pick.blockSignals(False)
+        self.channel_pick.setEnabled(n > 1)
+        match = self.bundle_for_channel(layer_channel(layer)) if layer is not None else None
+        if match is not None:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(str(match.path)))
+        self._check_match()
+
+    def selected_channel(self) -> int | None:
+        return self.channel_pick.currentIndex() if self.channel_pick.isEnabled() else None
+
+    def mismatch(self) -> str:
+        """A warning when the model was trained on another channel than the layer shows ("" if they agree or
+        either is unknown)."""
+        layer = self.current_layer()
+        info = self.current_bundle()
+        if layer is None or info is None:
+            return ""
+        lc, bc = layer_channel(layer), bundle_channel(info)
+        if lc is None or bc is None or lc == bc:
+            return ""
+        return (f"this model was trained on {CHANNELS[bc]}, but layer {layer.name!r} is {CHANNELS[lc]}: "
+                f"expect wrong labels (choose the {CHANNELS[lc]} model if there is one)")
+
+    def _check_match(self) -> None:
+        self.match_warning.setText(self.mismatch())
