@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +27,54 @@ class StrictModel(BaseModel):
     be finite (``optim.lr=.inf`` made a run skip every step and still "finish")."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class StrictSettings(StrictModel):
+    """Base for settings built in code and on the command line (``profile embed``'s, ``jump label``'s): an unknown
+    key or bad value raises :attr:`error`, the domain's one-line error naming the key, instead of pydantic's
+    ValidationError. Nested in a config file's model (the pretraining ``eval:`` section) the same fields report
+    through :func:`validate_config` like every other section."""
+
+    error: ClassVar[type[Exception]] = ConfigError
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise self.error(settings_error(exc, type(self))) from None
+
+    # pydantic calls a model's own __init__ when it validates it as a nested section; this one only translates
+    # errors, so a section (``eval:``) is validated like any other and its errors keep their full key path
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise self.error(settings_error(exc, type(self))) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise cls.error(settings_error(exc, cls)) from None
+
+
+def settings_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line for every problem of ``exc``: an unknown key with the keys there are, a bad value with its key
+    (the models' own checks name their keys themselves)."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = f" (settings: {', '.join(model.model_fields)})" if len(err["loc"]) == 1 else ""
+            parts.append(f"unknown setting {key!r}{known}")
+        elif err["type"] == "value_error":
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        else:
+            parts.append(f"{key or model.__name__}: {err['msg']}")
+    return "; ".join(parts)
 
 
 M = TypeVar("M", bound=StrictModel)

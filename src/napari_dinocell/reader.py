@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 
 from dinocell_core.io.tiffio import read_tiff
-from dinocell_core.jump.index import FILE_RE
+from dinocell_core.jump.index import FILE_RE, parse_file_name
 from napari_dinocell.layer_meta import CHANNEL, FIELD, SOURCE_PATH
 from napari_dinocell.layers import channel_layer_kwargs, contrast_limits
 
@@ -33,13 +33,10 @@ LABEL_STEM = re.compile(r"(?:^|[_\-. ])(labels?|masks?|cp_masks|nuclei|cells|seg
 SEARCH_DEPTH = 5
 
 
-def _field_id(name: str) -> tuple[tuple[str, ...], int] | None:
+def _field_id(name: str) -> tuple[tuple[int, ...], int] | None:
     """(row, col, site, plane, sk) and the channel number of a CPJUMP1 file name, or None."""
-    m = FILE_RE.match(name)
-    if m is None:
-        return None
-    r, c, f, p, ch, sk, _, _ = m.groups()
-    return (r, c, f, p, sk), int(ch)
+    parts = parse_file_name(name)
+    return None if parts is None else (parts.field, parts.channel)
 
 
 def field_files(path: Path) -> dict[int, Path]:

@@ -47,6 +47,7 @@ def test_profiles_widget_map_table_and_click(make_napari_viewer, qtbot, embedded
     maps = [float(widget.table.item(r, 1).text()) for r in range(4)]
     assert maps == sorted(maps, reverse=True)
     assert "fraction retrieved" in widget.message.text()
+    assert widget.readout.text() == "each (Mito, AGP, RNA, ER, DNA) · cls"  # from wells.csv.json
     assert len(widget._scatter.get_offsets()) == 24
     for by in ("perturbation", "plate", "retrieval"):
         widget.color_by.setCurrentText(by)

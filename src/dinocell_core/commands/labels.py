@@ -7,6 +7,11 @@ import argparse
 import os
 from pathlib import Path
 
+from dinocell_core.labels.settings import METHODS, CellProfilerParams, LabelSettings
+
+#: options of ``jump label`` that are no settings field: what to read and write, and the machine's share (workers)
+LABEL_RUN_OPTIONS = frozenset({"root", "output", "from_dir", "param", "endpoint_url", "workers", "help"})
+
 
 def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
     jl = j_sub.add_parser("label", help="make nuclei/cell labels for every field (CPJUMP1 CellProfiler pipeline)",
@@ -16,16 +21,20 @@ def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
                                       "fields are skipped with their reason (skipped.csv).")
     jl.add_argument("root", help="CPJUMP1 tree (folder or s3:// prefix) or an index CSV")
     jl.add_argument("-o", "--output", required=True, help="labels store folder (LABELS; local)")
-    jl.add_argument("--method", choices=("cellprofiler", "import"), default="cellprofiler")
+    jl.add_argument("--method", choices=METHODS, default=LabelSettings.model_fields["method"].default)
     jl.add_argument("--from", dest="from_dir", type=Path, default=None,
                     help="--method import: folder of <image prefix>_nuclei/_cells masks (per plate folder)")
     jl.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a pipeline setting, e.g. min_diameter=8 or cells_bounds=0.005,0.025")
-    jl.add_argument("--no-illum", action="store_true", help="skip illumination correction (no Illum*.npy files)")
+    jl.add_argument("--no-illum", dest="illumination", action="store_false",
+                    default=CellProfilerParams.model_fields["illumination"].default,
+                    help="skip illumination correction (no Illum*.npy files)")
     jl.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// ROOT (mirror or test server)")
     jl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    jl.add_argument("--qc-fields", type=int, default=12, help="fields on the contact sheet (0: none)")
-    jl.add_argument("--seed", type=int, default=0, help="which random fields the contact sheet shows")
+    jl.add_argument("--qc-fields", type=int, default=LabelSettings.model_fields["qc_fields"].default,
+                    help="fields on the contact sheet (0: none)")
+    jl.add_argument("--seed", type=int, default=LabelSettings.model_fields["seed"].default,
+                    help="which random fields the contact sheet shows")
     jl.set_defaults(handler=_jump_label)
 
 
@@ -46,16 +55,13 @@ def add_models_report(md_sub: argparse._SubParsersAction) -> None:
 
 
 def _jump_label(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from tqdm import tqdm
 
-    from dinocell_core.labels.run import label_tree, parse_params
+    from dinocell_core.labels.run import label_tree
+    from dinocell_core.labels.settings import parse_params
 
-    params = parse_params(args.param)
-    if args.no_illum:
-        params = replace(params, illumination=False)
-    if args.method == "import" and (args.param or args.no_illum):
+    params = parse_params([*args.param, *([] if args.illumination else ["illumination=false"])])
+    if args.method == "import" and (args.param or not args.illumination):
         raise ValueError("--param and --no-illum apply to --method cellprofiler only")
     with tqdm(unit="field", desc=f"label ({args.method})") as bar:
         def progress(done: int, total: int) -> None:

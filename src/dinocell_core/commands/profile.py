@@ -5,36 +5,74 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinocell_core.profiling.settings import (
+    AGGREGATIONS,
+    BORDERS,
+    CENTRES,
+    TOKENS,
+    UNITS,
+    EmbedSettings,
+    EvalSettings,
+)
+
+#: options that are no settings field: what to read and write, and how the command talks
+RUN_OPTIONS = frozenset({"profiles", "root", "inputs", "output", "quiet", "metadata", "no_metadata", "plates",
+                         "endpoint_url", "labels", "overrides", "help"})
+
+
+def _option(g: Any, model: type, name: str, *flags: str, **kw: Any) -> None:
+    """``--name`` (or ``flags``) setting field ``name`` of ``model``, with the model's default (its one home)."""
+    g.add_argument(*(flags or (f"--{name.replace('_', '-')}",)), dest=name, default=model.model_fields[name].default,
+                   **kw)
+
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("benchmark settings (defaults: the CPJUMP1 benchmark)")
-    g.add_argument("--normalize", default="negcon_mad", choices=["negcon_mad", "spherize_mad", "none"],
-                   help="negcon_mad: per-plate MAD on negcon wells (CPJUMP1 *_normalized_negcon); spherize_mad: "
-                        "sphering on all negcon wells then per-plate MAD (Kim et al.); none")
-    g.add_argument("--plate-col", default="Metadata_Plate")
-    g.add_argument("--perturbation-col", default="Metadata_broad_sample")
-    g.add_argument("--control-col", default="Metadata_control_type")
-    g.add_argument("--negcon-value", default="negcon", help="value of --control-col that marks negative controls")
-    g.add_argument("--target-col", default="Metadata_target_list", help="pipe-separated compound targets")
-    g.add_argument("--gene-col", default="Metadata_gene")
-    g.add_argument("--modality-col", default="Metadata_modality")
-    g.add_argument("--null-size", type=int, default=100_000, help="permutations of the mAP null (CPJUMP1: 100000)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threshold", type=float, default=0.05, help="BH-corrected p-value threshold")
-    g.add_argument("--no-matching", action="store_true", help="replicate retrieval only")
+    from dinocell_core.profiling.normalize import NORMALIZATIONS
+
+    g = p.add_argument_group("benchmark settings (defaults: the CPJUMP1 benchmark; any other EvalSettings field "
+                             "as key=value)")
+    _option(g, EvalSettings, "normalize", choices=NORMALIZATIONS,
+            help="negcon_mad: per-plate MAD on negcon wells (CPJUMP1 *_normalized_negcon); spherize_mad: sphering on "
+                 "all negcon wells then per-plate MAD (Kim et al.); none")
+    _option(g, EvalSettings, "plate_col")
+    _option(g, EvalSettings, "pert_col", "--perturbation-col")
+    _option(g, EvalSettings, "control_col")
+    _option(g, EvalSettings, "negcon_value", help="value of --control-col that marks negative controls")
+    _option(g, EvalSettings, "target_col", help="pipe-separated compound targets")
+    _option(g, EvalSettings, "gene_col")
+    _option(g, EvalSettings, "modality_col")
+    _option(g, EvalSettings, "null_size", type=int, help="permutations of the mAP null (CPJUMP1: 100000)")
+    _option(g, EvalSettings, "seed", type=int)
+    _option(g, EvalSettings, "threshold", type=float, help="BH-corrected p-value threshold")
+    _option(g, EvalSettings, "matching", "--no-matching", action="store_false", help="replicate retrieval only")
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from dinocell_core.profiling.evaluate import EvalSettings
+def _is_override(item: str) -> bool:
+    """``key=value`` (a settings override) rather than a file or folder."""
+    key = item.split("=", 1)[0]
+    return "=" in item and key.replace(".", "_").isidentifier() and not Path(item).exists()
 
-    return EvalSettings(plate_col=args.plate_col, pert_col=args.perturbation_col, control_col=args.control_col,
-                        negcon_value=args.negcon_value, target_col=args.target_col, gene_col=args.gene_col,
-                        modality_col=args.modality_col, normalize=args.normalize, null_size=args.null_size,
-                        seed=args.seed, threshold=args.threshold, matching=not args.no_matching,
-                        progress=not getattr(args, "quiet", False))
+
+def settings_from_args(model: type, args: argparse.Namespace, overrides: Sequence[str] = (), **extra: Any) -> Any:
+    """``model`` from the options that are its fields, then ``key=value`` overrides (YAML values, as for
+    ``pretrain``): a bad or unknown key is a ProfileError naming it."""
+    from dinocell_core.config import ConfigError, apply_overrides
+    from dinocell_core.profiling.table import ProfileError
+
+    data = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    try:
+        data = apply_overrides({**data, **extra}, list(overrides))
+    except ConfigError as exc:
+        raise ProfileError(str(exc)) from None
+    return model(**data)
+
+
+def _settings(args: argparse.Namespace, overrides: Sequence[str] = ()) -> Any:
+    return settings_from_args(EvalSettings, args, overrides, progress=not getattr(args, "quiet", False))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "matching when those columns exist. Writes replicate_retrieval.csv, one CSV "
                                     "per matching task, summary.json and map_distributions.png.")
     ev.add_argument("profiles", type=Path)
+    ev.add_argument("overrides", nargs="*", help="key=value overrides of the benchmark settings, e.g. null_size=2000")
     ev.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     _eval_options(ev)
@@ -58,49 +97,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "in Kim et al.'s tiles or in per-cell crops from a labels store, aggregate "
                                     "unit → site → well and annotate with the CPJUMP1 metadata files. Resumable: "
                                     "run the same command again after a kill. OUTPUT.fields.csv lists every "
-                                    "field's unit count and status (fields without labels are skipped and listed).")
+                                    "field's unit count and status (fields without labels are skipped and listed); "
+                                    "OUTPUT.json records the settings and the read-out.")
     em.add_argument("root", help="CPJUMP1 folder, s3:// prefix or load_data CSV (as for `jump index`)")
+    em.add_argument("overrides", nargs="*",
+                    help="key=value overrides of any embedding setting, e.g. otsu_factor=0.5 norm_percentiles=[1,99]")
     em.add_argument("-o", "--output", type=Path, required=True, help="profile table (.csv, .csv.gz, .parquet)")
-    em.add_argument("--backbone", default="baseline",
-                    help="baseline | random | official .pth | pretraining run dir | checkpoint | export")
-    em.add_argument("--arch", default=None, help="architecture for random init or an official .pth")
-    em.add_argument("--patch-size", type=int, default=8)
-    em.add_argument("--model-kwargs", default=None, help='JSON of extra backbone arguments, e.g. \'{"depth": 2}\'')
-    em.add_argument("--seed", type=int, default=0, help="seed of a random-init backbone")
-    em.add_argument("--channels", default="fluorescent_mean",
-                    help="fluorescent_mean | each (ch1–5 embedded separately, concatenated) | channel:N")
-    em.add_argument("--tokens", default="cls", choices=["cls", "mean_patch", "cls+mean_patch"])
-    em.add_argument("--units", default="tiles", choices=["tiles", "cells"],
-                    help="tiles: Kim et al.'s 224-px tiles; cells: one crop per object of --labels")
-    em.add_argument("--labels", default=None,
-                    help="labels store (labels.csv + masks, from `jump label`) for --units cells")
-    em.add_argument("--crop", type=int, default=96,
-                    help="cells: crop size in px at native scale (DeepProfiler's CPJUMP1 box: 96 ≈ 57 µm at 20×)")
-    em.add_argument("--centre", default="nuclei", choices=["nuclei", "cells"],
-                    help="cells: centre each crop on the nucleus or the cell centroid")
-    em.add_argument("--border", default="pad", choices=["pad", "shift", "skip"],
-                    help="cells: a crop leaving the field is zero-padded (cell centred), shifted inside the "
-                         "field, or skipped")
-    em.add_argument("--tile", type=int, default=224, help="tile size in px (Kim et al.: 224)")
-    em.add_argument("--min-dna-fraction", type=float, default=0.01)
-    em.add_argument("--site-aggregation", default="mean", choices=["mean", "median"])
-    em.add_argument("--well-aggregation", default="mean", choices=["mean", "median"])
-    em.add_argument("--illumination", action="store_true", help="divide by the plates' illumination functions")
+    S = EmbedSettings
+    _option(em, S, "backbone", help="baseline | random | official .pth | pretraining run dir | checkpoint | export")
+    _option(em, S, "arch", help="architecture for random init or an official .pth")
+    _option(em, S, "patch_size", type=int)
+    _option(em, S, "model_kwargs", help='JSON of extra backbone arguments, e.g. \'{"depth": 2}\'')
+    _option(em, S, "seed", type=int, help="seed of a random-init backbone")
+    _option(em, S, "channels",
+            help="fluorescent_mean | each (ch1–5 embedded separately, concatenated) | channel:N (default: each for "
+                 "a ViT backbone, fluorescent_mean for the baseline)")
+    _option(em, S, "tokens", choices=TOKENS)
+    _option(em, S, "units", choices=UNITS,
+            help="tiles: Kim et al.'s 224-px tiles; cells: one crop per object of --labels")
+    _option(em, S, "labels", help="labels store (labels.csv + masks, from `jump label`) for --units cells")
+    _option(em, S, "crop", type=int,
+            help="cells: crop size in px at native scale (DeepProfiler's CPJUMP1 box: 96 ≈ 57 µm at 20×)")
+    _option(em, S, "centre", choices=CENTRES, help="cells: centre each crop on the nucleus or the cell centroid")
+    _option(em, S, "border", choices=BORDERS,
+            help="cells: a crop leaving the field is zero-padded (cell centred), shifted inside the field, or "
+                 "skipped")
+    _option(em, S, "tile", type=int, help="tile size in px (Kim et al.: 224)")
+    _option(em, S, "min_dna_fraction", type=float)
+    _option(em, S, "site_aggregation", choices=AGGREGATIONS)
+    _option(em, S, "well_aggregation", choices=AGGREGATIONS)
+    _option(em, S, "illumination", action="store_true", help="divide by the plates' illumination functions")
     em.add_argument("--metadata", type=Path, default=None,
                     help="folder with platemaps/…/barcode_platemap.csv and the perturbation .tsv files "
                          "(default: ROOT's workspace/metadata)")
     em.add_argument("--no-metadata", action="store_true", help="write plate/well only, no annotations")
     em.add_argument("--plates", nargs="+", default=None, help="only these plate barcodes")
-    em.add_argument("--batch-size", type=int, default=64)
-    em.add_argument("--device", default="auto")
-    em.add_argument("--chunk-sites", type=int, default=32, help="sites per resumable chunk")
+    _option(em, S, "batch_size", type=int)
+    _option(em, S, "device")
+    _option(em, S, "chunk_sites", type=int, help="sites per resumable chunk")
     em.add_argument("--endpoint-url", default=None, help="S3 endpoint (mirror or test server)")
     em.add_argument("--quiet", action="store_true")
     em.set_defaults(handler=_embed)
 
     cp = sub.add_parser("compare", help="fraction retrieved and mean mAP per task for several backbones",
                         description="INPUTS are `profile evaluate` output folders or profile tables (evaluated "
-                                    "here with the options below). Writes comparison.csv and comparison.png.")
+                                    "here with the options below; key=value items among them override benchmark "
+                                    "settings, e.g. null_size=2000). Writes comparison.csv and comparison.png.")
     cp.add_argument("inputs", nargs="+")
     cp.add_argument("-o", "--output", type=Path, required=True)
     cp.add_argument("--labels", nargs="+", default=None, help="one name per input (default: file/folder names)")
@@ -126,7 +168,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dinocell_core.profiling.report import write_evaluation
     from dinocell_core.profiling.table import read_profiles
 
-    ev = evaluate_profiles(read_profiles(args.profiles), _settings(args), source=str(args.profiles))
+    settings = _settings(args, args.overrides)
+    ev = evaluate_profiles(read_profiles(args.profiles), settings, source=str(args.profiles))
     write_evaluation(ev, args.output)
     _print_summary(ev.summary())
     print(f"wrote {args.output}")
@@ -135,20 +178,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from dinocell_core.jump.index import load_index
-    from dinocell_core.profiling.embed import (
-        EmbedSettings,
-        embed_profiles,
-        find_metadata_dir,
-    )
-    from dinocell_core.profiling.table import ProfileError
+    from dinocell_core.profiling.embed import embed_profiles, find_metadata_dir
+    from dinocell_core.profiling.table import ProfileError, info_path
 
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
-    s = EmbedSettings(backbone=args.backbone, arch=args.arch, patch_size=args.patch_size, model_kwargs=kwargs,
-                      seed=args.seed, channels=args.channels, tokens=args.tokens, units=args.units,
-                      labels=args.labels, crop=args.crop, centre=args.centre, border=args.border, tile=args.tile,
-                      min_dna_fraction=args.min_dna_fraction, site_aggregation=args.site_aggregation,
-                      well_aggregation=args.well_aggregation, illumination=args.illumination,
-                      batch_size=args.batch_size, device=args.device, chunk_sites=args.chunk_sites)
+    try:
+        kwargs = json.loads(args.model_kwargs) if isinstance(args.model_kwargs, str) else args.model_kwargs
+    except ValueError as exc:
+        raise ProfileError(f"--model-kwargs is not JSON ({exc})") from None
+    s = settings_from_args(EmbedSettings, args, args.overrides, model_kwargs=kwargs)
     storage = None
     if args.root.startswith("s3://") or args.endpoint_url:
         from dinocell_core.io.storage import S3Storage
@@ -166,8 +203,8 @@ def _embed(args: argparse.Namespace) -> int:
     wells = embed_profiles(args.root, fields, args.output, s, metadata=metadata, storage=storage,
                            progress=not args.quiet)
     n_feat = sum(not str(c).startswith("Metadata_") for c in wells.columns)
-    info = json.loads(Path(f"{args.output}.json").read_text())
-    unit = f", {info['n_units']} {args.units}" if args.units == "cells" else ""
+    info = json.loads(info_path(args.output).read_text())
+    unit = f", {info['n_units']} {s.units}" if s.units == "cells" else ""
     print(f"wrote {args.output}: {len(wells)} wells × {n_feat} features from {info['n_fields']} fields{unit}; "
           f"per field: {args.output}.fields.csv")
     return 0
@@ -176,7 +213,13 @@ def _embed(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from dinocell_core.profiling.compare import compare
 
-    table = compare(args.inputs, args.output, labels=args.labels, settings=_settings(args))
+    inputs = [i for i in args.inputs if not _is_override(i)]
+    settings = _settings(args, [i for i in args.inputs if _is_override(i)])
+    if not inputs:
+        from dinocell_core.profiling.table import ProfileError
+
+        raise ProfileError("no INPUTS: give `profile evaluate` output folders or profile tables")
+    table = compare(inputs, args.output, labels=args.labels, settings=settings)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"wrote {args.output}/comparison.csv and comparison.png")
     return 0

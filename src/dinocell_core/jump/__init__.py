@@ -12,6 +12,7 @@ _EXPORTS = {
     "file_name": "index",
     "index_fields": "index",
     "load_index": "index",
+    "parse_file_name": "index",
     "read_field": "preprocess",
     "well_name": "index",
 }

@@ -22,6 +22,7 @@ from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,7 +37,9 @@ from dinocell_core.jump.channels import (
 
 log = logging.getLogger(__name__)
 
-FILE_RE = re.compile(r"^r(\d{2})c(\d{2})f(\d{2})p(\d{2})-ch(\d+)sk(\d+)fk(\d+)fl(\d+)\.tiff$")
+#: the field part of an image name, ``r01c01f01p01`` (row, column, site, plane): also the stem of its masks
+FIELD_STEM = r"r(\d{2})c(\d{2})f(\d{2})p(\d{2})"
+FILE_RE = re.compile(rf"^{FIELD_STEM}-ch(\d+)sk(\d+)fk(\d+)fl(\d+)\.tiff$")
 S3_GALLERY = "s3://cellpainting-gallery/"
 SOURCE_PREFIX = Path("cpg0000-jump-pilot") / "source_4"  # CPJUMP1 inside the gallery (and the fixture)
 INDEX_COLUMNS: tuple[str, ...] = ("plate", "well", "site", *(f"ch{c}" for c in ALL_CHANNELS),
@@ -52,8 +55,37 @@ def well_row_col(well: str) -> tuple[int, int]:
     return ord(well[0].upper()) - ord("A") + 1, int(well[1:])
 
 
+class FileParts(NamedTuple):
+    """The parts of a CPJUMP1 image name ``r{row}c{col}f{site}p{plane}-ch{channel}sk{sk}fk{fk}fl{fl}.tiff``."""
+
+    row: int
+    col: int
+    site: int
+    plane: int
+    channel: int
+    sk: int
+    fk: int
+    fl: int
+
+    @property
+    def field(self) -> tuple[int, int, int, int, int]:
+        """What every channel file of one field shares: (row, col, site, plane, sk)."""
+        return self.row, self.col, self.site, self.plane, self.sk
+
+
+def parse_file_name(name: str) -> FileParts | None:
+    """The one reader of CPJUMP1 image names (a bare file name); None for any other file."""
+    m = FILE_RE.match(name)
+    return None if m is None else FileParts(*(int(g) for g in m.groups()))
+
+
+def field_stem(row: int, col: int, site: int) -> str:
+    """``r01c01f01p01``: the field part of its image names (and of its mask names in a labels store)."""
+    return f"r{row:02d}c{col:02d}f{site:02d}p01"
+
+
 def file_name(row: int, col: int, site: int, ch: int, sk: int = 1) -> str:
-    return f"r{row:02d}c{col:02d}f{site:02d}p01-ch{ch}sk{sk}fk1fl1.tiff"
+    return f"{field_stem(row, col, site)}-ch{ch}sk{sk}fk1fl1.tiff"
 
 
 def barcode_of(plate_folder: str) -> str:
@@ -175,11 +207,11 @@ class _Grouper:
         """Add the matching files of one folder (``rel_dir`` uses '/' separators, relative to root)."""
         batch, plate_folder = _batch_and_folder(rel_dir)
         for name in names:
-            m = FILE_RE.match(name)
-            if m is None:
+            parts = parse_file_name(name)
+            if parts is None:
                 continue
-            r, c, f, _p, ch, sk = (int(m.group(i)) for i in range(1, 7))
-            self.add(rel_dir, batch, plate_folder, r, c, f, sk, ch, f"{rel_dir}/{name}" if rel_dir else name)
+            self.add(rel_dir, batch, plate_folder, parts.row, parts.col, parts.site, parts.sk, parts.channel,
+                     f"{rel_dir}/{name}" if rel_dir else name)
 
     def add(self, group_dir: str, batch: str, plate_folder: str, r: int, c: int, f: int, sk: int, ch: int,
             path: str) -> None:
@@ -362,9 +394,9 @@ def index_load_data(csv_paths: Sequence[str | os.PathLike[str]], root: str | Non
                     continue
                 any_loc = next(iter(locs.values()))
                 name = any_loc.rsplit("/", 1)[-1]
-                m = FILE_RE.match(name)
-                if m is not None:
-                    r, c, f, sk = int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(6))
+                parts = parse_file_name(name)
+                if parts is not None:
+                    r, c, f, sk = parts.row, parts.col, parts.site, parts.sk
                 elif well and site_s.isdigit():
                     (r, c), f, sk = well_row_col(well), int(site_s), 1
                 else:

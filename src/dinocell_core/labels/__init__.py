@@ -5,6 +5,8 @@ Main names are importable from here (loaded on first use, so light modules stay 
 from dinocell_core import lazy_exports
 
 _EXPORTS = {
+    "CellProfilerParams": "settings",
+    "LabelSettings": "settings",
     "LabelStore": "store",
     "LabelsError": "store",
     "label_tree": "run",

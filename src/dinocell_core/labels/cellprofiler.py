@@ -15,7 +15,8 @@ Module by module, setting for setting (``analysis_without_batchfile.cppipe`` of 
 5. IdentifyTertiaryObjects: cytoplasm = cells minus the nuclei's interior (the 1-px outline, 8-neighbour and image
    edge as centrosome's ``outline``, stays).
 
-Every setting is a field of :class:`CellProfilerParams` (defaults = CPJUMP1) and is recorded in the store manifest.
+Every setting is a field of :class:`~dinocell_core.labels.settings.CellProfilerParams` (defaults = CPJUMP1) and is
+recorded in the store manifest.
 Known deviations: CellProfiler's ``binary_shrink`` of touching maxima is replaced by one marker per 8-connected
 group of maxima (with the tie-breaking jitter such groups are single pixels in practice); ``threshold_li`` is
 scikit-image's current iterative version.
@@ -23,7 +24,7 @@ scikit-image's current iterative version.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -33,6 +34,7 @@ from skimage.filters import threshold_li
 from skimage.segmentation import watershed
 
 from dinocell_core.errors import DinocellError
+from dinocell_core.labels.settings import CellProfilerParams
 
 EIGHT = np.ones((3, 3), bool)
 FOUR = ndi.generate_binary_structure(2, 1)
@@ -40,28 +42,6 @@ FOUR = ndi.generate_binary_structure(2, 1)
 
 class BadFieldError(DinocellError):
     """A field the pipeline cannot label (blank, saturated, missing channel); the message says which and why."""
-
-
-@dataclass(frozen=True)
-class CellProfilerParams:
-    """The CPJUMP1 pipeline's segmentation settings (module numbers of the analysis pipeline in comments)."""
-
-    illumination: bool = True            # 3: CorrectIlluminationApply Divide with the plate's Illum<Ch>.npy
-    bg_block_size: int = 30              # 16: CorrectIlluminationCalculate Background, block size
-    bg_smoothing: float = 50.0           # 16: Gaussian filter size (sigma = size / 2.35)
-    nuclei_smoothing_scale: float = 3.0  # 18: threshold smoothing scale (sigma = scale / 0.6744 / 2)
-    nuclei_correction: float = 1.25      # 18: threshold correction factor
-    nuclei_bounds: tuple[float, float] = (0.014, 1.0)
-    min_diameter: float = 10.0           # 18: typical diameter (px); objects outside the area range discarded
-    max_diameter: float = 75.0
-    maxima_distance: float = 8.0         # 18: minimum allowed distance between local maxima
-    cells_smoothing_scale: float = 0.0   # 19: no smoothing
-    cells_correction: float = 1.0
-    cells_bounds: tuple[float, float] = (0.005, 0.014)
-    max_saturated: float = 0.05          # a field with more saturated DNA or RNA pixels than this is refused
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass

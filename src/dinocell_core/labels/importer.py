@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dinocell_core.jump.index import Field
+from dinocell_core.jump.index import FIELD_STEM, Field
 from dinocell_core.labels.store import LabelsError, check_mask, field_prefix
 
-MASK_RE = re.compile(r"^(r\d{2}c\d{2}f\d{2}p\d{2})[^/]*?_(nuclei|cells)\.(tiff?|png)$", re.IGNORECASE)
+MASK_RE = re.compile(rf"^(?P<stem>{FIELD_STEM})[^/]*?_(?P<kind>nuclei|cells)\.(tiff?|png)$", re.IGNORECASE)
 
 
 def _scan(folder: Path) -> dict[tuple[str, str], Path]:
@@ -28,7 +28,7 @@ def _scan(folder: Path) -> dict[tuple[str, str], Path]:
     for p in sorted(folder.iterdir()):
         m = MASK_RE.match(p.name)
         if m and p.is_file():
-            key = (m.group(1).lower(), m.group(2).lower())
+            key = (m.group("stem").lower(), m.group("kind").lower())
             if key in out:
                 raise LabelsError(f"{folder}: two {key[1]} masks for {key[0]}: {out[key].name} and {p.name}")
             out[key] = p

@@ -14,8 +14,8 @@ import io
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,8 @@ from dinocell_core.io.fsutil import atomic_write_bytes
 from dinocell_core.io.tiffio import BadImageError, read_tiff
 from dinocell_core.jump.index import Field, index_fields, load_index
 from dinocell_core.labels import qc
-from dinocell_core.labels.cellprofiler import (
-    BadFieldError,
-    CellProfilerParams,
-    segment_field,
-)
+from dinocell_core.labels.cellprofiler import BadFieldError, segment_field
+from dinocell_core.labels.settings import CellProfilerParams, LabelSettings
 from dinocell_core.labels.store import (
     LabelsError,
     LabelStore,
@@ -41,7 +38,7 @@ from dinocell_core.labels.store import (
 
 DNA, RNA = 5, 3
 SKIPPED_CSV = "skipped.csv"
-METHODS = ("cellprofiler", "import")
+_DEFAULTS = LabelSettings()  # label_tree's defaults are the settings model's
 
 
 @dataclass
@@ -60,36 +57,6 @@ class LabelSummary:
         for item in self.incomplete[:5]:
             out += f"\n  incomplete {item}"
         return out
-
-
-def parse_params(items: Sequence[str]) -> CellProfilerParams:
-    """``key=value`` overrides of :class:`CellProfilerParams`; an unknown key or bad value names itself."""
-    known = {f.name: f for f in fields(CellProfilerParams)}
-    p = CellProfilerParams()
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in known:
-            raise ValueError(f"--param {item!r}: use key=value with key one of {', '.join(known)}")
-        default = getattr(p, key)
-        try:
-            if isinstance(default, tuple):
-                parts = [float(v) for v in value.strip("()[] ").split(",")]
-                if len(parts) != 2 or parts[0] > parts[1]:
-                    raise ValueError("need two values low,high")
-                new: Any = (parts[0], parts[1])
-            elif isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError("need true or false")
-                new = value.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                new = int(value)
-            else:
-                new = float(value)
-        except ValueError as exc:
-            raise ValueError(f"--param {key}={value!r}: {exc}") from None
-        p = replace(p, **{key: new})
-    return p
 
 
 def source_storage(root: str, endpoint_url: str | None = None) -> Any:
@@ -204,17 +171,17 @@ def _image_shape(path: str, storage: Any = None) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------------------------- driver
 
-def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = "cellprofiler",
+def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = _DEFAULTS.method,
                params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
-               workers: int = 1, qc_fields: int = 12, seed: int = 0,
+               workers: int = 1, qc_fields: int = _DEFAULTS.qc_fields, seed: int = _DEFAULTS.seed,
                progress: Callable[[int, int], None] | None = None,
                endpoint_url: str | None = None) -> LabelSummary:
     """Label (or import masks for) every field of ``root`` (a folder, an index CSV or an ``s3://`` prefix, read
     through ``endpoint_url`` when given) into the local store ``out``; see the module docstring."""
     t0 = time.perf_counter()
     root_s, out_p = os.fspath(root), Path(out)
-    if method not in METHODS:
-        raise ValueError(f"unknown labelling method {method!r}; use one of {', '.join(METHODS)}")
+    params = LabelSettings(method=method, params=params or CellProfilerParams(), qc_fields=qc_fields,
+                           seed=seed).params  # checks every setting, naming a bad one
     if (method == "import") != (from_dir is not None):
         raise ValueError("--method import needs --from DIR (and --from goes with --method import only)")
     if "://" not in root_s and not os.path.exists(root_s):
@@ -225,7 +192,6 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     if "://" in os.fspath(out):
         raise LabelsError(f"{out}: the labels store is a local folder (the source tree may be on S3, the store not)")
     storage = source_storage(root_s, endpoint_url)
-    params = params or CellProfilerParams()
     _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
     source = "auto" if method == "cellprofiler" else "imported"
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else

@@ -37,7 +37,7 @@ import numpy as np
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from dinocell_core.io.locks import FolderLock
-from dinocell_core.jump.index import SOURCE_PREFIX, Field, well_row_col
+from dinocell_core.jump.index import SOURCE_PREFIX, Field, field_stem, well_row_col
 
 LABELS_CSV = "labels.csv"
 MANIFEST = "manifest.json"
@@ -75,8 +75,7 @@ FieldKey = tuple[str, str, int]  # (plate folder, well, site)
 
 def field_prefix(well: str, site: int) -> str:
     """The image-name prefix of a field: ``A01``, site 1 → ``r01c01f01p01``."""
-    r, c = well_row_col(well)
-    return f"r{r:02d}c{c:02d}f{site:02d}p01"
+    return field_stem(*well_row_col(well), site)
 
 
 def field_key(field: Field) -> FieldKey:

@@ -5,8 +5,8 @@ Main names are importable from here (loaded on first use, so light modules stay 
 from dinocell_core import lazy_exports
 
 _EXPORTS = {
-    "EmbedSettings": "embed",
-    "EvalSettings": "evaluate",
+    "EmbedSettings": "settings",
+    "EvalSettings": "settings",
     "ProfileError": "table",
     "compare": "compare",
     "embed_profiles": "embed",

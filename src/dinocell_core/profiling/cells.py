@@ -24,10 +24,8 @@ import numpy as np
 
 from dinocell_core.jump.index import Field
 from dinocell_core.labels.store import LABELS_CSV, LabelRow, LabelStore, field_key
+from dinocell_core.profiling.settings import BORDERS, CENTRES
 from dinocell_core.profiling.table import ProfileError
-
-CENTRES = ("nuclei", "cells")
-BORDERS = ("pad", "shift", "skip")
 
 
 def object_centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

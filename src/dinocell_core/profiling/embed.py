@@ -7,10 +7,12 @@ from the top-left, and a tile is kept when ≥ ``min_dna_fraction`` of its DNA p
 field's Otsu threshold (if none is, the middle tile is kept), as in Kim et al. 2023. With ``units="cells"`` the
 units are instead fixed-size crops centred on each object of a labels store (:mod:`dinocell_core.profiling.cells`);
 fields without labels are skipped and listed, fields whose mask holds no object give no site row (also listed),
-and ``OUT.fields.csv`` records every field's unit count and status. Views: the fluorescent mean,
-each fluorescent channel embedded separately and concatenated, or one channel. Tokens: CLS, mean patch token, or
-both. Sites are processed in fixed chunks written as ``OUT.parts/chunk_*.npz`` so a killed run continues where it
-stopped; the well table is assembled (and annotated with CPJUMP1 metadata) at the end.
+and ``OUT.fields.csv`` records every field's unit count and status. Views (``channels``): each fluorescent
+channel embedded separately and concatenated (the default for every ViT backbone), the fluorescent mean (the
+hand-crafted baseline's default) or one channel; ``OUT.json`` records which (``readout``). Tokens: CLS, mean patch
+token, or both (settings: :mod:`dinocell_core.profiling.settings`). Sites are processed in fixed chunks written as
+``OUT.parts/chunk_*.npz`` so a killed run continues where it stopped; the well table is assembled (and annotated
+with CPJUMP1 metadata) at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,97 +29,13 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import (
-    CHANNELS,
-    FLUORESCENT,
-    FMEAN,
-    ChannelMode,
-    channel_number,
-)
+from dinocell_core.jump.channels import channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.cells import CellSource, crop_stack
-from dinocell_core.profiling.table import ProfileError
+from dinocell_core.profiling.settings import BASELINE, EmbedSettings
+from dinocell_core.profiling.table import ProfileError, info_path
 
-TOKENS = ("cls", "mean_patch", "cls+mean_patch")
-UNITS = ("tiles", "cells")
-CELL_KEYS = ("units", "labels", "crop", "centre", "border")
-AGGREGATIONS = ("mean", "median")
 DNA = channel_number("DNA")  # ch5 in the CPJUMP1 vocabulary
-EACH = "each"
-
-
-@dataclass
-class EmbedSettings:
-    backbone: str = "baseline"  # "baseline" | "random" | weights (official .pth, run dir, checkpoint, export)
-    arch: str | None = None  # needed for "random" and official .pth; else read from the weights
-    patch_size: int = 8
-    model_kwargs: dict[str, Any] | None = None  # extra load_backbone arguments (tiny test architectures)
-    seed: int = 0  # random init
-    channels: str = FMEAN  # fluorescent_mean | each | channel:N
-    tokens: str = "cls"
-    units: str = "tiles"  # tiles (Kim et al.) | cells (crops centred on each object of a labels store)
-    labels: str | None = None  # labels store (units="cells")
-    crop: int = 96  # px, cells: DeepProfiler's CPJUMP1 box (≈ 57 µm at 20×)
-    centre: str = "nuclei"  # cells: centroid of the nucleus or of the cell mask
-    border: str = "pad"  # cells: pad | shift | skip (dinocell_core.profiling.cells)
-    tile: int = 224
-    min_dna_fraction: float = 0.01
-    otsu_factor: float = 0.7
-    site_aggregation: str = "mean"
-    well_aggregation: str = "mean"
-    illumination: bool = False
-    norm_percentiles: tuple[float, float] = (1.0, 99.8)
-    batch_size: int = 64
-    device: str = "auto"
-    chunk_sites: int = 32
-
-    def __post_init__(self) -> None:
-        if self.tokens not in TOKENS:
-            raise ProfileError(f"tokens must be one of {TOKENS}, got {self.tokens!r}")
-        for key in ("site_aggregation", "well_aggregation"):
-            if getattr(self, key) not in AGGREGATIONS:
-                raise ProfileError(f"{key} must be one of {AGGREGATIONS}, got {getattr(self, key)!r}")
-        self.views()  # validates channels
-        if self.tile < 8 or self.batch_size < 1 or self.chunk_sites < 1:
-            raise ProfileError("tile must be ≥ 8 px and batch_size, chunk_sites ≥ 1")
-        if self.units not in UNITS:
-            raise ProfileError(f"units must be one of {UNITS}, got {self.units!r}")
-        if self.units == "cells":
-            from dinocell_core.profiling.cells import BORDERS, CENTRES
-
-            if not self.labels:
-                raise ProfileError("units 'cells' needs a labels store (--labels LABELS, made by `jump label`)")
-            if self.crop < 8:
-                raise ProfileError(f"crop must be ≥ 8 px, got {self.crop}")
-            if self.centre not in CENTRES or self.border not in BORDERS:
-                raise ProfileError(f"centre must be one of {CENTRES} and border one of {BORDERS}, got "
-                                   f"{self.centre!r}, {self.border!r}")
-        self.norm_percentiles = tuple(self.norm_percentiles)  # type: ignore[assignment]
-
-    def views(self) -> list[tuple[str, tuple[int, ...]]]:
-        """(view name, channels averaged into it)."""
-        c = self.channels.strip()
-        if c == EACH:
-            return [(CHANNELS[ch], (ch,)) for ch in FLUORESCENT]
-        try:
-            mode = ChannelMode.parse(c)
-        except ValueError as exc:
-            raise ProfileError(f"channels: {exc} (or each)") from None
-        if mode.kind == FMEAN:
-            return [("fmean", tuple(FLUORESCENT))]
-        if mode.kind == "channel":
-            return [(CHANNELS[mode.channel], (mode.channel,))]
-        raise ProfileError(f"channels must be fluorescent_mean, each or channel:N, got {self.channels!r}")
-
-    @property
-    def unit_column(self) -> str:
-        return "Metadata_Cell_Count" if self.units == "cells" else "Metadata_Tile_Count"
-
-    def fingerprint(self) -> str:
-        """What a resumed run must share (the labels store is checked by its content, in the parts manifest)."""
-        skip = {"batch_size", "device", "chunk_sites", "labels", *(CELL_KEYS if self.units == "tiles" else ())}
-        keep = {k: v for k, v in asdict(self).items() if k not in skip}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class TileEmbedder(Protocol):
@@ -169,7 +86,7 @@ class BackboneEmbedder:
 
 def make_embedder(s: EmbedSettings) -> TileEmbedder:
     """The baseline, a random-init backbone (seeded) or the backbone of any weights load_backbone accepts."""
-    if s.backbone == "baseline":
+    if s.backbone == BASELINE:
         from dinocell_core.profiling.baseline import BaselineEmbedder
 
         return BaselineEmbedder()
@@ -476,11 +393,17 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
         wells = annotate(wells, metadata)
     _write_field_table(fields_path(out), sites, unlabelled, s.unit_column, s.units)
     write_profiles(wells, out)
-    atomic_write_json(Path(f"{out}.json"), {"settings": asdict(s), "embedder": embedder.describe(),
-                                            "n_fields": len(fields), "n_fields_without_labels": len(unlabelled),
-                                            "n_units": int(sites[s.unit_column].sum()), "n_wells": len(wells),
-                                            "notes": notes})
+    atomic_write_json(info_path(out), {"settings": s.model_dump(mode="json"), "readout": readout_record(s),
+                                       "embedder": embedder.describe(), "n_fields": len(fields),
+                                       "n_fields_without_labels": len(unlabelled),
+                                       "n_units": int(sites[s.unit_column].sum()), "n_wells": len(wells),
+                                       "notes": notes})
     return wells
+
+
+def readout_record(s: EmbedSettings) -> dict[str, object]:
+    """What ``OUT.json`` says about the table's read-out (``profiling.table.table_readout`` reads it back)."""
+    return {"channels": s.channels, "views": [name for name, _ in s.views()], "tokens": s.tokens}
 
 
 def find_metadata_dir(root: str) -> Path | None:

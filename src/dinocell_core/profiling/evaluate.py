@@ -11,45 +11,19 @@ results never hold a NaN.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dinocell_core.profiling.normalize import METHODS, NEGCON_FLAG, normalize_profiles
+from dinocell_core.profiling.normalize import NEGCON_FLAG, normalize_profiles
+from dinocell_core.profiling.settings import EvalSettings
 from dinocell_core.profiling.table import ProfileError, feature_matrix, split_columns
 
 MATCH_COL = "Metadata_matching_target"
 RESULT_COLUMNS = ("mean_average_precision", "p_value", "corrected_p_value", "below_corrected_p")
 GENETIC = ("crispr", "orf")
-
-
-@dataclass
-class EvalSettings:
-    plate_col: str = "Metadata_Plate"
-    pert_col: str = "Metadata_broad_sample"
-    control_col: str = "Metadata_control_type"
-    negcon_value: str = "negcon"
-    negcon_label: str = "DMSO"  # what an empty perturbation of a negcon well is called (CPJUMP1 notebooks)
-    target_col: str = "Metadata_target_list"  # pipe-separated compound targets
-    gene_col: str = "Metadata_gene"  # CRISPR/ORF gene
-    modality_col: str = "Metadata_modality"  # compound | crispr | orf; else from Metadata_Plate_Map_Name
-    normalize: str = "negcon_mad"
-    null_size: int = 100_000
-    seed: int = 0
-    threshold: float = 0.05
-    batch_size: int = 20_000
-    matching: bool = True
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        if self.normalize not in METHODS:
-            raise ProfileError(f"unknown normalisation {self.normalize!r}; use one of {', '.join(METHODS)}")
-        if self.null_size < 1:
-            raise ProfileError("null size must be at least 1")
-        if not 0 < self.threshold < 1:
-            raise ProfileError("threshold must lie in (0, 1)")
 
 
 @dataclass
@@ -80,7 +54,7 @@ class Evaluation:
         out["exclusions"] = list(self.exclusions)
         out["n_wells"] = self.n_wells
         out["n_features"] = self.n_features
-        out["settings"] = asdict(self.settings)
+        out["settings"] = self.settings.model_dump(mode="json")
         return out
 
 

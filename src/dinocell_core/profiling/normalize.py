@@ -13,14 +13,17 @@ reported, so a division by zero never becomes a silent NaN or a 1e18 outlier tha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
-import pandas as pd
-from scipy.stats import median_abs_deviation
+from typing import TYPE_CHECKING
 
 from dinocell_core.profiling.table import ProfileError
 
-METHODS = ("negcon_mad", "spherize_mad", "none")
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+#: the normalisation words, spelled here only (settings, CLI choices, the pretraining ``eval:`` section, the Profiles
+#: widget read this); numpy, pandas and SciPy load when a table is normalised, so the settings stay light
+NORMALIZATIONS = ("negcon_mad", "spherize_mad", "none")
 NEGCON_FLAG = "Metadata_negcon"  # 1 for negative-control wells (the benchmark's own column name)
 NEGCON_QUERY = f"{NEGCON_FLAG} == 1"
 SPHERIZE_METHOD = "ZCA-cor"
@@ -36,10 +39,14 @@ class Normalized:
 
 
 def _mad(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import median_abs_deviation
+
     return median_abs_deviation(x, axis=0, nan_policy="omit", scale=1 / 1.4826)
 
 
 def _constant_in_negcon(df: pd.DataFrame, features: list[str], plate_col: str, per_plate: bool) -> list[str]:
+    import numpy as np
+
     neg = df[df[NEGCON_FLAG] == 1]
     bad: set[str] = set()
     groups = neg.groupby(plate_col, sort=True) if per_plate else [("all", neg)]
@@ -52,6 +59,7 @@ def _constant_in_negcon(df: pd.DataFrame, features: list[str], plate_col: str, p
 
 def _mad_per_plate(df: pd.DataFrame, features: list[str], meta: list[str], plate_col: str, samples: str,
                    epsilon: float) -> pd.DataFrame:
+    import pandas as pd
     from pycytominer import normalize
 
     parts = []
@@ -65,8 +73,10 @@ def _mad_per_plate(df: pd.DataFrame, features: list[str], meta: list[str], plate
 
 def normalize_profiles(df: pd.DataFrame, features: list[str], plate_col: str, method: str) -> Normalized:
     """``df`` must carry :data:`NEGCON_FLAG`; rows keep their index and order."""
-    if method not in METHODS:
-        raise ProfileError(f"unknown normalisation {method!r}; use one of {', '.join(METHODS)}")
+    import numpy as np
+
+    if method not in NORMALIZATIONS:
+        raise ProfileError(f"unknown normalisation {method!r}; use one of {', '.join(NORMALIZATIONS)}")
     meta = [c for c in df.columns if c not in features]
     if method == "none":
         return Normalized(df.copy(), list(features))

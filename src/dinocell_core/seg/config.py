@@ -98,7 +98,9 @@ class DecoderSection(StrictModel):
     stem_width: int = PField(16, ge=4)
 
 
-class TrainSection(StrictModel):
+class DecoderTrainSection(StrictModel):
+    """The ``train:`` section of a decoder config (pretraining's is ``ssl.config.TrainSection``)."""
+
     steps: int = PField(20000, ge=1)  # per channel
     batch_size: int = PField(8, ge=1)
     tile_size: int = PField(256, ge=16)
@@ -160,7 +162,7 @@ class DecoderConfig(StrictModel):
     val_data: SegDataConfig | None = None  # held-out set; default: val_fraction of data
     val_fraction: float = PField(0.2, gt=0, lt=1)
     augment: SegAugmentConfig = PField(default_factory=SegAugmentConfig)
-    train: TrainSection = PField(default_factory=TrainSection)
+    train: DecoderTrainSection = PField(default_factory=DecoderTrainSection)
     inference: InferenceSection = PField(default_factory=InferenceSection)
     models_dir: str | None = None  # default: RUN/models
     modality: Literal["fluorescence", "brightfield", "phase", "other"] | None = None

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import Field as PField
 from pydantic import field_validator, model_validator
 
-from dinocell_core.config import StrictModel, check_resume_changes
+from dinocell_core.config import ConfigError, StrictModel, check_resume_changes
 from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channel_number
+from dinocell_core.profiling.settings import QUICK_NULL_SIZE, ReadoutSettings, ScoreSettings
 from dinocell_core.ssl.schedules import SCALING_RULES
 
 
@@ -237,21 +238,23 @@ class TrainSection(StrictModel):
         return max(1, round(self.epochs * self.steps_per_epoch))
 
 
-class EvalSection(StrictModel):
+class EvalSection(ReadoutSettings, ScoreSettings):
     """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
     and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
-    metrics.jsonl (see :mod:`dinocell_core.ssl.evaluation`)."""
+    metrics.jsonl (see :mod:`dinocell_core.ssl.evaluation`). The read-out keys (``channels``, ``tokens``, ``tile``,
+    ``batch_size``) and the scoring keys (``normalize``, ``null_size``) are ``profile embed``'s and ``profile
+    evaluate``'s own fields and defaults (:mod:`dinocell_core.profiling.settings`); ``channels`` left out is the
+    teacher's ViT read-out, each fluorescent channel on its own."""
+
+    error = ConfigError
 
     every: int = PField(0, ge=0)
     root: str | None = None  # CPJUMP1 tree of the held-out plates (default: data.root)
     plates: list[str] = []  # held-out plate barcodes (empty: every plate of root)
     metadata: str | None = None  # folder with barcode_platemap.csv etc. (default: root's workspace/metadata)
-    channels: str = "fluorescent_mean"  # fluorescent_mean | each | channel:N
-    tokens: Literal["cls", "mean_patch", "cls+mean_patch"] = "cls"
-    tile: int = PField(224, ge=8)
-    normalize: Literal["negcon_mad", "spherize_mad", "none"] = "negcon_mad"
-    null_size: int = PField(10_000, ge=1)
-    batch_size: int = PField(64, ge=1)
+    # smaller than the benchmark's null: rank 0 scores while the other ranks wait in a collective, so a score must
+    # come back in seconds (QUICK_NULL_SIZE says why 10,000 suffices)
+    null_size: int = PField(QUICK_NULL_SIZE, ge=1)
 
 
 class PretrainConfig(StrictModel):

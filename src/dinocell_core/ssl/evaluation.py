@@ -16,11 +16,17 @@ import pandas as pd
 
 from dinocell_core.profiling.embed import (
     BackboneEmbedder,
-    EmbedSettings,
     FieldReader,
     aggregate_wells,
     embed_sites,
     find_metadata_dir,
+)
+from dinocell_core.profiling.settings import (
+    TEACHER,
+    EmbedSettings,
+    EvalSettings,
+    ReadoutSettings,
+    ScoreSettings,
 )
 from dinocell_core.profiling.table import ProfileError
 from dinocell_core.runs.records import (
@@ -46,12 +52,12 @@ class TrainingEvaluator:
             raise ProfileError(f"eval: no CPJUMP1 metadata (barcode_platemap.csv) under {self.root}; set "
                                "eval.metadata")
         self.metadata = meta
-        self.embed = EmbedSettings(backbone="teacher", channels=e.channels, tokens=e.tokens, tile=e.tile,
+        # the section's read-out and scoring keys are profile embed's and profile evaluate's own fields
+        self.embed = EmbedSettings(backbone=TEACHER, **e.model_dump(include=set(ReadoutSettings.model_fields)),
                                    illumination=cfg.data.illumination, norm_percentiles=cfg.data.norm_percentiles,
-                                   batch_size=e.batch_size, device=str(device))
-        from dinocell_core.profiling.evaluate import EvalSettings
-
-        self.settings = EvalSettings(normalize=e.normalize, null_size=e.null_size, seed=cfg.seed, matching=False)
+                                   device=str(device))
+        self.settings = EvalSettings(**e.model_dump(include=set(ScoreSettings.model_fields)), seed=cfg.seed,
+                                     matching=False)
         self.storage = cfg.data.storage()
         self._fields: list[Any] | None = None
         self.check()

@@ -30,8 +30,10 @@ from qtpy.QtWidgets import (
 from superqt.utils import WorkerBase
 
 from dinocell_core.profiling.evaluate import EvalSettings
-from dinocell_core.profiling.normalize import NEGCON_FLAG
+from dinocell_core.profiling.normalize import NEGCON_FLAG, NORMALIZATIONS
 from dinocell_core.profiling.projection import METHODS, UMAP_MISSING, WellMap, umap_available
+from dinocell_core.profiling.settings import QUICK_NULL_SIZE
+from dinocell_core.profiling.table import readout_text
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.status import JobStatus
@@ -84,7 +86,7 @@ class ProfilesWidget(QWidget):
         self.evaluation = PathEdit("optional: a `profile evaluate` folder (else computed here)", "dir")
         self.images = PathEdit("optional: CPJUMP1 root, to open a clicked well in the JUMP browser", "dir")
         self.normalize = QComboBox()
-        self.normalize.addItems(["negcon_mad", "spherize_mad", "none"])
+        self.normalize.addItems(list(NORMALIZATIONS))
         self.method = QComboBox()
         self.method.addItems(list(METHODS))
         if not umap_available():  # listed but greyed out, saying what to install
@@ -96,7 +98,7 @@ class ProfilesWidget(QWidget):
         self.null_size = QSpinBox()
         self.null_size.setRange(100, 1_000_000)
         self.null_size.setSingleStep(1000)
-        self.null_size.setValue(10_000)
+        self.null_size.setValue(QUICK_NULL_SIZE)
         self.color_by = QComboBox()
         self.color_by.addItems(COLOR_BY)
         self.color_by.currentTextChanged.connect(lambda _: self.draw())
@@ -121,6 +123,8 @@ class ProfilesWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Profiles", self.profiles)
+        self.readout = QLabel("")  # which read-out the table holds (profile embed's OUT.json)
+        form.addRow("Read-out", self.readout)
         form.addRow("Evaluation", self.evaluation)
         form.addRow("Images root", self.images)
         form.addRow("Normalisation", self.normalize)
@@ -144,6 +148,7 @@ class ProfilesWidget(QWidget):
         if not path:
             show_error("choose a well-profile table first")
             return
+        self.readout.setText(readout_text(path))
         self.worker = start_job(well_map_job, path, self.evaluation.text() or None, self.normalize.currentText(),
                                 self.null_size.value(), METHODS[self.method.currentIndex()], status=self.status,
                                 title="Profiles", on_returned=self._show, on_finished=self._finished)

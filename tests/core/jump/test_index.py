@@ -14,9 +14,13 @@ import pytest
 from dinocell_core.jump.channels import channel_number
 from dinocell_core.jump.index import (
     INDEX_COLUMNS,
+    FileParts,
+    field_stem,
+    file_name,
     index_fields,
     index_load_data,
     load_index,
+    parse_file_name,
     read_index_csv,
     write_index_csv,
 )
@@ -175,3 +179,13 @@ def test_cli_fixture_and_index(tmp_path):
     empty.mkdir()
     r = subprocess.run(CLI + ["jump", "index", str(empty)], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "no complete CPJUMP1 fields" in r.stderr
+
+
+def test_one_parser_reads_cpjump1_file_names():
+    """The index scan, load_data rows and the napari reader all read names through parse_file_name."""
+    parts = parse_file_name("r03c12f09p01-ch5sk2fk1fl1.tiff")
+    assert parts == FileParts(row=3, col=12, site=9, plane=1, channel=5, sk=2, fk=1, fl=1)
+    assert parts.field == (3, 12, 9, 1, 2)
+    assert parse_file_name(file_name(3, 12, 9, 5, 2)) == parts and field_stem(3, 12, 9) == "r03c12f09p01"
+    for other in ("r03c12f09p01-ch5sk2fk1fl1.png", "r3c12f09p01-ch5sk2fk1fl1.tiff", "r03c12f09p01_nuclei.tiff"):
+        assert parse_file_name(other) is None

@@ -183,7 +183,7 @@ def test_random_vit_on_cell_crops(plates: Path, labels: Path, tmp_path: Path):
     fields = [f for f in load_index(str(plates)) if f.plate == "BR00116991"]
     s = EmbedSettings(backbone="random", arch="vit_test", model_kwargs={"depth": 2}, units="cells",
                       labels=str(labels), crop=48, centre="cells", border="shift", tokens="mean_patch",
-                      device="cpu", batch_size=32)
+                      device="cpu", batch_size=32, channels="fluorescent_mean")  # a ViT's default: each
     wells = embed_profiles(str(plates), fields, tmp_path / "rand.csv", s, metadata=None, progress=False,
                            report=lambda _: None)
     feats = [c for c in wells.columns if not c.startswith("Metadata_")]

@@ -125,7 +125,7 @@ def test_embed_resumes_where_it_stopped(plates: Path, tmp_path: Path):
 def test_random_vit_cls_and_mean_patch(plates: Path, tmp_path: Path):
     fields = [f for f in load_index(str(plates)) if f.plate in ("BR00116991", "BR00117005")]
     s = EmbedSettings(backbone="random", arch="vit_test", model_kwargs={"depth": 2}, tile=64,
-                      tokens="cls+mean_patch", device="cpu")
+                      tokens="cls+mean_patch", device="cpu", channels="fluorescent_mean")  # a ViT's default: each
     wells = embed_profiles(str(plates), fields, tmp_path / "rand.csv", s, metadata=None, progress=False)
     feats = [c for c in wells.columns if not c.startswith("Metadata_")]
     assert len(feats) == 2 * 192 and feats[0] == "fmean_cls_0000" and feats[-1] == "fmean_mean_patch_0191"
