@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dinocell_core.jump.channels import BRIGHTFIELD, CHANNELS
-from napari_dinocell.layer_meta import CHANNEL, LAYER, OWNER
+from napari_dinocell.layer_meta import CHANNEL, LAYER, OWNER, SOURCE_LAYER
 
 #: Cell Painting colours: Mito magenta, AGP red, RNA yellow, ER green, DNA blue; brightfield planes gray
 COLORMAPS = {1: "magenta", 2: "red", 3: "yellow", 4: "green", 5: "blue", 6: "gray", 7: "gray", 8: "gray"}
@@ -51,6 +51,11 @@ def field_layer_data(
 ) -> list[tuple[np.ndarray, dict[str, Any], str]]:
     """napari layer-data tuples for a [C, H, W] stack of the given channel numbers."""
     return [(stack[i], channel_layer_kwargs(ch, stack[i], metadata), "image") for i, ch in enumerate(channels)]
+
+
+def is_result(layer: Any) -> bool:
+    """A layer computed from another image (labels, distance map, PCA features): never an input to segment."""
+    return SOURCE_LAYER in layer.metadata
 
 
 def owned_layer(viewer: Any, owner: str, key: str) -> Any:

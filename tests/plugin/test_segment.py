@@ -375,3 +375,35 @@ def test_segment_this_well_and_plate_to_disk(make_napari_viewer, qtbot, models_d
     table = read_plate(results, field.plate_folder)
     assert sorted(set(table["Metadata_Well"])) == sorted({f.well for f in browser.fields})
     assert str(layout.plate_table(field.plate_folder)) in widget.status.message
+
+
+def test_image_never_follows_a_result_layer(make_napari_viewer, qtbot, models_dir, tmp_path):
+    """Ticking "show distance map" adds (and napari activates) the DNA distance layer: the Image stays DNA, Save and
+    Export still work, and "Segment all channels" never runs a model on a result layer."""
+    viewer = make_napari_viewer()
+    add_field(viewer)
+    widget = segment_widget(viewer, qtbot, models_dir)
+    dna = viewer.layers["DNA"]
+    viewer.layers.selection.active = dna
+    widget.run_btn.click()
+    wait_idle(widget, qtbot)
+    widget.show_distance.setChecked(True)
+    qtbot.waitUntil(lambda: "DNA distance" in viewer.layers and viewer.layers["DNA distance"].visible,
+                    timeout=5000)
+    distance = viewer.layers["DNA distance"]
+    viewer.layers.selection.active = distance  # also when the user clicks it
+    assert widget.picker.current_layer() is dna
+    combo = widget.picker.layer_combo
+    assert "DNA distance" not in [combo.itemText(i) for i in range(combo.count())]
+
+    widget.export.folder.setText(str(tmp_path))
+    widget.export.save_btn.click()
+    qtbot.waitUntil(lambda: (tmp_path / "DNA_labels.tiff").exists(), timeout=10_000)
+    widget.export.export_btn.click()
+    qtbot.waitUntil(lambda: any(tmp_path.glob("DNA_objects.*")), timeout=10_000)
+
+    viewer.layers.selection.active = distance
+    widget.all_btn.click()
+    wait_idle(widget, qtbot)
+    assert widget.status.message.endswith("in 2 image(s)"), widget.status.message  # DNA and Mito, nothing else
+    assert not any("distance labels" in layer.name or "distance distance" in layer.name for layer in viewer.layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtCore import QSettings, QSize
@@ -78,12 +79,14 @@ def fit_narrow(combo: QComboBox) -> None:
 
 
 class LayerCombo(QComboBox):
-    """Image layers of the viewer, kept in sync with additions, removals and renames."""
+    """Image layers of the viewer, kept in sync with additions, removals and renames; ``accept(layer)`` False
+    leaves a layer out (e.g. result layers, which are never an input)."""
 
-    def __init__(self, viewer: Any, layer_type: str = "Image") -> None:
+    def __init__(self, viewer: Any, layer_type: str = "Image", accept: Callable[[Any], bool] | None = None) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer_type = layer_type
+        self.accept = accept
         fit_narrow(self)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
@@ -100,7 +103,7 @@ class LayerCombo(QComboBox):
         self.blockSignals(True)
         self.clear()
         for layer in self.viewer.layers:
-            if layer.__class__.__name__ == self.layer_type:
+            if self.offers(layer):
                 self.addItem(layer.name, id(layer))
         self.blockSignals(False)
         if current is not None:
@@ -109,6 +112,10 @@ class LayerCombo(QComboBox):
                 self.setCurrentIndex(idx)
                 return
         self.currentIndexChanged.emit(self.currentIndex())
+
+    def offers(self, layer: Any) -> bool:
+        """Whether ``layer`` can be chosen here."""
+        return layer.__class__.__name__ == self.layer_type and (self.accept is None or self.accept(layer))
 
     def current_layer(self) -> Any:
         key = self.currentData()

@@ -29,7 +29,7 @@ from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job
 from napari_dinocell.jobs.segment_disk import BatchResult, SaveWhat, save_job, segment_fields_job
 from napari_dinocell.layer_meta import CHANNEL, FIELD, JUMP_ROOT, PLATE, PLATE_FOLDER, WELL
-from napari_dinocell.layers import STALE
+from napari_dinocell.layers import STALE, is_result
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
@@ -161,7 +161,8 @@ class SegmentWidget(QWidget):
         field_key = current.metadata.get(FIELD)
         tasks = []
         for layer in self.viewer.layers:
-            if layer.__class__.__name__ != "Image" or layer.metadata.get(FIELD) != field_key:
+            if (layer.__class__.__name__ != "Image" or is_result(layer)  # never a model on a distance map
+                    or layer.metadata.get(FIELD) != field_key):
                 continue
             info = self.picker.bundle_for_channel(layer_channel(layer))
             if info is not None and n_channels(layer) == 1:

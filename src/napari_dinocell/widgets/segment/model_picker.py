@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 from dinocell_core.jump.channels import CHANNELS, channel_number
 from dinocell_core.seg.bundle import BundleInfo, list_bundles
 from napari_dinocell.jobs.runner import start_job
+from napari_dinocell.layers import is_result
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, fit_narrow
 from napari_dinocell.widgets.segment.images import layer_channel, n_channels
@@ -62,7 +63,8 @@ class ModelPicker(QWidget):
         super().__init__()
         self.viewer = viewer
         self.bundles: list[BundleInfo] = []
-        self.layer_combo = LayerCombo(viewer)
+        # result layers (labels, distance maps, PCA) are never an input: the Image never follows them
+        self.layer_combo = LayerCombo(viewer, accept=lambda layer: not is_result(layer))
         self.layer_combo.currentIndexChanged.connect(self._layer_changed)
         self.channel_pick = QComboBox()
         self.channel_pick.setToolTip("the channel of a multichannel / RGB layer to segment")
@@ -134,12 +136,13 @@ class ModelPicker(QWidget):
 
     def _follow_selection(self, event: Any = None) -> None:
         """Make the viewer's active image layer the one to segment (matched by name: a plugin's viewer hands out
-        proxies of its selected layers, not the layers themselves)."""
+        proxies of its selected layers, not the layers themselves); a result layer becoming active (a distance map
+        just added) leaves the choice alone."""
         active = self.viewer.layers.selection.active
         if active is None:
             return
         layer = next((lyr for lyr in self.viewer.layers if lyr.name == active.name), None)
-        if layer is not None and layer.__class__.__name__ == "Image":
+        if layer is not None and self.layer_combo.offers(layer):
             self.layer_combo.set_layer(layer)
 
     def _layer_changed(self, *_: Any) -> None:
