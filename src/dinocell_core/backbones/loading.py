@@ -6,6 +6,9 @@
 - a DINOCell pretraining run directory or one of its ``checkpoints/step_*.safetensors`` (→ teacher backbone);
 - a ``dinocell-core export-backbone`` ``.safetensors`` (official key layout + metadata).
 
+Every loader here builds the backbone with the input planes its weights take (``in_chans`` 3, or 5 for a
+``fluorescent_stack`` backbone; exports record it too), so decoders, features and profiles never build the wrong one.
+
 :func:`backbone_from_weights` also reads the architecture from the file when the caller does not know it.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +40,54 @@ log = logging.getLogger(__name__)
 
 
 def load_backbone(arch: str = "vit_small", patch_size: int = 8, weights: str | os.PathLike[str] | None = None,
-                  **kwargs: Any) -> DinoBackbone:
+                  in_chans: int | None = None, **kwargs: Any) -> DinoBackbone:
     """Build a DINOv3 backbone (``arch``: vit_small | vit_base | vit_large | vit_test) and load ``weights``.
 
-    ``kwargs`` go to timm (e.g. ``drop_path_rate=0.1``, ``rope_rescale_coords=2``, or ``depth=2`` for tests)."""
-    model = DinoBackbone(arch, patch_size, **kwargs)
-    if weights is not None:
-        load_weights(model, weights)
+    ``in_chans``: input planes, 3 (gray/RGB) or 5 (fluorescent stack); None = as many as the weights take (3
+    without weights). 3-plane weights grow into a 5-plane backbone that starts as their fluorescent-mean model
+    (:func:`dinocell_core.backbones.vit.expand_patch_embed`). ``kwargs`` go to timm (e.g. ``drop_path_rate=0.1``,
+    ``rope_rescale_coords=2``, or ``depth=2`` for tests)."""
+    found = read_weights(weights) if weights is not None else None
+    planes = in_chans if in_chans is not None else (found.in_chans if found is not None else 3)
+    model = DinoBackbone(arch, patch_size, in_chans=planes, **kwargs)
+    if found is not None:
+        found.load_into(model)
+        log.info("backbone %s/p%d (%d planes) weights loaded from %s", model.arch, model.patch_size, planes,
+                 found.path)
     return model
 
 
-def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
+@dataclass
+class BackboneWeights:
+    """The tensors of a weights file, read once: ``official`` key layout (release .pth, eval snapshot, export) or
+    this project's own backbone state dict (training checkpoints); ``meta`` is what the file records about them."""
+
+    path: Path
+    tensors: Mapping[str, torch.Tensor]
+    official: bool
+    meta: Mapping[str, Any]
+
+    @property
+    def in_chans(self) -> int:
+        """Input planes of the stored patch embedding (exports also record it; the tensor is the ground truth)."""
+        key = "patch_embed.proj.weight" if self.official else "vit.patch_embed.proj.weight"
+        w = self.tensors.get(key)
+        if w is None or w.ndim != 4:
+            raise WeightsError(f"{self.path}: no patch embedding ({key}) in the backbone weights")
+        return int(w.shape[1])
+
+    def load_into(self, model: DinoBackbone) -> None:
+        arch = self.meta.get("arch")
+        if arch is not None and arch != model.arch:
+            raise WeightsError(f"{self.path}: weights are for arch {arch!r}, requested {model.arch!r}")
+        if self.official:
+            model.load_official_state_dict(self.tensors, source=str(self.path))
+        else:
+            model.load_backbone_state(self.tensors, source=str(self.path))
+
+
+def read_weights(weights: str | os.PathLike[str]) -> BackboneWeights:
+    """Read a backbone from any accepted file (module docstring); a run directory means its newest checkpoint."""
     p = Path(weights).expanduser()
     if p.is_dir():
         try:
@@ -56,8 +97,8 @@ def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
     if not p.is_file():
         raise WeightsError(f"backbone weights {p} do not exist")
     if p.suffix == ".safetensors":
-        _load_safetensors(model, p)
-    elif p.suffix in (".pth", ".pt"):
+        return _read_safetensors(p)
+    if p.suffix in (".pth", ".pt"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad/unsafe pickles
@@ -67,36 +108,22 @@ def load_weights(model: DinoBackbone, weights: str | os.PathLike[str]) -> None:
             obj = {k[len("backbone."):]: v for k, v in obj["teacher"].items() if k.startswith("backbone.")}
         if not isinstance(obj, Mapping):
             raise WeightsError(f"{p}: expected a state dict, found {type(obj).__name__}")
-        model.load_official_state_dict(obj, source=str(p))
-    else:
-        raise WeightsError(f"{p}: unknown weights file type (expected .pth, .safetensors or a run directory)")
-    log.info("backbone %s/p%d weights loaded from %s", model.arch, model.patch_size, p)
+        return BackboneWeights(p, obj, official=True, meta={})
+    raise WeightsError(f"{p}: unknown weights file type (expected .pth, .safetensors or a run directory)")
 
 
-def _load_safetensors(model: DinoBackbone, p: Path) -> None:
+def _read_safetensors(p: Path) -> BackboneWeights:
     try:
         tensors, meta = load_tensors(p)
     except CheckpointError as exc:
         raise WeightsError(str(exc)) from None
     fmt = meta.get("format")
     if fmt == EXPORT_FORMAT:
-        _check_meta(model, meta, p)
-        model.load_official_state_dict(tensors, source=str(p))
-        return
+        return BackboneWeights(p, tensors, official=True, meta=meta)
     state = load_state(p)
     if state.get("kind") != PRETRAIN_FORMAT:
         raise WeightsError(f"{p}: not a DINOCell pretraining checkpoint or backbone export (format {fmt!r})")
-    _check_meta(model, state["backbone_meta"], p)
-    try:
-        model.load_state_dict(state["teacher"]["backbone"], strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{p}: teacher backbone does not fit arch {model.arch!r}: {exc}") from None
-
-
-def _check_meta(model: DinoBackbone, meta: Mapping[str, Any], p: Path) -> None:
-    arch = meta.get("arch")
-    if arch is not None and arch != model.arch:
-        raise WeightsError(f"{p}: weights are for arch {arch!r}, requested {model.arch!r}")
+    return BackboneWeights(p, state["teacher"]["backbone"], official=False, meta=state["backbone_meta"])
 
 
 def teacher_backbone(source: str | os.PathLike[str]) -> tuple[DinoBackbone, dict[str, Any]]:
@@ -106,8 +133,10 @@ def teacher_backbone(source: str | os.PathLike[str]) -> tuple[DinoBackbone, dict
     if state.get("kind") != PRETRAIN_FORMAT:
         raise WeightsError(f"{ckpt}: not a DINOCell pretraining checkpoint")
     meta = state["backbone_meta"]
-    backbone = load_backbone(meta["arch"], patch_size=int(meta["patch_size"]), **meta.get("kwargs", {}))
-    backbone.load_state_dict(state["teacher"]["backbone"], strict=True)
+    found = BackboneWeights(ckpt, state["teacher"]["backbone"], official=False, meta=meta)
+    backbone = load_backbone(meta["arch"], patch_size=int(meta["patch_size"]), in_chans=found.in_chans,
+                             **meta.get("kwargs", {}))
+    found.load_into(backbone)
     info = {"source_checkpoint": str(ckpt.resolve()), "step": int(state["step"]),
             "config_name": state.get("config", {}).get("name")}
     return backbone, info

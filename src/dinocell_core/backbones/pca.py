@@ -3,7 +3,8 @@
 The first three principal components of the patch tokens of one image become R, G, B (robustly scaled per
 component). Any backbone that :func:`dinocell_core.backbones.loading.backbone_from_weights` loads works, so two checkpoints of
 one run can be compared on the same field. Large images are processed in tiles (attention cost grows with the
-square of the token count); the result has one pixel per patch.
+square of the token count); the result has one pixel per patch. A ``fluorescent_stack`` backbone (5 input planes)
+looks at the five fluorescent channels of a field, [5, H, W] in CPJUMP1 order (Mito, AGP, RNA, ER, DNA).
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def feature_image(image: np.ndarray) -> np.ndarray:
     return normalize_percentile(img.astype(np.float32))
 
 
+def feature_stack(image: np.ndarray, planes: int) -> np.ndarray:
+    """[planes, H, W] float32, each plane robustly scaled on its own (the training data convention of a stack)."""
+    from dinocell_core.io.images import normalize_percentile
+
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[0] != planes:
+        raise ValueError(f"this backbone takes {planes} input planes (the fluorescent channels as [{planes}, H, W]), "
+                         f"got an image of shape {img.shape}")
+    return np.stack([normalize_percentile(p.astype(np.float32)) for p in img])
+
+
 def iter_patch_features(
     backbone: Any, image: np.ndarray, tile: int = 512, device: str = "cpu"
 ) -> Iterator[tuple[int, int] | np.ndarray]:
@@ -46,19 +58,20 @@ def iter_patch_features(
     import torch
 
     p = int(backbone.patch_size)
-    img = feature_image(image)
-    h, w = img.shape
+    planes = int(getattr(backbone, "in_chans", 3))
+    img = feature_image(image)[None] if planes == 3 else feature_stack(image, planes)
+    h, w = img.shape[-2:]
     gh, gw = -(-h // p), -(-w // p)
-    padded = np.pad(img, ((0, gh * p - h), (0, gw * p - w)), mode="reflect" if min(h, w) > 1 else "edge")
+    padded = np.pad(img, ((0, 0), (0, gh * p - h), (0, gw * p - w)), mode="reflect" if min(h, w) > 1 else "edge")
     tile = max(p, (int(tile) // p) * p)
     boxes = [(y, x) for y in range(0, gh * p, tile) for x in range(0, gw * p, tile)]
     grid = np.zeros((gh, gw, int(backbone.embed_dim)), np.float32)
     backbone = backbone.to(device).eval()
     with torch.inference_mode():
         for i, (y, x) in enumerate(boxes):
-            crop = padded[y : y + tile, x : x + tile]
-            th, tw = crop.shape[0] // p, crop.shape[1] // p
-            t = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(device)
+            crop = padded[:, y : y + tile, x : x + tile]
+            th, tw = crop.shape[1] // p, crop.shape[2] // p
+            t = torch.from_numpy(np.ascontiguousarray(crop))[None].to(device)
             tokens = backbone.forward_tokens(backbone.normalize_input(t))["patches"]
             grid[y // p : y // p + th, x // p : x // p + tw] = (
                 tokens[0].float().reshape(th, tw, -1).cpu().numpy()

@@ -6,6 +6,10 @@ Why a wrapper: timm's ``vit_*_patch16_dinov3_qkvb`` reproduces the official forw
 official release ``.pth`` (folding the bias mask first, PI-resizing the patch kernel 16 → 8), our training
 checkpoints and safetensors exports, and converts back to the official layout (``to_official_state_dict``).
 Which files hold a backbone, and how they load, is :mod:`dinocell_core.backbones.loading`.
+
+Input planes (``in_chans``): 3 for gray (or RGB) images, 5 for the five fluorescent channels stacked
+(``data.channel_mode: fluorescent_stack``). A 5-plane backbone grows from 3-plane weights so that it starts as the
+fluorescent-mean model (:func:`expand_patch_embed`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ log = logging.getLogger(__name__)
 TIMM_VERSION = "1.0.31"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: one mean/std for every plane of a fluorescent stack (the ImageNet values' averages: the stains have no RGB order)
+STACK_MEAN = sum(IMAGENET_MEAN) / 3
+STACK_STD = sum(IMAGENET_STD) / 3
 N_REGISTERS = 4
+IN_CHANS = (3, 5)  # gray/RGB, the five fluorescent channels
 EXPORT_FORMAT = "dinocell-backbone/1"
 PRETRAIN_FORMAT = "dinocell-pretrain/1"
 
@@ -47,15 +55,26 @@ class WeightsError(DinocellError, ValueError):
 class DinoBackbone(nn.Module):
     """A DINOv3 ViT returning CLS, register and patch tokens (after the final norm) with optional iBOT masking."""
 
-    def __init__(self, arch: str, patch_size: int, source: str = "backbone", **kwargs: Any) -> None:
+    def __init__(self, arch: str, patch_size: int, source: str = "backbone", in_chans: int = 3,
+                 **kwargs: Any) -> None:
         super().__init__()
         check_backbone(arch, patch_size, kwargs, source)  # before timm sees anything (no path-like arguments)
+        if in_chans not in IN_CHANS:
+            raise WeightsError(f"{source}: in_chans {in_chans!r} is not supported; expected one of {IN_CHANS}")
         name, overrides = ARCHS[arch]
         args = {**overrides, **kwargs}
         self.arch = arch
         self.build_kwargs = dict(kwargs)
         self.vit = timm.create_model(name, pretrained=False, patch_size=patch_size, num_classes=0,
                                      global_pool="token", **args)
+        if in_chans != 3:  # grown from the 3-plane init, so a random stack model also starts as its mean model
+            proj = self.vit.patch_embed.proj
+            w, b = expand_patch_embed(proj.weight.detach(), proj.bias.detach(), in_chans)
+            new = nn.Conv2d(in_chans, proj.out_channels, proj.kernel_size, proj.stride)
+            with torch.no_grad():
+                new.weight.copy_(w)
+                new.bias.copy_(b)
+            self.vit.patch_embed.proj = new
         d = self.vit.embed_dim
         self.mask_token = nn.Parameter(torch.zeros(1, d))
         # Persistent, so the exact (bf16-rounded) values of a release file travel with our checkpoints and bundles.
@@ -72,6 +91,10 @@ class DinoBackbone(nn.Module):
         return int(self.vit.patch_embed.patch_size[0])
 
     @property
+    def in_chans(self) -> int:
+        return int(self.vit.patch_embed.proj.in_channels)
+
+    @property
     def num_blocks(self) -> int:
         return len(self.vit.blocks)
 
@@ -82,11 +105,24 @@ class DinoBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vit.set_grad_checkpointing(enable)
 
-    @staticmethod
-    def normalize_input(x: torch.Tensor) -> torch.Tensor:
-        """[B, 1|3, H, W] images in [0, 1] (our robust-normalised gray) → ImageNet-standardised 3-channel input."""
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected images [B, 1 or 3, H, W], got {tuple(x.shape)}")
+    def _planes(self) -> tuple[int, ...]:
+        return (1, 3) if self.in_chans == 3 else (self.in_chans,)
+
+    def _check_planes(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] not in self._planes():
+            what = " or ".join(map(str, self._planes()))
+            hint = " (the five fluorescent channels, each normalised to [0, 1])" if self.in_chans == 5 else ""
+            raise ValueError(f"expected images [B, {what}, H, W]{hint}, got {tuple(x.shape)}")
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (our robust-normalised views) → the network's standardised input.
+
+        3-plane backbone: [B, 1|3, H, W] gray (copied to RGB) or RGB, ImageNet mean/std per plane. 5-plane backbone:
+        [B, 5, H, W] fluorescent stack, one mean/std (``STACK_MEAN``/``STACK_STD``) for every plane; the 3-plane
+        ImageNet statistics are folded into its patch embedding instead (:func:`expand_patch_embed`)."""
+        self._check_planes(x)
+        if self.in_chans == 5:
+            return (x - STACK_MEAN) / STACK_STD
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -94,8 +130,7 @@ class DinoBackbone(nn.Module):
         return (x - mean) / std
 
     def _embed(self, x: torch.Tensor, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected images [B, 1 or 3, H, W], got {tuple(x.shape)}")
+        self._check_planes(x)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         p = self.patch_size
@@ -158,6 +193,9 @@ class DinoBackbone(nn.Module):
         mask_token = sd.get("mask_token")
         periods = sd.get("rope_embed.periods")
         converted = checkpoint_filter_fn(sd, self.vit)
+        w, b = converted.get("patch_embed.proj.weight"), converted.get("patch_embed.proj.bias")
+        if w is not None and b is not None:
+            converted["patch_embed.proj.weight"], converted["patch_embed.proj.bias"] = self.fit_planes(w, b, source)
         missing, unexpected = self.vit.load_state_dict(converted, strict=False)
         missing = [m for m in missing if m != "rope.periods"]
         if missing or unexpected:
@@ -171,6 +209,29 @@ class DinoBackbone(nn.Module):
                 self.mask_token.zero_()
             if periods is not None:
                 self.vit.rope.periods.copy_(periods.float())
+
+    def fit_planes(self, weight: torch.Tensor, bias: torch.Tensor, source: str = "weights"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A patch embedding of some input planes made fit for this backbone's: equal → unchanged, 3 → 5 grown
+        (:func:`expand_patch_embed`); anything else is refused (a 5-plane model cannot become a gray one)."""
+        planes = int(weight.shape[1])
+        if planes == self.in_chans:
+            return weight, bias
+        if planes == 3:
+            return expand_patch_embed(weight, bias, self.in_chans)
+        raise WeightsError(f"{source}: weights take {planes} input planes, this backbone {self.in_chans}; a "
+                           f"{planes}-plane (fluorescent_stack) backbone needs in_chans={planes}")
+
+    def load_backbone_state(self, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load this class's own state dict (training checkpoints), growing 3-plane weights for a stack model."""
+        sd = dict(state)
+        key = "vit.patch_embed.proj"
+        if f"{key}.weight" in sd and f"{key}.bias" in sd:
+            sd[f"{key}.weight"], sd[f"{key}.bias"] = self.fit_planes(sd[f"{key}.weight"], sd[f"{key}.bias"], source)
+        try:
+            self.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"{source}: backbone does not fit arch {self.arch!r}: {exc}") from None
 
     def to_official_state_dict(self) -> dict[str, torch.Tensor]:
         """This backbone in the official DINOv3 key layout (the inverse of timm's filter, masked K bias included)."""
@@ -205,7 +266,37 @@ class DinoBackbone(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         return {"arch": self.arch, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
-                "num_blocks": self.num_blocks, "kwargs": dict(self.build_kwargs)}
+                "num_blocks": self.num_blocks, "in_chans": self.in_chans, "kwargs": dict(self.build_kwargs)}
+
+
+def expand_patch_embed(weight: torch.Tensor, bias: torch.Tensor, in_chans: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grow a 3-plane patch embedding (W [D, 3, p, p], b [D]) to ``in_chans`` planes so that the grown network, at
+    these weights, *is* the fluorescent-mean model: for any stack x_1..x_n its output equals the 3-plane model's on
+    the mean image x̄ = (1/n)·Σ_k x_k (copied to RGB) — in particular on a stack whose planes all equal x, exactly
+    the 3-plane model's output on x.
+
+    Why the ImageNet statistics are folded in: the 3-plane model sees z_c = (x̄ − m_c)/s_c, so its patch embedding
+    of a gray image is
+
+        y3 = Σ_c (W_c/s_c) ∗ x̄ − Σ_c (m_c/s_c)·ΣW_c + b            (ΣW_c: sum of the kernel taps of W_c)
+
+    The stack model normalises every plane with one mean/std (μ, σ) = (STACK_MEAN, STACK_STD) and uses
+
+        W'_k = (3/n) · mean_c(W_c · σ/s_c)   for every plane k,     b' = b + Σ_c ((μ − m_c)/s_c)·ΣW_c
+
+    Then Σ_k W'_k ∗ (x_k − μ)/σ + b' = Σ_c (W_c/s_c) ∗ x̄ − μ·Σ_c ΣW_c/s_c + b' = y3 (the patch embedding has no
+    padding, so a constant input gives ΣW exactly). With equal s_c this is FINO's W'_k = mean_rgb(W)·3/n; the
+    ImageNet stds differ by < 2 %, so W' stays within 2 % of it. Everything after the patch embedding is shared."""
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise WeightsError(f"expected a 3-plane patch kernel [D, 3, p, p], got {tuple(weight.shape)}")
+    w = weight.double()
+    m = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    per_unit = (w / s).sum(dim=1, keepdim=True)  # Σ_c W_c/s_c: the filter a [0, 1] gray image meets
+    grown = (per_unit * (STACK_STD / in_chans)).expand(-1, in_chans, -1, -1)
+    shift = (((STACK_MEAN - m) / s) * w).sum(dim=(1, 2, 3))
+    return grown.to(weight.dtype).contiguous(), (bias.double() + shift).to(bias.dtype)
 
 
 def patch_embed_flops(embed_dim: int, patch: int, n_patches: int, in_chans: int = 3) -> float:
@@ -225,6 +316,6 @@ def count_forward_flops(model: DinoBackbone, size: int) -> float:
     n = (size // model.patch_size) ** 2
     mlp_ratio = model.vit.blocks[0].mlp.fc1.out_features / model.embed_dim
     return (vit_forward_flops(model.embed_dim, model.num_blocks, mlp_ratio, n + model.num_prefix_tokens)
-            + patch_embed_flops(model.embed_dim, model.patch_size, n))
+            + patch_embed_flops(model.embed_dim, model.patch_size, n, model.in_chans))
 
 

@@ -16,6 +16,8 @@ BRIGHTFIELD: tuple[int, ...] = (6, 7, 8)
 ALL_CHANNELS: tuple[int, ...] = tuple(sorted(CHANNELS))
 BRIGHTFIELD_VIEW = 8  # OrigBrightfield, the middle plane (ch7 is LowZBF)
 FMEAN = "fluorescent_mean"
+FSINGLE = "fluorescent_single"
+FSTACK = "fluorescent_stack"
 NAME_TO_CHANNEL = {name.lower(): ch for ch, name in CHANNELS.items()}
 
 
@@ -40,13 +42,14 @@ def channel_number(name_or_int: str | int) -> int:
 
 @dataclass(frozen=True)
 class ChannelMode:
-    """What one SSL view is made of: the fluorescent mean, one channel, or several channels as views.
+    """What one SSL view is made of: the fluorescent mean, one channel, several channels as views, one fluorescent
+    channel per sample, or the five fluorescent channels as one 5-plane input.
 
-    Spelled in configs as ``fluorescent_mean`` | ``multiview`` | ``brightfield`` (= ch8) | ``channel:N`` (N a number or
-    a name such as ``DNA``); :meth:`parse` is the only parser.
+    Spelled in configs as ``fluorescent_mean`` | ``fluorescent_single`` | ``fluorescent_stack`` | ``multiview`` |
+    ``brightfield`` (= ch8) | ``channel:N`` (N a number or a name such as ``DNA``); :meth:`parse` is the only parser.
     """
 
-    kind: Literal["fluorescent_mean", "multiview", "channel"]
+    kind: Literal["fluorescent_mean", "fluorescent_single", "fluorescent_stack", "multiview", "channel"]
     channel: int | None = None
 
     @classmethod
@@ -54,13 +57,19 @@ class ChannelMode:
         if isinstance(mode, ChannelMode):
             return mode
         text = str(mode).strip()
-        if text in (FMEAN, "multiview"):
+        if text in (FMEAN, FSINGLE, FSTACK, "multiview"):
             return cls(text)  # type: ignore[arg-type]
         if text == "brightfield":
             return cls("channel", BRIGHTFIELD_VIEW)
         if text.startswith("channel:"):
             return cls("channel", channel_number(text.split(":", 1)[1]))
-        raise ValueError(f"unknown channel_mode {mode!r}; use fluorescent_mean, brightfield, multiview or channel:N")
+        raise ValueError(f"unknown channel_mode {mode!r}; use {FMEAN}, {FSINGLE}, {FSTACK}, brightfield, multiview "
+                         "or channel:N")
+
+    @property
+    def in_chans(self) -> int:
+        """Input planes of the backbone this mode trains: 5 for the fluorescent stack, else 3 (gray → RGB)."""
+        return len(FLUORESCENT) if self.kind == FSTACK else 3
 
     def __str__(self) -> str:
         return f"channel:{self.channel}" if self.kind == "channel" else self.kind

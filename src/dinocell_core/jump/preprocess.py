@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dinocell_core.io.images import apply_clahe, normalize_percentile
+from dinocell_core.io.images import apply_clahe, percentiles, scale_to_unit
 from dinocell_core.io.tiffio import BadImageError, odd_shape, read_tiff
 from dinocell_core.jump.channels import ALL_CHANNELS, CHANNELS
 from dinocell_core.jump.index import Field, join_path
@@ -89,15 +89,23 @@ class Preprocessor:
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
 
+    def corrected(self, raw: np.ndarray, inv_illum: np.ndarray | None = None) -> np.ndarray:
+        """One raw uint16 channel before normalisation: as stored, or illumination-corrected (float32 in [0, 1])."""
+        if inv_illum is None:
+            return raw
+        img = raw.astype(np.float32)
+        img *= inv_illum
+        np.clip(img, 0.0, 1.0, out=img)
+        return img
+
+    def references(self, img: np.ndarray) -> tuple[float, float]:
+        """The field's normalisation levels: its ``low``/``high`` percentiles (mapped to 0 and 1)."""
+        return percentiles(img, self.low, self.high)
+
     def channel(self, raw: np.ndarray, inv_illum: np.ndarray | None = None) -> np.ndarray:
         """One raw uint16 channel → float32 in [0, 1]."""
-        if inv_illum is not None:
-            img = raw.astype(np.float32)
-            img *= inv_illum
-            np.clip(img, 0.0, 1.0, out=img)
-        else:
-            img = raw
-        out = normalize_percentile(img, self.low, self.high)
+        img = self.corrected(raw, inv_illum)
+        out = scale_to_unit(img, *self.references(img))
         if self.clahe:
             out = apply_clahe(out, self.clahe_clip_limit, self.clahe_tile_grid)
         return out

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
-from dinocell_core.jump.channels import channel_number
+from dinocell_core.jump.channels import FLUORESCENT, channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.cells import CellSource, crop_stack
 from dinocell_core.profiling.settings import BASELINE, EmbedSettings
@@ -47,7 +47,8 @@ class TileEmbedder(Protocol):
 
 
 class BackboneEmbedder:
-    """A DINOv3 backbone on [N, t, t] tiles in [0, 1] → CLS and/or mean patch token (after the final norm)."""
+    """A DINOv3 backbone on [N, t, t] tiles in [0, 1] (or [N, 5, t, t] fluorescent stacks for a 5-plane backbone)
+    → CLS and/or mean patch token (after the final norm)."""
 
     def __init__(self, backbone: Any, device: Any, tokens: str = "cls", batch_size: int = 64,
                  label: str = "backbone") -> None:
@@ -56,6 +57,7 @@ class BackboneEmbedder:
         self.tokens = tokens
         self.batch_size = batch_size
         self.label = label
+        self.in_chans = int(getattr(backbone, "in_chans", 3))
         d = int(backbone.embed_dim)
         parts = ["cls", "mean_patch"] if tokens == "cls+mean_patch" else [tokens]
         self.feature_names = [f"{p}_{i:04d}" for p in parts for i in range(d)]
@@ -70,7 +72,8 @@ class BackboneEmbedder:
                                f"patch size {p}")
         with torch.inference_mode():
             for i in range(0, len(tiles), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size]))[:, None].to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device)
+                x = x[:, None] if x.ndim == 3 else x  # one plane per tile, or a stack of planes
                 tok = self.backbone.forward_tokens(self.backbone.normalize_input(x.float()))
                 parts = []
                 if self.tokens in ("cls", "cls+mean_patch"):
@@ -117,6 +120,21 @@ def make_embedder(s: EmbedSettings) -> TileEmbedder:
     return BackboneEmbedder(model, device, s.tokens, s.batch_size, label)
 
 
+STACK = "stack"  # the view of a fluorescent_stack backbone: the five fluorescent channels as one input
+
+
+def readout_views(s: EmbedSettings, in_chans: int = 3) -> list[tuple[str, tuple[int, ...]]]:
+    """(view name, channels) an embedder of ``in_chans`` input planes is fed. A ``fluorescent_stack`` backbone (5
+    planes) embeds the five fluorescent channels as one stacked input — there is no per-channel read-out of a stack
+    model, whatever ``channels`` asks; every other embedder gets the views of ``channels``."""
+    return [(STACK, tuple(FLUORESCENT))] if in_chans == len(FLUORESCENT) else s.views()
+
+
+def embedder_planes(embedder: TileEmbedder) -> int:
+    """Input planes of an embedder (3 unless it is a stack backbone's)."""
+    return int(getattr(embedder, "in_chans", 3))
+
+
 # ------------------------------------------------------------------------------------------------ tiles
 
 def tile_boxes(h: int, w: int, tile: int) -> list[tuple[int, int]]:
@@ -138,7 +156,8 @@ def valid_tiles(dna: np.ndarray, boxes: list[tuple[int, int]], tile: int, s: Emb
 class FieldReader:
     """Field → {view: [n_units, t, t] float32} (tiles, or cell crops from ``cells``); illumination cached per plate."""
 
-    def __init__(self, root: str, s: EmbedSettings, storage: Any = None, cells: CellSource | None = None) -> None:
+    def __init__(self, root: str, s: EmbedSettings, storage: Any = None, cells: CellSource | None = None,
+                 in_chans: int = 3) -> None:
         from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
 
         if s.units == "cells" and cells is None:
@@ -146,7 +165,7 @@ class FieldReader:
         self.root, self.s, self.storage, self.cells = root, s, storage, cells
         self.pre = Preprocessor(low=s.norm_percentiles[0], high=s.norm_percentiles[1], illumination=s.illumination)
         self.illum = IlluminationCache(storage=storage)
-        self.views = s.views()
+        self.views = readout_views(s, in_chans)
         need_dna = {DNA} if s.units == "tiles" else set()  # the tile rule looks at DNA
         self.channels = sorted(need_dna | {c for _, chs in self.views for c in chs})
 
@@ -160,18 +179,27 @@ class FieldReader:
             norm[ch] = self.pre.channel(img, inv)
         if self.cells is not None:
             origins = self.cells.origins(field, tuple(raw.shape[1:]))
-            return {name: crop_stack(self._view(norm, chs), origins, self.s.crop) for name, chs in self.views}
+            return {name: _crop_units(self._view(norm, name, chs), origins, self.s.crop) for name, chs in self.views}
         t = self.s.tile
         boxes = tile_boxes(*raw.shape[1:], t)
         keep = [boxes[i] for i in valid_tiles(norm[DNA], boxes, t, self.s)]
         out = {}
         for name, chs in self.views:
-            view = self._view(norm, chs)
-            out[name] = np.stack([view[y:y + t, x:x + t] for y, x in keep]).astype(np.float32)
+            view = self._view(norm, name, chs)
+            out[name] = np.stack([view[..., y:y + t, x:x + t] for y, x in keep]).astype(np.float32)
         return out
 
-    def _view(self, norm: dict[int, np.ndarray], chs: tuple[int, ...]) -> np.ndarray:
+    def _view(self, norm: dict[int, np.ndarray], name: str, chs: tuple[int, ...]) -> np.ndarray:
+        if name == STACK:
+            return np.stack([norm[c] for c in chs])
         return norm[chs[0]] if len(chs) == 1 else self.pre.fluorescent_mean([norm[c] for c in chs])
+
+
+def _crop_units(view: np.ndarray, origins: np.ndarray, size: int) -> np.ndarray:
+    """Cell crops of a view: [n, size, size], or [n, planes, size, size] of a stack."""
+    if view.ndim == 2:
+        return crop_stack(view, origins, size)
+    return np.stack([crop_stack(plane, origins, size) for plane in view], axis=1)
 
 
 def _agg(x: np.ndarray, how: str) -> np.ndarray:
@@ -179,7 +207,7 @@ def _agg(x: np.ndarray, how: str) -> np.ndarray:
 
 
 def feature_names(s: EmbedSettings, embedder: TileEmbedder) -> list[str]:
-    return [f"{view}_{n}" for view, _ in s.views() for n in embedder.feature_names]
+    return [f"{view}_{n}" for view, _ in readout_views(s, embedder_planes(embedder)) for n in embedder.feature_names]
 
 
 FLUSH_BATCHES = 4  # units are embedded once this many batches are waiting (bounds memory with per-cell crops)
@@ -189,7 +217,7 @@ def embed_chunk(fields: Sequence[Field], reader: FieldReader, embedder: TileEmbe
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Site features [n_sites, D] (units aggregated per site; NaN for a site without units) and the unit counts,
     batching units across sites."""
-    views = [name for name, _ in s.views()]
+    views = [name for name, _ in readout_views(s, embedder_planes(embedder))]
     dim = len(views) * len(embedder.feature_names)
     counts: list[int] = []
     done: list[np.ndarray] = []
@@ -358,7 +386,7 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
 
         done_sites = sum(len(fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]) for i in done)
         bar = tqdm(total=len(fields), initial=done_sites, desc="embed", unit="field", dynamic_ncols=True)
-    reader = FieldReader(root, s, storage, cells)
+    reader = FieldReader(root, s, storage, cells, embedder_planes(embedder))
     try:
         for i, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s, skip=lambda i: i in done):
             _save_chunk(_chunk_path(parts, i), sites, counts)
@@ -393,7 +421,8 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
         wells = annotate(wells, metadata)
     _write_field_table(fields_path(out), sites, unlabelled, s.unit_column, s.units)
     write_profiles(wells, out)
-    atomic_write_json(info_path(out), {"settings": s.model_dump(mode="json"), "readout": readout_record(s),
+    readout = readout_record(s, embedder_planes(embedder))
+    atomic_write_json(info_path(out), {"settings": s.model_dump(mode="json"), "readout": readout,
                                        "embedder": embedder.describe(), "n_fields": len(fields),
                                        "n_fields_without_labels": len(unlabelled),
                                        "n_units": int(sites[s.unit_column].sum()), "n_wells": len(wells),
@@ -401,9 +430,10 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
     return wells
 
 
-def readout_record(s: EmbedSettings) -> dict[str, object]:
-    """What ``OUT.json`` says about the table's read-out (``profiling.table.table_readout`` reads it back)."""
-    return {"channels": s.channels, "views": [name for name, _ in s.views()], "tokens": s.tokens}
+def readout_record(s: EmbedSettings, in_chans: int = 3) -> dict[str, object]:
+    """What ``OUT.json`` says about the table's read-out (``profiling.table.table_readout`` reads it back); a stack
+    backbone's table holds the one ``stack`` view (:func:`readout_views`)."""
+    return {"channels": s.channels, "views": [name for name, _ in readout_views(s, in_chans)], "tokens": s.tokens}
 
 
 def find_metadata_dir(root: str) -> Path | None:

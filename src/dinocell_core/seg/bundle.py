@@ -143,6 +143,9 @@ def check_architecture(p: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], d
     bb, dec = meta.get("backbone"), meta.get("decoder")
     if not isinstance(bb, dict):
         raise BundleError(f"{p}: backbone must be a mapping, got {type(bb).__name__}")
+    if bb.get("in_chans", 3) != 3:  # decoders are single-channel (seg.decoder): no bundle holds a stack backbone
+        raise BundleError(f"{p}: backbone.in_chans {bb.get('in_chans')!r} is not supported; segmentation bundles "
+                          "hold a 3-plane (single-channel input) backbone")
     try:
         spec = check_backbone(bb.get("arch"), bb.get("patch_size"), bb.get("kwargs"), str(p))
         depth = int((bb.get("kwargs") or {}).get("depth", spec.depth))

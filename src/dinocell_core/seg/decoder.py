@@ -4,6 +4,10 @@ All ViT blocks share one stride, so "skip connections" from several blocks are f
 reassembly by 1×1 projections) and the resolution is recovered by ×2 upsampling stages. A light convolutional
 stem on the input image feeds the last two stages: the token grid (8 px) cannot place a cell border to the pixel.
 The output always has the input's size (inputs that are not a multiple of the patch size are padded and cropped).
+
+Decoders are single-channel (one model per channel, fed the image it segments): a ``fluorescent_stack`` backbone
+(5 input planes) is refused rather than fed one channel copied to five planes, an input it never saw in training.
+Decoders belong on a ``fluorescent_single`` backbone, which saw each channel on its own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dinocell_core.backbones.archs import ArchitectureError
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -47,6 +53,12 @@ class DistanceDecoder(nn.Module):
     def __init__(self, backbone: nn.Module, layers: Sequence[int] | None = None, width: int = 128,
                  stem_width: int = 16) -> None:
         super().__init__()
+        planes = int(getattr(backbone, "in_chans", 3))
+        if planes != 3:
+            raise ArchitectureError(
+                f"segmentation decoders take one channel, but this backbone takes {planes} input planes (trained with "
+                "data.channel_mode fluorescent_stack); train decoders on a fluorescent_single, fluorescent_mean or "
+                "channel:N backbone")
         self.backbone = backbone
         self.patch_size = int(backbone.patch_size)
         if self.patch_size & (self.patch_size - 1):

@@ -1,8 +1,9 @@
 """Multi-crop geometry and microscopy augmentations on small float32 arrays (NumPy/OpenCV, no PIL).
 
 Crops are cut from the field first and only then resized, so a 96-px local crop never touches the other
-~1M pixels of a 1080² field. Augmentations suit fluorescence/brightfield: flips on both axes, 90° rotations,
-intensity/contrast/gamma jitter, blur, noise — no hue or colour jitter (the images are single-channel).
+~1M pixels of a 1080² field. Augmentations suit fluorescence/brightfield: gamma/gain/offset jitter of the raw
+counts before normalisation (:func:`intensity_curve`), then flips on both axes, 90° rotations, blur, noise — no hue
+or colour jitter. Crops are one plane [H, W] or a stack of planes [C, H, W] (geometry shared by the planes).
 """
 
 from __future__ import annotations
@@ -47,37 +48,61 @@ def sample_crop_box_px(rng: np.random.Generator, height: int, width: int, side_p
 
 
 def crop_resize(img: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Cut ``box`` and resize to ``size``² (INTER_AREA when shrinking, INTER_LINEAR when enlarging)."""
+    """Cut ``box`` and resize to ``size``² as float32 (INTER_AREA when shrinking, INTER_LINEAR when enlarging)."""
     top, left, h, w = box
-    crop = img[top:top + h, left:left + w]
+    crop = img[top:top + h, left:left + w].astype(np.float32, copy=False)
     interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
+def intensity_curve(x: np.ndarray, lo: float, hi: float, gamma: float, gain: float, offset: float
+                    ) -> tuple[np.ndarray, float, float]:
+    """Jitter raw counts ``x`` as another detector response, exposure and offset would: with ``lo``/``hi`` the
+    levels that normalise them (dark, bright) and r = hi − lo,
+
+        f(x) = lo + r·(offset + gain·u^gamma),   u = max(x − lo, 0)/r
+
+    (gamma bends the signal above the dark level, as the fixture's detector gamma does). Returns (f(x), f(lo),
+    f(hi)): f is increasing, so these are the augmented field's percentiles — per-field normalisation with them gives
+    u^gamma whatever the gain and offset."""
+    r = max(float(hi) - float(lo), 1e-12)
+    u = np.asarray(x, np.float32) - np.float32(lo)
+    np.maximum(u, 0.0, out=u)
+    u *= np.float32(1.0 / r)
+    if abs(gamma - 1.0) > 1e-6:
+        cv2.pow(u, gamma, dst=u)
+    u *= np.float32(gain * r)
+    u += np.float32(lo + offset * r)
+    return u, lo + offset * r, lo + (offset + gain) * r
+
+
+def draw_intensity(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[float, float, float] | None:
+    """(gamma, gain, offset) for one plane of one crop (gamma and gain log-uniform), or None (no jitter). Always
+    draws the same count of numbers, so the strengths never move the rest of the stream (the crop geometry)."""
+    log_uniform = lambda r: math.exp(rng.uniform(math.log(r[0]), math.log(r[1])))  # noqa: E731
+    apply = rng.random() < cfg.intensity_p
+    jitter = (log_uniform(cfg.gamma), log_uniform(cfg.gain), float(rng.uniform(*cfg.offset)))
+    return jitter if apply else None
+
+
 def augment(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, blur_p: float) -> np.ndarray:
-    """Random flips/rot90, intensity/contrast/gamma jitter, blur and noise on one [0, 1]-ish float32 crop."""
+    """Random flips/rot90, blur and noise on one normalised float32 crop [H, W] or [C, H, W] (the intensity jitter
+    came before normalisation: :func:`intensity_curve`)."""
     if cfg.flips:
         if rng.random() < 0.5:
-            img = img[:, ::-1]
+            img = img[..., :, ::-1]
         if rng.random() < 0.5:
-            img = img[::-1, :]
+            img = img[..., ::-1, :]
     if cfg.rot90:
         k = int(rng.integers(0, 4))
         if k:
-            img = np.rot90(img, k)
+            img = np.rot90(img, k, axes=(-2, -1))
     img = np.ascontiguousarray(img, dtype=np.float32)
-    if rng.random() < cfg.intensity_p:
-        g_lo, g_hi = cfg.gamma
-        gamma = math.exp(rng.uniform(math.log(g_lo), math.log(g_hi))) if g_hi > 0 and g_lo > 0 else 1.0
-        if abs(gamma - 1.0) > 1e-3:
-            np.clip(img, 0.0, None, out=img)
-            cv2.pow(img, gamma, dst=img)
-        c = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
-        b = rng.uniform(-cfg.brightness, cfg.brightness)
-        img = cv2.addWeighted(img, c, img, 0.0, b)
     if rng.random() < blur_p:
         sigma = rng.uniform(*cfg.blur_sigma)
-        img = cv2.GaussianBlur(img, (0, 0), sigma)
+        if sigma > 0:
+            planes = img.reshape(-1, *img.shape[-2:])
+            img = np.stack([cv2.GaussianBlur(p, (0, 0), sigma) for p in planes]).reshape(img.shape)
     if rng.random() < cfg.noise_p:
         std = rng.uniform(*cfg.noise_std)
         if std > 0:

@@ -19,14 +19,21 @@ from dinocell_core.ssl.schedules import SCALING_RULES
 
 
 class AugmentConfig(StrictModel):
-    """Augmentation strengths (the ``data.augment`` config section)."""
+    """Augmentation strengths (the ``data.augment`` config section).
+
+    Intensity jitter acts on each plane's raw counts *before* normalisation, with probability ``intensity_p``
+    (:func:`dinocell_core.ssl.augment.intensity_curve`): ``gamma`` bends the signal above the dark level, ``gain``
+    scales it and ``offset`` shifts it (in units of the field's dynamic range). Per-field percentile normalisation
+    cancels gain and offset, as it cancels exposure differences in real data; gamma remains. The default gamma range
+    spans the fixture's per-field detector gamma (0.6–1.6). Blur: ``blur_p`` (global 1, global 2, local) all 0 turns
+    it off; ``blur_sigma`` ≤ 0.5 px keeps 1–2-px organelles."""
 
     flips: bool = True
     rot90: bool = True
     intensity_p: float = PField(0.8, ge=0, le=1)
-    brightness: float = PField(0.1, ge=0, le=1)
-    contrast: float = PField(0.3, ge=0, le=1)
-    gamma: tuple[float, float] = (0.75, 1.35)
+    gamma: tuple[float, float] = (0.6, 1.6)
+    gain: tuple[float, float] = (0.5, 2.0)
+    offset: tuple[float, float] = (-0.05, 0.05)
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_p: float = PField(0.3, ge=0, le=1)
@@ -34,10 +41,18 @@ class AugmentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentConfig":
-        for name in ("gamma", "blur_sigma", "noise_std"):
+        for name in ("blur_sigma", "noise_std"):
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
                 raise ValueError(f"{name} must be a range [low, high] with 0 ≤ low ≤ high")
+        for name in ("gamma", "gain"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range [low, high] with 0 < low ≤ high")
+        lo, hi = self.offset
+        if not -1 <= lo <= hi <= 1:
+            raise ValueError("offset must be a range [low, high] with -1 ≤ low ≤ high ≤ 1 (fractions of the field's "
+                             "dynamic range)")
         if any(not 0 <= p <= 1 for p in self.blur_p):
             raise ValueError("blur_p values (global 1, global 2, local) must lie in [0, 1]")
         return self
@@ -48,7 +63,10 @@ class DataConfig(StrictModel):
 
     ``root`` is a CPJUMP1 folder, an ``s3://`` prefix or a load_data CSV; ``index`` is where the index CSV is cached
     (or an existing contract CSV to use); ``prepared`` points at a ``jump prepare`` store. ``channel_mode`` is
-    ``fluorescent_mean`` | ``channel:N`` | ``brightfield`` | ``multiview``.
+    ``fluorescent_mean`` | ``fluorescent_single`` | ``fluorescent_stack`` | ``channel:N`` | ``brightfield`` |
+    ``multiview`` (:class:`~dinocell_core.jump.channels.ChannelMode`). ``second_view``: ``same_field`` (every crop
+    of a sample from one field) or ``same_well`` (the second global crop and half of the locals from another site
+    of the same well, from the plate layout alone as WS-DINO, so the views do not share the field's nuisance).
     """
 
     root: str | None = None
@@ -57,6 +75,7 @@ class DataConfig(StrictModel):
     refresh_index: bool = False
     prepared: str | None = None
     channel_mode: str = FMEAN
+    second_view: Literal["same_field", "same_well"] = "same_field"
     multiview_channels: list[int] = list(ALL_CHANNELS)
     illumination: bool = False
     norm_percentiles: tuple[float, float] = (1.0, 99.8)

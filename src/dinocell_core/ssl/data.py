@@ -8,6 +8,13 @@ takes its own slots. ``crops_per_field`` consecutive samples of a batch share on
 TIFFs is the floor of the loader's cost). A bad file skips deterministically to the next field of the
 permutation; the failure (path, reason) travels with the batch and :class:`FailureBudget` stops the run when too
 many reads fail.
+
+What a sample holds: ``data.channel_mode`` picks the view of every crop (the fluorescent mean; one fluorescent
+channel per sample, balanced over the five, for all its crops; the five fluorescent channels as a 5-plane stack; one
+fixed channel; or multiview). ``data.second_view: same_well`` cuts the second global crop and half of the locals
+from another site of the same well, so the two views share the biology of the well but not the field's nuisance
+(focus, density, exposure). Each crop is cut from each channel's raw counts, jittered there (gamma, gain, offset)
+and only then normalised with the field's levels, as a field imaged differently would be.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -24,15 +32,18 @@ import numpy as np
 import torch
 
 from dinocell_core.errors import DinocellError
+from dinocell_core.io.images import scale_to_unit
 from dinocell_core.io.tiffio import BadImageError, odd_shape, read_tiff
-from dinocell_core.jump.channels import FLUORESCENT, FMEAN
+from dinocell_core.jump.channels import FLUORESCENT, FMEAN, FSINGLE, FSTACK
 from dinocell_core.jump.index import Field, FieldTable, load_field_table
 from dinocell_core.jump.preprocess import IlluminationCache, Preprocessor
 from dinocell_core.ssl.augment import (
     MaskingGenerator,
     augment,
     crop_resize,
+    draw_intensity,
     ibot_masks,
+    intensity_curve,
     sample_crop_box,
     sample_crop_box_px,
 )
@@ -86,8 +97,73 @@ def preprocessor_for(cfg: DataConfig) -> Preprocessor:
                         clahe=cfg.clahe, clahe_clip_limit=cfg.clahe_clip_limit)
 
 
+STACK = "stack"  # the view of fluorescent_stack: the five fluorescent channels as planes of one crop
+
+
+@dataclass
+class Plane:
+    """One channel of a field as crops are cut from it: the image before normalisation and the levels (lo, hi)
+    that normalise it to 0 and 1. From TIFFs: the (illumination-corrected) counts and the field's percentiles; from a
+    prepared store or after CLAHE (whole-field operations), the normalised image with levels (0, 1)."""
+
+    image: np.ndarray
+    lo: float
+    hi: float
+
+
+class _FieldCache:
+    """Planes of one field decoded so far, and the field's image shape (the first seen twice: a wrong-size first
+    channel is not it)."""
+
+    def __init__(self) -> None:
+        self.planes: dict[int, Plane] = {}
+        self.shape: tuple[int, ...] | None = None
+        self.votes: dict[tuple[int, ...], int] = {}
+
+
+def single_channel(seed: int, sample_id: int) -> int:
+    """The fluorescent channel of sample ``sample_id`` in ``fluorescent_single`` mode: every block of 5 consecutive
+    sample ids holds each channel once, in a seeded order, so the stream is balanced over channels and any resumed
+    or re-sharded stream draws the same channel for the same sample."""
+    n = len(FLUORESCENT)
+    block, pos = divmod(int(sample_id), n)
+    return int(FLUORESCENT[int(np.random.default_rng([seed, 0x51C4, block]).permutation(n)[pos])])
+
+
+class WellPartners:
+    """For ``second_view: same_well``: which fields have another site of their well (label-free: plate layout only),
+    and a draw of one of those sites. Wells with a single site are skipped (counted in ``skipped_wells``)."""
+
+    def __init__(self, fields: Sequence[Field]) -> None:
+        wells: dict[tuple[str, str], int] = {}
+        group = np.empty(len(fields), np.int64)
+        self.sites = np.empty(len(fields), np.int64)
+        for i in range(len(fields)):
+            f = fields[i]
+            group[i] = wells.setdefault((f.plate, f.well), len(wells))
+            self.sites[i] = f.site
+        self.order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[self.order], np.arange(len(wells) + 1))
+        self.start, self.stop = bounds[group], bounds[group + 1]
+        n_sites = np.array([len(np.unique(self.sites[self.order[a:b]])) for a, b in zip(bounds[:-1], bounds[1:])])
+        self.skipped_wells = int((n_sites < 2).sum())
+        self.eligible = np.flatnonzero(n_sites[group] >= 2)
+        if not len(self.eligible):
+            names = [f"{p}/{w}" for p, w in list(wells)[:3]]
+            raise NoFieldsError(f"data.second_view=same_well needs wells with at least 2 sites, but every well has "
+                                f"one (e.g. {', '.join(names)}{' …' if len(wells) > 3 else ''}); use same_field")
+
+    def draw(self, i: int, rng: np.random.Generator) -> int:
+        """A field of ``i``'s well imaged at another site."""
+        members = self.order[self.start[i]:self.stop[i]]
+        others = members[self.sites[members] != self.sites[i]]
+        return int(others[int(rng.integers(0, len(others)))])
+
+
 class SSLFieldDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by ``(sample_id, field_slot)`` pairs from :class:`SSLStreamSampler`."""
+
+    MAX_CACHED_FIELDS = 3  # the sample's field, its same-well partner, and the previous field's partner
 
     def __init__(self, cfg: DataConfig, patch_size: int, seed: int, fields: Sequence[Field] | None = None) -> None:
         if cfg.global_size % patch_size:
@@ -105,10 +181,10 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         if not self.fields:
             raise NoFieldsError(f"no complete CPJUMP1 fields found under {cfg.root or cfg.index} (a field needs "
                                 "all 8 channel files r..c..f..p01-ch1..8sk..fk1fl1.tiff in one plate folder)")
-        self._cache_key: str | None = None
-        self._cache: dict[Any, np.ndarray] = {}
-        self._shape: tuple[int, ...] | None = None
-        self._shape_votes: dict[tuple[int, ...], int] = {}
+        self.partners = WellPartners(self.fields) if cfg.second_view == "same_well" else None
+        if self.partners is not None and self.partners.skipped_wells:
+            log.info("second_view same_well: %d well(s) with a single site skipped", self.partners.skipped_wells)
+        self._cache: OrderedDict[str, _FieldCache] = OrderedDict()
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
         self.prepared = PreparedStore(cfg.prepared, cfg) if cfg.prepared else None
         self._illum: IlluminationCache | None = None
@@ -119,12 +195,15 @@ class SSLFieldDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """Workers get settings and the field table, never the parent's decoded-image caches."""
         state = self.__dict__.copy()
-        state.update(_cache_key=None, _cache={}, _shape=None, _shape_votes={}, _perms=OrderedDict(), _illum=None)
+        state.update(_cache=OrderedDict(), _perms=OrderedDict(), _illum=None)
         return state
 
     # -- stream order
     def field_for_slot(self, slot: int, attempt: int = 0) -> int:
-        n = len(self.fields)
+        """The field index of a stream slot: a seeded permutation per epoch over the fields a sample can start from
+        (with same_well, those whose well has another site)."""
+        pool = self.partners.eligible if self.partners is not None else None
+        n = len(pool) if pool is not None else len(self.fields)
         epoch, pos = divmod(slot, n)
         perm = self._perms.get(epoch)
         if perm is None:
@@ -132,74 +211,123 @@ class SSLFieldDataset(torch.utils.data.Dataset):
             self._perms[epoch] = perm
             if len(self._perms) > 2:
                 self._perms.popitem(last=False)
-        return int(perm[(pos + attempt) % n])
+        i = int(perm[(pos + attempt) % n])
+        return int(pool[i]) if pool is not None else i
 
-    # -- field views
-    def view(self, field: Field, view: Any) -> np.ndarray:
-        """One normalised view of ``field`` (a channel number or ``fluorescent_mean``), cached for its siblings."""
-        if self._cache_key != field.key:
-            self._cache_key, self._cache, self._shape, self._shape_votes = field.key, {}, None, {}
-        img = self._cache.get(view)
-        if img is None:
-            img = self._compute_view(field, view)
-            self._cache[view] = img
-        return img
+    # -- field planes
+    def _field_cache(self, field: Field) -> _FieldCache:
+        entry = self._cache.get(field.key)
+        if entry is None:
+            entry = self._cache[field.key] = _FieldCache()
+            if len(self._cache) > self.MAX_CACHED_FIELDS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(field.key)
+        return entry
 
-    def _compute_view(self, field: Field, view: Any) -> np.ndarray:
+    def plane(self, field: Field, ch: int) -> Plane:
+        """Channel ``ch`` of ``field`` before normalisation (cached for the field's other crops)."""
+        entry = self._field_cache(field)
+        plane = entry.planes.get(ch)
+        if plane is None:
+            plane = entry.planes[ch] = self._load_plane(field, ch, entry)
+        return plane
+
+    def _load_plane(self, field: Field, ch: int, entry: _FieldCache) -> Plane:
         if self.prepared is not None:
-            return self.prepared.view(field, view)
-        if view == FMEAN:
-            views = {str(field.path(self.root, ch)): self.view(field, ch) for ch in FLUORESCENT}
-            bad = odd_shape({p: v.shape for p, v in views.items()})
-            if bad is not None:
-                raise bad
-            return self.pre.fluorescent_mean(list(views.values()))
-        return self._channel(field, int(view))
-
-    def _channel(self, field: Field, ch: int) -> np.ndarray:
+            return Plane(self.prepared.view(field, ch), 0.0, 1.0)
         if ch not in field.paths:
             raise BadImageError(f"{field.key} ch{ch}", "channel missing from the index")
-        raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=self._shape)
-        if self._shape is None:  # the field's shape: the first seen twice (a wrong-size first channel is not it)
-            self._shape_votes[raw.shape] = self._shape_votes.get(raw.shape, 0) + 1
-            if self._shape_votes[raw.shape] >= 2:
-                self._shape = raw.shape
+        raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=entry.shape)
+        if entry.shape is None:
+            entry.votes[raw.shape] = entry.votes.get(raw.shape, 0) + 1
+            if entry.votes[raw.shape] >= 2:
+                entry.shape = raw.shape
         inv = None
         if self.pre.illumination:
             if self._illum is None:
                 self._illum = IlluminationCache(storage=self.storage)
             inv = self._illum.inverse(self.root, field, ch, raw.shape)
-        return self.pre.channel(raw, inv)
+        if self.pre.clahe:  # CLAHE equalises the whole field: crops come from its output
+            return Plane(self.pre.channel(raw, inv), 0.0, 1.0)
+        img = self.pre.corrected(raw, inv)
+        return Plane(img, *self.pre.references(img))
+
+    def view(self, field: Field, view: Any) -> np.ndarray:
+        """One whole normalised view of ``field`` (a channel number or ``fluorescent_mean``), without augmentation:
+        what ``jump prepare`` stores and what the crops are cut from (before their intensity jitter)."""
+        channels = self._view_channels(view)
+        planes = self._planes(field, channels)
+        images = [scale_to_unit(p.image, p.lo, p.hi) for p in planes]
+        return images[0] if len(images) == 1 else self.pre.fluorescent_mean(images)
+
+    @staticmethod
+    def _view_channels(view: Any) -> tuple[int, ...]:
+        return tuple(FLUORESCENT) if view in (FMEAN, STACK) else (int(view),)
+
+    def _planes(self, field: Field, channels: Sequence[int]) -> list[Plane]:
+        planes = [self.plane(field, ch) for ch in channels]
+        if len(planes) > 1:
+            bad = odd_shape({str(field.path(self.root, ch)): p.image.shape for ch, p in zip(channels, planes)})
+            if bad is not None:
+                raise bad
+        return planes
 
     # -- crops
-    def _crop_views(self, rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
+    def _crop_views(self, rng: np.random.Generator, sample_id: int) -> tuple[list[Any], list[Any]]:
         cfg = self.cfg
-        if self.mode.kind == "channel":
+        kind = self.mode.kind
+        if kind == "channel":
             return [self.mode.channel] * cfg.n_global, [self.mode.channel] * cfg.n_local
-        if self.mode.kind == FMEAN:
-            return [FMEAN] * cfg.n_global, [FMEAN] * cfg.n_local
+        if kind in (FMEAN, FSTACK):
+            view = FMEAN if kind == FMEAN else STACK
+            return [view] * cfg.n_global, [view] * cfg.n_local
+        if kind == FSINGLE:
+            ch = single_channel(self.seed, sample_id)
+            return [ch] * cfg.n_global, [ch] * cfg.n_local
         chans = cfg.multiview_channels
         pick = lambda: int(chans[int(rng.integers(0, len(chans)))])  # noqa: E731
         globals_ = [FMEAN] + [pick() for _ in range(cfg.n_global - 1)]
         return globals_, [pick() for _ in range(cfg.n_local)]
 
-    def _make_sample(self, field: Field, rng: np.random.Generator) -> dict[str, Any]:
+    def _crop(self, field: Field, view: Any, rng: np.random.Generator, scale: tuple[float, float],
+              side_px: tuple[int, int] | None, size: int) -> np.ndarray:
+        """One crop of ``view``: cut and resize each plane's raw counts, jitter them (:func:`intensity_curve`),
+        normalise, then combine (mean, or stack) — intensity augmentation before normalisation, per plane."""
+        planes = self._planes(field, self._view_channels(view))
+        box = _box(rng, planes[0].image.shape, scale, side_px)
+        out = []
+        for p in planes:
+            x = crop_resize(p.image, box, size)
+            lo, hi = p.lo, p.hi
+            jitter = draw_intensity(rng, self.cfg.augment)
+            if jitter is not None:
+                x, lo, hi = intensity_curve(x, lo, hi, *jitter)
+            out.append(scale_to_unit(x, lo, hi))
+        if view == STACK:
+            return np.stack(out)
+        return out[0] if len(out) == 1 else self.pre.fluorescent_mean(out)
+
+    def _make_sample(self, field: Field, index: int, sample_id: int, rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.cfg
-        g_views, l_views = self._crop_views(rng)
+        g_views, l_views = self._crop_views(rng, sample_id)
+        g_fields, l_fields = [field] * len(g_views), [field] * len(l_views)
+        if self.partners is not None:  # the second global crop and the second half of the locals: another site
+            other = self.fields[self.partners.draw(index, rng)]
+            g_fields[1:] = [other] * (len(g_views) - 1)
+            half = len(l_views) - len(l_views) // 2
+            l_fields[half:] = [other] * (len(l_views) - half)
         blur_p = cfg.augment.blur_p
         out_g = []
-        for i, view in enumerate(g_views):
-            img = self.view(field, view)
-            box = _box(rng, img.shape, cfg.global_scale, cfg.global_crop_px)
-            crop = crop_resize(img, box, cfg.global_size)
+        for i, (view, f) in enumerate(zip(g_views, g_fields)):
+            crop = self._crop(f, view, rng, cfg.global_scale, cfg.global_crop_px, cfg.global_size)
             out_g.append(augment(crop, rng, cfg.augment, blur_p[min(i, 1)]))
         out_l = []
-        for view in l_views:
-            img = self.view(field, view)
-            box = _box(rng, img.shape, cfg.local_scale, cfg.local_crop_px)
-            crop = crop_resize(img, box, cfg.local_size)
+        for view, f in zip(l_views, l_fields):
+            crop = self._crop(f, view, rng, cfg.local_scale, cfg.local_crop_px, cfg.local_size)
             out_l.append(augment(crop, rng, cfg.augment, blur_p[2]))
-        return {"global": out_g, "local": out_l, "views": [str(v) for v in g_views + l_views]}
+        return {"global": out_g, "local": out_l, "views": [str(v) for v in g_views + l_views],
+                "crop_fields": [f.key for f in g_fields + l_fields]}
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, Any]:
         sample_id, slot = (int(index[0]), int(index[1])) if isinstance(index, (tuple, list)) else (int(index),
@@ -207,14 +335,15 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         failures: list[tuple[str, str]] = []
         tries = min(self.cfg.max_retries, len(self.fields))
         for attempt in range(tries):
-            field = self.fields[self.field_for_slot(slot, attempt)]
+            i = self.field_for_slot(slot, attempt)
+            field = self.fields[i]
             rng = np.random.default_rng([self.seed, sample_id, attempt])
             try:
-                sample = self._make_sample(field, rng)
+                sample = self._make_sample(field, i, sample_id, rng)
             except BadImageError as exc:
                 failures.append((exc.path, exc.reason))
                 log.debug("skipping field %s: %s", field.key, exc)  # logged as a warning by SSLLoader
-                self._cache_key = None
+                self._cache.clear()
                 continue
             sample.update(sample_id=sample_id, field=field.key, failures=failures)
             return sample
@@ -281,7 +410,8 @@ class SSLStreamSampler:
 
 
 class SSLCollate:
-    """Stacks crops and draws iBOT masks with an RNG keyed by the batch's first sample id (deterministic)."""
+    """Stacks crops ([crops, B, planes, H, W]) and draws iBOT masks with an RNG keyed by the batch's first sample
+    id (deterministic)."""
 
     def __init__(self, cfg: DataConfig, patch_size: int, seed: int) -> None:
         self.cfg = cfg
@@ -294,11 +424,11 @@ class SSLCollate:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         b = len(samples)
         g = len(samples[0]["global"])
-        glob = np.stack([np.stack(s["global"]) for s in samples], axis=1)[:, :, None]
+        glob = _with_planes(np.stack([np.stack(s["global"]) for s in samples], axis=1))
         if samples[0]["local"]:
-            loc = np.stack([np.stack(s["local"]) for s in samples], axis=1)[:, :, None]
+            loc = _with_planes(np.stack([np.stack(s["local"]) for s in samples], axis=1))
         else:
-            loc = np.zeros((0, b, 1, self.cfg.local_size, self.cfg.local_size), np.float32)
+            loc = np.zeros((0, b, glob.shape[2], self.cfg.local_size, self.cfg.local_size), np.float32)
         rng = np.random.default_rng([self.seed, 0x1B07, int(samples[0]["sample_id"])])
         masks = ibot_masks(g * b, self.grid, self.cfg.mask_probability, tuple(self.cfg.mask_ratio), rng,
                            self.generator).reshape(g, b, *self.grid)
@@ -313,6 +443,11 @@ class SSLCollate:
             "fields": [s["field"] for s in samples],
             "views": [s["views"] for s in samples],
         }
+
+
+def _with_planes(crops: np.ndarray) -> np.ndarray:
+    """[crops, B, H, W] one-plane crops → [crops, B, 1, H, W]; stacked crops already are [crops, B, C, H, W]."""
+    return crops[:, :, None] if crops.ndim == 4 else crops
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -88,7 +88,8 @@ class TrainingEvaluator:
 
         fields = self.fields()
         embedder = BackboneEmbedder(backbone, self.device, self.embed.tokens, self.embed.batch_size, "teacher")
-        sites, names = embed_sites(fields, FieldReader(self.root, self.embed, self.storage), embedder, self.embed)
+        reader = FieldReader(self.root, self.embed, self.storage, in_chans=embedder.in_chans)
+        sites, names = embed_sites(fields, reader, embedder, self.embed)
         wells = aggregate_wells(sites, names, self.embed.well_aggregation, self.embed.unit_column)
         return annotate(wells, self.metadata)
 

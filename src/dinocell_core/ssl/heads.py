@@ -38,9 +38,16 @@ class DINOHead(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck: what the prototypes score (and what the Sinkhorn queue keeps)."""
         x = self.mlp(x)
-        x = F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+        return F.normalize(x, dim=-1, p=2, eps=1e-6 if x.dtype == torch.float16 else 1e-12)
+
+    def prototypes(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of bottleneck embeddings ``z`` against the current prototypes."""
         if self.normalize_prototypes:  # DINOv1/v2's weight-normed last layer with its norm fixed at 1
-            return F.linear(x, F.normalize(self.last_layer.weight, dim=-1))
-        return self.last_layer(x)
+            return F.linear(z, F.normalize(self.last_layer.weight, dim=-1))
+        return self.last_layer(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prototypes(self.embed(x))

@@ -7,6 +7,7 @@ Shapes follow the official ``SSLMetaArch``: crops first, then batch: logits ``[c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,39 +56,45 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int =
 
 
 class TeacherQueue:
-    """The last ``size`` teacher DINO logit rows of this rank, normalised together with each new batch.
+    """The last ``size`` teacher DINO embeddings of this rank (the head's L2-normalised bottleneck, before the
+    prototypes), scored with the *current* prototypes and normalised together with each new batch (SwAV's queue).
 
-    Why: Sinkhorn-Knopp gives every prototype an equal share of the rows it normalises. With fewer rows than
+    Why a queue: Sinkhorn-Knopp gives every prototype an equal share of the rows it normalises. With fewer rows than
     prototypes (one GPU: 96 rows against 2,048–65,536; the CPU demo: 32 against 128) every row needs prototypes of
     its own, so the two global views of one field never share a target (measured: argmax agreement 0.00) and the
-    student cannot beat a uniform guess (loss_dino = ln K). Over a queue of recent rows (SwAV's remedy) similar
-    rows share prototypes. The queued logits come from the teacher of the last few steps (an EMA that moves
-    slowly); they only shape the normalisation and carry no loss."""
+    student cannot beat a uniform guess (loss_dino = ln K). Over a queue of recent rows similar rows share
+    prototypes. Why embeddings, not logits: the prototypes move every step, and stored logits would mix scores of
+    prototypes that no longer exist; ``score`` (the teacher head's :meth:`~dinocell_core.ssl.heads.DINOHead
+    .prototypes`, bound to the live module) re-scores the queue each step. The queued rows only shape the
+    normalisation and carry no loss."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, score: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if size < 1:
             raise ValueError(f"the teacher queue needs at least one row, got {size}")
         self.size = int(size)
+        self.score = score
         self.rows: torch.Tensor | None = None
 
     @torch.no_grad()
     def targets(self, logits: torch.Tensor, temperature: float, n_iterations: int = 3) -> torch.Tensor:
-        """Targets [N, K] for the current rows, normalised together with the queue (which stays unchanged)."""
+        """Targets [N, K] for the current rows, normalised together with the re-scored queue (left unchanged)."""
         rows = logits.detach().float()
-        full = rows if self.rows is None else torch.cat([rows, self.rows.to(rows.device)])
-        return sinkhorn_knopp(full, temperature, n_iterations)[: rows.shape[0]]
+        if self.rows is not None:
+            queued = self.score(self.rows.to(rows.device)).float()
+            rows = torch.cat([rows, queued])
+        return sinkhorn_knopp(rows, temperature, n_iterations)[: logits.shape[0]]
 
     @torch.no_grad()
-    def push(self, logits: torch.Tensor) -> None:
-        """A step's rows join the queue (newest first; the oldest leave). Only after a finite step: one NaN row
-        would poison every later target."""
-        rows = logits.detach().float()[: self.size]
+    def push(self, embeddings: torch.Tensor) -> None:
+        """A step's teacher embeddings join the queue (newest first; the oldest leave). Only after a finite step:
+        one NaN row would poison every later target."""
+        rows = embeddings.detach().float()[: self.size]
         keep = 0 if self.rows is None else self.size - rows.shape[0]
         self.rows = torch.cat([rows, self.rows[:keep].to(rows.device)]) if keep > 0 else rows.clone()
 
     def load(self, rows: torch.Tensor) -> None:
         if rows.ndim != 2:
-            raise ValueError(f"teacher queue state must be [rows, K], got shape {tuple(rows.shape)}")
+            raise ValueError(f"teacher queue state must be [rows, dim], got shape {tuple(rows.shape)}")
         self.rows = rows.float()[: self.size].clone()
 
 

@@ -58,8 +58,10 @@ class SSLNetwork(nn.Module):
 
     @torch.no_grad()
     def teacher_forward(self, global_crops: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher outputs; ``dino_embed`` (the DINO head's bottleneck) is what the Sinkhorn queue keeps."""
         g = self.backbone(global_crops)
-        return {"cls_global": g["cls"], "dino_logits": self.dino_head(g["cls"]),
+        z = self.dino_head.embed(g["cls"])
+        return {"cls_global": g["cls"], "dino_embed": z, "dino_logits": self.dino_head.prototypes(z),
                 "ibot_logits": self.ibot_head(g["patches"][masks])}
 
 
@@ -103,7 +105,8 @@ def ssl_losses(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor
     """Total loss and a dict of every term and collapse signal (all fp32 tensors: no host sync here).
 
     ``groups`` (int [B]): the field of each sample, so KoLeo never pairs two crops of one field. ``queue``: the
-    DINO targets are normalised over the batch and the queue's recent teacher rows (``loss.sinkhorn_queue``)."""
+    DINO targets are normalised over the batch and the queue's recent teacher embeddings, scored with the current
+    prototypes (``loss.sinkhorn_queue``)."""
     b = masks.shape[0] // n_global
     t_dino = teacher["dino_logits"].float()
     k = t_dino.shape[-1]

@@ -17,7 +17,6 @@ import numpy as np
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.io.tiffio import BadImageError
-from dinocell_core.jump.channels import FMEAN
 from dinocell_core.jump.index import Field
 from dinocell_core.ssl.config import DataConfig
 from dinocell_core.ssl.data import SSLFieldDataset, load_ssl_fields
@@ -46,7 +45,7 @@ def _prepare_one(i: int) -> tuple[int, str | None]:
     if target.is_file():
         return i, None
     try:
-        stack = np.stack([ds.view(field, v if v == FMEAN else int(v)) for v in _WORKER["views"]])
+        stack = np.stack([ds.view(field, int(v)) for v in _WORKER["views"]])
     except BadImageError as exc:
         return i, f"{exc.path}: {exc.reason}"
     u16 = (np.clip(stack, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)

@@ -1,8 +1,10 @@
 """Reading a ``jump prepare`` store: each field's normalised views as uint16 ``.npy`` (memory-mappable).
 
-Values are the [0, 1] views of :mod:`dinocell_core.jump.preprocess` scaled to 0..65535, so 16-bit precision is
-kept. The store records the preprocessing settings and refuses a config that asks for different ones (a stale store
-must not silently feed other data). The writer is :mod:`dinocell_core.ssl.prepare`.
+Values are the [0, 1] normalised channels of :mod:`dinocell_core.jump.preprocess` scaled to 0..65535, so 16-bit
+precision is kept; crops from a store get their intensity jitter on these (with levels 0 and 1: the same result as on
+raw counts under per-field normalisation). The store records the preprocessing settings and refuses a config that
+asks for different ones (a stale store must not silently feed other data). The writer is
+:mod:`dinocell_core.ssl.prepare`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dinocell_core.io.tiffio import BadImageError
-from dinocell_core.jump.channels import FMEAN
+from dinocell_core.jump.channels import FLUORESCENT
 from dinocell_core.jump.index import Field
 from dinocell_core.ssl.config import DataConfig
 
@@ -24,13 +26,13 @@ MANIFEST = "manifest.json"
 
 
 def views_for(cfg: DataConfig) -> list[str]:
-    """View names a channel mode needs: ``fluorescent_mean`` and/or channel numbers as strings."""
+    """The channels a channel mode needs, as strings: crops combine channels only after each one's intensity jitter,
+    so the fluorescent modes need all five fluorescent channels (not their mean)."""
     mode = cfg.mode
     if mode.kind == "channel":
         return [str(mode.channel)]
-    if mode.kind == FMEAN:
-        return [FMEAN]
-    return [FMEAN] + [str(c) for c in cfg.multiview_channels]
+    channels = set(FLUORESCENT) | (set(cfg.multiview_channels) if mode.kind == "multiview" else set())
+    return [str(c) for c in sorted(channels)]
 
 
 def settings_of(cfg: DataConfig) -> dict[str, Any]:

@@ -23,8 +23,8 @@ def render_preview(batches: Sequence[dict[str, Any]], max_rows: int = 8, pad: in
     (drawn at their own size, top-aligned)."""
     rows: list[np.ndarray] = []
     for batch in batches:
-        glob = batch["global"].numpy()[:, :, 0]
-        loc = batch["local"].numpy()[:, :, 0]
+        glob = batch["global"].numpy().mean(axis=2)  # a stack of planes is shown as their mean
+        loc = batch["local"].numpy().mean(axis=2)
         masks = batch["masks"].numpy()
         g, b, hg, _ = glob.shape
         for i in range(b):

@@ -96,7 +96,8 @@ def build_networks(cfg: PretrainConfig, load_weights: bool = True) -> tuple[SSLN
     ``load_weights=False`` when resuming: the checkpoint holds every weight, so ``model.weights`` may have moved."""
     m = cfg.model
     backbone = load_backbone(m.arch, patch_size=m.patch_size, weights=m.weights if load_weights else None,
-                             rope_rescale_coords=m.rope_rescale_coords, init_values=m.layerscale_init, **m.kwargs)
+                             in_chans=cfg.data.mode.in_chans, rope_rescale_coords=m.rope_rescale_coords,
+                             init_values=m.layerscale_init, **m.kwargs)
     set_drop_path(backbone, m.drop_path_rate, m.drop_path_profile)
     h = cfg.heads
     student = SSLNetwork(backbone, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.ibot_out_dim,
@@ -188,7 +189,8 @@ class Trainer:
         autocast_for(cfg.train.precision, device)  # refuse bf16 on CPU before any work
         self.autocast = lambda: autocast_for(cfg.train.precision, device)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
-        self.queue = TeacherQueue(cfg.loss.sinkhorn_queue) if cfg.loss.sinkhorn_queue else None
+        self.queue = (TeacherQueue(cfg.loss.sinkhorn_queue, self.teacher.dino_head.prototypes)
+                      if cfg.loss.sinkhorn_queue else None)
 
     # -- state
     def state(self, step: int) -> dict[str, Any]:
@@ -218,7 +220,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.guard.skipped = int(state.get("nonfinite_skipped", 0))
         if self.queue is not None and "dino_queue" in state:  # this rank continues with the saved rank's rows
-            self.queue.load(state["dino_queue"].to(self.device))
+            rows = state["dino_queue"]
+            if rows.ndim == 2 and rows.shape[1] == self.cfg.heads.bottleneck_dim:
+                self.queue.load(rows.to(self.device))
+            else:  # a checkpoint from before the queue kept embeddings held logits: those cannot be re-scored
+                log.warning("the checkpoint's Sinkhorn queue holds rows of width %d, not teacher embeddings (%d): "
+                            "the queue restarts empty", rows.shape[-1], self.cfg.heads.bottleneck_dim)
         return int(state["step"])
 
     def _wrap_ddp(self, frozen: bool) -> None:
@@ -268,7 +275,7 @@ class Trainer:
             with phase("ema"):
                 ema_update(self.teacher, self.student, v.momentum)
             if self.queue is not None:
-                self.queue.push(t_out["dino_logits"])
+                self.queue.push(t_out["dino_embed"])
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.update(finite, step)

@@ -4,14 +4,21 @@ Pixels follow the measured statistics of Broad Opera Phenix images (fluorescent 
 up to thousands of counts, a few saturated pixels; brightfield ~20k ± 1k with three slightly different planes in
 which cells are faintly visible). Nuclei (ch5) sit inside cytoplasm/organelle signal (ch1–4); the ground-truth
 instance masks are a labels store (:mod:`dinocell_core.labels.store`) at ``<source root>/ground_truth/``, outside
-``Images/``, so segmentation is trained and scored through the same code path as real labels. Each well gets one of
-two phenotypes ("punctate", "tubular") that differ only in what a cell biologist looks at — organelle pattern:
-fragmented, punctate mitochondria and many small nucleoli versus an elongated mitochondrial network and a few
-large nucleoli — at the same cell size, density and brightness, so random ViT features sit near chance and a
-learned representation can be checked with k-NN (tests/test_pretrain.py). Which one is set by the CPJUMP1-style
-design of :func:`well_treatment` (DMSO negcon wells on every plate, compounds replicated across plates with graded
-strength, some null, pairs sharing a target), written as CPJUMP1 metadata files so profiles can be scored with
-copairs.
+``Images/``, so segmentation is trained and scored through the same code path as real labels.
+
+The biology: each *site* shows one of two phenotypes ("punctate", "tubular"; :func:`phenotype_of` — a well's
+treatment sets the share of its sites that show it, so a per-well label is wrong for some sites) that differ only in
+what a cell biologist looks at — organelle pattern at the 1–2-px scale: fragmented, punctate mitochondria (ch1, Mito)
+and many small nucleoli (ch3, RNA) versus short mitochondrial filaments and a few large nucleoli — at the same cell
+size, density and brightness. Which treatment a well gets follows the CPJUMP1-style design of :func:`well_treatment`
+(DMSO negcon wells on every plate, compounds replicated across plates with graded strength, some null, pairs sharing
+a target), written as CPJUMP1 metadata files so profiles can be scored with copairs.
+
+What a model sees: the 8 uint16 channels, each normalised on its own (``jump.preprocess``), then the view of
+``data.channel_mode``. In the fluorescent mean the phenotype is faint (Mito supplies ~16 % of its fine-texture
+variance), so random ViT features on the mean sit near chance, while one channel (Mito) or each channel on its own
+carries it; :class:`Nuisance` adds per-field focus, detector gamma and noise that every crop of a field shares and
+that has nothing to do with the phenotype (tests/core/ssl/test_learning.py asks what a representation encodes).
 """
 
 from __future__ import annotations

@@ -287,3 +287,48 @@ def test_activation_checkpointing_gives_the_same_gradients(monkeypatch):
     assert plain.keys() == ckpt.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_stack_backbone_starts_as_the_fluorescent_mean_model(tmp_path):
+    """3-plane weights grown to 5 planes (``fluorescent_stack``): at these weights the stack model *is* the mean model
+    — on 5 planes that all equal x it gives the 3-plane model's features on x, and on any stack those of the
+    fluorescent mean — although the two normalise their inputs differently (ImageNet stats per RGB plane vs one
+    mean/std for every stain; the difference is folded into the grown kernel and bias)."""
+    path = _save(tmp_path, official_checkpoint(patch=16))
+    mean_model = load_backbone("vit_test", 8, weights=path).eval()
+    stack = load_backbone("vit_test", 8, weights=path, in_chans=5).eval()
+    assert stack.in_chans == 5 and stack.vit.patch_embed.proj.weight.shape == (D, 5, 8, 8)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 32, 48, generator=g)
+    planes = torch.rand(2, 5, 32, 48, generator=g)
+    with torch.no_grad():
+        for five, one in ((x.expand(-1, 5, -1, -1), x), (planes, planes.mean(1, keepdim=True))):
+            got = stack.forward_tokens(stack.normalize_input(five))
+            want = mean_model.forward_tokens(mean_model.normalize_input(one))
+            for k in ("cls", "registers", "patches"):
+                torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4)
+    w3, w5 = mean_model.vit.patch_embed.proj.weight, stack.vit.patch_embed.proj.weight
+    torch.testing.assert_close(w5[:, 2], w5[:, 0])  # every stain starts with the same filter ...
+    assert (w5[:, 0] - w3.mean(1) * 3 / 5).abs().max() < 0.03 * w3.abs().max()  # ... ≈ FINO's mean_rgb(W)·3/5
+    with pytest.raises(ValueError, match="five fluorescent channels"):
+        stack.normalize_input(x)  # a gray image is not a stack
+
+
+def test_stack_weights_record_their_planes(tmp_path):
+    """A 5-plane state dict loads as a 5-plane backbone without being told, and never into a gray (3-plane) one; a
+    random stack backbone starts as the random mean model of the same seed."""
+    torch.manual_seed(0)
+    gray = load_backbone("vit_test", 8, depth=2).eval()
+    torch.manual_seed(0)
+    stack = load_backbone("vit_test", 8, in_chans=5, depth=2).eval()
+    x = torch.rand(1, 5, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stack.forward_tokens(stack.normalize_input(x))["cls"],
+                                   gray.forward_tokens(gray.normalize_input(x.mean(1, keepdim=True)))["cls"],
+                                   rtol=1e-4, atol=1e-4)
+    path = _save(tmp_path, stack.to_official_state_dict(), "stack.pth")
+    again = load_backbone("vit_test", 8, weights=path, depth=2).eval()
+    assert again.in_chans == 5 and again.metadata()["in_chans"] == 5
+    assert torch.equal(again.vit.patch_embed.proj.weight, stack.vit.patch_embed.proj.weight)
+    with pytest.raises(WeightsError, match="5 input planes"):
+        load_backbone("vit_test", 8, weights=path, in_chans=3, depth=2)

@@ -140,8 +140,8 @@ def test_prepared_store_feeds_the_same_views(root, tmp_path):
         np.testing.assert_allclose(prep.view(field, view), raw.view(field, view), atol=1.0 / 65535 + 1e-6)
     batch = list(make_ssl_loader(prep.cfg, PATCH, 4, seed=7, steps=1, dataset=prep))[0]
     assert batch["n_failed"] == 0
-    with pytest.raises(ValueError, match="needs"):
-        build_ssl_dataset(_cfg(root, channel_mode="channel:3", prepared=str(tmp_path / "prep")), PATCH, 0)
+    with pytest.raises(ValueError, match="needs"):  # the store holds ch1–5 (for the mean) and ch8, not ch7
+        build_ssl_dataset(_cfg(root, channel_mode="channel:7", prepared=str(tmp_path / "prep")), PATCH, 0)
     with pytest.raises(ValueError, match="made with"):
         build_ssl_dataset(cfg.model_copy(update={"prepared": str(tmp_path / "prep"), "clahe": True}), PATCH, 0)
 

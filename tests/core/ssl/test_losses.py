@@ -200,27 +200,31 @@ def test_sinkhorn_target_entropy_floor_with_few_rows():
 
 def test_teacher_queue_lets_two_views_share_a_prototype():
     """With fewer rows than prototypes, Sinkhorn gives the two views of one image different prototypes (each row
-    needs a share of its own); normalised together with a queue of earlier rows, they share one. The queue keeps
-    the newest rows and its targets are still distributions over the prototypes."""
+    needs a share of its own); normalised together with a queue of earlier embeddings, they share one. The queue keeps
+    the newest embeddings and its targets are still distributions over the prototypes."""
     g = torch.Generator().manual_seed(0)
     k, n_img = 64, 8
-    protos = F.normalize(torch.randn(k, 16, generator=g), dim=-1)
-    def views(n: int) -> torch.Tensor:  # two slightly different views of n images, as cosine logits
+    head = torch.nn.Linear(16, k, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(F.normalize(torch.randn(k, 16, generator=g), dim=-1))
+    def views(n: int) -> torch.Tensor:  # bottleneck embeddings of two slightly different views of n images
         z = F.normalize(torch.randn(n, 16, generator=g), dim=-1)
         pair = torch.stack([z + 0.01 * torch.randn(n, 16, generator=g), z + 0.01 * torch.randn(n, 16, generator=g)])
-        return F.normalize(pair, dim=-1).reshape(2 * n, 16) @ protos.t()
+        return F.normalize(pair, dim=-1).reshape(2 * n, 16)
     def agreement(q: torch.Tensor) -> float:
         a, b = q.view(2, n_img, k).argmax(-1)
         return float((a == b).float().mean())
 
     batch = views(n_img)
-    assert agreement(sinkhorn_knopp(batch, 0.01, 3)) == 0.0
-    queue = TeacherQueue(1024)
+    with torch.no_grad():
+        logits = head(batch)
+    assert agreement(sinkhorn_knopp(logits, 0.01, 3)) == 0.0
+    queue = TeacherQueue(1024, head)
     for _ in range(64):
         queue.push(views(n_img))
-    assert queue.rows.shape == (1024, k)
+    assert queue.rows.shape == (1024, 16)  # embeddings, not logits
     kept = queue.rows.clone()
-    q = queue.targets(batch, 0.01, 3)
+    q = queue.targets(logits, 0.01, 3)
     torch.testing.assert_close(q.sum(-1), torch.ones(2 * n_img))
     assert agreement(q) >= 0.75
     assert torch.equal(queue.rows, kept)  # targets leave the queue alone: the trainer pushes after a finite step
@@ -228,7 +232,24 @@ def test_teacher_queue_lets_two_views_share_a_prototype():
     torch.testing.assert_close(queue.rows[: 2 * n_img], batch)  # newest first, the oldest rows left
     torch.testing.assert_close(queue.rows[2 * n_img:], kept[: 1024 - 2 * n_img])
     with pytest.raises(ValueError, match="at least one row"):
-        TeacherQueue(0)
+        TeacherQueue(0, head)
+
+
+def test_teacher_queue_rescores_with_the_current_prototypes():
+    """SwAV: the queued embeddings are scored by the prototypes of *this* step (the teacher head moves every step),
+    so the targets equal Sinkhorn over the batch and the queue re-scored now — not over logits stored earlier."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(8, 32, bias=False)
+    queue = TeacherQueue(64, head)
+    queue.push(F.normalize(torch.randn(64, 8, generator=g), dim=-1))
+    batch = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    before = queue.targets(head(batch).detach(), 0.05, 3)
+    with torch.no_grad():
+        head.weight.mul_(-1.0).add_(0.1 * torch.randn(32, 8, generator=g))  # the prototypes move
+        logits, now = head(batch), head(queue.rows)
+    after = queue.targets(logits, 0.05, 3)
+    torch.testing.assert_close(after, sinkhorn_knopp(torch.cat([logits, now]), 0.05, 3)[:6])
+    assert not torch.allclose(before, after)
 
 
 def test_plain_last_layer_can_shrink_normalised_cannot():

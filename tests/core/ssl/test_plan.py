@@ -73,8 +73,12 @@ def test_a_warm_start_that_never_trains_the_heads_is_refused():
         load_config(PretrainConfig, RECIPE, ["train.batch_size=2", "data.crops_per_field=2"])
 
 
-def test_native_recipe_sees_cells_at_decoder_scale():
-    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain_vits8_jump_native.yaml")
+def test_a100_recipe_sees_cells_at_decoder_scale():
+    """Native-pixel crops and blur σ ≤ 0.5 px: the 1–2-px organelles that carry the phenotype stay visible."""
+    cfg = load_config(PretrainConfig, RECIPE)
     lo, hi = cfg.data.global_crop_px
     assert cfg.data.global_size / hi >= 0.7 and cfg.data.global_size / lo <= 1.0  # 0.7–1.0× native scale
+    lo, hi = cfg.data.local_crop_px
+    assert cfg.data.local_size / hi >= 0.6 and cfg.data.local_size / lo <= 1.0
+    assert cfg.data.augment.blur_sigma[1] <= 0.5
     assert cfg.model.drop_path_profile == "uniform" and cfg.heads.out_dim == 2048
