@@ -29,6 +29,11 @@ class Series:
     values: list[float] = field(default_factory=list)
 
 
+def _label(name: str) -> str:
+    """Legend text: ``Mito val_seg`` → ``Mito seg``; only a key's own ``val_`` prefix goes (``eval_mean_map`` stays)."""
+    return " ".join(part.removeprefix(VALIDATION_PREFIX) for part in name.split(" "))
+
+
 def series_name(record: Mapping[str, Any], key: str) -> str:
     """A decoder run trains one model per channel: its series are told apart by the record's channel."""
     channel = record.get("channel")
@@ -88,7 +93,7 @@ class RunPlot(QWidget):
             axis = self._axis_of.get(name, "loss")
             ax = self.ax_val if axis == "score" else self.ax
             style = {"marker": "o", "markersize": 3, "linestyle": "--"} if axis == "score" else {}
-            (self.lines[name],) = ax.plot(s.steps, s.values, label=name.replace(VALIDATION_PREFIX, ""),
+            (self.lines[name],) = ax.plot(s.steps, s.values, label=_label(name),
                                           linewidth=1.2, **style)
             new_on.add(axis)
         for axis in new_on:

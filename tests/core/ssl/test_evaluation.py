@@ -70,15 +70,17 @@ def test_eval_section_is_checked(fixture_root, tmp_path):
 def test_runs_widget_plots_eval(make_napari_viewer, qtbot, eval_run: Path):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
-    widget.timer.setInterval(50)
+    widget.watcher.timer.setInterval(50)
     widget.set_folder(eval_run.parent)
     qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
     widget.table.selectRow(0)
-    qtbot.waitUntil(lambda: "eval_mean_map" in widget.series, timeout=5000)
-    assert widget.series["eval_mean_map"].steps == [2.0, 4.0]
-    assert "loss_total" in widget.series and "eval_fraction_retrieved" in widget.series
-    assert widget._lines["eval_mean_map"].axes is widget.ax_val
-    assert widget._lines["loss_total"].axes is widget.ax
+    plot = widget.plot
+    qtbot.waitUntil(lambda: "eval_mean_map" in plot.series, timeout=5000)
+    assert plot.series["eval_mean_map"].steps == [2.0, 4.0]
+    assert "loss_total" in plot.series and "eval_fraction_retrieved" in plot.series
+    assert "eval_mean_map" in {line.get_label() for line in plot.ax_val.get_lines()}
+    assert "loss_total" in {line.get_label() for line in plot.ax.get_lines()}
+    widget.watcher.timer.stop()
 
 
 def test_embed_with_a_pretraining_run_as_backbone(fixture_root, eval_run: Path, tmp_path: Path):
