@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,58 @@ def test_save_without_labels_layers_is_refused(make_napari_viewer, qtbot, labell
     browser.labels_store.setText(str(store_dir))
     browser.save_corrections()
     assert "nothing saved" in browser.message.text()
+
+
+def test_moving_away_from_unsaved_corrections_asks(make_napari_viewer, qtbot, labelled, tmp_path):
+    """Unsaved edits of the Nuclei / Cells layers: moving to another site asks Save / Discard / Cancel (the prompt
+    is the widget's replaceable ``ask_unsaved``); re-reading the same field (fluorescent mean) keeps the edits."""
+    info, shared_store = labelled
+    store_dir = shutil.copytree(shared_store, tmp_path / "LABELS")  # untouched by the other tests' saves
+    viewer = make_napari_viewer()
+    _, browser = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    browser.labels_store.setText(str(store_dir))
+    browser.load_root(str(info.root))
+    qtbot.waitUntil(lambda: "Cells" in viewer.layers and not browser.busy, timeout=30000)
+    first = browser.current
+    asked: list[str] = []
+    answers: list[str] = []
+    browser.ask_unsaved = lambda text: (asked.append(text), answers.pop(0))[1]
+
+    def edit() -> np.ndarray:
+        cells = viewer.layers["Cells"]
+        cells.paint((5, 5), 777, refresh=True)  # a brush stroke
+        return np.asarray(cells.data).copy()
+
+    edited = edit()
+    browser.fluor_mean.setChecked(True)  # the same field read again: the edits stay, nothing asked
+    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers and not browser.busy, timeout=30000)
+    np.testing.assert_array_equal(viewer.layers["Cells"].data, edited)
+    assert not asked
+
+    answers.append("cancel")
+    browser.next_btn.click()
+    assert len(asked) == 1 and f"{first.well} site {first.site}" in asked[0]
+    qtbot.wait(300)
+    assert browser.current == first and browser.selected_field() == first and not browser.busy
+    np.testing.assert_array_equal(viewer.layers["Cells"].data, edited)
+
+    answers.append("discard")
+    browser.next_btn.click()
+    qtbot.waitUntil(lambda: browser.current != first and not browser.busy
+                    and viewer.layers["Cells"].metadata["dinocell_field"] == browser.current.key, timeout=30000)
+    assert len(asked) == 2
+    assert LabelStore.open(store_dir).get(field_key(first), "corrected") is None  # discarded
+    second = browser.current
+
+    browser.prev_btn.click()  # nothing edited: no question
+    qtbot.waitUntil(lambda: browser.current == first and not browser.busy
+                    and viewer.layers["Cells"].metadata["dinocell_field"] == first.key, timeout=30000)
+    assert len(asked) == 2
+    edited = edit()
+    answers.append("save")
+    browser.select(second)
+    qtbot.waitUntil(lambda: browser.current == second and not browser.busy
+                    and viewer.layers["Cells"].metadata["dinocell_field"] == second.key, timeout=30000)
+    assert len(asked) == 3
+    store = LabelStore.open(store_dir)
+    np.testing.assert_array_equal(store.read(store.get(field_key(first), "corrected"), "cells"), edited)

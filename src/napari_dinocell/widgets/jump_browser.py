@@ -6,12 +6,13 @@ a newer site request supersedes one still loading. The browser updates only laye
 :func:`napari_dinocell.layers.upsert_image`): a user's or the sample data's "DNA" layer is left alone. With a labels
 store set (``dinocell-core jump label``), the field's preferred nuclei and cells come as two Labels layers; "Save
 corrections" writes the edited layers back into the store atomically as ``source = corrected``: the field's one
-labels.csv row then points at them and names the masks they replaced, which stay on disk.
+labels.csv row then points at them and names the masks they replaced, which stay on disk. Moving to another field
+with unsaved edits of those layers asks first: Save (then move), Discard (move) or Cancel (stay).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QWidget,
 )
@@ -41,12 +43,26 @@ from napari_dinocell.layers import (
     owned_layer,
     upsert_image,
 )
-from napari_dinocell.status import JobStatus
+from napari_dinocell.status import JobState, JobStatus
 from napari_dinocell.ui_steps import UiSteps
 from napari_dinocell.widgets.common import PathEdit, scroll_layout
 
 OWNER = "jump_browser"
 LABEL_LAYERS = ("Nuclei", "Cells")
+#: the answers of :func:`ask_unsaved`
+SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
+
+
+def ask_unsaved(parent: QWidget, text: str) -> str:
+    """Save / Discard / Cancel for unsaved label corrections (a modal box); returns :data:`SAVE`, :data:`DISCARD` or
+    :data:`CANCEL` (also for a closed box)."""
+    buttons = QMessageBox.StandardButton
+    box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved label corrections", text,
+                      buttons.Save | buttons.Discard | buttons.Cancel, parent)
+    box.setDefaultButton(buttons.Save)
+    box.exec()
+    answer = box.standardButton(box.clickedButton()) if box.clickedButton() is not None else buttons.Cancel
+    return {buttons.Save: SAVE, buttons.Discard: DISCARD}.get(answer, CANCEL)
 
 
 class JumpBrowserWidget(QWidget):
@@ -60,6 +76,10 @@ class JumpBrowserWidget(QWidget):
         self._pending: Field | None = None
         self._reading = False
         self._ui = UiSteps(self)
+        self._edited = False  # the Nuclei / Cells layers were edited since they were read or saved
+        self._placing_labels = False
+        #: asks what to do with unsaved corrections when moving away (replaceable: tests answer without a modal)
+        self.ask_unsaved: Callable[[str], str] = partial(ask_unsaved, self)
 
         self.root = PathEdit("CPJUMP1 root (folder holding images/<batch>/…)", "dir", settings_key="browser/root")
         self.load_btn = QPushButton("Load index")
@@ -174,10 +194,24 @@ class JumpBrowserWidget(QWidget):
         self.select(self.fields[(i + delta) % len(self.fields)])
 
     def select(self, field: Field) -> None:
-        for combo, value in ((self.plate, field.plate), (self.well, field.well), (self.site, str(field.site))):
-            idx = combo.findText(str(value))
-            if idx != combo.currentIndex():
-                combo.setCurrentIndex(idx)
+        """Show ``field`` (the combos are set quietly first, so the fields in between are never loaded)."""
+        self._show_in_combos(field)
+        self.show_field(field)
+
+    def _show_in_combos(self, field: Field | None) -> None:
+        """Plate, well and site combos showing ``field``, with their lists, without loading anything."""
+        if field is None:
+            return
+        wells = sorted({f.well for f in self.fields if f.plate == field.plate})
+        sites = sorted({f.site for f in self.fields if f.plate == field.plate and f.well == field.well})
+        for combo, items, value in ((self.plate, sorted({f.plate for f in self.fields}), field.plate),
+                                    (self.well, wells, field.well), (self.site, sites, field.site)):
+            combo.blockSignals(True)
+            if [combo.itemText(i) for i in range(combo.count())] != [str(i) for i in items]:
+                combo.clear()
+                combo.addItems([str(i) for i in items])
+            combo.setCurrentIndex(combo.findText(str(value)))
+            combo.blockSignals(False)
 
     def _fluor_mean_toggled(self, checked: bool) -> None:
         """Ticked: read the field again with its mean; unticked: remove the mean layer (it would go stale)."""
@@ -195,6 +229,8 @@ class JumpBrowserWidget(QWidget):
     def show_field(self, field: Field | None) -> None:
         if field is None:
             return
+        if field != self.current and not self._may_leave(field):
+            return
         if self._reading:
             self._pending = field  # the newest request wins; intermediate sites are skipped
             return
@@ -203,6 +239,33 @@ class JumpBrowserWidget(QWidget):
         start_job(read_field_job, self.root.text(), field, self.fluor_mean.isChecked(), status=self.read_status,
                   title=f"Reading {field.plate} {field.well} site {field.site}",
                   on_returned=self._show_stack, on_finished=self._read_finished)
+
+    # ----------------------------------------------------------------------------- unsaved corrections
+    def unsaved_corrections(self) -> bool:
+        """The Nuclei / Cells layers of the shown field hold edits that are not in the store."""
+        return self._edited and self.current is not None and all(
+            (layer := owned_layer(self.viewer, OWNER, n)) is not None
+            and layer.metadata.get(layer_meta.FIELD) == self.current.key for n in LABEL_LAYERS)
+
+    def _may_leave(self, target: Field) -> bool:
+        """Whether to go on to ``target`` now: asks Save / Discard / Cancel when the shown labels have unsaved
+        edits. Save writes them and moves on once saved; Cancel puts the combos back on the shown field."""
+        if not self.unsaved_corrections():
+            return True
+        field = self.current
+        answer = self.ask_unsaved(f"The Nuclei / Cells labels of {field.plate} {field.well} site {field.site} "
+                                  "have corrections that are not saved in the labels store.\n\n"
+                                  "Save them before showing the next field?")
+        if answer == DISCARD:
+            self._edited = False
+            return True
+        if answer != SAVE or not self.save_corrections(then=partial(self.show_field, target)):
+            self._show_in_combos(field)
+        return False
+
+    def _labels_edited(self, *_: Any) -> None:
+        if not self._placing_labels:
+            self._edited = True
 
     def _read_finished(self) -> None:
         self._reading = False
@@ -231,7 +294,8 @@ class JumpBrowserWidget(QWidget):
                 "contrast_limits": contrast_limits(mean), "visible": False,
                 "metadata": {**meta, layer_meta.CHANNEL: "fluorescent_mean"}}))
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
-        if self.labels_store.text():
+        if self.labels_store.text() and not (field == self.current and self.unsaved_corrections()):
+            # (the same field read again, e.g. for its fluorescent mean, keeps the user's unsaved edits)
             self._labels_reading = True
             start_job(read_labels_job, self.labels_store.text(), field, status=self.labels_status,
                       title=f"Reading labels of {field.plate} {field.well} site {field.site}",
@@ -246,35 +310,56 @@ class JumpBrowserWidget(QWidget):
         if field != self.current:
             return  # the user moved on; the newer field's labels follow
         meta = {layer_meta.FIELD: field.key, layer_meta.LABELS_SOURCE: source}
-        for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
-            data = np.zeros(shape, np.int32) if data is None else data
-            layer = owned_layer(self.viewer, OWNER, name)
-            if layer is not None and layer.__class__.__name__ == "Labels":
-                layer.data = data
-                layer.metadata = {**layer.metadata, **meta}
-            else:
-                self.viewer.add_labels(data, name=name, opacity=0.4,
-                                       metadata={**meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name})
+        self._placing_labels = True
+        try:
+            for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
+                data = np.zeros(shape, np.int32) if data is None else data
+                layer = owned_layer(self.viewer, OWNER, name)
+                if layer is not None and layer.__class__.__name__ == "Labels":
+                    layer.data = data
+                    layer.metadata = {**layer.metadata, **meta}
+                else:
+                    layer = self.viewer.add_labels(data, name=name, opacity=0.4, metadata={
+                        **meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name})
+                    layer.events.paint.connect(self._labels_edited)  # brush, fill, erase, polygon
+                    layer.events.data.connect(self._labels_edited)  # data replaced (a script, a plugin)
+        finally:
+            self._placing_labels = False
+        self._edited = False
         self.labels_status.finish(f"labels: {source}" if nuclei is not None else
                                   "this field has no labels in the store yet (draw them, then save)")
 
-    def save_corrections(self) -> None:
-        """Write the Nuclei and Cells layers of the shown field into the store as its corrected labels."""
+    def save_corrections(self, then: Callable[[], None] | None = None) -> bool:
+        """Write the Nuclei and Cells layers of the shown field into the store as its corrected labels; ``then``
+        runs once they are saved (not if saving fails: the combos go back to the shown field). Returns whether a
+        save started."""
         field, store = self.current, self.labels_store.text()
         if field is None or not store:
             self.message.setText("set a labels store and show a field first")
-            return
+            return False
         layers = [layer for n in LABEL_LAYERS if (layer := owned_layer(self.viewer, OWNER, n)) is not None]
         if len(layers) != 2 or any(layer.metadata.get(layer_meta.FIELD) != field.key for layer in layers):
             self.message.setText(f"the Nuclei and Cells layers do not belong to {field.key}; nothing saved")
-            return
+            return False
+
+        def finished() -> None:
+            self.save_btn.setEnabled(True)
+            if then is None:
+                return
+            if self.labels_status.state == JobState.DONE:
+                then()
+            else:
+                self._show_in_combos(self.current)
+
         self.save_btn.setEnabled(False)
         start_job(save_corrections_job, store, field, np.asarray(layers[0].data).copy(),
                   np.asarray(layers[1].data).copy(), status=self.labels_status,
                   title=f"Saving corrections of {field.plate} {field.well} site {field.site}",
-                  on_returned=self._saved, on_finished=lambda: self.save_btn.setEnabled(True), show_progress=False)
+                  on_returned=self._saved, on_finished=finished, show_progress=False)
+        return True
 
     def _saved(self, row: LabelRow) -> None:
+        self._edited = False
         for n in LABEL_LAYERS:
             if (layer := owned_layer(self.viewer, OWNER, n)) is not None:
                 layer.metadata = {**layer.metadata, layer_meta.LABELS_SOURCE: "corrected"}
