@@ -93,7 +93,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"override {text!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"override {key.strip()}=…") if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
     return parts, value
@@ -121,12 +121,69 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+#: a config file larger than this is refused before it is parsed (the packaged recipes are ~5 KB)
+MAX_CONFIG_BYTES = 1_000_000
+#: values a YAML document may expand to once its aliases are followed (a real config has a few hundred): a 1 KB
+#: file of nested aliases expands to billions, which hung the process when a config was copied key by key
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that first counts the values the document expands to (every alias followed) and refuses
+    more than :data:`MAX_YAML_VALUES`, deeper nesting than :data:`MAX_YAML_DEPTH` and recursive aliases, naming
+    ``source``; the count runs on the parsed node graph, so a bomb costs no more than its own bytes."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_values(node, source, {}, set(), 0)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_values(node: yaml.Node, source: str, sizes: dict[int, int], path: set[int], depth: int) -> int:
+    """The number of values ``node`` stands for with its aliases expanded (``sizes`` memoises shared nodes)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in path:
+        raise ConfigError(f"{source}: a YAML alias refers to a value that contains it (a recursive alias)")
+    if depth > MAX_YAML_DEPTH:
+        raise ConfigError(f"{source}: YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)")
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    path.add(key)
+    total = 1
+    for child in children:
+        total += _expanded_values(child, source, sizes, path, depth + 1)
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias "
+                              "bomb?); write the values out")
+    path.discard(key)
+    sizes[key] = total
+    return total
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a config may have")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_yaml(p.read_text(encoding="utf-8"), f"config file {p}")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if data is None:

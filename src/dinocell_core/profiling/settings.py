@@ -44,6 +44,9 @@ BENCHMARK_NULL_SIZE = 100_000
 #: other ranks wait in a collective) and the Profiles widget. 10,000 permutations resolve p-values to 1e-4, ample
 #: for the 0.05 BH threshold on a few held-out plates, at a tenth of the benchmark's time.
 QUICK_NULL_SIZE = 10_000
+#: the largest null accepted: copairs holds null_size floats per distinct (positives, total) pair, so 10¹² asked for
+#: terabytes; ten times the benchmark's null resolves p-values to 1e-6
+MAX_NULL_SIZE = 1_000_000
 
 
 def default_channels(backbone: str) -> str:
@@ -81,8 +84,8 @@ class ReadoutSettings(StrictSettings):
 
     channels: str | None = None  # fluorescent_mean | each | channel:N; None: the backbone's (default_channels)
     tokens: str = "cls"  # cls | mean_patch | cls+mean_patch
-    tile: int = PField(224, ge=8)  # px (Kim et al.)
-    batch_size: int = PField(64, ge=1)  # units per network call
+    tile: int = PField(224, ge=8, le=4096)  # px (Kim et al.)
+    batch_size: int = PField(64, ge=1, le=4096)  # units per network call
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +127,7 @@ class ScoreSettings(StrictSettings):
     error = ProfileError
 
     normalize: str = "negcon_mad"  # one of NORMALIZATIONS (profiling.normalize)
-    null_size: int = BENCHMARK_NULL_SIZE  # permutations of the copairs mAP null (≥ 1)
+    null_size: int = BENCHMARK_NULL_SIZE  # permutations of the copairs mAP null (1 … MAX_NULL_SIZE)
 
     @field_validator("normalize")
     @classmethod
@@ -136,8 +139,9 @@ class ScoreSettings(StrictSettings):
     @field_validator("null_size")
     @classmethod
     def _null(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("null size must be at least 1")
+        if not 1 <= v <= MAX_NULL_SIZE:
+            raise ValueError(f"null_size must lie in [1, {MAX_NULL_SIZE:,}], got {v:,} (the CPJUMP1 benchmark uses "
+                             f"{BENCHMARK_NULL_SIZE:,})")
         return v
 
 
@@ -161,7 +165,7 @@ class EmbedSettings(ReadoutSettings):
     illumination: bool = False  # divide by the plates' illumination functions
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     device: str = "auto"
-    chunk_sites: int = PField(32, ge=1)  # sites per resumable chunk
+    chunk_sites: int = PField(32, ge=1, le=100_000)  # sites per resumable chunk
 
     @model_validator(mode="after")
     def _check(self) -> EmbedSettings:
@@ -173,8 +177,8 @@ class EmbedSettings(ReadoutSettings):
         if self.units == "cells":
             if not self.labels:
                 raise ValueError("units 'cells' needs a labels store (--labels LABELS, made by `jump label`)")
-            if self.crop < 8:
-                raise ValueError(f"crop must be ≥ 8 px, got {self.crop}")
+            if not 8 <= self.crop <= 4096:
+                raise ValueError(f"crop must lie in [8, 4096] px, got {self.crop}")
             if self.centre not in CENTRES or self.border not in BORDERS:
                 raise ValueError(f"centre must be one of {CENTRES} and border one of {BORDERS}, got "
                                  f"{self.centre!r}, {self.border!r}")
@@ -204,7 +208,7 @@ class EvalSettings(ScoreSettings):
     modality_col: str = "Metadata_modality"  # compound | crispr | orf; else from Metadata_Plate_Map_Name
     seed: int = 0
     threshold: float = 0.05  # BH-corrected p-value threshold
-    batch_size: int = PField(20_000, ge=1)  # copairs pairs per batch
+    batch_size: int = PField(20_000, ge=1, le=10_000_000)  # copairs pairs per batch
     matching: bool = True  # target/gene matching after replicate retrieval
     progress: bool = False
 

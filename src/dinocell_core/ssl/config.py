@@ -17,6 +17,11 @@ from dinocell_core.jump.channels import ALL_CHANNELS, FMEAN, ChannelMode, channe
 from dinocell_core.profiling.settings import QUICK_NULL_SIZE, ReadoutSettings, ScoreSettings
 from dinocell_core.ssl.schedules import SCALING_RULES
 
+#: bounds that keep a typo (``batch_size=1e12``, ``global_size=1000000``) a one-line error instead of an allocation
+#: of terabytes or a plan of 10¹² steps: 10× the longest DINOv3 schedule, and crops as large as a bundle's tiles
+MAX_TOTAL_STEPS = 10**7
+MAX_CROP = 4096
+
 
 class AugmentConfig(StrictModel):
     """Augmentation strengths (the ``data.augment`` config section).
@@ -81,8 +86,8 @@ class DataConfig(StrictModel):
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     clahe: bool = False
     clahe_clip_limit: float = PField(2.0, gt=0)
-    global_size: int = PField(224, ge=8)
-    local_size: int = PField(96, ge=8)
+    global_size: int = PField(224, ge=8, le=MAX_CROP)
+    local_size: int = PField(96, ge=8, le=MAX_CROP)
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     # Crop sides in native field pixels instead of area fractions (then *_scale is not used): a crop of side s is
@@ -90,19 +95,19 @@ class DataConfig(StrictModel):
     global_crop_px: tuple[int, int] | None = None
     local_crop_px: tuple[int, int] | None = None
     n_global: int = PField(2, ge=1, le=2)
-    n_local: int = PField(8, ge=0)
+    n_local: int = PField(8, ge=0, le=64)
     augment: AugmentConfig = AugmentConfig()
     mask_probability: float = PField(0.5, ge=0, le=1)
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_min_patches: int = PField(4, ge=1)
     mask_min_aspect: float = PField(0.3, gt=0, le=1)
-    crops_per_field: int = PField(1, ge=1)
+    crops_per_field: int = PField(1, ge=1, le=1024)
     max_retries: int = PField(20, ge=1)
     max_failure_fraction: float = PField(0.05, ge=0, le=1)
     failure_min_samples: int = PField(200, ge=1)
-    num_workers: int = PField(4, ge=0)
+    num_workers: int = PField(4, ge=0, le=256)
     worker_start_method: Literal["spawn", "forkserver", "fork"] = "spawn"
-    prefetch_factor: int = PField(2, ge=1)
+    prefetch_factor: int = PField(2, ge=1, le=64)
     s3_endpoint_url: str | None = None
     s3_anon: bool = True
     s3_cache_dir: str | None = None
@@ -181,11 +186,11 @@ class ModelSection(StrictModel):
 
 
 class HeadsSection(StrictModel):
-    out_dim: int = PField(65536, ge=2)
-    ibot_out_dim: int = PField(65536, ge=2)
-    hidden_dim: int = PField(2048, ge=1)
-    bottleneck_dim: int = PField(256, ge=1)
-    nlayers: int = PField(3, ge=1)
+    out_dim: int = PField(65536, ge=2, le=2**18)
+    ibot_out_dim: int = PField(65536, ge=2, le=2**18)
+    hidden_dim: int = PField(2048, ge=1, le=16384)
+    bottleneck_dim: int = PField(256, ge=1, le=4096)
+    nlayers: int = PField(3, ge=1, le=8)
     # unit-norm prototypes (DINOv1/v2 weight norm; DINOv3: off). Small random-init runs need it (docs/pretraining.md)
     normalize_prototypes: bool = False
 
@@ -201,7 +206,7 @@ class LossSection(StrictModel):
     sinkhorn_iterations: int = PField(3, ge=1)
     # teacher DINO rows of recent steps that join each batch's Sinkhorn-Knopp (per rank; 0 = the batch alone, as the
     # official multi-GPU recipe). Needed when a rank has fewer rows than heads.out_dim (ssl.losses.TeacherQueue).
-    sinkhorn_queue: int = PField(0, ge=0)
+    sinkhorn_queue: int = PField(0, ge=0, le=2**20)
 
 
 class OptimSection(StrictModel):
@@ -238,8 +243,9 @@ class WarmStartSection(StrictModel):
 
 class TrainSection(StrictModel):
     epochs: float = PField(80, gt=0)
-    steps_per_epoch: int = PField(1000, ge=1)  # an "epoch" is a fixed number of iterations, as in DINOv3
-    batch_size: int = PField(48, ge=1)  # per process (GPU)
+    # an "epoch" is a fixed number of iterations, as in DINOv3
+    steps_per_epoch: int = PField(1000, ge=1, le=MAX_TOTAL_STEPS)
+    batch_size: int = PField(48, ge=1, le=4096)  # per process (GPU)
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; never fp16
     compile: bool = False
@@ -260,6 +266,13 @@ class TrainSection(StrictModel):
 class EvalSection(ReadoutSettings, ScoreSettings):
     """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
     and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
+    @model_validator(mode="after")
+    def _length(self) -> "TrainSection":
+        if self.epochs * self.steps_per_epoch > MAX_TOTAL_STEPS:
+            raise ValueError(f"epochs × steps_per_epoch = {self.epochs * self.steps_per_epoch:.3g} steps, more than the "
+                             f"{MAX_TOTAL_STEPS:,} a run may have")
+        return self
+
     metrics.jsonl (see :mod:`dinocell_core.ssl.evaluation`). The read-out keys (``channels``, ``tokens``, ``tile``,
     ``batch_size``) and the scoring keys (``normalize``, ``null_size``) are ``profile embed``'s and ``profile
     evaluate``'s own fields and defaults (:mod:`dinocell_core.profiling.settings`); ``channels`` left out is the
