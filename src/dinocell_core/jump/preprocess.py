@@ -102,13 +102,17 @@ class Preprocessor:
         """The field's normalisation levels: its ``low``/``high`` percentiles (mapped to 0 and 1)."""
         return percentiles(img, self.low, self.high)
 
-    def channel(self, raw: np.ndarray, inv_illum: np.ndarray | None = None) -> np.ndarray:
-        """One raw uint16 channel → float32 in [0, 1]."""
-        img = self.corrected(raw, inv_illum)
-        out = scale_to_unit(img, *self.references(img))
+    def finish(self, img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        """A corrected channel → float32 in [0, 1]: ``lo``/``hi`` mapped to 0/1, then CLAHE when asked."""
+        out = scale_to_unit(img, lo, hi)
         if self.clahe:
             out = apply_clahe(out, self.clahe_clip_limit, self.clahe_tile_grid)
         return out
+
+    def channel(self, raw: np.ndarray, inv_illum: np.ndarray | None = None) -> np.ndarray:
+        """One raw uint16 channel → float32 in [0, 1] (the field's own levels)."""
+        img = self.corrected(raw, inv_illum)
+        return self.finish(img, *self.references(img))
 
     def fluorescent_mean(self, normalised: Sequence[np.ndarray]) -> np.ndarray:
         """Mean of the separately normalised fluorescent channels (ch1–5 only)."""

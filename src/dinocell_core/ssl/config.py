@@ -84,6 +84,10 @@ class DataConfig(StrictModel):
     multiview_channels: list[int] = list(ALL_CHANNELS)
     illumination: bool = False
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    # field: each field's own percentiles; plate: percentiles pooled over up to plate_norm_fields fields of the plate's
+    # negcon wells (all wells without a plate map), computed once per plate (ssl.normalization)
+    normalization: Literal["field", "plate"] = "field"
+    plate_norm_fields: int = PField(16, ge=1)
     clahe: bool = False
     clahe_clip_limit: float = PField(2.0, gt=0)
     global_size: int = PField(224, ge=8, le=MAX_CROP)

@@ -14,7 +14,8 @@ channel per sample, balanced over the five, for all its crops; the five fluoresc
 fixed channel; or multiview). ``data.second_view: same_well`` cuts the second global crop and half of the locals
 from another site of the same well, so the two views share the biology of the well but not the field's nuisance
 (focus, density, exposure). Each crop is cut from each channel's raw counts, jittered there (gamma, gain, offset)
-and only then normalised with the field's levels, as a field imaged differently would be.
+and only then normalised — with the field's own percentiles, or its plate's levels (``data.normalization: plate``,
+:mod:`dinocell_core.ssl.normalization`) — as a field imaged differently would be.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from dinocell_core.ssl.augment import (
     sample_crop_box_px,
 )
 from dinocell_core.ssl.config import DataConfig
-from dinocell_core.ssl.prepared_store import PreparedStore
+from dinocell_core.ssl.normalization import PlateLevels, plate_levels
+from dinocell_core.ssl.prepared_store import PreparedStore, views_for
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +105,15 @@ STACK = "stack"  # the view of fluorescent_stack: the five fluorescent channels 
 @dataclass
 class Plane:
     """One channel of a field as crops are cut from it: the image before normalisation and the levels (lo, hi)
-    that normalise it to 0 and 1. From TIFFs: the (illumination-corrected) counts and the field's percentiles; from a
-    prepared store or after CLAHE (whole-field operations), the normalised image with levels (0, 1)."""
+    that normalise it to 0 and 1. From TIFFs: the (illumination-corrected) counts and the field's percentiles (or its
+    plate's levels); from a prepared store or after CLAHE (whole-field operations), the normalised image with levels
+    (0, 1). ``per_field``: the levels are the field's own, so they follow its intensity jitter (the jittered
+    field's percentiles); plate levels stay put, so a jittered gain or offset shows."""
 
     image: np.ndarray
     lo: float
     hi: float
+    per_field: bool = True
 
 
 class _FieldCache:
@@ -188,6 +193,13 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
         self.prepared = PreparedStore(cfg.prepared, cfg) if cfg.prepared else None
         self._illum: IlluminationCache | None = None
+        self.levels: PlateLevels | None = None
+        if cfg.normalization == "plate" and self.prepared is None:  # a store holds channels already normalised
+            from dinocell_core.profiling.embed import find_metadata_dir
+
+            self.levels = plate_levels(self.fields, [int(c) for c in views_for(cfg)], self._corrected,
+                                       cfg.norm_percentiles[0], cfg.norm_percentiles[1], cfg.plate_norm_fields,
+                                       find_metadata_dir(self.root) if self.root else None)
 
     def __len__(self) -> int:
         return len(self.fields)
@@ -234,12 +246,22 @@ class SSLFieldDataset(torch.utils.data.Dataset):
         return plane
 
     def _load_plane(self, field: Field, ch: int, entry: _FieldCache) -> Plane:
+        per_field = self.cfg.normalization == "field"
         if self.prepared is not None:
-            return Plane(self.prepared.view(field, ch), 0.0, 1.0)
+            return Plane(self.prepared.view(field, ch), 0.0, 1.0, per_field)
+        img = self._corrected(field, ch, entry)
+        lo, hi = self.levels[field.plate_folder][ch] if self.levels is not None else self.pre.references(img)
+        if self.pre.clahe:  # CLAHE equalises the whole field: crops come from its output
+            return Plane(self.pre.finish(img, lo, hi), 0.0, 1.0, per_field)
+        return Plane(img, lo, hi, per_field)
+
+    def _corrected(self, field: Field, ch: int, entry: _FieldCache | None = None) -> np.ndarray:
+        """Channel ``ch`` as read (illumination-corrected when asked); ``entry`` learns the field's shape."""
         if ch not in field.paths:
             raise BadImageError(f"{field.key} ch{ch}", "channel missing from the index")
-        raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=entry.shape)
-        if entry.shape is None:
+        shape = entry.shape if entry is not None else None
+        raw = read_tiff(field.path(self.root, ch), storage=self.storage, dtype=np.uint16, shape=shape)
+        if entry is not None and entry.shape is None:
             entry.votes[raw.shape] = entry.votes.get(raw.shape, 0) + 1
             if entry.votes[raw.shape] >= 2:
                 entry.shape = raw.shape
@@ -248,10 +270,7 @@ class SSLFieldDataset(torch.utils.data.Dataset):
             if self._illum is None:
                 self._illum = IlluminationCache(storage=self.storage)
             inv = self._illum.inverse(self.root, field, ch, raw.shape)
-        if self.pre.clahe:  # CLAHE equalises the whole field: crops come from its output
-            return Plane(self.pre.channel(raw, inv), 0.0, 1.0)
-        img = self.pre.corrected(raw, inv)
-        return Plane(img, *self.pre.references(img))
+        return self.pre.corrected(raw, inv)
 
     def view(self, field: Field, view: Any) -> np.ndarray:
         """One whole normalised view of ``field`` (a channel number or ``fluorescent_mean``), without augmentation:
@@ -302,7 +321,8 @@ class SSLFieldDataset(torch.utils.data.Dataset):
             lo, hi = p.lo, p.hi
             jitter = draw_intensity(rng, self.cfg.augment)
             if jitter is not None:
-                x, lo, hi = intensity_curve(x, lo, hi, *jitter)
+                x, j_lo, j_hi = intensity_curve(x, lo, hi, *jitter)
+                lo, hi = (j_lo, j_hi) if p.per_field else (lo, hi)
             out.append(scale_to_unit(x, lo, hi))
         if view == STACK:
             return np.stack(out)

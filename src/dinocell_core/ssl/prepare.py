@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import numpy as np
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.io.tiffio import BadImageError
-from dinocell_core.jump.index import Field
 from dinocell_core.ssl.config import DataConfig
 from dinocell_core.ssl.data import SSLFieldDataset, load_ssl_fields
 from dinocell_core.ssl.prepared_store import (
@@ -32,10 +30,9 @@ log = logging.getLogger(__name__)
 _WORKER: dict[str, Any] = {}
 
 
-def _init(cfg_json: str, out: str, fields: Sequence[Field]) -> None:
-    cfg = DataConfig.model_validate_json(cfg_json)
-    # patch size 1: preparing views does not depend on the model's patch grid.
-    _WORKER.update(ds=SSLFieldDataset(cfg, 1, 0, fields=fields), out=out, views=views_for(cfg))
+def _init(ds: SSLFieldDataset, out: str) -> None:
+    """A worker gets the dataset itself: its field table and, with plate normalisation, the levels computed once."""
+    _WORKER.update(ds=ds, out=out, views=views_for(ds.cfg))
 
 
 def _prepare_one(i: int) -> tuple[int, str | None]:
@@ -61,11 +58,12 @@ def prepare_fields(cfg: DataConfig, out: str | os.PathLike[str], workers: int = 
 
     if cfg.prepared:
         raise ValueError("data.prepared must be unset when preparing (the store is built from the raw images)")
+    # patch size 1: preparing views does not depend on the model's patch grid.
     ds = SSLFieldDataset(cfg, 1, 0, fields=load_ssl_fields(cfg, cfg.storage()))
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
-    args = (cfg.model_dump_json(), str(out_p), ds.fields)
+    args = (ds, str(out_p))
     if workers > 1:
         with get_context("spawn").Pool(workers, initializer=_init, initargs=args) as pool:
             for _i, err in tqdm(pool.imap_unordered(_prepare_one, range(len(ds.fields)), chunksize=4),

@@ -36,8 +36,11 @@ def views_for(cfg: DataConfig) -> list[str]:
 
 
 def settings_of(cfg: DataConfig) -> dict[str, Any]:
-    return {"norm_percentiles": list(cfg.norm_percentiles), "illumination": cfg.illumination,
-            "clahe": cfg.clahe, "clahe_clip_limit": cfg.clahe_clip_limit}
+    settings = {"norm_percentiles": list(cfg.norm_percentiles), "illumination": cfg.illumination,
+                "clahe": cfg.clahe, "clahe_clip_limit": cfg.clahe_clip_limit}
+    if cfg.normalization != "field":  # stores of per-field levels (the default) predate the key
+        settings.update(normalization=cfg.normalization, plate_norm_fields=cfg.plate_norm_fields)
+    return settings
 
 
 def field_file(out: str | os.PathLike[str], field: Field) -> Path:
