@@ -218,3 +218,54 @@ def test_one_watcher_reads_each_status_once_per_poll(make_napari_viewer, tmp_pat
         assert runs.watcher is form.run_controls.watcher
     finally:
         runs.deleteLater()
+
+
+def test_resume_just_after_stop_is_no_false_failure(make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch):
+    """Stop, then Resume in the Runs widget before the stopped process has exited: when it exits (code 143) the
+    resumed run stays "running" and no "run … failed" notification appears. Stand-in job processes."""
+    import stat
+    import sys
+    import threading
+    import time
+
+    from dinocell_core.runs.launch import launch_local, stop_run
+
+    go = tmp_path / "go"
+    scripts = {"old_job": f"trap '' TERM\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexit 143\n",
+               "new_job": "trap 'exit 143' TERM\nwhile true; do sleep 0.05; done\n"}
+    for name, body in scripts.items():
+        path = tmp_path / name
+        path.write_text("#!/bin/bash\n" + body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    runs = tmp_path / "runs"
+    old = launch_local("pretrain", runs / "r", _Cfg(), python=str(tmp_path / "old_job"))
+    run = RunDir(runs / "r")
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.watcher.timer.setInterval(50)
+    widget.set_folder(runs)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1 and _cell(widget, 0, "State") == "running", timeout=5000)
+    widget.table.selectRow(0)
+    widget.stop_btn.click()
+    run.update_status(state="stopped")  # the trainer checkpointed and says so, its process still exiting
+    qtbot.waitUntil(widget.resume_btn.isEnabled, timeout=5000)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "new_job"))  # what Resume relaunches
+    widget.resume_btn.click()
+    new_pid = run.read_status()["pid"]
+    assert new_pid != old.pid
+    go.touch()
+    assert old.process.wait(timeout=30) == 143
+    for thread in threading.enumerate():
+        if thread.name == f"dinocell-reap-{old.pid}":
+            thread.join(timeout=30)
+    qtbot.wait(500)  # several polls
+    assert _cell(widget, 0, "State") == "running"
+    assert not any("failed" in m for m in notifications), notifications
+
+    stop_run(run.path)
+    deadline = time.time() + 10
+    while run.read_status().get("state") == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,8 +140,10 @@ def launch_local(
     if gpus:
         child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(g)) for g in gpus)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
+    launch_id = uuid.uuid4().hex  # whose status this is: the reaper of an older process must not write it
     run.update_status(
         state="running",
+        launch_id=launch_id,
         kind=kind,
         host=socket.gethostname(),
         pid=None,
@@ -167,29 +170,33 @@ def launch_local(
                 close_fds=True,
             )
         except OSError as exc:
-            run.update_status(state="failed", error=f"could not start {cmd[0]}: {exc}")
+            run.update_status_if({"launch_id": launch_id}, state="failed", error=f"could not start {cmd[0]}: {exc}")
             raise LaunchError(f"could not start the job for {run.path}: {exc}") from exc
-    status = run.read_status()
-    if status.get("pid") is None:
-        run.update_status(pid=proc.pid)
-    threading.Thread(target=_reap, args=(proc, run), name=f"dinocell-reap-{proc.pid}", daemon=True).start()
+    run.update_status_if({"launch_id": launch_id, "pid": None}, pid=proc.pid)  # unless the trainer wrote its own
+    threading.Thread(target=_reap, args=(proc, run, launch_id), name=f"dinocell-reap-{proc.pid}",
+                     daemon=True).start()
     log.info("launched %s job pid %d in %s", kind, proc.pid, run.path)
     return Launched(run_dir=run.path, command=cmd, pid=proc.pid, process=proc)
 
 
-def _reap(proc: subprocess.Popen, run: RunDir) -> None:
+def _reap(proc: subprocess.Popen, run: RunDir, launch_id: str) -> None:
     """Wait for the child (no zombie) and record how it ended if it could not say so itself.
 
-    A Stop that lands before the trainer has installed its signal handlers (while it still imports torch) ends the
-    process at once: that run was stopped as asked, with no new checkpoint, rather than failed."""
+    Only while status.json is still this launch's (its ``launch_id``, checked under the status lock): a Resume
+    pressed just after Stop relaunches the run before the stopped process has exited, and that process's exit must
+    not become the new run's state. A Stop that lands before the trainer has installed its signal handlers (while
+    it still imports torch) ends the process at once: that run was stopped as asked, with no new checkpoint, rather
+    than failed."""
     code = proc.wait()
+    mine = {"launch_id": launch_id, "state": "running"}
     status = run.read_status()
-    if status.get("state") != "running":
+    if any(status.get(key) != value for key, value in mine.items()):
         return
     if status.get("stop_requested_at") and code in (-signal.SIGTERM, 128 + signal.SIGTERM):
-        run.update_status(state="stopped", error=None)
+        run.update_status_if({**mine, "stop_requested_at": status["stop_requested_at"]}, state="stopped", error=None)
         return
-    run.update_status(
+    run.update_status_if(
+        mine,
         state="failed",
         error=f"job process exited with code {code} without reporting a final state; see {run.console_path}",
     )
@@ -250,6 +257,7 @@ def submit_slurm(
     job_id = out.stdout.strip().split(";")[0]
     status = run.read_status()
     fields = dict(kind=kind, launcher="slurm", slurm_job_id=job_id, submitted_at=time.time(), error=None,
+                  launch_id=uuid.uuid4().hex,  # a local process of an earlier launch no longer owns the status
                   world_size=max(1, gpus), gpus=None, slurm={"gpus": int(gpus), **asdict(options or SlurmOptions())})
     if status.get("state") in ("failed", "stopped", "finished"):
         fields["state"] = status["state"]  # keep the previous final state until the job reports

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +120,21 @@ class RunDir:
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into status.json atomically; ``host``/``pid`` default to this process."""
+        status = self.update_status_if({}, **fields)
+        assert status is not None
+        return status
+
+    def update_status_if(self, expected: Mapping[str, Any], **fields: Any) -> dict[str, Any] | None:
+        """:meth:`update_status` only while status.json still holds ``expected`` (checked and written under the
+        status lock, so no other writer comes in between); None, and nothing written, when it does not — e.g. a
+        launcher recording how *its* process ended after the run was relaunched by someone else."""
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown run state {fields['state']!r}; expected one of {STATES}")
         self.path.mkdir(parents=True, exist_ok=True)
         with exclusive(self.path / ".status.lock"):  # the trainer and a Stop from napari may write at once
             status = self.read_status()
+            if any(status.get(key) != value for key, value in expected.items()):
+                return None
             status.update(fields)
             status["updated_at"] = time.time()
             status.setdefault("host", socket.gethostname())

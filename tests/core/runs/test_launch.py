@@ -157,3 +157,40 @@ def test_stop_before_the_trainer_started_reads_stopped(fixture_root, tmp_path):
     status = run.read_status()
     assert status["state"] == "stopped" and status["error"] is None, status
     assert not any(run.checkpoints_dir.iterdir())
+
+
+def test_resume_just_after_stop_keeps_the_new_runs_status(tmp_path):
+    """Resume pressed while the stopped process is still exiting: that process's reaper must not write its exit
+    (code 143, no final state) into the resumed run's status.json. Real subprocesses: stand-in "python"s that
+    ignore the job command (the first exits 143 when told to, the second runs until stopped)."""
+    import signal
+    import threading
+
+    from dinocell_core.runs.launch import resume_run
+
+    go = tmp_path / "go"
+    _stand_in(tmp_path, "old_job", f"trap '' TERM\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexit 143\n")
+    _stand_in(tmp_path, "new_job", "trap 'exit 143' TERM\nwhile true; do sleep 0.05; done\n")
+    run = RunDir(tmp_path / "run")
+    old = launch_local("pretrain", run.path, _Cfg(), python=str(tmp_path / "bin" / "old_job"))
+    assert run.read_status()["pid"] == old.pid
+    stop_run(run.path)  # the old process gets SIGTERM (a stand-in that survives it for a while, as torchrun does)
+    run.update_status(state="stopped")  # ... and, like the trainer, records its checkpointed stop before exiting
+    new = resume_run(run.path, python=str(tmp_path / "bin" / "new_job"))
+    status = run.read_status()
+    assert status["state"] == "running" and status["pid"] == new.pid
+    go.touch()  # the stopped process exits now, after the resume: code 143
+    assert old.process.wait(timeout=30) == 143
+    for thread in threading.enumerate():
+        if thread.name == f"dinocell-reap-{old.pid}":
+            thread.join(timeout=30)
+    status = run.read_status()
+    assert status["state"] == "running" and status["pid"] == new.pid and status.get("error") is None, status
+
+    # the new process's own reaper still records how it ends
+    stop_run(run.path)
+    assert new.process.wait(timeout=30) in (143, -signal.SIGTERM)
+    deadline = time.time() + 10
+    while run.read_status().get("state") == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    assert run.read_status()["state"] == "stopped"
