@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dinocell_core.errors import DinocellError
+from dinocell_core.io.fsutil import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class FolderLock:
         return (f"{self.folder} is in use by pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
                 f"(lock {self.path})")
 
+    def holder_note(self) -> dict[str, Any]:
+        """What the lock file says about the holder besides host/pid/since (e.g. which job), for refusals."""
+        return {}
+
     def _key(self) -> Path:
         return self.path.resolve()
 
@@ -57,8 +62,12 @@ class FolderLock:
         if key in _HELD:
             _HELD[key][1] += 1
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:  # a read-only folder, a file where the folder should be, a full disk
+            raise WriteError(f"{self.path}: cannot create the lock file ({exc.strerror or exc}); check that "
+                             f"{self.folder} is a folder you may write") from None
         try:
             if not _try_lock(fh, self.path):
                 holder = _read_holder(fh)
@@ -66,7 +75,8 @@ class FolderLock:
                 raise self.error(self.busy_message(holder))
             fh.seek(0)
             fh.truncate()
-            fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+            fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                                 **self.holder_note()}))
             fh.flush()
         except BaseException:
             if not fh.closed:

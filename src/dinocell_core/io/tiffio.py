@@ -79,6 +79,25 @@ def read_tiff(path_or_url: str | os.PathLike[str], storage: Any = None, dtype: A
     return arr
 
 
+def tiff_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a local TIFF cannot be decoded in full, from its header alone (None when it can): a file cut short by a
+    kill or a full disk keeps its header, so its image data runs past the end of the file. Costs a header read."""
+    try:
+        size = os.path.getsize(path)
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                return "TIFF has no image pages"
+            page = tif.pages[0]
+            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # tifffile raises many types for a cut or corrupt header
+        return f"cannot read the TIFF header ({type(exc).__name__}: {str(exc).strip() or 'no detail'})"
+    if end == 0 or end > size:
+        return f"truncated ({size:,} of {end:,} bytes)"
+    return None
+
+
 #: the largest page read_tiff decodes (16384² pixels): an 800 KB compressed file can declare gigabytes
 MAX_PIXELS = 2**28
 

@@ -55,6 +55,22 @@ def well_row_col(well: str) -> tuple[int, int]:
     return ord(well[0].upper()) - ord("A") + 1, int(well[1:])
 
 
+WELL_RE = re.compile(r"^[A-Za-z][0-9]{1,3}$")
+
+
+def check_folder_name(name: str, what: str = "plate folder") -> str | None:
+    """Why ``name`` cannot be one folder under an output root (None when it can). Writers put a field's files at
+    ``OUT/<plate folder>/…``: an index row naming ``../../x`` wrote outside the output folder."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        return f"{what} {name!r} is not a plain folder name (no '/', '\\', '..', surrounding spaces)"
+    return None
+
+
+def check_well_name(well: str) -> str | None:
+    """Why ``well`` is not a plate well name such as ``A01`` (None when it is)."""
+    return None if WELL_RE.match(well) else f"well {well!r} is not a plate well name such as A01"
+
+
 class FileParts(NamedTuple):
     """The parts of a CPJUMP1 image name ``r{row}c{col}f{site}p{plane}-ch{channel}sk{sk}fk{fk}fl{fl}.tiff``."""
 
@@ -215,6 +231,9 @@ class _Grouper:
 
     def add(self, group_dir: str, batch: str, plate_folder: str, r: int, c: int, f: int, sk: int, ch: int,
             path: str) -> None:
+        problem = check_folder_name(plate_folder) if plate_folder else None  # "": files directly in the root
+        if problem is not None:
+            raise IndexFileError(f"{path}: {problem}")
         self.n_files += 1
         self.meta.setdefault(group_dir, (batch, plate_folder))
         self.groups.setdefault((group_dir, r, c, f, sk), {})[ch] = path
@@ -466,6 +485,9 @@ def iter_index_csv(path: str | os.PathLike[str]) -> Iterator[Field]:
                               paths=paths)
             except (KeyError, ValueError, TypeError) as exc:
                 raise IndexFileError(f"{path}:{n}: bad index row ({exc})") from None
+            problem = check_folder_name(folder) or check_well_name(field.well)
+            if problem is not None or field.site < 0 or field.sk < 0:
+                raise IndexFileError(f"{path}:{n}: bad index row ({problem or 'site and sk must be ≥ 0'})")
             yield field
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_bytes
 from dinocell_core.io.images import normalize_percentile
+
+log = logging.getLogger(__name__)
 
 QC_CSV = "qc.csv"
 CONTACT_SHEET = "contact_sheet.png"
@@ -58,7 +62,10 @@ def qc_row(row: Any, stats: dict[str, Any]) -> dict[str, Any]:
             "source": row.source, **stats}
 
 
-def qc_key(r: dict[str, Any]) -> tuple[str, str, int]:
+FieldKey = tuple[str, str, int]  # (plate folder, well, site), as the store's
+
+
+def qc_key(r: dict[str, Any]) -> FieldKey:
     """The field a qc.csv row is about: (plate folder, well, site)."""
     return (str(r["plate_folder"]), str(r["well"]), int(r["site"]))
 
@@ -72,16 +79,32 @@ def write_qc_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
+class QCFileError(DinocellError):
+    """qc.csv cannot be read as text (the message names it); it is derived from the masks and can be rebuilt."""
+
+
 def read_qc_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The complete rows of qc.csv: a row cut short by a kill mid-write (columns missing, site not a number) is
+    left out, so its field counts as missing and is described again from its masks."""
     if not Path(path).is_file():
         return []
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise QCFileError(f"{path}: not a readable qc.csv ({type(exc).__name__}: {exc})") from None
+    return [r for r in rows if all(r.get(c) is not None for c in QC_COLUMNS) and r["site"].strip().isdigit()]
 
 
 def update_qc_row(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
-    """Replace (or add) one field's row of qc.csv, keeping the other fields' rows; the file is rewritten atomically."""
-    rows = {qc_key(r): r for r in read_qc_csv(path)}
+    """Replace (or add) one field's row of qc.csv, keeping the other fields' rows; the file is rewritten atomically.
+    An unreadable qc.csv is replaced (with a warning naming it): `jump label` describes the other fields again."""
+    try:
+        old = read_qc_csv(path)
+    except QCFileError as exc:
+        log.warning("%s; rewritten with this field's row only (run `jump label` again to describe the others)", exc)
+        old = []
+    rows = {qc_key(r): r for r in old}
     rows[qc_key(row)] = row
     write_qc_csv(path, list(rows.values()))
 

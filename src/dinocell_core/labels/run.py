@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -24,7 +25,7 @@ import numpy as np
 from dinocell_core import __version__
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_bytes
-from dinocell_core.io.tiffio import BadImageError, read_tiff
+from dinocell_core.io.tiffio import BadImageError, read_tiff, tiff_problem
 from dinocell_core.jump.index import Field, index_fields, load_index
 from dinocell_core.labels import qc
 from dinocell_core.labels.cellprofiler import BadFieldError, segment_field
@@ -33,8 +34,11 @@ from dinocell_core.labels.store import (
     LabelsError,
     LabelStore,
     StoreLock,
+    orphan_temp_files,
     write_masks,
 )
+
+log = logging.getLogger(__name__)
 
 DNA, RNA = 5, 3
 SKIPPED_CSV = "skipped.csv"
@@ -48,10 +52,16 @@ class LabelSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (field key, reason)
     incomplete: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    relabelled: list[str] = field(default_factory=list)  # stored masks found unreadable, labelled again
+    qc_rebuilt: int = 0  # qc.csv rows described again from their masks (missing after a kill, or unreadable)
 
     def text(self) -> str:
         out = (f"{self.labelled} fields labelled, {self.resumed} already in the store, {len(self.skipped)} skipped, "
                f"{len(self.incomplete)} incomplete in the tree ({self.seconds:.1f} s)")
+        if self.relabelled:
+            out += f"; {len(self.relabelled)} with unreadable masks labelled again (e.g. {self.relabelled[0]})"
+        if self.qc_rebuilt:
+            out += f"; {self.qc_rebuilt} qc.csv rows rebuilt from their masks"
         for key, reason in self.skipped[:5]:
             out += f"\n  skipped {key}: {reason}"
         for item in self.incomplete[:5]:
@@ -197,7 +207,9 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
                 {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
     # held for the whole run: a correction saved meanwhile would be overwritten by the run's next flush
-    with StoreLock(out_p):
+    with StoreLock(out_p, task="run"):
+        for tmp in orphan_temp_files(out_p):  # a writer killed mid-write (this lock's holder is the only writer)
+            tmp.unlink(missing_ok=True)
         store = LabelStore.open_or_create(out_p, manifest)
         if store.manifest.get("method") != method or (method == "cellprofiler"
                                                       and store.manifest.get("params") != _jsonable(params)):
@@ -209,12 +221,15 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
             raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
         summary = LabelSummary(incomplete=incomplete)
         done = set()
-        for key in store.keys():  # masks whose files went missing are relabelled, not trusted (corrections stay)
+        for key in store.keys():  # masks missing or cut short are relabelled, not trusted (corrections stay)
             r = store.get(key, source)
             if r is not None:
-                if all((out_p / p).is_file() for p in (r.nuclei, r.cells, r.cytoplasm) if p):
+                problems = [f"{out_p / p}: {why}" for p in (r.nuclei, r.cells, r.cytoplasm)
+                            if p and (why := tiff_problem(out_p / p)) is not None]
+                if not problems:
                     done.add(key)
                 else:
+                    summary.relabelled.append(problems[0])
                     store.remove(key, source)
         todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
         summary.resumed = len(fields_ok) - len(todo)
@@ -228,7 +243,7 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
         else:
             tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
             worker = _label_cellprofiler
-        qc_rows = {qc.qc_key(r): r for r in qc.read_qc_csv(out_p / qc.QC_CSV)}
+        qc_rows = _kept_qc_rows(out_p, store)
         last_flush = time.monotonic()
 
         def record(result: tuple[str, Any, Any]) -> None:
@@ -256,12 +271,42 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
                 with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                     for result in pool.imap_unordered(worker, tasks, chunksize=1):
                         record(result)
+            summary.qc_rebuilt = _rebuild_qc_rows(store, qc_rows)
         finally:
             summary.seconds = time.perf_counter() - t0
             _flush(store, qc_rows, summary, out_p)
         if qc_fields > 0 and store.rows:
             write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed, storage=storage)
         return summary
+
+
+def _kept_qc_rows(out: Path, store: LabelStore) -> dict[qc.FieldKey, dict[str, Any]]:
+    """qc.csv rows that still describe the store's rows (same field, same source); an unreadable qc.csv counts as
+    empty (with a warning): every row is described again from its masks at the end of the run."""
+    try:
+        rows = qc.read_qc_csv(out / qc.QC_CSV)
+    except qc.QCFileError as exc:
+        log.warning("%s; rebuilding it from the masks", exc)
+        rows = []
+    sources = {r.key: r.source for r in store.rows}
+    return {k: r for r in rows if sources.get(k := qc.qc_key(r)) == r["source"]}
+
+
+def _rebuild_qc_rows(store: LabelStore, qc_rows: dict[qc.FieldKey, dict[str, Any]]) -> int:
+    """Describe every stored field that has no qc.csv row (lost to a kill between the labels.csv and qc.csv
+    writes, a cut qc.csv, an unreadable one) from its masks; returns how many. Thresholds are not recoverable."""
+    n = 0
+    for row in store.rows:
+        if row.key in qc_rows:
+            continue
+        try:
+            nuclei, cells = store.read_pair(row)
+        except LabelsError as exc:
+            log.warning("qc.csv: %s not described (%s)", row.key, exc)
+            continue
+        qc_rows[row.key] = qc.qc_row(row, qc.field_qc(nuclei, cells))
+        n += 1
+    return n
 
 
 def _worker_init() -> None:

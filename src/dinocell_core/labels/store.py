@@ -37,7 +37,7 @@ import numpy as np
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_bytes, atomic_write_json
 from dinocell_core.io.locks import FolderLock
-from dinocell_core.jump.index import SOURCE_PREFIX, Field, field_stem, well_row_col
+from dinocell_core.jump.index import SOURCE_PREFIX, Field, check_folder_name, field_stem, well_row_col
 
 LABELS_CSV = "labels.csv"
 MANIFEST = "manifest.json"
@@ -56,18 +56,29 @@ class LabelsError(DinocellError):
 
 
 class StoreLock(FolderLock):
-    """One writer per labels store: ``jump label`` holds it for its whole run, a saved correction while it writes.
-    Without it a run's periodic rewrite of labels.csv / qc.csv would silently drop a correction saved meanwhile."""
+    """One writer per labels store: ``jump label`` holds it for its whole run (``task="run"``), a saved correction
+    while it writes (``task="save"``). Without it a run's periodic rewrite of labels.csv / qc.csv would silently
+    drop a correction saved meanwhile. The lock file names the holder's task, so a refusal says who writes and
+    what the refused caller can do."""
 
     error = LabelsError
+    TASKS = {"run": "a `jump label` run", "save": "a save of corrected masks"}
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], task: str = "save") -> None:
         super().__init__(root, STORE_LOCK)
+        if task not in self.TASKS:
+            raise ValueError(f"store lock task must be one of {sorted(self.TASKS)}, not {task!r}")
+        self.task = task
+
+    def holder_note(self) -> dict[str, Any]:
+        return {"task": self.task}
 
     def busy_message(self, holder: dict[str, Any]) -> str:
+        who = self.TASKS.get(str(holder.get("task")), "another writer")
+        advice = ("wait for it to finish, or label into another folder" if self.task == "run" else
+                  "nothing was written — save again when it has finished")
         return (f"labels store {self.folder} is being written by pid {holder.get('pid', '?')} on host "
-                f"{holder.get('host', '?')} (a `jump label` run or another save; lock {self.path}); nothing was "
-                "written — save again when it has finished")
+                f"{holder.get('host', '?')} ({who}; lock {self.path}): {advice}")
 
 
 FieldKey = tuple[str, str, int]  # (plate folder, well, site)
@@ -86,6 +97,9 @@ def mask_paths(plate_folder: str, well: str, site: int, source: str) -> tuple[st
     """Relative paths of a field's nuclei, cells and cytoplasm masks for ``source`` (corrections get their own)."""
     if source not in SOURCES:
         raise LabelsError(f"label source must be one of {', '.join(SOURCES)}, not {source!r}")
+    problem = check_folder_name(plate_folder)
+    if problem is not None:  # masks go to LABELS/<plate folder>/: never outside the store
+        raise LabelsError(f"{well} site {site}: {problem}; its masks would be written outside the labels store")
     tag = ".corrected" if source == "corrected" else ""
     stem = f"{plate_folder}/{field_prefix(well, site)}"
     return f"{stem}_nuclei{tag}.tiff", f"{stem}_cells{tag}.tiff", f"{stem}_cytoplasm{tag}.tiff"
@@ -222,7 +236,8 @@ class LabelStore:
             store = cls.open(root)
             store.manifest.update({k: v for k, v in manifest.items() if k not in store.manifest})
             return store
-        if root.exists() and any(p.name != STORE_LOCK for p in root.iterdir()):
+        leftovers = {STORE_LOCK, *(p.name for p in orphan_temp_files(root))}  # a first write killed midway
+        if root.exists() and any(p.name not in leftovers for p in root.iterdir()):
             raise LabelsError(f"{root}: folder exists, is not empty and holds no {LABELS_CSV}; choose an empty "
                               "or new folder for the labels store")
         store = cls(root, (), {"format": FORMAT, "version": FORMAT_VERSION,
@@ -368,6 +383,22 @@ class LabelStore:
             self.manifest["counts"] = {**self.manifest.get("counts", {}), **_counts(rows)}
             self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             atomic_write_json(self.root / MANIFEST, self.manifest)
+
+
+#: the temp names :func:`atomic_path` gives the store's own files while they are written
+_STORE_TEMPS = tuple(f".{name}.*.tmp" for name in (LABELS_CSV, MANIFEST, "qc.csv", "skipped.csv",
+                                                   "contact_sheet.png"))
+_MASK_TEMPS = ".r*c*f*p*_*.tiff.*.tmp"
+
+
+def orphan_temp_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Temp files of the store's own files (labels.csv, manifest, qc.csv, masks …) that a writer killed mid-write
+    left behind; only the :class:`StoreLock` holder may delete them (another writer's could be in flight)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for pattern in _STORE_TEMPS for p in root.glob(pattern)]
+    return found + [p for d in root.iterdir() if d.is_dir() for p in d.glob(_MASK_TEMPS)]
 
 
 def write_masks(root: Path, field: Field, nuclei: np.ndarray, cells: np.ndarray, source: str) -> LabelRow:
