@@ -103,9 +103,10 @@ def test_save_without_labels_layers_is_refused(make_napari_viewer, qtbot, labell
     assert "set a labels store" in browser.message.text()
     browser.load_root(str(info.root))
     qtbot.waitUntil(lambda: len(viewer.layers) == 8 and not browser.busy, timeout=30000)
-    browser.labels_store.setText(str(store_dir))
+    browser.labels_store.setText(str(store_dir))  # (starts reading the shown field's labels)
     browser.save_corrections()
     assert "nothing saved" in browser.message.text()
+    qtbot.waitUntil(lambda: not browser.busy, timeout=30000)
 
 
 def test_moving_away_from_unsaved_corrections_asks(make_napari_viewer, qtbot, labelled, tmp_path):
@@ -119,6 +120,7 @@ def test_moving_away_from_unsaved_corrections_asks(make_napari_viewer, qtbot, la
     browser.load_root(str(info.root))
     qtbot.waitUntil(lambda: "Cells" in viewer.layers and not browser.busy, timeout=30000)
     first = browser.current
+    saved_before = LabelStore.open(store_dir).get(field_key(first), "corrected")
     asked: list[str] = []
     answers: list[str] = []
     browser.ask_unsaved = lambda text: (asked.append(text), answers.pop(0))[1]
@@ -146,7 +148,7 @@ def test_moving_away_from_unsaved_corrections_asks(make_napari_viewer, qtbot, la
     qtbot.waitUntil(lambda: browser.current != first and not browser.busy
                     and viewer.layers["Cells"].metadata["dinocell_field"] == browser.current.key, timeout=30000)
     assert len(asked) == 2
-    assert LabelStore.open(store_dir).get(field_key(first), "corrected") is None  # discarded
+    assert LabelStore.open(store_dir).get(field_key(first), "corrected") == saved_before  # discarded
     second = browser.current
 
     browser.prev_btn.click()  # nothing edited: no question
@@ -161,3 +163,39 @@ def test_moving_away_from_unsaved_corrections_asks(make_napari_viewer, qtbot, la
     assert len(asked) == 3
     store = LabelStore.open(store_dir)
     np.testing.assert_array_equal(store.read(store.get(field_key(first), "corrected"), "cells"), edited)
+
+
+def test_labels_overlay_on_top_at_once_and_store_remembered(make_napari_viewer, qtbot, labelled):
+    """A fresh session: the Nuclei / Cells layers land on top of the channel layers, visible; setting the store
+    after a field is shown reads its labels at once; the store is remembered for the next session."""
+    from dinocell_core.labels.store import LabelStore
+    from napari_dinocell.widgets.common import remembered
+
+    info, store_dir = labelled
+    viewer = make_napari_viewer()
+    _, browser = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    browser.labels_store.setText(str(store_dir))
+    browser.load_root(str(info.root))
+    qtbot.waitUntil(lambda: "Cells" in viewer.layers and len(viewer.layers) == 10 and not browser.busy,
+                    timeout=30000)
+    assert [layer.name for layer in viewer.layers][-2:] == ["Nuclei", "Cells"]
+    assert viewer.layers["Nuclei"].visible and viewer.layers["Cells"].visible
+    browser.fluor_mean.setChecked(True)  # a channel layer added later goes under the overlay
+    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers and not browser.busy, timeout=30000)
+    assert [layer.name for layer in viewer.layers][-2:] == ["Nuclei", "Cells"]
+    assert remembered("browser/labels_store") == str(store_dir)
+
+    viewer2 = make_napari_viewer()
+    _, browser2 = viewer2.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    assert browser2.labels_store.text() == str(store_dir)  # remembered
+    browser2.labels_store.setText("")
+    browser2.load_root(str(info.root))
+    qtbot.waitUntil(lambda: len(viewer2.layers) == 8 and not browser2.busy, timeout=30000)
+    assert "Cells" not in viewer2.layers
+    browser2.labels_store.setText(str(store_dir))  # shown at once, not only from the next site on
+    qtbot.waitUntil(lambda: "Cells" in viewer2.layers and not browser2.busy, timeout=30000)
+    store = LabelStore.open(store_dir)
+    row = store.best(field_key(browser2.current))
+    np.testing.assert_array_equal(viewer2.layers["Cells"].data, store.read(row, "cells"))
+    assert [layer.name for layer in viewer2.layers][-2:] == ["Nuclei", "Cells"]
+    assert viewer2.layers["Cells"].visible

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import Field
 from dinocell_core.jump.preprocess import Preprocessor, read_field
 from dinocell_core.labels.store import LabelRow, LabelStore, field_key
+
+if TYPE_CHECKING:
+    from napari.layers import Labels
+
+#: the browser's two labels layers, in the order they are drawn (the last on top)
+LABEL_LAYERS = ("Nuclei", "Cells")
+
+
+@dataclass
+class FieldLabels:
+    """A field's preferred masks from a labels store, as Labels layers built here (not on the GUI thread)."""
+
+    field: Field
+    source: str  # "auto" / "corrected"; "none" when the store has none (the layers are then empty)
+    layers: dict[str, Labels]  # LABEL_LAYERS name → layer
 
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
@@ -20,14 +38,19 @@ def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np
     return field, stack, mean
 
 
-def read_labels_job(store_root: str, field: Field) -> tuple[Field, np.ndarray | None, np.ndarray | None, str]:
-    """The field's preferred masks from the store (None, None, "none" when it has no labels)."""
+def read_labels_job(store_root: str, field: Field, shape: tuple[int, int]) -> FieldLabels:
+    """The field's preferred masks from the store (empty ``shape`` masks, source "none", when it has none), as
+    Labels layers: napari's Labels constructor scans the whole array, which is done here, off the GUI thread."""
+    from napari.layers import Labels
+
     store = LabelStore.open(store_root)
     row = store.best(field_key(field))
     if row is None:
-        return field, None, None, "none"
-    nuclei, cells = store.read_pair(row)
-    return field, nuclei, cells, row.source
+        masks = (np.zeros(shape, np.int32), np.zeros(shape, np.int32))
+    else:
+        masks = store.read_pair(row)
+    layers = {name: Labels(data, name=name, opacity=0.4) for name, data in zip(LABEL_LAYERS, masks)}
+    return FieldLabels(field, "none" if row is None else row.source, layers)
 
 
 def save_corrections_job(store_root: str, field: Field, nuclei: np.ndarray, cells: np.ndarray) -> LabelRow:

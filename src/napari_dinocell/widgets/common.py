@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtCore import QSettings, QSize
+from qtpy.QtCore import QSettings, QSize, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -129,7 +129,10 @@ class LayerCombo(QComboBox):
 
 class PathEdit(QWidget):
     """A line edit with a Browse button (folder or file); with ``settings_key`` it remembers its last value
-    between sessions. The full path is also the tooltip (narrow docks cut the text)."""
+    between sessions. The full path is also the tooltip (narrow docks cut the text). ``changed(text)`` when a new
+    value is set: typed and confirmed (Enter, focus out), browsed, or :meth:`setText` (not per keystroke)."""
+
+    changed = Signal(str)
 
     def __init__(self, placeholder: str = "", mode: str = "dir", settings_key: str = "") -> None:
         super().__init__()
@@ -141,6 +144,8 @@ class PathEdit(QWidget):
         if settings_key:
             self.edit.setText(remembered(settings_key))
             self.edit.editingFinished.connect(self._remember)
+        self._committed = self.text()
+        self.edit.editingFinished.connect(self._commit)
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
         browse.clicked.connect(self._browse)
@@ -164,6 +169,12 @@ class PathEdit(QWidget):
     def setText(self, text: str) -> None:  # noqa: N802 (Qt naming)
         self.edit.setText(text)
         self._remember()
+        self._commit()
+
+    def _commit(self) -> None:
+        if self.text() != self._committed:
+            self._committed = self.text()
+            self.changed.emit(self._committed)
 
     def _remember(self) -> None:
         if self.settings_key and self.text():

@@ -34,7 +34,13 @@ from dinocell_core.jump.channels import ALL_CHANNELS
 from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.labels.store import LabelRow
 from napari_dinocell import layer_meta
-from napari_dinocell.jobs.browser import read_field_job, read_labels_job, save_corrections_job
+from napari_dinocell.jobs.browser import (
+    LABEL_LAYERS,
+    FieldLabels,
+    read_field_job,
+    read_labels_job,
+    save_corrections_job,
+)
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layers import (
     FLUOR_MEAN_NAME,
@@ -48,7 +54,6 @@ from napari_dinocell.ui_steps import UiSteps
 from napari_dinocell.widgets.common import PathEdit, scroll_layout
 
 OWNER = "jump_browser"
-LABEL_LAYERS = ("Nuclei", "Cells")
 #: the answers of :func:`ask_unsaved`
 SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
 
@@ -105,7 +110,9 @@ class JumpBrowserWidget(QWidget):
         self.fluor_mean.toggled.connect(self._fluor_mean_toggled)
         self.labels_status = JobStatus()
         self._labels_reading = False
-        self.labels_store = PathEdit("labels store (dinocell-core jump label … -o LABELS)", "dir")
+        self.labels_store = PathEdit("labels store (dinocell-core jump label … -o LABELS)", "dir",
+                                     settings_key="browser/labels_store")
+        self.labels_store.changed.connect(self._labels_store_changed)
         self.save_btn = QPushButton("Save corrections")
         self.save_btn.setToolTip("write the Nuclei and Cells layers into the labels store as corrected labels")
         self.save_btn.clicked.connect(lambda: self.save_corrections())
@@ -296,38 +303,81 @@ class JumpBrowserWidget(QWidget):
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
         if self.labels_store.text() and not (field == self.current and self.unsaved_corrections()):
             # (the same field read again, e.g. for its fluorescent mean, keeps the user's unsaved edits)
-            self._labels_reading = True
-            start_job(read_labels_job, self.labels_store.text(), field, status=self.labels_status,
-                      title=f"Reading labels of {field.plate} {field.well} site {field.site}",
-                      on_returned=partial(self._show_labels, stack.shape[-2:]), on_finished=self._labels_done,
-                      show_progress=False)
+            self._read_labels(field, stack.shape[-2:])
+
+    # ----------------------------------------------------------------------------- labels overlay
+    def _labels_store_changed(self, store: str) -> None:
+        """A new labels store: the shown field's labels from it at once (not only from the next site on)."""
+        field = self.current
+        if not store or field is None or self._reading:
+            return  # no field yet, or one loading: its labels are read when its channels arrive
+        shown = next((layer for layer in self.viewer.layers if layer.metadata.get(layer_meta.OWNER) == OWNER
+                      and layer.metadata.get(layer_meta.FIELD) == field.key
+                      and layer.__class__.__name__ == "Image"), None)
+        if shown is None:
+            return
+        if self.unsaved_corrections():
+            self.message.setText("the Nuclei / Cells layers have unsaved corrections: kept (save them, or move to "
+                                 "another site to read this store's labels)")
+            return
+        self._read_labels(field, tuple(np.shape(shown.data)[-2:]))
+
+    def _read_labels(self, field: Field, shape: tuple[int, int]) -> None:
+        self._labels_reading = True
+        start_job(read_labels_job, self.labels_store.text(), field, shape, status=self.labels_status,
+                  title=f"Reading labels of {field.plate} {field.well} site {field.site}",
+                  on_returned=self._labels_read, on_finished=self._labels_done, show_progress=False)
 
     def _labels_done(self) -> None:
         self._labels_reading = False
 
-    def _show_labels(self, shape: tuple[int, int], result: tuple[Field, Any, Any, str]) -> None:
-        field, nuclei, cells, source = result
-        if field != self.current:
+    def _labels_read(self, result: FieldLabels) -> None:
+        """Place the labels after the channel layers still queued (one layer per event-loop turn), so they land on
+        top of them."""
+        if result.field != self.current:
             return  # the user moved on; the newer field's labels follow
-        meta = {layer_meta.FIELD: field.key, layer_meta.LABELS_SOURCE: source}
+        for name in LABEL_LAYERS:
+            self._ui.push(partial(self._show_labels, result, name))
+        self._ui.push(partial(self._labels_shown, result))
+
+    def _show_labels(self, result: FieldLabels, name: str) -> None:
+        """One labels layer: its data replaced in place, or the layer built in the worker added (hidden, shown on
+        the next turn), on top of the channels."""
+        if result.field != self.current:
+            return
+        meta = {layer_meta.FIELD: result.field.key, layer_meta.LABELS_SOURCE: result.source}
+        new = result.layers[name]
+        layer = owned_layer(self.viewer, OWNER, name)
         self._placing_labels = True
         try:
-            for name, data in zip(LABEL_LAYERS, (nuclei, cells)):
-                data = np.zeros(shape, np.int32) if data is None else data
-                layer = owned_layer(self.viewer, OWNER, name)
-                if layer is not None and layer.__class__.__name__ == "Labels":
-                    layer.data = data
-                    layer.metadata = {**layer.metadata, **meta}
-                else:
-                    layer = self.viewer.add_labels(data, name=name, opacity=0.4, metadata={
-                        **meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name})
-                    layer.events.paint.connect(self._labels_edited)  # brush, fill, erase, polygon
-                    layer.events.data.connect(self._labels_edited)  # data replaced (a script, a plugin)
+            if layer is not None and layer.__class__.__name__ == "Labels":
+                layer.data = new.data
+                layer.metadata = {**layer.metadata, **meta}
+            else:
+                new.metadata = {**meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name}
+                new.visible = False
+                self.viewer.add_layer(new)
+                new.events.paint.connect(self._labels_edited)  # brush, fill, erase, polygon
+                new.events.data.connect(self._labels_edited)  # data replaced (a script, a plugin)
+                self._ui.show_next(new)
         finally:
             self._placing_labels = False
+        self._labels_on_top()
+
+    def _labels_shown(self, result: FieldLabels) -> None:
+        if result.field != self.current:
+            return
         self._edited = False
-        self.labels_status.finish(f"labels: {source}" if nuclei is not None else
+        self.labels_status.finish(f"labels: {result.source}" if result.source != "none" else
                                   "this field has no labels in the store yet (draw them, then save)")
+
+    def _labels_on_top(self) -> None:
+        """The Nuclei and Cells layers above every channel layer (an overlay under 8 additive channels is not
+        seen)."""
+        ours = [layer for n in LABEL_LAYERS if (layer := owned_layer(self.viewer, OWNER, n)) is not None]
+        if ours and list(self.viewer.layers)[-len(ours):] != ours:
+            for layer in ours:
+                self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
 
     def save_corrections(self, then: Callable[[], None] | None = None) -> bool:
         """Write the Nuclei and Cells layers of the shown field into the store as its corrected labels; ``then``
@@ -371,8 +421,10 @@ class JumpBrowserWidget(QWidget):
         its first draw then freeze the viewer separately, not 8 layers' worth at once)."""
         new = owned_layer(self.viewer, OWNER, kwargs["name"]) is None
         layer = upsert_image(self.viewer, data, {**kwargs, "visible": False} if new else kwargs, owner=OWNER)
-        if new and kwargs.get("visible", True):
-            self._ui.show_next(layer)
+        if new:
+            self._labels_on_top()
+            if kwargs.get("visible", True):
+                self._ui.show_next(layer)
 
     def _update_enabled(self) -> None:
         has = bool(self.fields)
