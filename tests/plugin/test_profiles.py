@@ -94,3 +94,33 @@ def test_profiles_widget_umap_map(make_napari_viewer, qtbot, embedded):
     qtbot.waitUntil(lambda: widget.map is not None and widget.worker is None, timeout=120000)
     assert widget.map.method == "UMAP" and widget.map.coords.shape == (24, 2)
     assert np.isfinite(widget.map.coords).all() and widget.ax.get_title().startswith("UMAP of 24 well profiles")
+
+
+@pytest.mark.gui
+def test_profiles_dock_scrolls_rings_the_clicked_well_and_shows_rows(make_napari_viewer, qtbot, embedded):
+    from matplotlib.backend_bases import MouseEvent
+    from qtpy.QtWidgets import QScrollArea
+
+    _, table = embedded
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Profiles")
+    assert widget.findChild(QScrollArea) is not None
+    assert widget.minimumSizeHint().height() < 300  # the dock scrolls instead of growing the window
+    row_h = widget.table.verticalHeader().defaultSectionSize()
+    assert widget.table.minimumHeight() >= 6 * row_h  # several rows, not about one
+    widget.profiles.setText(str(table))
+    widget.null_size.setValue(500)
+    widget.compute()
+    qtbot.waitUntil(lambda: widget.map is not None and widget.worker is None, timeout=60000)
+    wm = widget.map
+    widget.canvas.draw()
+    px = widget.ax.transData.transform(wm.coords)
+    gaps = np.linalg.norm(px[:, None] - px[None], axis=-1) + np.eye(len(px)) * 1e9
+    i = int(gaps.min(1).argmax())
+    MouseEvent("button_press_event", widget.canvas, *px[i], button=1)._process()
+    ring = widget._ring
+    assert ring is not None and np.allclose(ring.get_offsets(), [wm.coords[i]])
+    (row,) = {index.row() for index in widget.table.selectedIndexes()}
+    assert widget.table.item(row, 0).text() == str(wm.meta.loc[i, widget.settings.pert_col])
+    widget.color_by.setCurrentText("plate")  # a redraw keeps the ring
+    assert widget._ring is not None and np.allclose(widget._ring.get_offsets(), [wm.coords[i]])

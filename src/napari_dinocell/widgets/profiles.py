@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 from superqt.utils import WorkerBase
@@ -37,11 +36,13 @@ from dinocell_core.profiling.table import readout_text
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.status import JobStatus
-from napari_dinocell.widgets.common import PathEdit
+from napari_dinocell.widgets.common import PathEdit, scroll_layout
 
 COLOR_BY = ("retrieval", "perturbation", "plate")
 TABLE_COLUMNS = ("Perturbation", "mAP", "q-value", "Retrieved")
 PICK_RADIUS_PX = 8.0
+#: rows the table shows without scrolling (the dock scrolls as a whole when it is taller than the window)
+TABLE_ROWS = 8
 
 
 def point_colors(wm: WellMap, by: str, pert_col: str, plate_col: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -116,10 +117,14 @@ class ProfilesWidget(QWidget):
         self.ax = self.figure.add_subplot(111)
         self.canvas.mpl_connect("button_press_event", self._on_click)
         self._scatter: Any = None
+        self._picked: int | None = None  # the well clicked last, ringed on the map
+        self._ring: Any = None
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + TABLE_ROWS * self.table.verticalHeader().defaultSectionSize() + 4)
 
         form = QFormLayout()
         form.addRow("Profiles", self.profiles)
@@ -134,7 +139,7 @@ class ProfilesWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # map and table below the form: the dock scrolls instead of growing the window
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.message)
@@ -158,6 +163,7 @@ class ProfilesWidget(QWidget):
         if wm is None:
             return
         self.map = wm
+        self._picked = None
         self.draw()
         self._fill_table(wm)
         r = wm.results
@@ -190,6 +196,18 @@ class ProfilesWidget(QWidget):
         self.ax.set_title(f"{wm.method} of {len(wm.meta)} well profiles{ev}", fontsize=9)
         self.ax.set_xticks([])
         self.ax.set_yticks([])
+        self._ring = None
+        self._draw_pick()
+
+    def _draw_pick(self) -> None:
+        """Ring the clicked well (drawn over the points; replaces the previous ring)."""
+        if self._ring is not None:
+            self._ring.remove()
+            self._ring = None
+        if self.map is not None and self._picked is not None:
+            x, y = self.map.coords[self._picked]
+            self._ring = self.ax.scatter([x], [y], s=140, facecolors="none", edgecolors="black", linewidths=2.0,
+                                         zorder=5)
         self.canvas.draw_idle()
 
     def _fill_table(self, wm: WellMap) -> None:
@@ -228,6 +246,12 @@ class ProfilesWidget(QWidget):
         well = str(self.map.meta.loc[i, "Metadata_Well"]) if "Metadata_Well" in self.map.meta else ""
         pert = self.map.meta.loc[i, s.pert_col]
         self.message.setText(f"{plate} {well}: {pert}")
+        self._picked = i
+        self._draw_pick()
+        rows = [r for r in range(self.table.rowCount()) if self.table.item(r, 0).text() == str(pert)]
+        if rows:  # its perturbation's row in the table
+            self.table.selectRow(rows[0])
+            self.table.scrollToItem(self.table.item(rows[0], 0))
         root = self.images.text()
         if not root:
             show_info(f"{plate} {well}: set the images root to open its fields in the JUMP browser")
