@@ -72,6 +72,7 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert widget.defaults_combo.currentText() == "pretrain_vits8_jump.yaml"
     assert widget.editors["model.patch_size"].get() == 8
     assert widget.editors["data.channel_mode"].get() == "fluorescent_mean"
+    assert widget.editors["data.second_view"].get() == "same_field"
     assert widget.editors["train.epochs"].get() == 80
 
     widget.editors["data.root"].set(str(tmp_path / "no_such_plate_folder"))
@@ -104,6 +105,10 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert widget.validate() is None
     assert "data.channel_mode" in widget.message.text()
 
+    widget.editors["data.channel_mode"].set("fluorescent_single")
+    widget.editors["data.second_view"].set("same_well")
+    cfg = widget.validate()
+    assert cfg is not None and (cfg.data.channel_mode, cfg.data.second_view) == ("fluorescent_single", "same_well")
     widget.editors["data.channel_mode"].set("brightfield")
     widget.editors["optim.lr"].set(3e-5)
     cfg = widget.validate()

@@ -13,7 +13,8 @@ from napari_dinocell.preflight import check_has_images, check_weights, missing_p
 from napari_dinocell.widgets.config_form import ConfigLaunchForm
 from napari_dinocell.widgets.value_editor import FormKey
 
-CHANNEL_MODES = ("fluorescent_mean", "brightfield", "multiview", "channel:5")
+CHANNEL_MODES = ("fluorescent_mean", "fluorescent_single", "fluorescent_stack", "multiview", "brightfield",
+                 "channel:5")
 
 
 class PretrainWidget(ConfigLaunchForm):
@@ -22,6 +23,7 @@ class PretrainWidget(ConfigLaunchForm):
     main_keys = (
         FormKey("data.root", "Data root", "dir"),
         FormKey("data.channel_mode", "Channel mode", suggestions=CHANNEL_MODES),
+        FormKey("data.second_view", "Second view", suggestions=("same_field", "same_well")),
         FormKey("model.weights", "Backbone weights", "file"),
         FormKey("model.patch_size", "Patch size"),
         FormKey("train.batch_size", "Batch size / GPU"),
