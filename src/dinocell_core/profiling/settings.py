@@ -51,18 +51,14 @@ MAX_NULL_SIZE = 1_000_000
 
 def default_channels(backbone: str) -> str:
     """The read-out ``backbone`` gets when ``channels`` is not given: :data:`BASELINE_READOUT` for the
-    hand-crafted baseline, :data:`VIT_READOUT` for every ViT.
-
-    Hook (issue 23, ``fluorescent_stack``): a backbone trained on the five fluorescent channels as one 5-plane
-    input embeds the stack directly. It gets its own read-out word, returned here for such weights (their export
-    records the input planes), with its view in :func:`channel_views` and its input in
-    ``profiling.embed.FieldReader`` / ``make_embedder``. Not built yet."""
+    hand-crafted baseline, :data:`VIT_READOUT` for every ViT. A ``fluorescent_stack`` backbone (5 input planes,
+    recorded in its weights) embeds the stack whatever this says: ``profiling.embed.readout_views``."""
     return BASELINE_READOUT if backbone == BASELINE else VIT_READOUT
 
 
 def channel_views(channels: str) -> list[tuple[str, tuple[int, ...]]]:
     """(view name, channels averaged into it) of a read-out word: ``fluorescent_mean`` | ``each`` | ``channel:N``
-    (a ``fluorescent_stack`` read-out would add its one 5-plane view here; see :func:`default_channels`)."""
+    (a 5-plane backbone's one ``stack`` view is added by ``profiling.embed.readout_views``)."""
     c = channels.strip()
     if c == EACH:
         return [(CHANNELS[ch], (ch,)) for ch in FLUORESCENT]
