@@ -303,11 +303,12 @@ def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, not
     bad = tmp_path / "bad"
     bad.mkdir()
     shutil.copy(models_dir / "demo-DNA.safetensors", bad / "demo-DNA.safetensors")
+    widget.picker.scan_models(str(bad))
+    qtbot.waitUntil(lambda: widget.picker.listing is not None and widget.picker.listing.verified
+                    and widget.picker.listing.folder == bad and widget.picker.model_combo.count() == 1, timeout=20_000)
     data = bytearray((bad / "demo-DNA.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (bad / "demo-DNA.safetensors").write_bytes(bytes(data))
-    widget.picker.scan_models(str(bad))
-    qtbot.waitUntil(lambda: widget.picker.model_combo.count() == 1, timeout=20_000)
     widget.run_btn.click()
     wait_idle(widget, qtbot)
     assert widget.status.state == JobState.FAILED
@@ -407,3 +408,35 @@ def test_image_never_follows_a_result_layer(make_napari_viewer, qtbot, models_di
     wait_idle(widget, qtbot)
     assert widget.status.message.endswith("in 2 image(s)"), widget.status.message  # DNA and Mito, nothing else
     assert not any("distance labels" in layer.name or "distance distance" in layer.name for layer in viewer.layers)
+
+
+def test_unusable_bundles_listed_greyed_with_why(make_napari_viewer, qtbot, models_dir, tmp_path):
+    """A truncated bundle and one with altered weights (same metadata as the good one) are listed as unusable,
+    greyed, with why as their tooltip, after the good model; neither is ever chosen."""
+    from qtpy.QtCore import Qt
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    good = folder / "demo-DNA.safetensors"
+    shutil.copy(models_dir / "demo-DNA.safetensors", good)
+    blob = good.read_bytes()
+    (folder / "truncated-DNA.safetensors").write_bytes(blob[: len(blob) // 2])
+    altered = bytearray(blob)
+    altered[-100] ^= 0xFF
+    (folder / "altered-DNA.safetensors").write_bytes(bytes(altered))
+    viewer = make_napari_viewer()
+    viewer.add_image(sample_field(size=64, seed=2)[4][0], name="DNA", metadata={"channel": 5})
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
+    widget.picker.scan_models(str(folder))
+    qtbot.waitUntil(lambda: widget.picker.listing is not None and widget.picker.listing.verified, timeout=30_000)
+    combo = widget.picker.model_combo
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    assert texts[0] == "DNA · demo-DNA" and len(texts) == 3, texts
+    for name in ("truncated-DNA.safetensors", "altered-DNA.safetensors"):
+        i = next(i for i, t in enumerate(texts) if name in t)
+        assert "unusable" in texts[i] and not combo.model().item(i).isEnabled()
+        assert combo.itemData(i, Qt.ItemDataRole.ToolTipRole)  # why
+    tips = " ".join(str(combo.itemData(i, Qt.ItemDataRole.ToolTipRole)) for i in (1, 2))
+    assert "digest" in tips, tips  # the altered one: its weights do not match
+    assert "2 unusable" in widget.picker.models_problem.text()
+    assert combo.currentData() == str(good) and [b.path for b in widget.picker.bundles] == [good]

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
-from dinocell_core.seg.bundle import BundleInfo, list_bundles
+from dinocell_core.seg.bundle import BundleInfo
+from napari_dinocell.jobs.models import ModelListing, scan_models_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layers import is_result
 from napari_dinocell.status import JobStatus
@@ -31,6 +32,12 @@ def bundle_channel(info: BundleInfo) -> int | None:
         return channel_number(info.channel)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def problem_reason(info: BundleInfo) -> str:
+    """Why a bundle is unusable, without the path its message starts with."""
+    text = info.problem or ""
+    return text.removeprefix(f"{info.path}:").strip() or text
 
 
 def model_summary(info: BundleInfo) -> str:
@@ -76,6 +83,10 @@ class ModelPicker(QWidget):
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
+        self.models_problem = QLabel("")  # unusable files of the models folder, and why
+        self.models_problem.setWordWrap(True)
+        self.models_problem.setStyleSheet(WARN_STYLE)
+        self.listing: ModelListing | None = None
         self.match_warning = QLabel("")
         self.match_warning.setWordWrap(True)
         self.match_warning.setStyleSheet(WARN_STYLE)
@@ -85,6 +96,7 @@ class ModelPicker(QWidget):
         form.addRow("Channel", self.channel_pick)
         form.addRow("Models", self.models_dir)
         form.addRow("Model", self.model_combo)
+        form.addRow(self.models_problem)
         form.addRow(self.model_info)
         form.addRow(self.match_warning)
         viewer.layers.selection.events.active.connect(self._follow_selection)
@@ -99,22 +111,43 @@ class ModelPicker(QWidget):
             self.models_dir.setText(str(folder))
         if not self.models_dir.text():
             return
-        start_job(list_bundles, self.models_dir.text(), status=JobStatus(), title="Scanning models",
-                  on_returned=self._models_listed, show_progress=False)
+        start_job(scan_models_job, self.models_dir.text(), status=JobStatus(), title="Scanning models",
+                  on_yielded=self._models_listed, on_returned=self._models_listed, show_progress=False)
 
-    def _models_listed(self, bundles: list[BundleInfo]) -> None:
-        if not bundles:
+    def _models_listed(self, listing: ModelListing) -> None:
+        """Usable bundles to choose from; unusable files listed after them, greyed, with why as their tooltip
+        (first from the headers, then again once every bundle's weights are verified)."""
+        if not isinstance(listing, ModelListing) or listing.folder != Path(self.models_dir.text()).expanduser():
+            return  # a scan of a folder no longer chosen
+        if listing.verified and not listing.bundles:
             raise FileNotFoundError(f"no model bundles in {self.models_dir.text()}")
-        self.bundles = sorted(bundles, key=lambda b: (bundle_channel(b) or 99, b.name))
+        self.listing = listing
+        chosen = self.model_combo.currentData()
+        self.bundles = sorted(listing.usable, key=lambda b: (bundle_channel(b) or 99, b.name))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for info in self.bundles:
             ch = bundle_channel(info)
             self.model_combo.addItem(f"{CHANNELS.get(ch, info.channel)} · {info.name}", str(info.path))
+        for info in listing.unusable:
+            self.model_combo.addItem(f"⚠ {info.path.name}: unusable", "")
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, info.problem, Qt.ItemDataRole.ToolTipRole)
+            self.model_combo.model().item(index).setEnabled(False)
+        index = self.model_combo.findData(chosen) if chosen else -1
+        self.model_combo.setCurrentIndex(index if index >= 0 else (0 if self.bundles else -1))
         self.model_combo.blockSignals(False)
+        broken = listing.unusable
+        self.models_problem.setText("" if not broken else (
+            f"{len(broken)} unusable model file(s) in this folder (greyed; hover for why): "
+            + "; ".join(f"{b.path.name}: {problem_reason(b)}" for b in broken[:3])
+            + (" …" if len(broken) > 3 else "")))
         self._layer_changed()
-        self._model_changed()
+        if self.model_combo.currentData() != chosen:  # (a re-listing keeps the model, and the user's thresholds)
+            self._model_changed()
         self.models_listed.emit()
+        if listing.verified and not self.bundles:
+            raise FileNotFoundError(f"no usable model bundle in {listing.folder}: {self.models_problem.text()}")
 
     def bundle_for_channel(self, channel: int | None) -> BundleInfo | None:
         return next((b for b in self.bundles if channel is not None and bundle_channel(b) == channel), None)
