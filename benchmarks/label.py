@@ -52,7 +52,7 @@ def steps(root: Path) -> dict[str, float]:
         corr = cp.subtract_background(d, p.bg_block_size, p.bg_smoothing)
         t = tick("DNA background (block min + Gaussian 21 px)", t)
         th = cp.mce_threshold(corr, p.nuclei_correction, p.nuclei_bounds)
-        binary = cp.gaussian_normalised(corr, p.nuclei_smoothing_scale / 0.6744 / 2) >= th
+        binary = cp.smoothed_at_least(corr, p.nuclei_smoothing_scale / 0.6744 / 2, th)
         t = tick("nuclei threshold (Li) + smoothing", t)
         unedited = cp.declump_shape(binary, p.maxima_distance)
         t = tick("shape declumping (EDT, maxima, watershed)", t)

@@ -2,24 +2,30 @@
 
 Module by module, setting for setting (``analysis_without_batchfile.cppipe`` of the CPJUMP1 paper repository):
 
-1. CorrectIlluminationApply, Divide: ``clip((raw / 65535) / illum, 0, 1)`` for DNA and RNA.
+1. LoadData rescale and CorrectIlluminationApply, Divide: ``clip(float32(raw) / 65535 / illum, 0, 1)`` for DNA
+   and RNA.
 2. CorrectIlluminationCalculate "Background" on DNA (block 30, Gaussian 50, each image) and CorrectIlluminationApply,
-   Subtract: 30×30 block minima, mask-normalised Gaussian of sigma 50/2.35, ``clip(DNA − bg, 0, 1)``.
+   Subtract: minima over centrosome's block grid (⌊n/30⌋ nearly equal blocks per axis), mask-normalised Gaussian
+   of sigma 50/2.35, ``clip(DNA − bg, 0, 1)``.
 3. IdentifyPrimaryObjects: global Minimum Cross-Entropy (``threshold_li``) × 1.25 clamped to [0.014, 1] on the
    unsmoothed image; foreground = Gaussian(sigma 3/1.3488, mask-normalised) ≥ threshold; 8-connected labels; shape
-   declumping (maxima of the hole-filled EDT + seeded jitter within a disk of radius 7.5 in the same object,
-   watershed of −EDT); objects touching the border and outside the area range π·10²/4 … π·75²/4 removed.
+   declumping (maxima of the hole-filled float64 EDT + seeded jitter within a disk of radius 7.5 in the same
+   object, watershed of −EDT); objects touching the border and outside the area range π·10²/4 … π·75²/4 removed.
 4. IdentifySecondaryObjects, Watershed - Image on RNA: threshold_li × 1 clamped to [0.005, 0.014], no smoothing;
    seeds = the unedited nuclei that were kept or touch the border; watershed of ``1 − RNA`` in
-   (foreground ∪ seeds), 8-connected; enclosed holes filled; only cells of kept nuclei, renumbered to them.
+   (foreground ∪ seeds), 8-connected; holes filled as centrosome's ``fill_labeled_holes``; only cells of kept
+   nuclei, renumbered to them.
 5. IdentifyTertiaryObjects: cytoplasm = cells minus the nuclei's interior (the 1-px outline, 8-neighbour and image
    edge as centrosome's ``outline``, stays).
 
-Every setting is a field of :class:`~dinocell_core.labels.settings.CellProfilerParams` (defaults = CPJUMP1) and is
-recorded in the store manifest.
-Known deviations: CellProfiler's ``binary_shrink`` of touching maxima is replaced by one marker per 8-connected
-group of maxima (with the tie-breaking jitter such groups are single pixels in practice); ``threshold_li`` is
-scikit-image's current iterative version.
+Numerics follow CellProfiler's: every image between modules is float32 (cellprofiler-core stores them so); inside
+a module the Gaussian runs per axis on the float32 image and the mask normalisation, the declumping distances and
+jitter are float64. Faster equivalents (block-space Gaussian, OpenCV distance transform, per-object watershed) give
+the same pixels. Every setting is a field of :class:`~dinocell_core.labels.settings.CellProfilerParams` (defaults =
+CPJUMP1) and is recorded in the store manifest.
+Known limits: ``threshold_li`` and ``watershed`` are the installed scikit-image's (CellProfiler 4.0.6 shipped with
+0.17); a ``min_diameter`` above 10 would make CellProfiler look for maxima on a down-sampled image, which is not
+done here (CPJUMP1 uses 10).
 """
 
 from __future__ import annotations
@@ -58,8 +64,10 @@ class Segmentation:
 # ----------------------------------------------------------------------------------------- image processing
 
 def correct_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarray:
-    """CorrectIlluminationApply Divide on a LoadData-rescaled image: ``clip((raw / 65535) / illum, 0, 1)``."""
-    img = raw.astype(np.float32) * np.float32(1.0 / 65535.0)
+    """LoadData's rescale then CorrectIlluminationApply Divide, in float32 as CellProfiler stores every image:
+    ``clip(float32(raw) / 65535 / float32(illum), 0, 1)`` (a true division, as python-bioformats rescales)."""
+    img = raw.astype(np.float32)
+    img /= np.float32(65535.0)
     if illum is not None:
         if illum.shape != raw.shape:
             raise BadFieldError(f"illumination function shape {illum.shape} differs from the image's {raw.shape}")
@@ -67,76 +75,113 @@ def correct_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarra
     return np.clip(img, 0.0, 1.0, out=img)
 
 
-def gaussian_normalised(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Mask-normalised Gaussian with a zero ("constant") border and a full mask, as centrosome's
-    ``smooth_with_function_and_mask``: ``G(img) / G(ones)`` (scipy's truncate-4 kernel, run by OpenCV)."""
-    if sigma <= 0:
-        return img.astype(np.float32, copy=True)
-    return _gaussian_constant(img.astype(np.float32, copy=False), sigma) / _bleed(img.shape, float(sigma))
-
-
-def _gaussian_constant(img: np.ndarray, sigma: float) -> np.ndarray:
-    k = 2 * int(4.0 * sigma + 0.5) + 1
-    return cv2.GaussianBlur(img, (k, k), sigma, sigmaY=sigma, borderType=cv2.BORDER_CONSTANT)
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """scipy's ``gaussian_filter`` kernel (truncate 4): ``exp(-0.5/σ²·x²)`` normalised, in float64."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
 
 
 @lru_cache(maxsize=8)
-def _bleed(shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """``G(ones)``: the same for every field of one size, so computed once per process."""
-    return _gaussian_constant(np.ones(shape, np.float32), sigma)
+def _bleed(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """``gaussian_filter(ones(shape), σ, mode="constant") + eps``: the denominator of centrosome's
+    ``smooth_with_function_and_mask`` for a full mask, the same for every field of one size. Every row of the
+    first pass is one of few values, so the second pass runs on the distinct rows only (bit-identical)."""
+    col = ndi.gaussian_filter1d(np.ones(shape[0]), sigma, mode="constant")
+    vals, inv = np.unique(col, return_inverse=True)
+    rows = ndi.gaussian_filter1d(np.repeat(vals[:, None], shape[1], axis=1), sigma, axis=1, mode="constant")
+    out = rows[inv.ravel()] + np.finfo(float).eps
+    out.setflags(write=False)
+    return out
 
 
-def block_minimum(img: np.ndarray, block: int) -> np.ndarray:
-    """Every pixel replaced by the minimum of its ``block``×``block`` tile (partial tiles at the far edges): the
-    Background method's definition, which :func:`block_background` evaluates without building this image."""
-    h, w = img.shape
-    ph, pw = -h % block, -w % block
-    pad = np.pad(img, ((0, ph), (0, pw)), mode="edge") if ph or pw else img
-    tiles = pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).min(axis=(1, 3))
-    return np.repeat(np.repeat(tiles, block, 0), block, 1)[:h, :w]
+@lru_cache(maxsize=8)
+def _bleed32(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """:func:`_bleed` in float32, for the fast approximate pass."""
+    return _bleed(shape, sigma).astype(np.float32)
 
 
+# The float32 OpenCV filter of a non-negative image errs by < 3e-6 of the value; pixels within this relative band
+# of the threshold are recomputed exactly.
+_NEAR = 1e-4
+
+
+def smoothed_at_least(img: np.ndarray, sigma: float, t: float) -> np.ndarray:
+    """The Threshold module's smoothed foreground, ``smooth_with_function_and_mask(img, gaussian_filter) >= t``,
+    for an image ≥ 0 (every image here is clipped to [0, 1]).
+
+    CellProfiler's value is scipy's ``gaussian_filter(img, σ, mode="constant")`` on the float32 image (each axis
+    pass sums in float64 and rounds to float32) divided in float64 by the filtered ones plus eps. OpenCV's float32
+    filter decides every pixel clear of the threshold; the few within ``_NEAR`` of it are recomputed exactly as
+    scipy does (the centre tap, then the symmetric pairs outermost first), so the result is scipy's bit for bit.
+    """
+    img = img.astype(np.float32, copy=False)
+    if sigma <= 0:
+        return img >= t
+    kernel = gaussian_kernel(sigma)
+    approx = cv2.sepFilter2D(img, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
+    approx /= _bleed32(img.shape, float(sigma))
+    out = approx >= t
+    ys, xs = np.nonzero(np.abs(approx - np.float32(t)) <= _NEAR * abs(t))
+    if ys.size:
+        r = kernel.size // 2
+        pad = np.pad(img, r)  # zeros beyond the edge: "constant", cval 0, in both passes
+        rows, cols = ys + r, xs[:, None] + np.arange(2 * r + 1)  # the 2r+1 columns the second pass reads
+        down = pad[rows[:, None], cols].astype(np.float64) * kernel[r]
+        for j in range(r, 0, -1):
+            above, below = pad[(rows - j)[:, None], cols], pad[(rows + j)[:, None], cols]
+            down += (above.astype(np.float64) + below) * kernel[r - j]
+        down = down.astype(np.float32).astype(np.float64)
+        across = down[:, r] * kernel[r]
+        for j in range(r, 0, -1):
+            across += (down[:, r - j] + down[:, r + j]) * kernel[r - j]
+        out[ys, xs] = across.astype(np.float32) / _bleed(img.shape, float(sigma))[ys, xs] >= t
+    return out
+
+
+def block_grid(length: int, block: int) -> np.ndarray:
+    """centrosome's ``block``: ⌊length/block⌋ (at least 1) blocks of nearly equal size; pixel i is in block
+    ``int(i · (n_blocks / length))`` (float64), so 512 px make 17 blocks of 31 or 30 px, not 30-px tiles."""
+    n_blocks = max(int(float(length) / float(block)), 1)
+    return (np.arange(length) * (float(n_blocks) / float(length))).astype(int)
+
+
+@lru_cache(maxsize=8)
 def _block_weights(length: int, block: int, sigma: float) -> np.ndarray:
-    """[length, n_blocks]: the zero-padded, truncate-4 Gaussian's weight of each block on each pixel."""
-    radius = int(4.0 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    full = np.zeros((length, length + 2 * radius))
-    for y in range(length):
-        full[y, y : y + 2 * radius + 1] = kernel
-    per_pixel = full[:, radius : radius + length]  # source pixels outside the image weigh 0 ("constant")
-    n_blocks = -(-length // block)
-    pad = np.zeros((length, n_blocks * block))
-    pad[:, :length] = per_pixel
-    return pad.reshape(length, n_blocks, block).sum(axis=2)
+    """[length, n_blocks]: the zero-padded Gaussian's weight of each block of :func:`block_grid` on each pixel."""
+    kernel = gaussian_kernel(sigma)
+    radius = kernel.size // 2
+    d = np.arange(length)[None, :] - np.arange(length)[:, None]
+    per_pixel = np.where(np.abs(d) <= radius, kernel[np.clip(d + radius, 0, 2 * radius)], 0.0)
+    starts = np.flatnonzero(np.diff(block_grid(length, block), prepend=-1))
+    out = np.add.reduceat(per_pixel, starts, axis=1)
+    out.setflags(write=False)
+    return out
 
 
 def block_background(img: np.ndarray, block: int, sigma: float) -> np.ndarray:
-    """``gaussian_normalised(block_minimum(img, block), sigma)`` computed exactly in block space.
+    """CorrectIlluminationCalculate Background (each image): block minima on :func:`block_grid`, then
+    the mask-normalised Gaussian of that block image (centrosome's ``smooth_with_function_and_mask``), computed
+    in block space.
 
-    The block-minimum image is constant on each tile, so the separable, zero-padded Gaussian of it is
-    ``Wy · T · Wxᵀ`` with T the tile minima and W the Gaussian's weight of each tile on each pixel; the
-    normaliser ``G(ones)`` is the outer product of W's row sums. A few small matrix products instead of a
-    171-tap filter over the whole field.
+    The block-minimum image is constant on each block, so scipy's separable zero-padded Gaussian of it is
+    ``Wy · T`` (axis 0, rounded to float32 as scipy's float32 output is) then ``· Wxᵀ`` (axis 1, rounded again),
+    with T the block minima and W each block's weight on each pixel: small matrix products instead of a 171-tap
+    filter over the whole field. The result is stored as float32, as CellProfiler stores the function.
     """
     h, w = img.shape
-    ph, pw = -h % block, -w % block
-    pad = np.pad(img, ((0, ph), (0, pw)), mode="edge") if ph or pw else img
-    tiles = pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).min(axis=(1, 3))
-    wy, wx = _block_weights_cached(h, block, float(sigma)), _block_weights_cached(w, block, float(sigma))
-    num = wy @ tiles.astype(np.float64) @ wx.T
-    den = np.outer(wy.sum(1), wx.sum(1))
-    return (num / den).astype(np.float32)
-
-
-@lru_cache(maxsize=8)
-def _block_weights_cached(length: int, block: int, sigma: float) -> np.ndarray:
-    return _block_weights(length, block, sigma)
+    ys = np.flatnonzero(np.diff(block_grid(h, block), prepend=-1))
+    xs = np.flatnonzero(np.diff(block_grid(w, block), prepend=-1))
+    tiles = np.minimum.reduceat(np.minimum.reduceat(img, ys, axis=0), xs, axis=1).astype(np.float64)
+    wy, wx = _block_weights(h, block, float(sigma)), _block_weights(w, block, float(sigma))
+    down = (wy @ tiles).astype(np.float32).astype(np.float64)
+    across = (down @ wx.T).astype(np.float32)
+    return (across / _bleed(img.shape, float(sigma))).astype(np.float32)
 
 
 def subtract_background(dna: np.ndarray, block: int = 30, smoothing: float = 50.0) -> np.ndarray:
-    """CorrectIlluminationCalculate Background (each image) then CorrectIlluminationApply Subtract, clipped."""
+    """CorrectIlluminationCalculate Background then CorrectIlluminationApply Subtract, clipped (float32)."""
     return np.clip(dna - block_background(dna, block, smoothing / 2.35), 0.0, 1.0)
 
 
@@ -157,38 +202,42 @@ def strel_disk(radius: float) -> np.ndarray:
 
 
 def local_maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """centrosome's ``is_local_maximum``: pixels equal to the maximum of their footprint within the same label.
+    """centrosome's ``is_local_maximum``: pixels equal to the maximum of their footprint within the same label,
+    compared in the image's own dtype (float64 for the declumping distances, as CellProfiler compares them).
 
-    One grey dilation finds every maximum whose footprint holds no other object; only pixels whose footprint
-    reaches another object are checked offset by offset (few, at gaps between close objects).
+    A float32 grey dilation proposes the maxima whose footprint holds no other object (rounding is monotone, so it
+    misses none); those, and the pixels whose footprint reaches another object, are then checked exactly offset
+    by offset (few).
     """
-    img = image.astype(np.float32, copy=False)
     fg = labels > 0
     kernel = footprint.astype(np.uint8)
-    masked = np.where(fg, img, np.float32(-1.0))
-    out = fg & (masked >= cv2.dilate(masked, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=-1.0))
+    masked = np.where(fg, image.astype(np.float32), np.float32(-1.0))
+    check = fg & (masked >= cv2.dilate(masked, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=-1.0))
     lab_f = labels.astype(np.float32)
     big = np.float32(labels.max() + 1)
     lo = cv2.erode(np.where(fg, lab_f, big), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=float(big))
     hi = cv2.dilate(lab_f, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0.0)
-    contested = fg & ((lo != lab_f) | (hi != lab_f))
-    ys, xs = np.nonzero(contested)
-    if ys.size:
-        h, w = labels.shape
-        r = footprint.shape[0] // 2
-        own, val = labels[ys, xs], img[ys, xs]
-        ok = np.ones(ys.size, bool)
-        for dy, dx in zip(*(np.nonzero(footprint))):
-            yy, xx = ys + dy - r, xs + dx - r
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
-            ok &= ~(inside & (labels[yy, xx] == own) & (img[yy, xx] > val))
-        out[ys, xs] = ok
+    check |= fg & ((lo != lab_f) | (hi != lab_f))
+    ys, xs = np.nonzero(check)
+    h, w = labels.shape
+    r = footprint.shape[0] // 2
+    own, val = labels[ys, xs], image[ys, xs]
+    ok = np.ones(ys.size, bool)
+    for dy, dx in zip(*(np.nonzero(footprint))):
+        yy, xx = ys + dy - r, xs + dx - r
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+        ok &= ~(inside & (labels[yy, xx] == own) & (image[yy, xx] > val))
+    out = np.zeros(labels.shape, bool)
+    out[ys[ok], xs[ok]] = True
     return out
 
 
 def fill_holes(binary: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes``: background regions (4-connected) not reaching the image edge."""
+    """``scipy.ndimage.binary_fill_holes``: background regions (4-connected) not reaching the image edge.
+
+    Equal to CellProfiler's ``fill_labeled_holes(labels) > 0`` on 8-connected object labels (no two objects
+    4-touch, so every enclosed background region is a hole of the one object around it)."""
     bg, n = ndi.label(~binary, FOUR)
     edge = np.zeros(n + 1, bool)
     edge[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
@@ -196,27 +245,55 @@ def fill_holes(binary: np.ndarray) -> np.ndarray:
     return binary | ~edge[bg]
 
 
+# OpenCV's exact transform (Felzenszwalb, float32) gives the true integer squared distance while a float32 error
+# in a parabola intersection moves a value by < 1 (side² · 2.4e-7 < 1); past this side scipy's transform takes over.
+_CV_EDT_MAX_SIDE = 1600
+
+
 def edt(binary: np.ndarray) -> np.ndarray:
-    """Exact Euclidean distance to the nearest background pixel (OpenCV's Felzenszwalb transform, float32)."""
-    if binary.all():
-        return ndi.distance_transform_edt(binary).astype(np.float32)
-    return cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    """scipy's ``distance_transform_edt`` (float64 √ of an integer squared distance), which CellProfiler uses.
+
+    OpenCV's precise transform is 3× faster; its float32 result is squared and rounded back to the integer
+    squared distance, whose float64 root is then bit-identical to scipy's.
+    """
+    if binary.all() or max(binary.shape) > _CV_EDT_MAX_SIDE:
+        return ndi.distance_transform_edt(binary)
+    d = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float64)
+    np.square(d, out=d)
+    np.rint(d, out=d)
+    return np.sqrt(d, out=d)
+
+
+@lru_cache(maxsize=4)
+def _jitter(shape: tuple[int, int]) -> np.ndarray:
+    """``numpy.random.seed(0); numpy.random.uniform(0, 0.001, shape)``: CellProfiler's tie-breaking noise."""
+    out = np.random.RandomState(0).uniform(0.0, 0.001, shape)
+    out.setflags(write=False)
+    return out
 
 
 def declump_shape(binary: np.ndarray, maxima_distance: float) -> np.ndarray:
-    """Shape/Shape declumping of IdentifyPrimaryObjects: 8-connected objects split by watershed of −EDT."""
+    """Shape/Shape declumping of IdentifyPrimaryObjects: 8-connected objects split by watershed of −EDT.
+
+    As CellProfiler: float64 distances of the hole-filled foreground plus its seeded jitter, maxima within a disk
+    of radius ``maxima_distance − 0.5`` in the same object, one marker per 8-connected group of maxima (touching
+    maxima need two float64 values √k + jitter to tie exactly; below ~500 px roots of different k are > 0.001
+    apart, so only a collision of the jitter itself could do it, and ``binary_shrink`` has nothing to shrink),
+    and the watershed of ``−dist − min(−dist)`` with those markers.
+    """
     labels, n = ndi.label(binary, EIGHT)
     if n == 0:
         return labels.astype(np.int32)
     dist = edt(fill_holes(binary))
-    dist += (np.random.RandomState(0).rand(*dist.shape) * 0.001).astype(np.float32)
+    dist += _jitter(dist.shape)
     maxima = local_maxima(dist, labels, strel_disk(max(maxima_distance - 0.5, 1.0)))
     maxima &= dist > 0
     markers, n_markers = ndi.label(maxima, EIGHT)
     if n_markers == 0:
         return np.zeros_like(labels, dtype=np.int32)
-    ws = _watershed_by_object(-dist - float((-dist).min()), markers, labels, n)
-    return ws
+    np.negative(dist, out=dist)
+    dist -= dist.min()
+    return _watershed_by_object(dist, markers, labels, n)
 
 
 def _watershed_by_object(surface: np.ndarray, markers: np.ndarray, objects: np.ndarray, n: int) -> np.ndarray:
@@ -275,8 +352,7 @@ def filter_nuclei(unedited: np.ndarray, min_diameter: float, max_diameter: float
 def identify_nuclei(dna: np.ndarray, p: CellProfilerParams) -> tuple[np.ndarray, np.ndarray, float]:
     """IdentifyPrimaryObjects on the background-subtracted DNA image: (nuclei, unedited labels, threshold)."""
     t = mce_threshold(dna, p.nuclei_correction, p.nuclei_bounds)
-    smooth = gaussian_normalised(dna, p.nuclei_smoothing_scale / 0.6744 / 2.0)
-    unedited = declump_shape(smooth >= t, p.maxima_distance)
+    unedited = declump_shape(smoothed_at_least(dna, p.nuclei_smoothing_scale / 0.6744 / 2.0, t), p.maxima_distance)
     nuclei, _ = filter_nuclei(unedited, p.min_diameter, p.max_diameter)
     return nuclei, unedited, t
 
@@ -284,36 +360,91 @@ def identify_nuclei(dna: np.ndarray, p: CellProfilerParams) -> tuple[np.ndarray,
 # -------------------------------------------------------------------------------------- secondary objects
 
 def fill_labeled_holes(labels: np.ndarray) -> np.ndarray:
-    """Background regions (4-connected) not touching the image edge and bordered by a single object take it.
+    """centrosome's ``fill_labeled_holes(labels, mask=labels == 0)``, as IdentifySecondaryObjects fills holes.
 
-    Per background pixel, the largest and smallest object id among its 8 neighbours (two 3×3 grey filters);
-    a region is a hole of one object when the extremes over the region agree.
+    A graph of objects and background regions (4-connected), joined where two pixels touch *4-wise* (diagonal
+    contact does not count). Not-a-hole are the regions and objects on the image edge, then every object touching
+    a not-a-hole background region, and every node touching two different not-a-hole objects, until nothing
+    changes. A background region left over is a hole: it takes the one not-a-hole object it touches; one touching
+    none (inside an enclosed object) takes, by CellProfiler's stack walk over the remaining holes, that of a hole
+    next to it, so a hole in a cell enclosed by another cell gets the outer cell's id. Objects never change.
+
+    The outer background and the objects touching it are settled with one dilation; the graph is built only
+    from the pixels of enclosed regions and of the other objects (few), which is all the rules look at.
     """
     bg, n = ndi.label(labels == 0, FOUR)
-    if n == 0 or labels.max() == 0:
+    edge_bg = np.zeros(n + 1, bool)
+    edge_bg[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
+    edge_bg[0] = False
+    if edge_bg.sum() == n:  # every background region reaches the edge: no holes
         return labels
-    edge = np.zeros(n + 1, bool)
-    edge[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
-    edge[0] = True
-    cand = ~edge[bg]  # pixels of background regions enclosed by objects (few, small)
-    if not cand.any():
-        return labels
-    lab_f = labels.astype(np.float32)
-    big = float(labels.max() + 1)
-    kernel = np.ones((3, 3), np.uint8)
-    hi_px = cv2.dilate(lab_f, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0.0)[cand]
-    lo_px = cv2.erode(np.where(labels > 0, lab_f, np.float32(big)), kernel, borderType=cv2.BORDER_CONSTANT,
-                      borderValue=big)[cand]
-    region = bg[cand]
-    hi = np.zeros(n + 1, np.float64)
-    lo = np.full(n + 1, big, np.float64)
-    np.maximum.at(hi, region, hi_px)
-    np.minimum.at(lo, region, lo_px)
-    fill = (lo == hi) & (hi > 0) & ~edge
+    lcount = int(labels.max())
+    size = lcount + n + 1  # nodes: objects 1..lcount, background regions lcount+1..lcount+n (raster order)
+    node = np.where(bg > 0, bg + lcount, labels).astype(np.int32, copy=False)
+    not_hole = np.zeros(size, bool)
+    not_hole[np.concatenate([node[0], node[-1], node[:, 0], node[:, -1]])] = True
+    not_hole[lcount + 1 :] |= edge_bg[1:]
+    outer = cv2.dilate(edge_bg[bg].view(np.uint8), FOUR.astype(np.uint8)).view(bool)
+    not_hole[labels[outer & (labels > 0)]] = True
+    not_hole[0] = False
+    src, dst = _contacts(node, ~not_hole[node], size)
+    is_obj = np.arange(size) <= lcount
+    while True:
+        open_ = ~not_hole[dst]
+        from_obj = open_ & not_hole[src] & is_obj[src]
+        from_bg = open_ & not_hole[src] & ~is_obj[src] & is_obj[dst]
+        grow = np.bincount(dst[from_obj], minlength=size) >= 2
+        grow[dst[from_bg]] = True
+        grow &= ~not_hole
+        if not grow.any():
+            break
+        not_hole |= grow
+    enclosing = np.zeros(size, np.int64)  # the not-a-hole object next to a hole (unique once the loop settles)
+    from_obj = ~not_hole[dst] & not_hole[src] & is_obj[src]
+    enclosing[dst[from_obj]] = src[from_obj]
+    needy = ~not_hole & (enclosing == 0)
+    if needy[lcount + 1 :].any():
+        _walk_holes(src, dst, not_hole, enclosing, needy)
+    fill = np.where(not_hole, 0, enclosing)[lcount + 1 :]
     out = labels.copy()
-    sel = fill[bg]
-    out[sel] = hi[bg[sel]].astype(out.dtype)
+    sel = bg > 0
+    out[sel] = fill[bg[sel] - 1].astype(out.dtype)
     return out
+
+
+def _contacts(node: np.ndarray, open_px: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct 4-neighbour contacts (both directions) between different nodes, at least one of them open."""
+    h, w = node.shape
+    ys, xs = np.nonzero(open_px)
+    here = node[ys, xs].astype(np.int64)
+    keys = []
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        yy, xx = ys + dy, xs + dx
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        there = node[yy[ok], xx[ok]]
+        a = here[ok]
+        keys.append(np.minimum(a, there)[a != there] * size + np.maximum(a, there)[a != there])
+    key = np.unique(np.concatenate(keys))
+    return np.concatenate([key // size, key % size]), np.concatenate([key % size, key // size])
+
+
+def _walk_holes(src: np.ndarray, dst: np.ndarray, not_hole: np.ndarray, enclosing: np.ndarray,
+                needy: np.ndarray) -> None:
+    """The second walk of centrosome's ``fill_labeled_holes_loop``, in its order: holes with an enclosing object,
+    pushed in id order, popped last-in first-out, hand it to the neighbours (ascending id) that have none.
+    Only holes next to a needy one can hand anything on, so only they are pushed (same order)."""
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    first = np.searchsorted(src, np.arange(enclosing.size + 1))
+    givers = np.unique(src[needy[dst] & ~not_hole[src] & (enclosing[src] > 0)])
+    stack = givers.tolist()
+    while stack:
+        ii = stack.pop()
+        for jj in dst[first[ii]:first[ii + 1]].tolist():
+            if needy[jj]:
+                needy[jj] = False
+                enclosing[jj] = enclosing[ii]
+                stack.append(jj)
 
 
 def secondary_seeds(unedited: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
@@ -326,10 +457,9 @@ def secondary_seeds(unedited: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 def identify_cells(rna: np.ndarray, unedited: np.ndarray, nuclei: np.ndarray,
                    p: CellProfilerParams) -> tuple[np.ndarray, float]:
     """Watershed - Image on RNA from the nuclei seeds; cells take their nucleus's id. Returns (cells, threshold)."""
-    img = gaussian_normalised(rna, p.cells_smoothing_scale / 0.6744 / 2.0) if p.cells_smoothing_scale > 0 else rna
-    t = mce_threshold(img, p.cells_correction, p.cells_bounds)
+    t = mce_threshold(rna, p.cells_correction, p.cells_bounds)  # on the unsmoothed image, as the Threshold module
     seeds = secondary_seeds(unedited, nuclei)
-    mask = (img >= t) | (seeds > 0)
+    mask = smoothed_at_least(rna, p.cells_smoothing_scale / 0.6744 / 2.0, t) | (seeds > 0)
     parts, n_parts = ndi.label(mask, EIGHT)
     grown = _watershed_by_object(1.0 - rna, seeds, parts, n_parts) if seeds.any() else seeds
     grown = fill_labeled_holes(grown)
