@@ -180,3 +180,15 @@ def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
     assert "nuclei (ground truth)" in names and "cells (ground truth)" in names
     nuclei = viewer.layers["nuclei (ground truth)"].data
     assert nuclei.max() > 5 and nuclei.shape == viewer.layers["DNA"].data.shape
+
+
+def test_fluorescent_mean_shown_and_view_fits_a_bigger_field(make_napari_viewer, qtbot, jump_root):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.uint16), name="small")  # the view fits this 16-px image
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    widget.fluor_mean.setChecked(True)
+    widget.load_root(str(jump_root.source_root))
+    qtbot.waitUntil(lambda: "Fluorescent mean" in viewer.layers and not widget.busy, timeout=20_000)
+    assert viewer.layers["Fluorescent mean"].visible  # ticked to be seen: added visible
+    size = viewer.layers["DNA"].data.shape[0]
+    assert viewer.scene.camera.center[-1] == pytest.approx((size - 1) / 2, abs=1.0)  # the view was reset to the field

@@ -74,6 +74,8 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert widget.editors["data.channel_mode"].get() == "fluorescent_mean"
     assert widget.editors["data.second_view"].get() == "same_field"
     assert widget.editors["train.epochs"].get() == 80
+    assert widget.editors["train.epochs"].widget.text() == "80"  # not "80.0"
+    assert widget.editors["optim.lr"].widget.text() not in ("", "0")  # small floats keep their precision
 
     widget.editors["data.root"].set(str(tmp_path / "no_such_plate_folder"))
     widget.editors["model.weights"].set(str(tmp_path / "missing.pth"))

@@ -269,3 +269,27 @@ def test_resume_just_after_stop_is_no_false_failure(make_napari_viewer, qtbot, t
         time.sleep(0.05)
     widget.watcher.timer.stop()
     qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)
+
+
+def test_a_run_with_one_logged_step_is_plotted(make_napari_viewer, qtbot, tmp_path):
+    """One metrics record: each loss is drawn as a dot (a line through one point draws nothing)."""
+    run = RunDir(tmp_path / "run_one")
+    run.write_config(_Cfg())
+    run.update_status(state="running", kind="pretrain", step=1, total_steps=10, pid=os.getpid())
+    run.append_metrics({"step": 1, "loss": 4.0, "loss_dino": 2.0})
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Runs")
+    widget.watcher.timer.setInterval(50)
+    widget.set_folder(tmp_path)
+    qtbot.waitUntil(lambda: widget.table.rowCount() == 1, timeout=5000)
+    widget.table.selectRow(0)
+    qtbot.waitUntil(lambda: "loss" in widget.plot.lines, timeout=5000)
+    line = widget.plot.lines["loss"]
+    assert line.get_marker() == "o" and line.get_markersize() > 0
+    lo, hi = widget.plot.ax.get_ylim()
+    assert lo < 4.0 < hi
+    run.append_metrics({"step": 2, "loss": 3.0, "loss_dino": 1.5})  # from two steps on: a plain line
+    qtbot.waitUntil(lambda: len(widget.plot.series["loss"].steps) == 2, timeout=5000)
+    assert line.get_marker() in ("", "None", None)
+    widget.watcher.timer.stop()
+    qtbot.waitUntil(lambda: not widget.watcher.polling, timeout=5000)

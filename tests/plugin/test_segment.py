@@ -5,7 +5,6 @@ results tied to their data; model/channel checks; saving labels and measurements
 
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
 import sys
@@ -264,18 +263,28 @@ def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, mo
     np.testing.assert_array_equal(tifffile.imread(saved), edited)  # the hand edit is saved too
 
     widget.export.export_btn.click()
-    table = tmp_path / "results" / "BR00116991_A01_s3_DNA_objects.csv"
+    table = tmp_path / "results" / "BR00116991_A01_s3_DNA_objects.parquet"  # Parquet, like segment-plate's
     qtbot.waitUntil(table.exists, timeout=10_000)
-    with open(table) as fh:
-        rows = list(csv.DictReader(fh))
+    import json
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frame = pd.read_parquet(table)
+    rows = frame.to_dict("records")
     assert len(rows) == len(set(np.unique(edited)) - {0})
     first = rows[0]
-    assert first["Metadata_Plate"] == "BR00116991" and first["Metadata_Well"] == "A01" and first["Metadata_Site"] == "3"
+    assert first["Metadata_Plate"] == "BR00116991" and first["Metadata_Well"] == "A01" and first["Metadata_Site"] == 3
     mask = edited == int(first["ObjectNumber"])
-    assert float(first["Cells_AreaShape_Area"]) == int(mask.sum())  # the CLI's segment-plate columns
+    assert float(first["Nuclei_AreaShape_Area"]) == int(mask.sum())  # a DNA image: nuclei, as segment-plate names
+    assert not any(c.startswith("Cells_") for c in frame.columns)
+    centre = [c for c in frame.columns if "Center" in c]
+    assert centre == ["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]  # the centre once
     scale = float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else 1.0  # CellProfiler's
-    assert float(first["Cells_Intensity_MeanIntensity_DNA"]) == pytest.approx(float(data[mask].mean()) / scale,
-                                                                              rel=1e-4)
+    assert float(first["Nuclei_Intensity_MeanIntensity_DNA"]) == pytest.approx(float(data[mask].mean()) / scale,
+                                                                               rel=1e-4)
+    units = json.loads(pq.read_schema(table).metadata[b"dinocell_units"])
+    assert f"÷ {scale:g}" in units["Intensity"] and "pixels" in units["AreaShape"]  # the scale is stated
 
     # confirmed overwrite applies the thresholds
     widget.overwrite_btn.click()

@@ -20,8 +20,9 @@ from skimage.measure import regionprops_table
 PER_OBJECT_PROPS = {  # CellProfiler AreaShape name ← scikit-image regionprops property
     "Perimeter": "perimeter", "Solidity": "solidity", "Extent": "extent", "EulerNumber": "euler_number",
 }
+#: (the centre is ``<Object>_Location_Center_X/Y`` only: CellProfiler's AreaShape_Center_X/Y repeats it)
 SHAPE_ORDER = ("Area", "Perimeter", "FormFactor", "Eccentricity", "Solidity", "Extent", "MajorAxisLength",
-               "MinorAxisLength", "Orientation", "EulerNumber", "Center_X", "Center_Y")
+               "MinorAxisLength", "Orientation", "EulerNumber")
 INTENSITY_FEATURES = ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity")
 
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from napari.utils.notifications import show_error
 from superqt.utils import WorkerBase, create_worker
 
+from napari_dinocell.notify import show_error
 from napari_dinocell.status import JobStatus
 
 #: least time between two progress updates delivered to the GUI thread

@@ -18,17 +18,37 @@ import numpy as np
 from dinocell_core.seg.distance import compact_labels
 from napari_dinocell.jobs.runner import Progress
 
-#: what Save writes: the labels TIFF, the per-object CSV, or both
+#: what Save writes: the labels TIFF, the per-object table, or both
 SaveWhat = Literal["labels", "measurements", "both"]
 
 
-def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, stem: str,
-             constants: Mapping[str, Any], what: SaveWhat, channel: str = "image") -> list[Path]:
-    """Write the labels TIFF and/or the per-object CSV of one field (atomically).
+def units_note(intensity: np.ndarray | None) -> dict[str, str]:
+    """What the table's numbers mean (stored in the Parquet file's metadata under ``dinocell_units``)."""
+    from dinocell_core.seg.measure import intensity_scale
 
-    The CSV has ``segment-plate``'s columns (:func:`dinocell_core.seg.measure.measure_objects`: ``ObjectNumber``,
-    ``Cells_AreaShape_*``, ``Cells_Intensity_*_<channel>``) after the ``Metadata_*`` constants, so a table exported
-    here and one from the CLI aggregate alike."""
+    note = {"AreaShape": "pixels (areas in px², lengths in px, Orientation in degrees)",
+            "Location": "pixels, x = column and y = row of the image"}
+    if intensity is not None:
+        scale = intensity_scale(np.asarray(intensity))
+        note["Intensity"] = (f"image values ÷ {scale:g} (the {np.asarray(intensity).dtype} maximum), i.e. 0–1 as "
+                             "CellProfiler rescales them" if scale != 1 else "image values as they are (float image)")
+    return note
+
+
+def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, stem: str,
+             constants: Mapping[str, Any], what: SaveWhat, channel: str = "image",
+             objects: str = "Cells") -> list[Path]:
+    """Write the labels TIFF and/or the per-object Parquet table of one field (atomically).
+
+    The table has ``segment-plate``'s columns (:func:`dinocell_core.seg.measure.measure_objects`: ``ObjectNumber``,
+    ``<objects>_AreaShape_*``, ``<objects>_Location_Center_X/Y``, ``<objects>_Intensity_*_<channel>``; ``objects``
+    "Nuclei" for a DNA layer, as segment-plate names them) after the ``Metadata_*`` constants, and is Parquet like
+    segment-plate's, so a table exported here and one from the CLI aggregate alike. What the numbers mean
+    (:func:`units_note`: intensities ÷ the type's maximum) is in the file's metadata, ``dinocell_units``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import tifffile
 
     from dinocell_core.io.fsutil import atomic_path
@@ -41,12 +61,14 @@ def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, ste
             tifffile.imwrite(tmp, compact_labels(labels), compression="zlib")
         written.append(path)
     if what in ("measurements", "both"):
-        path = folder / f"{stem}_objects.csv"
-        table = measure_objects(labels, None if intensity is None else {channel: intensity})
+        path = folder / f"{stem}_objects.parquet"
+        table = measure_objects(labels, None if intensity is None else {channel: intensity}, prefix=objects)
         for i, (key, value) in enumerate(constants.items()):
             table.insert(i, key, value)
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        meta = {**(arrow.schema.metadata or {}), b"dinocell_units": json.dumps(units_note(intensity)).encode()}
         with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
+            pq.write_table(arrow.replace_schema_metadata(meta), tmp)
         written.append(path)
     return written
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -29,6 +28,7 @@ from napari_dinocell.jobs.features import features_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layer_meta import SOURCE_LAYER
 from napari_dinocell.layers import STALE
+from napari_dinocell.notify import show_error, show_warning
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress

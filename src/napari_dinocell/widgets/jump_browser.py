@@ -82,6 +82,7 @@ class JumpBrowserWidget(QWidget):
         self._reading = False
         self._ui = UiSteps(self)
         self._edited = False  # the Nuclei / Cells layers were edited since they were read or saved
+        self._shown_shape: tuple[int, ...] = ()  # (H, W) of the last field shown
         self._placing_labels = False
         #: asks what to do with unsaved corrections when moving away (replaceable: tests answer without a modal)
         self.ask_unsaved: Callable[[str], str] = partial(ask_unsaved, self)
@@ -298,8 +299,11 @@ class JumpBrowserWidget(QWidget):
         else:
             self._ui.push(partial(self._place, mean, {
                 "name": FLUOR_MEAN_NAME, "colormap": "gray", "blending": "additive",
-                "contrast_limits": contrast_limits(mean), "visible": False,
+                "contrast_limits": contrast_limits(mean), "visible": True,  # ticked to be seen
                 "metadata": {**meta, layer_meta.CHANNEL: "fluorescent_mean"}}))
+        if stack.shape[-2:] != self._shown_shape:  # the first field, or one of another size: fit it in the view
+            self._shown_shape = stack.shape[-2:]
+            self._ui.push(self.viewer.reset_view)
         self.read_status.finish(f"{field.plate} {field.well} site {field.site} ({stack.shape[-2]}×{stack.shape[-1]})")
         if self.labels_store.text() and not (field == self.current and self.unsaved_corrections()):
             # (the same field read again, e.g. for its fluorescent mean, keeps the user's unsaved edits)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -35,6 +34,7 @@ from dinocell_core.profiling.settings import QUICK_NULL_SIZE
 from dinocell_core.profiling.table import readout_text
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
+from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit, scroll_layout
 

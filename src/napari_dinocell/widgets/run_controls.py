@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info
 from pydantic import BaseModel
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -39,6 +38,7 @@ from dinocell_core.runs.launch import (
 from dinocell_core.runs.rundir import RunDir
 from napari_dinocell.jobs.run_watcher import shared_watcher
 from napari_dinocell.jobs.runs import RunPoll
+from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.widgets.value_editor import ValueEditor
 
 

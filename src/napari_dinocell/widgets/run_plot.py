@@ -87,15 +87,18 @@ class RunPlot(QWidget):
         new_on: set[Axis] = set()
         for name, s in self.series.items():
             line = self.lines.get(name)
+            axis = self._axis_of.get(name, "loss")
             if line is not None:
                 line.set_data(s.steps, s.values)
-                continue
-            axis = self._axis_of.get(name, "loss")
-            ax = self.ax_val if axis == "score" else self.ax
-            style = {"marker": "o", "markersize": 3, "linestyle": "--"} if axis == "score" else {}
-            (self.lines[name],) = ax.plot(s.steps, s.values, label=_label(name),
-                                          linewidth=1.2, **style)
-            new_on.add(axis)
+            else:
+                ax = self.ax_val if axis == "score" else self.ax
+                style = {"marker": "o", "markersize": 3, "linestyle": "--"} if axis == "score" else {}
+                (line,) = ax.plot(s.steps, s.values, label=_label(name), linewidth=1.2, **style)
+                self.lines[name] = line
+                new_on.add(axis)
+            if axis == "loss":  # a line through one point draws nothing: one logged step is shown as a dot
+                line.set_marker("o" if len(s.steps) == 1 else "")
+                line.set_markersize(4)
         for axis in new_on:
             ax = self.ax_val if axis == "score" else self.ax
             n = len(ax.get_lines())

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -34,6 +33,7 @@ from dinocell_core.runs.launch import LaunchError, resume_run, stop_run
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo
 from napari_dinocell.jobs.run_watcher import shared_watcher
 from napari_dinocell.jobs.runs import RunDetails, RunPoll
+from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.widgets.common import remember, remembered, scroll_layout
 from napari_dinocell.widgets.run_plot import RunPlot
 

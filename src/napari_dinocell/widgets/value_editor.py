@@ -34,6 +34,14 @@ class FormKey:
     suggestions: tuple[str, ...] = ()  # offered in an editable drop-down (free text stays allowed)
 
 
+def format_value(value: Any) -> str:
+    """A value as the form shows it: a whole float without its ".0" (Epochs 80, not 80.0; read back as 80, which
+    the float field takes); other floats in full precision (1e-06 stays 1e-06)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
 class ValueEditor:
     """A Qt editor for one config value, chosen from its type annotation."""
 
@@ -103,7 +111,7 @@ class ValueEditor:
         elif isinstance(value, (list, dict)):
             w.setText(yaml.safe_dump(value, default_flow_style=True).strip())
         else:
-            w.setText(str(value))
+            w.setText(format_value(value))
 
     def get(self) -> Any:
         w = self.widget

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 from superqt.utils import WorkerBase
@@ -30,10 +29,11 @@ from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job
 from napari_dinocell.jobs.segment_disk import BatchResult, SaveWhat, save_job, segment_fields_job
 from napari_dinocell.layer_meta import CHANNEL, FIELD, JUMP_ROOT, PLATE, PLATE_FOLDER, WELL
 from napari_dinocell.layers import STALE, is_result
+from napari_dinocell.notify import show_error, show_info, show_warning
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
-from napari_dinocell.widgets.segment.export import ResultsExport, result_stem, table_constants
+from napari_dinocell.widgets.segment.export import ResultsExport, object_name, result_stem, table_constants
 from napari_dinocell.widgets.segment.images import channel_image, layer_channel, n_channels
 from napari_dinocell.widgets.segment.model_picker import ModelPicker
 from napari_dinocell.widgets.segment.outputs import ResultLayers
@@ -287,7 +287,7 @@ class SegmentWidget(QWidget):
 
         channel = CHANNELS.get(source.metadata.get(CHANNEL), source.name.removesuffix(STALE))
         start_job(save_job, labels, intensity, Path(folder).expanduser(), result_stem(source), constants, what,
-                  channel, status=self.save_status, title="Saving", on_returned=done)
+                  channel, object_name(source, info), status=self.save_status, title="Saving", on_returned=done)
 
     def _update_enabled(self) -> None:
         busy = self.worker is not None

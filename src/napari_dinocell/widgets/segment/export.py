@@ -5,15 +5,20 @@ segmented to disk; with the file names and table columns those results get."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from dinocell_core.jump.channels import channel_number
 from napari_dinocell.layer_meta import PLATE, SITE, WELL
 from napari_dinocell.layers import STALE
 from napari_dinocell.widgets.common import PathEdit
+from napari_dinocell.widgets.segment.images import layer_channel
+
+if TYPE_CHECKING:
+    from dinocell_core.seg.bundle import BundleInfo
 
 
 def result_stem(source: Image) -> str:
@@ -23,6 +28,19 @@ def result_stem(source: Image) -> str:
     if all(meta.get(k) is not None for k in (PLATE, WELL, SITE)):
         name = f"{meta[PLATE]}_{meta[WELL]}_s{meta[SITE]}_{name}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
+
+
+def object_name(source: Image, model: BundleInfo | None) -> str:
+    """The objects a table describes, as segment-plate names them: "Nuclei" for a DNA image (or a DNA model's
+    labels), else "Cells"."""
+    dna = channel_number("DNA")
+    channel = layer_channel(source)
+    if channel is None and model is not None:
+        try:
+            channel = channel_number(model.channel)
+        except (ValueError, KeyError):
+            channel = None
+    return "Nuclei" if channel == dna else "Cells"
 
 
 def table_constants(source: Image, model_name: str | None) -> dict[str, Any]:
@@ -44,13 +62,16 @@ class ResultsExport(QWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        self.folder = PathEdit("results folder (labels TIFF, objects CSV)", "dir",
+        self.folder = PathEdit("results folder (labels TIFF, objects Parquet)", "dir",
                                settings_key="segment/results_folder")
         self.save_btn = QPushButton("Save labels")
         self.save_btn.setToolTip("<results>/<plate>_<well>_s<site>_<channel>_labels.tiff (with hand edits)")
         self.save_btn.clicked.connect(lambda: self.save_requested.emit("labels"))
-        self.export_btn = QPushButton("Export measurements (CSV)")
-        self.export_btn.setToolTip("one row per object: area, centroid, bbox, shape, intensity")
+        self.export_btn = QPushButton("Export measurements")
+        self.export_btn.setToolTip("<results>/<plate>_<well>_s<site>_<channel>_objects.parquet, one row per object "
+                                   "with CellProfiler's columns (Nuclei_* for a DNA image, else Cells_*): area and "
+                                   "shape (px), centre (px), intensities ÷ the image type's maximum (0–1, as "
+                                   "CellProfiler), like segment-plate's tables")
         self.export_btn.clicked.connect(lambda: self.save_requested.emit("measurements"))
         self.well_btn = QPushButton("Segment this well → disk")
         self.plate_btn = QPushButton("Segment this plate → disk")
