@@ -14,12 +14,15 @@ fluorescent-mean model (:func:`expand_patch_embed`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import timm
 import torch
+from timm.layers.pos_embed_sincos import _apply_coord_augs, _build_grid
 from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -46,6 +49,53 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {k: (s.timm_name, s.timm_override
 if timm.__version__ != TIMM_VERSION:  # the masked forward uses timm's private _pos_embed
     raise ImportError(f"DINOCell needs timm=={TIMM_VERSION} (found {timm.__version__}); "
                       f"install it with: pip install timm=={TIMM_VERSION}")
+
+
+@contextlib.contextmanager
+def parameters_as(module: nn.Module, params: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Temporarily replace ``module``'s parameters (or buffers) by the tensors of ``params`` (name → tensor; None:
+    no change), as ``torch.func.functional_call`` does, but around any method (the teacher calls the heads'
+    ``embed`` and ``prototypes``), not only ``forward``."""
+    if params is None:
+        yield
+        return
+    saved = []
+    for name, t in params.items():
+        owner, _, leaf = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        slots = sub._parameters if leaf in sub._parameters else sub._buffers
+        saved.append((slots, leaf, slots[leaf]))
+        slots[leaf] = t
+    try:
+        yield
+    finally:
+        for slots, leaf, p in saved:
+            slots[leaf] = p
+
+
+def _plain_block(blk: nn.Module, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+    return blk(x, rope=rope)
+
+
+def _subset_block(blk: nn.Module, x: torch.Tensor, rope: torch.Tensor | None, rate: float) -> torch.Tensor:
+    """One block with the official DINOv3 stochastic depth: each residual branch runs on a random subset of
+    max(⌊B·(1 − rate)⌋, 1) samples and is added back scaled by B/subset, so dropped samples cost nothing (timm's
+    DropPath computes the branch for every sample, then zeroes some: ~10 % of the backbone's FLOPs at rate 0.1)."""
+    b = x.shape[0]
+    keep = max(int(b * (1 - rate)), 1)
+    scale = b / keep
+    idx = torch.randperm(b, device=x.device)[:keep]
+    branch = blk.gamma_1 * blk.attn(blk.norm1(x[idx]), rope=rope)
+    x = torch.index_add(x, 0, idx, branch, alpha=scale)
+    idx = torch.randperm(b, device=x.device)[:keep]
+    branch = blk.gamma_2 * blk.mlp(blk.norm2(x[idx]))
+    return torch.index_add(x, 0, idx, branch, alpha=scale)
+
+
+def _block_with(blk: nn.Module, state: dict[str, torch.Tensor], run: Any, x: torch.Tensor,
+                rope: torch.Tensor | None) -> torch.Tensor:
+    with parameters_as(blk, state):
+        return run(blk, x, rope)
 
 
 class WeightsError(DinocellError, ValueError):
@@ -81,6 +131,12 @@ class DinoBackbone(nn.Module):
         periods = self.vit.rope.periods.detach().clone()
         del self.vit.rope.periods
         self.vit.rope.register_buffer("periods", periods, persistent=True)
+        if self.vit.pos_embed is not None or self.vit.patch_drop is not None:  # what _pos_embed below leaves out
+            raise WeightsError(f"{source}: {name} has an absolute position embedding or patch dropout")
+        # the input statistics live on the model's device: building them per call would copy host → device
+        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._rope_grids: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def embed_dim(self) -> int:
@@ -125,9 +181,7 @@ class DinoBackbone(nn.Module):
             return (x - STACK_MEAN) / STACK_STD
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
 
     def _embed(self, x: torch.Tensor, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_planes(x)
@@ -141,13 +195,43 @@ class DinoBackbone(nn.Module):
             b, h, w, _ = tokens.shape
             m = masks.reshape(b, h, w, 1).to(torch.bool)
             tokens = torch.where(m, self.mask_token.to(tokens.dtype).view(1, 1, 1, -1), tokens)
-        tokens, rope = self.vit._pos_embed(tokens)
+        tokens, rope = self._pos_embed(tokens)
         return self.vit.norm_pre(tokens), rope
 
+    def _pos_embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's ``Eva._pos_embed`` for these models ([CLS, registers, patches] and the RoPE sin/cos of the grid),
+        with the grid kept on the model's device: timm builds it on the CPU in every forward, and the copy to the
+        GPU synchronises the host with the device three times per training step."""
+        b, h, w, d = tokens.shape
+        v = self.vit
+        x = torch.cat([v.cls_token.expand(b, -1, -1), v.reg_token.expand(b, -1, -1), tokens.reshape(b, h * w, d)],
+                      dim=1)
+        rope = v.rope
+        coords = self._rope_grids.get((h, w))
+        if coords is None or coords.device != rope.periods.device:
+            coords = _build_grid([h, w], grid_type="centered", grid_offset=rope.grid_offset,
+                                 grid_indexing=rope.grid_indexing, normalize_coords=rope.normalize_coords,
+                                 ndim=2).flatten(0, -2).to(rope.periods.device)
+            self._rope_grids[(h, w)] = coords
+        if self.training and rope.aug_active:  # RoPE augmentation (rescale), drawn on the model's device
+            coords = _apply_coord_augs(coords, rope.shift_coords, rope.jitter_coords, rope.rescale_coords)
+        sin, cos = rope._get_pos_embed_from_coords(coords)  # fp32, from fp32 coordinates and periods
+        # applied in the tokens' dtype: with bf16 parameter copies (pretraining) the rotation runs in bf16, as the
+        # official trainer's RoPE (its default training dtype); fp32 tokens keep fp32
+        return v.pos_drop(x), torch.cat([sin, cos], dim=-1).to(x.dtype)
+
     def _block(self, blk: nn.Module, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        rate = float(getattr(blk.drop_path1, "drop_prob", 0.0)) if self.training else 0.0
+        run = partial(_subset_block, rate=rate) if rate > 0 else _plain_block
         if self.vit.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(blk, x, rope=rope, use_reentrant=False)
-        return blk(x, rope=rope)
+            params = dict(blk.named_parameters())
+            if all(isinstance(p, nn.Parameter) for p in params.values()):
+                return checkpoint(run, blk, x, rope, use_reentrant=False)
+            # compute-dtype copies are swapped in for this pass (parameters_as): the recomputation in backward
+            # runs after the swap is undone and must see the same copies
+            state = {**params, **dict(blk.named_buffers())}
+            return checkpoint(_block_with, blk, state, run, x, rope, use_reentrant=False)
+        return run(blk, x, rope)
 
     def forward_tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``masks`` (bool [B, h, w] or [B, h·w]) replaces those patch embeddings by ``mask_token`` (iBOT)."""

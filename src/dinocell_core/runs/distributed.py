@@ -60,12 +60,6 @@ def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True if ``flag`` is true on any rank (stop requests, non-finite losses must be agreed on by all)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_(t, "max").item() > 0)
-
-
 def broadcast_from_main(obj: object) -> object:
     """Rank 0's ``obj`` on every rank (a refusal decided by rank 0 alone must end every rank, not hang them)."""
     if not is_distributed():

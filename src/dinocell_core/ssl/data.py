@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from dinocell_core.ssl.augment import (
     sample_crop_box_px,
 )
 from dinocell_core.ssl.config import DataConfig
+from dinocell_core.ssl.losses import masked_patch_weights
 from dinocell_core.ssl.normalization import PlateLevels, plate_levels
 from dinocell_core.ssl.prepared_store import PreparedStore, views_for
 
@@ -60,6 +62,10 @@ class NoFieldsError(DinocellError, ValueError):
 
 class TooManyFailures(DinocellError, RuntimeError):
     """More reads failed than ``max_failure_fraction`` allows."""
+
+
+class SharedMemoryTooSmall(DinocellError, RuntimeError):
+    """``/dev/shm`` cannot hold even one batch per loader worker: the workers would die with a bus error."""
 
 
 class FailureBudget:
@@ -453,16 +459,31 @@ class SSLCollate:
         masks = ibot_masks(g * b, self.grid, self.cfg.mask_probability, tuple(self.cfg.mask_ratio), rng,
                            self.generator).reshape(g, b, *self.grid)
         failures = [f for s in samples for f in s["failures"]]
+        masks_t = torch.from_numpy(masks)
+        fields = [s["field"] for s in samples]
         return {
             "global": torch.from_numpy(np.ascontiguousarray(glob, dtype=np.float32)),
             "local": torch.from_numpy(np.ascontiguousarray(loc, dtype=np.float32)),
-            "masks": torch.from_numpy(masks),
+            "masks": masks_t,
+            **step_index_tensors(masks_t, fields),
             "n_failed": len(failures),
             "failures": failures,
             "sample_ids": [int(s["sample_id"]) for s in samples],
-            "fields": [s["field"] for s in samples],
+            "fields": fields,
             "views": [s["views"] for s in samples],
         }
+
+
+def step_index_tensors(masks: torch.Tensor, fields: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """What the training step derives from the iBOT masks ([G, B, h, w] bool) and the field names, computed on the
+    host: the masked positions of ``masks.flatten()``, each masked patch's 1/n_masked weight, and the field id of
+    every sample (KoLeo's groups). On the device each would be a boolean index or a host→device copy, i.e. a sync."""
+    flat = masks.flatten(0, 1).flatten(1)
+    out = {"mask_indices": flat.flatten().nonzero().squeeze(1), "mask_weights": masked_patch_weights(flat)}
+    if fields is not None:
+        ids: dict[str, int] = {}
+        out["groups"] = torch.tensor([ids.setdefault(f, len(ids)) for f in fields], dtype=torch.int64)
+    return out
 
 
 def _with_planes(crops: np.ndarray) -> np.ndarray:
@@ -498,6 +519,53 @@ class SSLLoader:
             yield batch
 
 
+SHM = "/dev/shm"
+#: shared-memory headroom per batch: the collate's temporaries, torch's per-tensor segments, other processes
+SHM_MARGIN = 1.25
+
+
+def batch_nbytes(cfg: DataConfig, patch_size: int, batch_size: int) -> int:
+    """Bytes one collated batch occupies in shared memory on its way from a worker: fp32 crops, bool masks, and the
+    mask indices and weights (at most every global patch masked)."""
+    planes = cfg.mode.in_chans if cfg.mode.kind == FSTACK else 1
+    crops = 4 * planes * batch_size * (cfg.n_global * cfg.global_size**2 + cfg.n_local * cfg.local_size**2)
+    patches = cfg.n_global * batch_size * (cfg.global_size // patch_size) ** 2
+    return crops + patches * (1 + 8 + 4) + 8 * batch_size
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes of ``/dev/shm`` (None where there is none: the loader then cannot check)."""
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
+
+
+def fit_prefetch(cfg: DataConfig, patch_size: int, batch_size: int, workers: int, free: int | None) -> int:
+    """The prefetch factor the loader can afford: ``workers × prefetch_factor`` batches wait in ``/dev/shm``. A
+    container's default 64 MB holds one recipe batch (33 MB), not 24, and an overfull ``/dev/shm`` kills the
+    workers mid-run with a bus error. Lowers ``data.prefetch_factor`` with a warning when that fits, and refuses
+    with the fix when not even one batch per worker fits."""
+    wanted = cfg.prefetch_factor
+    if free is None or workers == 0:
+        return wanted
+    per = batch_nbytes(cfg, patch_size, batch_size) * SHM_MARGIN
+    fit = int(free // (workers * per))
+    if fit >= wanted:
+        return wanted
+    need_gb = workers * wanted * per / 1e9
+    if fit >= 1:
+        log.warning("/dev/shm has %.2f GB free, %d workers × prefetch_factor %d batches need %.2f GB: prefetching %d "
+                    "batch(es) per worker instead (give the container --shm-size=%dg or --ipc=host to keep %d)",
+                    free / 1e9, workers, wanted, need_gb, fit, math.ceil(2 * need_gb), wanted)
+        return fit
+    raise SharedMemoryTooSmall(
+        f"/dev/shm has {free / 1e6:.0f} MB free, but each of the {workers} loader workers needs "
+        f"{per / 1e6:.0f} MB for one batch of {batch_size} ({workers * per / 1e9:.2f} GB in all): run the container "
+        f"with --shm-size={math.ceil(2 * need_gb)}g (docker/podman) or --ipc=host, or lower data.num_workers "
+        f"(0 loads in the training process without shared memory)")
+
+
 def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int, rank: int = 0,
                     world_size: int = 1, start_step: int = 0, num_workers: int | None = None,
                     steps: int | None = None, dataset: SSLFieldDataset | None = None,
@@ -505,14 +573,15 @@ def make_ssl_loader(cfg: DataConfig, patch_size: int, batch_size: int, seed: int
     """The SSL batch stream for one rank, starting at ``start_step`` (resume) — see the module docstring.
 
     ``steps`` limits the number of batches (default: infinite); ``pin_memory`` speeds up host→GPU copies."""
-    ds = dataset if dataset is not None else build_ssl_dataset(cfg, patch_size, seed)
     workers = cfg.num_workers if num_workers is None else num_workers
+    prefetch = fit_prefetch(cfg, patch_size, batch_size, workers, shm_free_bytes())  # before any data is read
+    ds = dataset if dataset is not None else build_ssl_dataset(cfg, patch_size, seed)
     sampler = SSLStreamSampler(batch_size, cfg.crops_per_field, rank, world_size, start_step, steps)
     kwargs: dict[str, Any] = {}
     if workers > 0:
         # spawn by default: a forked worker inherits the parent's OpenCV/OpenMP thread pools and fsspec event-loop
         # threads mid-state and can hang (seen with cv2.setNumThreads after the parent had used cv2).
-        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=cfg.prefetch_factor, persistent_workers=False,
+        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=prefetch, persistent_workers=False,
                       multiprocessing_context=cfg.worker_start_method)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=SSLCollate(cfg, patch_size, seed),
                                          num_workers=workers, pin_memory=pin_memory, **kwargs)

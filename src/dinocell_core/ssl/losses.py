@@ -17,19 +17,24 @@ from dinocell_core.runs.distributed import all_reduce_, is_distributed
 
 def _logsumexp(t: torch.Tensor, dim: int, across_ranks: bool) -> torch.Tensor:
     """logsumexp along ``dim`` (keepdim), optionally over the same dim of every rank (rows split over ranks)."""
+    if not across_ranks:
+        return torch.logsumexp(t, dim=dim, keepdim=True)
     shape = list(t.shape)
     shape[dim] = 1
     if t.shape[dim]:
         m = t.amax(dim=dim, keepdim=True)
     else:
         m = torch.full(shape, float("-inf"), device=t.device, dtype=t.dtype)
-    if across_ranks:
-        m = all_reduce_(m.contiguous(), "max")
+    m = all_reduce_(m.contiguous(), "max")
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s = torch.exp(t - m).sum(dim=dim, keepdim=True)
-    if across_ranks:
-        s = all_reduce_(s.contiguous(), "sum")
+    s = all_reduce_(torch.exp(t - m).sum(dim=dim, keepdim=True).contiguous(), "sum")
     return m + torch.log(s)
+
+
+def _fp32_over(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` in fp32; from bf16 logits the fp32 copy is divided in place (one [N, K] fp32 buffer
+    instead of two at the step's memory peak, which is in the iBOT terms)."""
+    return logits / temperature if logits.dtype == torch.float32 else logits.float().div_(temperature)
 
 
 @torch.no_grad()
@@ -37,22 +42,29 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int =
     """Teacher targets [N, K] from logits [N, K]: rows are distributions, prototypes used equally over the batch.
 
     The official iterations (normalise the total, then ``n_iterations`` × (prototype rows → 1/K, sample columns
-    → 1/N)), computed in the log domain so that no logit scale overflows or underflows fp32 (the plain
-    ``exp(logits / 0.04)`` overflows once logits exceed ~3.5). Distributed-aware: sums over samples run over
+    → 1/N)), in the log domain so that no logit scale overflows or underflows fp32 (the plain
+    ``exp(logits / 0.04)`` overflows once logits exceed ~3.5). Why scaling vectors: the iterates are
+    ``scores + a[k] + b[n]``, so only a prototype vector ``a`` and a sample vector ``b`` are updated (one
+    logsumexp each); the first total normalisation cancels in the first row step, and the last column step is a
+    softmax over prototypes. That reads the [N, K] scores ~20 times instead of ~75 — on a GPU this function is
+    memory-bound (iBOT: N ≈ 11,000 masked patches × K = 65,536). Distributed-aware: sums over samples run over
     every rank when a process group with more than one rank exists (ranks may hold different numbers of rows)."""
-    log_q = logits.float().t() / temperature  # [K, N]
-    k = log_q.shape[0]
-    if is_distributed():  # rows per rank may differ (iBOT): the total stays on the device (no host sync)
-        log_n = torch.log(all_reduce_(torch.tensor([float(log_q.shape[1])], device=log_q.device), "sum"))
-    elif log_q.shape[1] == 0:
-        return logits.float().new_zeros(logits.shape)
+    if n_iterations < 1:
+        raise ValueError(f"Sinkhorn-Knopp needs at least one iteration, got {n_iterations}")
+    scores = _fp32_over(logits, temperature)  # [N, K]
+    n, k = scores.shape
+    across = is_distributed()
+    if across:  # rows per rank may differ (iBOT): the total stays on the device (no host sync)
+        log_n = torch.log(all_reduce_(scores.new_full((1,), float(n)), "sum"))
+    elif n == 0:
+        return scores.new_zeros(scores.shape)
     else:
-        log_n = torch.tensor(math.log(log_q.shape[1]), device=log_q.device)
-    log_q = log_q - _logsumexp(_logsumexp(log_q, 1, True), 0, False)
-    for _ in range(n_iterations):
-        log_q = log_q - _logsumexp(log_q, 1, True) - math.log(k)
-        log_q = log_q - _logsumexp(log_q, 0, False) - log_n
-    return torch.exp(log_q + log_n).t()
+        log_n = math.log(n)
+    a = -math.log(k) - _logsumexp(scores, 0, across).squeeze(0)  # prototypes: total weight 1/K each
+    for _ in range(n_iterations - 1):
+        b = -log_n - torch.logsumexp(scores + a, dim=1, keepdim=True)  # samples: total weight 1/N each
+        a = -math.log(k) - _logsumexp(scores + b, 0, across).squeeze(0)
+    return torch.softmax(scores.add_(a), dim=1)  # the last sample step, scaled by N: every row sums to 1
 
 
 class TeacherQueue:
@@ -118,16 +130,27 @@ def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student
     return (pair * off_diagonal).sum() / denom
 
 
-def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
-              student_temp: float = 0.1) -> torch.Tensor:
-    """Cross-entropy on masked patches ([M, K] rows, in ``masks[image, patch]`` order); each image weighs
-    1/n_masked(image), and the sum is divided by the number of images (masked or not), as the official loss."""
+def masked_patch_weights(masks: torch.Tensor) -> torch.Tensor:
+    """1/n_masked(image) for every masked patch, in ``masks[image, patch]`` order (the collate computes it on the
+    host, so the training step needs no boolean indexing on the device)."""
     m = masks.flatten(1)
-    if student_logits.shape[0] != int(m.sum()):
-        raise ValueError(f"{student_logits.shape[0]} masked logits for {int(m.sum())} masked patches")
-    per_patch = torch.sum(teacher_probs.float() * F.log_softmax(student_logits.float() / student_temp, dim=-1), -1)
-    weights = (1.0 / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(m)[m]
-    return -(per_patch * weights).sum() / m.shape[0]
+    return (1.0 / m.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(m)[m]
+
+
+def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
+              student_temp: float = 0.1, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on masked patches ([M, K] rows, in ``masks[image, patch]`` order); each image weighs
+    1/n_masked(image), and the sum is divided by the number of images (masked or not), as the official loss.
+
+    ``weights`` (:func:`masked_patch_weights`, from the loader) avoids counting the masks on the device: without
+    it the weights and the row check cost a host sync on a GPU."""
+    if weights is None:
+        weights = masked_patch_weights(masks)
+        if student_logits.shape[0] != weights.shape[0]:
+            raise ValueError(f"{student_logits.shape[0]} masked logits for {weights.shape[0]} masked patches")
+    logp = F.log_softmax(_fp32_over(student_logits, student_temp), dim=-1)
+    per_patch = torch.einsum("nk,nk->n", teacher_probs.float(), logp)  # row dots: no [M, K] product in memory
+    return -(per_patch * weights).sum() / masks.shape[0]
 
 
 def koleo_loss(x: torch.Tensor, groups: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,7 +32,6 @@ from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_stat
 from dinocell_core.runs.distributed import (
     DistInfo,
     all_reduce_,
-    any_rank,
     barrier,
     broadcast_from_main,
     init_distributed,
@@ -42,12 +41,11 @@ from dinocell_core.runs.distributed import (
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest, stop_signals_blocked
 from dinocell_core.ssl.config import PretrainConfig, check_resume_config
-from dinocell_core.ssl.data import make_ssl_loader
+from dinocell_core.ssl.data import make_ssl_loader, step_index_tensors
 from dinocell_core.ssl.losses import TeacherQueue
 from dinocell_core.ssl.model import (
     LossWeights,
     SSLNetwork,
-    field_groups,
     set_drop_path,
     ssl_losses,
 )
@@ -80,14 +78,13 @@ class NonFiniteGuard:
                 "training stopped. Lower optim.lr, check the data, or resume from the last checkpoint.")
 
 
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def compute_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype every pass computes in (None: the fp32 parameters themselves); ``auto`` is bf16 on CUDA only (a
+    CPU computes bf16 slower than fp32). See :class:`~dinocell_core.ssl.model.SSLNetwork` for why parameter
+    copies and not autocast."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise ConfigError("train.precision=bf16 autocast is for CUDA; use precision auto or fp32 on CPU")
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def build_networks(cfg: PretrainConfig, load_weights: bool = True) -> tuple[SSLNetwork, SSLNetwork]:
@@ -126,16 +123,34 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank * 7_919 + 12_345) % (2**63 - 1)
 
 
-def prepare_batch(batch: dict[str, Any], device: torch.device, normalize: Any
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int, int, int]:
-    """Loader batch → (globals [G·B,3,H,W], locals [L·B,3,h,w] | None, masks [G·B,N], G, L, B)."""
+class StepInputs(NamedTuple):
+    """One loader batch on the device, as a training step consumes it."""
+
+    global_crops: torch.Tensor  # [G·B, C, H, W], standardised
+    local_crops: torch.Tensor | None  # [L·B, C, h, w]
+    masks: torch.Tensor  # [G·B, N] bool (iBOT)
+    n_global: int
+    n_local: int
+    batch_size: int
+    mask_indices: torch.Tensor  # [M] masked positions of masks.flatten()
+    mask_weights: torch.Tensor  # [M] 1/n_masked of each masked patch's image
+    groups: torch.Tensor | None  # [B] field id of each sample (KoLeo)
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device, normalize: Any) -> StepInputs:
+    """Loader batch → :class:`StepInputs`. The mask indices, weights and field ids come from the collate (computed on
+    the host, pinned with the batch) or, for a hand-made batch, from its host masks here: copies only, no sync."""
     glob, loc, masks = batch["global"], batch["local"], batch["masks"]
     n_g, b = glob.shape[:2]
     n_l = loc.shape[0]
+    idx = batch if "mask_indices" in batch else step_index_tensors(masks, batch.get("fields"))
     g = normalize(glob.to(device, non_blocking=True).flatten(0, 1))
     lc = normalize(loc.to(device, non_blocking=True).flatten(0, 1)) if n_l else None
     m = masks.to(device, non_blocking=True).flatten(0, 1).flatten(1)
-    return g, lc, m, n_g, n_l, b
+    groups = idx.get("groups")
+    return StepInputs(g, lc, m, n_g, n_l, b, idx["mask_indices"].to(device, non_blocking=True),
+                      idx["mask_weights"].to(device, non_blocking=True),
+                      None if groups is None else groups.to(device, non_blocking=True))
 
 
 class PhaseTimer:
@@ -179,16 +194,19 @@ class Trainer:
         self.weights = loss_weights(cfg)
         groups = param_groups(self.student.backbone, self.student.heads(), cfg.optim.layer_decay,
                               cfg.optim.patch_embed_lr_mult)
-        self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas),
-                                           fused=device.type == "cuda" or None)
+        # one fused kernel for all parameters (CUDA and CPU): the foreach path launches ~10 ops per tensor list
+        self.optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas), fused=True)
         self.model: torch.nn.Module = self.student
         self._ddp_frozen: bool | None = None  # backbone-frozen state the DDP wrapper was built for
-        if cfg.train.compile:
-            self.student.backbone.compile()
-            self.teacher.backbone.compile()
-        autocast_for(cfg.train.precision, device)  # refuse bf16 on CPU before any work
-        self.autocast = lambda: autocast_for(cfg.train.precision, device)
+        self.student.compute_dtype = self.teacher.compute_dtype = compute_dtype_for(cfg.train.precision, device)
+        self.losses = ssl_losses
+        if cfg.train.compile:  # as the official trainer: backbones, heads, and here the losses with both Sinkhorns
+            for net in (self.student, self.teacher):
+                for part in self._parts(net).values():
+                    part.compile()
+            self.losses = torch.compile(ssl_losses)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+        self.stop_agreed = False  # the last step's stop vote (train_step's stop_requested, any rank)
         self.queue = (TeacherQueue(cfg.loss.sinkhorn_queue, self.teacher.dino_head.prototypes)
                       if cfg.loss.sinkhorn_queue else None)
 
@@ -238,44 +256,52 @@ class Trainer:
             broadcast_buffers=False, find_unused_parameters=frozen)
         self._ddp_frozen = frozen
 
+    def _vote(self, ok: torch.Tensor, stop_requested: bool) -> tuple[bool, bool]:
+        """(finite on every rank, stop requested on any rank): one all-reduce and the one host sync of a step."""
+        flags = torch.stack([(~ok).float(), torch.full((), float(stop_requested), device=ok.device)])
+        bad, stop = all_reduce_(flags, "max").tolist()
+        return bad == 0, stop > 0
+
     # -- one iteration
-    def train_step(self, batch: dict[str, Any], step: int, timer: PhaseTimer | None = None
-                   ) -> tuple[dict[str, torch.Tensor], StepValues, bool]:
+    def train_step(self, batch: dict[str, Any], step: int, timer: PhaseTimer | None = None,
+                   stop_requested: bool = False) -> tuple[dict[str, torch.Tensor], StepValues, bool]:
         """One iteration; ``timer`` (benchmarks) accumulates forward/backward/optimizer/EMA seconds.
 
-        The terms come back as device tensors: the caller converts them on log steps only (one host sync per
-        step remains, the non-finite check that decides whether the optimizer steps)."""
+        The terms come back as device tensors: the caller converts them on log steps only. One host sync per step
+        remains: the vote that decides whether the optimizer steps (non-finite loss or gradient on any rank) and
+        whether to stop (``stop_requested`` on any rank; the verdict is in :attr:`stop_agreed`)."""
         phase = timer or PhaseTimer(None)
         v = values_at(self.spec, step)
         apply_step_values(self.optimizer, v)
+        self.optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not kept
         self._wrap_ddp(v.backbone_frozen)
         torch.manual_seed(step_seed(self.cfg.seed, step, self.dist.rank))
         self.student.train()
         self.teacher.eval()
         with phase("forward"):
-            g, lc, masks, n_g, n_l, _ = prepare_batch(batch, self.device, self.student.backbone.normalize_input)
-            with self.autocast():
-                t_out = self.teacher.teacher_forward(g, masks)
-                s_out = self.model(g, lc, masks, backbone_grad=not v.backbone_frozen)
-            groups = field_groups(batch["fields"], self.device) if "fields" in batch else None
-            total, terms = ssl_losses(s_out, t_out, masks, n_g, n_l, v.teacher_temp, self.weights, groups,
-                                      self.queue)
-        self.optimizer.zero_grad(set_to_none=True)
+            x = prepare_batch(batch, self.device, self.student.backbone.normalize_input)
+            t_out = self.teacher.teacher_forward(x.global_crops, x.masks, x.mask_indices)
+            s_out = self.model(x.global_crops, x.local_crops, x.masks, x.mask_indices,
+                               backbone_grad=not v.backbone_frozen)
+            total, terms = self.losses(s_out, t_out, x.masks, x.n_global, x.n_local, v.teacher_temp, self.weights,
+                                       x.groups, self.queue, x.mask_weights)
+            queue_rows = t_out["dino_embed"]
+            del t_out, s_out  # the teacher's logits (bf16 [masked patches, 65,536]) are not needed in backward
         with phase("backward"):
             total.backward()  # a non-finite loss gives non-finite gradients: caught below, the step is skipped
         with phase("optimizer"):
             clip = self.cfg.optim.clip_grad
             norms = {f"grad_norm_{k}": clip_module_grads(m.parameters(), clip, self.device)
                      for k, m in self._parts(self.student).items()}
-            ok = torch.isfinite(total) & torch.stack([torch.isfinite(x) for x in norms.values()]).all()
-            finite = not any_rank(not bool(ok), self.device)  # the one host sync of a step
+            ok = torch.isfinite(total) & torch.stack([torch.isfinite(n) for n in norms.values()]).all()
+            finite, self.stop_agreed = self._vote(ok, stop_requested)
             if finite:
                 self.optimizer.step()
         if finite:
             with phase("ema"):
                 ema_update(self.teacher, self.student, v.momentum)
             if self.queue is not None:
-                self.queue.push(t_out["dino_embed"])
+                self.queue.push(queue_rows)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.update(finite, step)
@@ -396,7 +422,7 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
                 batch = next(it)
                 window["wait"] += time.perf_counter() - t_wait
                 n_failed += int(batch["n_failed"])
-                terms, v, finite = trainer.train_step(batch, step)
+                terms, v, finite = trainer.train_step(batch, step, stop_requested=stop.requested)
                 step += 1
                 window["samples"] += cfg.train.batch_size * dist_info.world_size
                 if bar is not None:
@@ -417,7 +443,7 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
                             for k, x in record.items():
                                 if isinstance(x, (int, float)) and k != "step":
                                     tb.add_scalar(k, x, step)
-                want_stop = any_rank(stop.requested, device)
+                want_stop = trainer.stop_agreed  # voted in the step's one host sync
                 if step % cfg.train.checkpoint_every == 0 or step == total or want_stop:
                     last_ckpt = _checkpoint(trainer, ckpts, step, run, main, loader.budget, device)
                 if want_stop:
