@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ def read_weights(weights: str | os.PathLike[str]) -> BackboneWeights:
     if p.suffix == ".safetensors":
         return _read_safetensors(p)
     if p.suffix in (".pth", ".pt"):
+        check_torch_archive(p)
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad/unsafe pickles
@@ -110,6 +112,25 @@ def read_weights(weights: str | os.PathLike[str]) -> BackboneWeights:
             raise WeightsError(f"{p}: expected a state dict, found {type(obj).__name__}")
         return BackboneWeights(p, obj, official=True, meta={})
     raise WeightsError(f"{p}: unknown weights file type (expected .pth, .safetensors or a run directory)")
+
+
+def check_torch_archive(p: Path) -> None:
+    """Refuse a ``.pth`` that would make ``torch.load`` allocate more than the file holds, before it runs: torch
+    reads each record of the zip in full, so a 4 MB file with one deflated record of zeros declaring a 2³⁰-element
+    tensor took 4 GiB. ``torch.save`` stores records uncompressed, so their sizes add up to less than the file;
+    legacy (pre-1.6, non-zip) files allocate what their pickle declares and are not read."""
+    size = p.stat().st_size
+    try:
+        with zipfile.ZipFile(p) as zf:
+            records = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightsError(f"{p}: not a PyTorch zip archive ({exc}); legacy torch.save files (PyTorch < 1.6) are not "
+                           "read — save the weights again with a current PyTorch") from None
+    declared = sum(r.file_size for r in records)
+    packed = sum(r.compress_type != zipfile.ZIP_STORED for r in records)
+    if packed or declared > size:
+        raise WeightsError(f"{p}: its records declare {declared:,} bytes in a {size:,}-byte file ({packed} "
+                           "compressed; torch.save compresses none): refused before reading")
 
 
 def _read_safetensors(p: Path) -> BackboneWeights:

@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sg.add_argument("--min-size", type=_non_negative_int, default=None,
                     help="drop objects smaller than this (pixels; default: the bundle's)")
     sg.add_argument("--save-distance", action="store_true", help="also write the float32 distance map")
+    sg.add_argument("--overwrite", action="store_true",
+                    help="replace existing output files that `segment` did not write (by default they are refused)")
     sg.set_defaults(handler=_segment)
 
     ev = subparsers.add_parser("evaluate", help="score a model bundle on an annotated dataset",
@@ -78,7 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     md = subparsers.add_parser("models", help="the model registry (a folder of bundles)")
     md_sub = md.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    ml = md_sub.add_parser("list", help="list the bundles in a folder")
+    ml = md_sub.add_parser("list", help="list the bundles in a folder",
+                           description="Every bundle in FOLDER with its channel, backbone and validation AP; each "
+                                       "file is read in full and checked (digest, tensors, settings) so a damaged "
+                                       "one is listed UNUSABLE with the reason.")
     ml.add_argument("folder", type=Path)
     ml.add_argument("--channel", default=None, help="only models for this channel (e.g. DNA, 5, brightfield)")
     ml.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -147,6 +152,38 @@ def output_stems(inputs: list[Path], output: Path) -> dict[Path, Path]:
     return stems
 
 
+#: the TIFF Software tag of the files ``segment`` writes: an existing output without it is someone else's file
+SEGMENT_SOFTWARE = "dinocell-core segment"
+
+
+def check_outputs(inputs: list[Path], stems: dict[Path, Path], save_distance: bool, overwrite: bool) -> None:
+    """Refuse, before any work, outputs that would replace an input or a file ``segment`` did not write (an
+    unrelated ``gt_labels.tiff`` beside ``gt.tiff`` was silently overwritten); ``overwrite`` allows the latter."""
+    from dinocell_core.errors import DinocellError
+
+    suffixes = ("_labels.tiff", "_distance.tiff") if save_distance else ("_labels.tiff",)
+    targets = [stem.parent / f"{stem.name}{suffix}" for stem in stems.values() for suffix in suffixes]
+    given = {p.resolve() for p in inputs}
+    for target in targets:
+        if target.resolve() in given:
+            raise DinocellError(f"{target} is one of the inputs and would be overwritten by another input's labels; "
+                                "segment into another output folder")
+    foreign = [t for t in targets if t.exists() and not overwrite and not _written_by_segment(t)]
+    if foreign:
+        raise DinocellError(f"{foreign[0]} exists and was not written by `dinocell-core segment` ({len(foreign)} such "
+                            "file(s)); nothing was written — move them, choose another -o, or pass --overwrite")
+
+
+def _written_by_segment(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.pages) and tif.pages[0].software == SEGMENT_SOFTWARE
+    except Exception:  # noqa: BLE001 - not a readable TIFF: certainly not ours
+        return False
+
+
 def _image_stem(name: str) -> str:
     """The name without its image extension (``x.ome.tiff`` → ``x``; ``a.v2.tif`` → ``a.v2``)."""
     stem = name.rsplit(".", 1)[0] if "." in name else name
@@ -185,6 +222,7 @@ def _segment(args: argparse.Namespace) -> int:
     from dinocell_core.seg.inference import Segmenter
 
     stems = output_stems(list(args.inputs), args.output)  # collisions refused before the model is even loaded
+    check_outputs(list(args.inputs), stems, args.save_distance, args.overwrite)
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
                     batch_size=args.batch_size, channel=args.channel)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -259,10 +297,10 @@ def _finish_field(seg: Segmenter, args: argparse.Namespace, path: Path, dist: np
     out = compact_labels(labels)
     labels_path = stem.parent / f"{stem.name}_labels.tiff"
     with atomic_path(labels_path) as tmp:
-        tifffile.imwrite(tmp, out, compression="zlib")
+        tifffile.imwrite(tmp, out, compression="zlib", software=SEGMENT_SOFTWARE)
     if args.save_distance:
         with atomic_path(stem.parent / f"{stem.name}_distance.tiff") as tmp:
-            tifffile.imwrite(tmp, dist, compression="zlib")
+            tifffile.imwrite(tmp, dist, compression="zlib", software=SEGMENT_SOFTWARE)
     print(f"{path}: {int(labels.max())} cells → {labels_path}")
 
 
@@ -289,9 +327,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from dinocell_core.seg.bundle import list_bundles
+    from dinocell_core.seg.bundle import BundleError, list_bundles, load_bundle
 
     infos = list_bundles(args.folder, channel=args.channel, include_broken=True)
+    for b in infos:  # the header alone cannot see a flipped byte in the weights: read and check each file
+        if b.problem is None:
+            try:
+                load_bundle(b.path)
+            except BundleError as exc:
+                b.problem = str(exc)
     if args.json:
         print(json.dumps([{"name": b.name, "channel": b.channel, "path": str(b.path), "metadata": b.metadata,
                            "problem": b.problem} for b in infos], indent=1, default=str))

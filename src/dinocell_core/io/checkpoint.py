@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of a 1 GB tensor
     return h.hexdigest()
 
 
@@ -110,8 +112,7 @@ def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
 def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a file written by :func:`save_tensors`; raise :class:`CheckpointError` otherwise."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: file does not exist")
+    check_regular_file(p)
     data = p.read_bytes()
     if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
         raise CheckpointError(
@@ -149,10 +150,23 @@ def _parse_info(p: Path, raw: Any) -> dict[str, Any]:
     return info
 
 
+def check_regular_file(p: Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO named ``x.safetensors`` made a listing hang."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: file does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{p}: not a regular file (a folder, FIFO or device); nothing was read from it")
+
+
 def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
     """The safetensors header and the byte size the file must have (header + tensor data), without reading
     the tensors: listing a folder stays instant and a truncated file is still recognised."""
     p = Path(path)
+    check_regular_file(p)
     try:
         with open(p, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")

@@ -164,6 +164,9 @@ def select_channel(img: np.ndarray, channel: int | None = None, name: str = "ima
     (gray saved as RGB): mixing e.g. cytoplasm and nuclei stains silently is what SAMCell did wrong."""
     a = np.asarray(img)
     if a.ndim == 2:
+        if channel not in (None, 0):
+            raise ImageError(f"{name}: a grayscale image (one channel, shape {a.shape}) has no channel {channel}; "
+                             "leave the channel out")
         return a
     if a.ndim != 3:
         raise ImageError(f"{name}: expected a 2-D image or one with a channel axis, got shape {a.shape}")

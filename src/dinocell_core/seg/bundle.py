@@ -28,6 +28,7 @@ from dinocell_core.errors import DinocellError
 from dinocell_core.io.checkpoint import (
     CheckpointError,
     load_tensors,
+    read_header,
     read_meta,
     save_tensors,
 )
@@ -148,6 +149,9 @@ def check_architecture(p: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], d
                           "hold a 3-plane (single-channel input) backbone")
     try:
         spec = check_backbone(bb.get("arch"), bb.get("patch_size"), bb.get("kwargs"), str(p))
+        if meta.get("tile_size", bb["patch_size"]) % bb["patch_size"]:
+            raise BundleError(f"{p}: tile_size {meta['tile_size']} is not a multiple of backbone.patch_size "
+                              f"{bb['patch_size']}")
         depth = int((bb.get("kwargs") or {}).get("depth", spec.depth))
         check_decoder(dec, depth, str(p))
         n_params = backbone_params(spec, int(bb["patch_size"]), depth) + decoder_params(dec, spec.embed_dim)
@@ -165,8 +169,32 @@ def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise BundleError(f"{p}: bundle metadata lacks {', '.join(missing)}")
+    if not isinstance(meta["name"], str) or not meta["name"].strip():
+        raise BundleError(f"{p}: name must be a non-empty text, got {meta['name']!r}")
+    if isinstance(meta["channel"], bool) or not isinstance(meta["channel"], (str, int)):
+        raise BundleError(f"{p}: channel must be a channel name or number, got {meta['channel']!r}")
     _check_run_settings(p, meta)
+    _check_preprocessing(p, meta["preprocessing"])
     return meta
+
+
+def _check_preprocessing(p: Path, pre: Any) -> None:
+    """The normalisation a bundle asks for: percentiles ``0 ≤ low < high ≤ 100`` (low 99.8, high 1 inverted
+    every image and gave no cells, with no word)."""
+    if not isinstance(pre, dict):
+        raise BundleError(f"{p}: preprocessing must be a mapping with low and high percentiles, got {pre!r}")
+    if pre.get("normalisation", "percentile") != "percentile":
+        raise BundleError(f"{p}: preprocessing.normalisation {pre.get('normalisation')!r} is not supported "
+                          "(percentile)")
+    for key in ("low", "high"):
+        v = pre.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+            raise BundleError(f"{p}: preprocessing.{key} must be a percentile in [0, 100], got {v!r}")
+    if not pre["low"] < pre["high"]:
+        raise BundleError(f"{p}: preprocessing.low ({pre['low']}) must be below preprocessing.high ({pre['high']})")
+    ci = pre.get("channel_index")
+    if ci is not None and (isinstance(ci, bool) or not isinstance(ci, int) or ci < 0):
+        raise BundleError(f"{p}: preprocessing.channel_index must be an integer ≥ 0 or null, got {ci!r}")
 
 
 def _check_run_settings(p: Path, meta: dict[str, Any]) -> None:
@@ -198,14 +226,77 @@ def _check_run_settings(p: Path, meta: dict[str, Any]) -> None:
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Read and verify a bundle; raises :class:`BundleError` with the reason (tampered, pickled, foreign...)."""
+    """Read and verify a bundle; raises :class:`BundleError` with the reason (tampered, pickled, foreign...).
+
+    Everything the header says is checked before a tensor byte is read: the settings, the architecture (and the
+    memory it needs), and every tensor's name, dtype and shape against the model that architecture builds (made
+    on the meta device, no memory) — so a small file declaring ViT-L, an extra 1 GiB tensor, or int64/float16/bool
+    weights cost nothing before the refusal. Then the digest, then that every weight is finite."""
     p = Path(path)
-    _refuse_pickle(p)
+    meta = read_bundle_metadata(p)
+    try:
+        header, size = read_header(p)
+    except CheckpointError as exc:
+        raise BundleError(str(exc)) from None
+    if p.stat().st_size != size:
+        raise BundleError(f"{p}: {p.stat().st_size - size:,} bytes after the tensors its header lists (appended "
+                          "data or a damaged file)")
+    _check_tensor_table(p, header, meta)
     try:
         tensors, meta = load_tensors(p)
     except CheckpointError as exc:
         raise BundleError(str(exc)) from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{p}: weights {key} hold NaN or infinite values; this model cannot segment")
     return Bundle(p, _check_meta(p, meta), tensors)
+
+
+#: safetensors dtype codes of the tensor types a model's state dict holds
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def expected_tensors(p: Path, meta: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name → (safetensors dtype, shape) of every entry of the state dict the bundle's architecture builds (built
+    on the meta device: no memory, no weights)."""
+    from dinocell_core.backbones.loading import load_backbone
+    from dinocell_core.seg.decoder import DistanceDecoder
+
+    bb, dec = check_architecture(p, meta)
+    with torch.device("meta"):
+        model = DistanceDecoder(load_backbone(bb["arch"], patch_size=int(bb["patch_size"]), weights=None,
+                                              **(bb.get("kwargs") or {})),
+                                layers=dec["layers"], width=int(dec["width"]), stem_width=int(dec["stem_width"]))
+    return {k: (_ST_DTYPES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+def _check_tensor_table(p: Path, header: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The header's tensors are exactly the architecture's (less its aliases), each of the dtype and shape the
+    model holds: weights are never cast or reshaped on load."""
+    want = expected_tensors(p, meta)
+    have = {k: (str(v.get("dtype")), tuple(v.get("shape") or ())) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict)}
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in aliases.items()):
+        raise BundleError(f"{p}: aliases must map weight names to weight names")
+    for dup, src in aliases.items():
+        if dup in have or src not in have or dup not in want or want[dup] != want.get(src):
+            raise BundleError(f"{p}: aliases entry {dup!r} → {src!r} does not name a shared weight of this "
+                              "architecture")
+    extra = sorted(set(have) - set(want))
+    missing = sorted(set(want) - set(have) - set(aliases))
+    if extra or missing:
+        what = "; ".join(part for part in (f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+                                           f"{len(missing)} missing (e.g. {missing[0]})" if missing else "") if part)
+        raise BundleError(f"{p}: its tensors do not match the architecture its metadata declares "
+                          f"({meta['backbone'].get('arch')}): {what}")
+    for key, (dtype, shape) in have.items():
+        if (dtype, shape) != want[key]:
+            raise BundleError(f"{p}: weights {key} are {dtype} {list(shape)}, the architecture holds "
+                              f"{want[key][0]} {list(want[key][1])}; bundles store the model's own types, never "
+                              "cast on load")
 
 
 def read_bundle_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

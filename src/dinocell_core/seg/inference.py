@@ -18,7 +18,7 @@ import torch
 
 from dinocell_core.device import resolve_device
 from dinocell_core.io.images import prepare_image
-from dinocell_core.seg.bundle import Bundle, load_bundle
+from dinocell_core.seg.bundle import MAX_TILE, Bundle, load_bundle
 from dinocell_core.seg.distance import labels_with, resolve_thresholds
 
 EPS_WEIGHT = 1e-3
@@ -60,6 +60,7 @@ def iter_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, t
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
     h, w = image.shape
+    tile = min(tile, fitted_tile(h, w, overlap, multiple))
     ph, pw = max(h + 2 * overlap, tile), max(w + 2 * overlap, tile)
     padded = np.pad(image, ((overlap, ph - h - overlap), (overlap, pw - w - overlap)), mode="reflect")
     out = np.zeros((ph, pw), np.float32)
@@ -124,11 +125,12 @@ class Segmenter:
         self.patch_size = int(meta["backbone"]["patch_size"])
         self.tile_size = int(tile_size if tile_size is not None else meta["tile_size"])
         self.overlap = int(overlap if overlap is not None else meta.get("overlap", self.tile_size // 8))
-        if self.tile_size < 1 or self.tile_size % self.patch_size:
-            raise ValueError(f"tile size {self.tile_size} must be a positive multiple of the patch size "
-                             f"{self.patch_size}")
+        if not 1 <= self.tile_size <= MAX_TILE or self.tile_size % self.patch_size:
+            raise ValueError(f"{self.bundle.path}: tile size {self.tile_size} must be a multiple of the patch size "
+                             f"{self.patch_size} in [{self.patch_size}, {MAX_TILE}]")
         if not 0 <= 2 * self.overlap < self.tile_size:
-            raise ValueError(f"overlap {self.overlap} must be ≥ 0 and below half the tile size {self.tile_size}")
+            raise ValueError(f"{self.bundle.path}: overlap {self.overlap} must be ≥ 0 and below half the tile size "
+                             f"{self.tile_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be ≥ 1")
         self.batch_size = batch_size
@@ -184,7 +186,7 @@ class Segmenter:
         return self.labels(self.predict_distance(image), **thresholds)
 
     def n_tiles(self, shape: tuple[int, int]) -> int:
-        return tiles_for(shape, self.tile_size, self.overlap)
+        return tiles_for(shape, self.tile_size, self.overlap, self.patch_size)
 
     def release(self) -> None:
         """Drop the network and free cached GPU memory (napari calls this after each job / on model swap)."""
@@ -193,8 +195,17 @@ class Segmenter:
             torch.cuda.empty_cache()
 
 
-def tiles_for(shape: tuple[int, int], tile: int, overlap: int) -> int:
+def fitted_tile(h: int, w: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile (a multiple of ``multiple``) that holds a whole ``h``×``w`` image with its overlap: a tile
+    larger than that only adds reflected padding, and a ViT's cost grows with the square of its tokens (tile 4096
+    on a 192² image ran for minutes at 3 GB)."""
+    side = max(h, w) + 2 * overlap
+    return -(-side // multiple) * multiple
+
+
+def tiles_for(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 1) -> int:
     """Number of tiles a ``shape`` image needs (for progress totals and benchmarks)."""
+    tile = min(tile, fitted_tile(shape[0], shape[1], overlap, multiple))
     stride = tile - 2 * overlap if overlap else tile
     ph, pw = max(shape[0] + 2 * overlap, tile), max(shape[1] + 2 * overlap, tile)
     return len(tile_starts(ph, tile, stride)) * len(tile_starts(pw, tile, stride))

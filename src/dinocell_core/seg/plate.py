@@ -3,7 +3,7 @@
 Models come from a models folder (the bundle registry): the bundle for DNA (ch5) gives ``Nuclei``, the bundle for
 the cell channel (``cells_channel``, or the only non-DNA bundle) gives ``Cells``. Output layout under OUT::
 
-    segment-plate.json                                   what made this folder (models, thresholds, root)
+    segment-plate.json                                   what made this folder (models, thresholds, the tree)
     labels/<plate folder>/<well>/s<SS>_sk<K>_nuclei.tiff uint16 (uint32 above 65,534 objects), zlib
     labels/<plate folder>/<well>/s<SS>_sk<K>_cells.tiff  same ids as ObjectNumber / Cells_Parent_Nuclei
     measurements/<plate folder>/<well>_s<SS>_sk<K>.parquet   one part per field, written last (= field done)
@@ -18,6 +18,7 @@ post-processing/measurement/writing (a thread, overlapping the next field's netw
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ import pandas as pd
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
+from dinocell_core.jump.index import check_folder_name, check_well_name
 from dinocell_core.seg.bundle import (
     BundleError,
     BundleInfo,
@@ -211,6 +213,10 @@ class PlateRun:
                 raise PlateError(f"{root}: no fields for well(s) {', '.join(wells)}")
         if not fields:
             raise PlateError(f"{root}: no fields to segment")
+        for f in self.plate_fields:  # every file goes to OUT/<kind>/<plate folder>/<well>…: never outside OUT
+            problem = check_folder_name(f.plate_folder) or check_well_name(f.well)
+            if problem is not None:
+                raise PlateError(f"{root}: field {f.key}: {problem}; its files would be written outside {out}")
         self.fields = fields
         self.device = device
         self.batch_size = batch_size
@@ -242,20 +248,41 @@ class PlateRun:
                 entry["tile_size"] = self.tile_size
             models[obj] = entry
         return {"root": self.root, "columns": len(self.columns), "measure_channels": self.channels,
-                "models": models}
+                "models": models, "tree": tree_identity(self.root, self.plate_fields)}
 
     def _check_manifest(self) -> None:
+        """Refuse an output folder written with other models or channels, or from another image tree (another
+        root, or a plate whose images changed): a field found done there would be another tree's. A plate new to
+        the folder is added to its record."""
         path = self.layout.root / MANIFEST
         mine = self.manifest()
-        if path.is_file():
-            import json
-
-            old = json.loads(path.read_text())
-            if old.get("models") != mine["models"] or old.get("measure_channels") != mine["measure_channels"]:
-                raise PlateError(f"{self.layout.root}: written by another run (models or channels differ, see "
-                                 f"{MANIFEST}); use another output folder")
-        else:
+        if not path.is_file():
             atomic_write_json(path, {**mine, "created_at": time.time()})
+            return
+        import json
+
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise PlateError(f"{path}: unreadable ({exc}); use another output folder") from None
+        if old.get("models") != mine["models"] or old.get("measure_channels") != mine["measure_channels"]:
+            raise PlateError(f"{self.layout.root}: written by another run (models or channels differ, see "
+                             f"{MANIFEST}); use another output folder")
+        tree = old.get("tree") if isinstance(old.get("tree"), dict) else {}
+        theirs = str(tree.get("root") or _canonical_root(str(old.get("root", ""))))
+        if theirs != mine["tree"]["root"]:
+            raise PlateError(f"{self.layout.root}: holds fields segmented from {theirs}, this run reads "
+                             f"{mine['tree']['root']}; an output folder never mixes two image trees — use another "
+                             "output folder")
+        plates = dict(tree.get("plates") or {})
+        changed = sorted(pf for pf, digest in mine["tree"]["plates"].items() if plates.get(pf, digest) != digest)
+        if changed:
+            raise PlateError(f"{self.layout.root}: plate {changed[0]} of {self.root} lists other image files than "
+                             f"when this folder was written (see {MANIFEST}); use another output folder")
+        if plates.keys() != {*plates, *mine["tree"]["plates"]} or not tree:
+            atomic_write_json(path, {**old, "tree": {"root": theirs, "plates": {**plates, **mine["tree"]["plates"]}}})
 
     def pending(self) -> list[Any]:
         return [f for f in self.fields if not self.layout.part(f).is_file()]
@@ -413,6 +440,33 @@ class PlateRun:
                         writer.close()
             out.append(target)
         return out
+
+
+def _canonical_root(root: str) -> str:
+    """The tree a root names: an ``s3://`` URL as given, a local folder or index CSV by its resolved path."""
+    return root.rstrip("/") if "://" in root else os.path.realpath(root)
+
+
+def tree_identity(root: str, fields: Sequence[Any]) -> dict[str, Any]:
+    """What an output folder records about the image tree its fields come from: the resolved root, and per plate
+    folder a digest of its fields' image locations and of the size and time of its first field's local files
+    (the same plate of another tree, a tree regenerated in place, or other files, differ)."""
+    digests: dict[str, Any] = {}
+    for f in sorted(fields, key=lambda f: f.key):
+        first = f.plate_folder not in digests
+        h = digests.setdefault(f.plate_folder, hashlib.sha256())
+        h.update(f.key.encode())
+        for ch in sorted(f.paths):
+            location = f.path(root, ch)
+            h.update(f"\0{ch}\0{location}".encode())
+            if first and "://" not in location:
+                try:
+                    st = os.stat(location)
+                    h.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(b"\0missing")
+        h.update(b"\n")
+    return {"root": _canonical_root(root), "plates": {pf: h.hexdigest()[:32] for pf, h in digests.items()}}
 
 
 def read_plate(out: str | os.PathLike[str], plate_folder: str) -> pd.DataFrame:

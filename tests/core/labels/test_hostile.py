@@ -49,8 +49,9 @@ def _qc_rows(store: Path) -> list[dict[str, str]]:
 @pytest.mark.hostile(row=1, case="index CSV with plate_folder=../../../x given to `jump label IDX -o LAB`")
 def test_an_index_row_cannot_write_outside_the_store(fx, tmp_path, capsys):
     fields = index_fields(fx.root).fields
-    for f in fields:
+    for f in fields:  # absolute image paths, as an index someone hands you has them
         f.plate_folder = "../../../x"
+        f.paths = {ch: str(fx.root / rel) for ch, rel in f.paths.items()}
     idx = tmp_path / "idx.csv"
     write_index_csv(fields, idx)
     out = tmp_path / "a" / "b" / "c" / "LAB"

@@ -66,7 +66,7 @@ def test_tampered_bundle_is_refused(tmp_path) -> None:
     with pytest.raises(BundleError, match="digest"):
         load_bundle(path)
     path.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(BundleError, match="truncated or corrupted"):
+    with pytest.raises(BundleError, match=r"truncated \(3\d+ of 7\d+ bytes"):
         load_bundle(path)
 
 
