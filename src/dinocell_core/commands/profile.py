@@ -191,13 +191,20 @@ def _embed(args: argparse.Namespace) -> int:
         from dinocell_core.io.storage import S3Storage
 
         storage = S3Storage(endpoint_url=args.endpoint_url)
+    remote = "://" in args.root
+    # an s3:// tree is listed first: an unreachable endpoint is the error to report, not the metadata lookup
+    fields = load_index(args.root, storage=storage) if remote else None
     metadata = None
     if not args.no_metadata:
         metadata = args.metadata or find_metadata_dir(args.root)
+        if metadata is None and remote:
+            raise ProfileError(f"{args.root}: the CPJUMP1 metadata is not read from S3; download the source's "
+                               "workspace/metadata folder and pass --metadata DIR, or pass --no-metadata")
         if metadata is None:
             raise ProfileError(f"no CPJUMP1 metadata (barcode_platemap.csv) under {args.root}/workspace/metadata; "
                                "pass --metadata DIR or --no-metadata")
-    fields = load_index(args.root, storage=storage)
+    if fields is None:
+        fields = load_index(args.root, storage=storage)
     if args.plates:
         fields = [f for f in fields if f.plate in set(args.plates)]
     wells = embed_profiles(args.root, fields, args.output, s, metadata=metadata, storage=storage,
