@@ -1,39 +1,53 @@
-"""SSL step benchmark: where the time of one DINOv3 iteration goes, FLOPs of the A100 recipe, and MFU on CUDA.
+"""SSL step benchmark: this project's DINOv3 training step against the official trainer's, counted and timed.
 
-    python benchmarks/ssl_step.py [--steps 20] [--no-flop-count] [--cuda-steps 20] [--cuda-batch 48]
+    python benchmarks/ssl_step.py [--official PATH] [--batch 48] [--time-batch 2] [--steps 3]
+                                  [--time-override key=value ...] [--time-precision fp32|bf16] [--compile]
+                                  [--split] [--cuda-steps 20] [--cuda-batch 48] [--cuda-override key=value ...]
 
-1. Tiny CPU config (configs/pretrain_demo.yaml on a synthetic fixture, loader in-process): ms per step split into
-   data, forward (teacher + student + losses), backward, optimizer (clip + AdamW), EMA.
-2. FLOPs per iteration of configs/pretrain_vits8_jump.yaml (ViT-S/8, 2×224 + 8×96 crops, heads 65,536, batch 48):
-   counted with torch's FlopCounterMode on one real training step at batch 2 (math SDPA so attention is
-   counted), masked patches set to the recipe's expectation (235 per sample); checked against the analytic
-   ≈ 27 TFLOP of docs (dinov3.md §8).
-3. On CUDA: the recipe's step time at ``--cuda-batch`` (synthetic crops, real masks) and the model-FLOP
-   utilisation it implies for the current device; on CPU MFU is reported as n/a.
+1. Counted per op on meta tensors (``dinocell_core.ssl.cost``; no data, no arithmetic) for the A100 recipe
+   (configs/pretrain_vits8_jump.yaml, bf16 as on CUDA, the unfrozen phase) at ``--batch``: FLOPs, bytes moved
+   (tensors read + written per op), peak live memory, host syncs per step, and the modelled step
+   (FLOPs / peak + bytes / bandwidth) on A100-40, A100-80 and H100 — for both trainers, with the ratios.
+2. Timed on this CPU, side by side in one process on the same batches (same crops, masks and step values):
+   ``--steps`` steps of each after one warm-up, interleaved so both see the same machine load, at ``--time-batch``
+   with the recipe's shapes (``--time-override`` shrinks them) in ``--time-precision`` (fp32 by default: a CPU
+   without bf16 units emulates bf16). Eager unless ``--compile`` (then both compile as they do on a GPU).
+3. ``--split``: the tiny CPU config's step split into data / forward / backward / optimizer / EMA.
+4. On CUDA: the recipe's step time, MFU from the counted FLOPs and bandwidth from the counted bytes.
+
+The official trainer comes from a local checkout of facebookresearch/dinov3 (``--official PATH``, plus
+``pip install omegaconf``); without it only this project's figures are printed, and the script says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "benchmarks"
+# benchmarks/ must not be on the path: its profile.py would shadow the standard library's (torch imports it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO / "src"))
 
-from dinocell_core.backbones.vit import count_forward_flops  # noqa: E402
+from dinocell_core.backbones.loading import load_backbone  # noqa: E402
 from dinocell_core.config import load_config  # noqa: E402
 from dinocell_core.runs.distributed import DistInfo  # noqa: E402
 from dinocell_core.ssl.augment import MaskingGenerator, ibot_masks  # noqa: E402
 from dinocell_core.ssl.config import PretrainConfig  # noqa: E402
-from dinocell_core.ssl.data import make_ssl_loader  # noqa: E402
-from dinocell_core.ssl.trainer import PhaseTimer, Trainer  # noqa: E402
-from dinocell_core.synthetic.fixture import make_jump_fixture  # noqa: E402
+from dinocell_core.ssl.cost import GPUS, StepCost, count_trainer_step, counting, synthetic_batch  # noqa: E402
+from dinocell_core.ssl.data import make_ssl_loader, step_index_tensors  # noqa: E402
+from dinocell_core.ssl.trainer import PhaseTimer, Trainer, prepare_batch  # noqa: E402
 
 #: dense bf16 peak TFLOP/s by device-name substring (no sparsity)
 PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A800": 312.0, "L40S": 362.0,
@@ -43,7 +57,146 @@ DEMO = REPO / "configs" / "pretrain_demo.yaml"
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
 
 
+def sibling(name: str) -> Any:
+    """A module of benchmarks/, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe_config(batch: int, extra: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    return load_config(PretrainConfig, RECIPE, ["model.weights=null", f"train.batch_size={batch}",
+                                                "train.progress=false", *extra])
+
+
+def peak_tflops(name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- 1. counted
+
+
+def count_official(cfg: PretrainConfig, batch: int, official: Any) -> StepCost:
+    """The official step counted like ours: meta tensors, the second of two steps, same batch shapes and masks."""
+    meta = torch.device("meta")
+    with official.single_rank(meta):
+        step = official.OfficialStep(cfg, batch, meta)
+        with torch.device(meta):
+            backbone = load_backbone(cfg.model.arch, patch_size=cfg.model.patch_size, **cfg.model.kwargs)
+        x = prepare_batch(synthetic_batch(cfg, batch, meta), meta, backbone.normalize_input)
+        data = official.official_batch(x, batch, step.input_dtype)
+        alive = [*step.tensors(), *[v for v in data.values() if isinstance(v, torch.Tensor)]]
+        it = 10 * cfg.train.steps_per_epoch  # past every warm-up
+        with counting(meta, alive) as c:
+            step.step(data, it)
+            c.reset()
+            step.step(data, it + 1)
+    return StepCost(batch, c.flops, c.bytes, float(c.peak), dict(c.syncs), dict(c.bytes_by_op))
+
+
+def print_counts(ours: StepCost, theirs: StepCost | None, cfg: PretrainConfig) -> None:
+    d = cfg.data
+    print(f"\n== counted per op on meta tensors: A100 recipe ({cfg.model.arch}/p{cfg.model.patch_size}, "
+          f"{d.n_global}×{d.global_size} + {d.n_local}×{d.local_size} px, heads {cfg.heads.out_dim}/"
+          f"{cfg.heads.ibot_out_dim}, batch {ours.batch_size}, bf16, unfrozen backbone) ==")
+    rows = [("FLOPs per step (T)", ours.flops / 1e12, None if theirs is None else theirs.flops / 1e12),
+            ("bytes moved per step (GB)", ours.bytes / 1e9, None if theirs is None else theirs.bytes / 1e9),
+            ("peak live memory (GB)", ours.peak_bytes / 1e9, None if theirs is None else theirs.peak_bytes / 1e9),
+            ("host syncs per step", sum(ours.syncs.values()), None if theirs is None else sum(theirs.syncs.values()))]
+    for name, gpu in GPUS.items():
+        rows.append((f"modelled step on {name} (ms)", 1e3 * ours.step_s(gpu),
+                     None if theirs is None else 1e3 * theirs.step_s(gpu)))
+    print(f"  {'':<32}{'this project':>14}{'official':>12}{'ratio':>8}")
+    for label, a, b in rows:
+        other = "n/a" if b is None else f"{b:,.2f}"
+        ratio = "" if not b else f"{a / b:.3f}"
+        print(f"  {label:<32}{a:>14,.2f}{other:>12}{ratio:>8}")
+    print(f"  syncs: this project {dict(ours.syncs)}; official "
+          f"{'not counted' if theirs is None else dict(theirs.syncs)}")
+    top = sorted(ours.bytes_by_op.items(), key=lambda kv: -kv[1])[:8]
+    print("  largest byte counts, this project: " + ", ".join(f"{k.split('.')[-1]} {v / 1e9:.0f} GB" for k, v in top))
+    if theirs is not None:
+        top = sorted(theirs.bytes_by_op.items(), key=lambda kv: -kv[1])[:8]
+        print("  largest byte counts, official:     "
+              + ", ".join(f"{k.split('.')[-1]} {v / 1e9:.0f} GB" for k, v in top))
+
+
+# ------------------------------------------------------------------------------------------------- 2. timed
+
+
+def real_batch(cfg: PretrainConfig, batch: int, seed: int = 0) -> dict[str, Any]:
+    """Random crops in [0, 1] of the config's shapes and iBOT masks from the data layer's generator."""
+    d, p = cfg.data, cfg.model.patch_size
+    g = torch.Generator().manual_seed(seed)
+    grid = (d.global_size // p, d.global_size // p)
+    gen = MaskingGenerator(grid, max_num_patches=int(0.5 * grid[0] * grid[1]))
+    masks = torch.from_numpy(ibot_masks(d.n_global * batch, grid, d.mask_probability, tuple(d.mask_ratio),
+                                        np.random.default_rng(seed), gen).reshape(d.n_global, batch, *grid))
+    fields = [f"field{i}" for i in range(batch)]
+    return {"global": torch.rand(d.n_global, batch, 1, d.global_size, d.global_size, generator=g),
+            "local": torch.rand(d.n_local, batch, 1, d.local_size, d.local_size, generator=g),
+            "masks": masks, "fields": fields, "n_failed": 0, "failures": [], **step_index_tensors(masks, fields)}
+
+
+def time_side_by_side(args: argparse.Namespace, official: Any) -> None:
+    cpu = torch.device("cpu")
+    cfg = recipe_config(args.time_batch, [f"train.precision={args.time_precision}", "train.device=cpu",
+                                          "data.crops_per_field=1",  # KoLeo: ≥ 2 fields in a batch of 2
+                                          f"train.compile={'true' if args.compile else 'false'}",
+                                          *args.time_override])
+    torch._dynamo.config.disable = not args.compile  # the official iBOT Sinkhorn compiles itself otherwise
+    ours = Trainer(cfg, cpu, DistInfo(), load_weights=False)
+    batch = real_batch(cfg, args.time_batch)
+    it = cfg.train.steps_per_epoch * 10  # unfrozen backbone, past every warm-up
+    times: dict[str, list[float]] = {"this project": [], "official": []}  # CPU seconds of this process
+    walls: dict[str, list[float]] = {"this project": [], "official": []}
+    losses: dict[str, float] = {}
+    with official.single_rank(cpu) if official is not None else contextlib.nullcontext():
+        theirs = None
+        if official is not None:
+            theirs = official.OfficialStep(cfg, args.time_batch, cpu, compile_=args.compile)
+            data = official.official_batch(prepare_batch(batch, cpu, ours.student.backbone.normalize_input),
+                                           args.time_batch, theirs.input_dtype)
+        def timed(name: str, i: int, run: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = run()
+            if i:  # step 0 warms up
+                walls[name].append(time.perf_counter() - t0)
+                times[name].append(time.process_time() - c0)
+            return out
+
+        for i in range(args.steps + 1):
+            terms, _, _ = timed("this project", i, lambda: ours.train_step(batch, it + i))
+            losses["this project"] = float(terms["loss_total"])
+            if theirs is not None:
+                losses["official"] = float(timed("official", i, lambda: theirs.step(data, it + i)))
+    d = cfg.data
+    print(f"\n== timed on this CPU ({torch.get_num_threads()} threads), same batches, interleaved: batch "
+          f"{args.time_batch}, {d.n_global}×{d.global_size} + {d.n_local}×{d.local_size} px, heads "
+          f"{cfg.heads.out_dim}/{cfg.heads.ibot_out_dim}, {args.time_precision}, "
+          f"{'compiled' if args.compile else 'eager'}, median of {args.steps} steps after 1 warm-up; CPU time of this "
+          f"process (a shared machine's load inflates wall time, not CPU time) ==")
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    for k, v in med.items():
+        print(f"  {k:<14} {1000 * v:9.0f} CPU-ms/step  (steps {', '.join(f'{1000 * t:.0f}' for t in times[k])}; wall "
+              f"median {1000 * statistics.median(walls[k]):.0f} ms; last loss {losses[k]:.3f})")
+    if "official" in med:
+        print(f"  ratio this project / official: {med['this project'] / med['official']:.3f} CPU time, "
+              f"{statistics.median(walls['this project']) / statistics.median(walls['official']):.3f} wall")
+    else:
+        print("  official: not timed (no --official checkout)")
+
+
+# ------------------------------------------------------------------------------------------------- 3. split
+
+
 def cpu_split(steps: int, work: Path) -> None:
+    from dinocell_core.synthetic.fixture import make_jump_fixture
+
     root = make_jump_fixture(work / "fixture", plates=2, wells=4, sites=2, size=192, seed=0).root
     cfg = load_config(PretrainConfig, DEMO, [f"data.root={root}", "data.num_workers=0", "train.progress=false"])
     device = torch.device("cpu")
@@ -66,140 +219,83 @@ def cpu_split(steps: int, work: Path) -> None:
     for name in PHASES:
         sec = timer.seconds.get(name, 0.0)
         print(f"  {name:<10} {1000 * sec / steps:8.1f} ms/step  {100 * sec / total:5.1f} %")
-    rate = cfg.train.batch_size * steps / total
-    print(f"  {'total':<10} {1000 * total / steps:8.1f} ms/step  ({rate:.1f} samples/s)")
+    print(f"  {'total':<10} {1000 * total / steps:8.1f} ms/step  ({cfg.train.batch_size * steps / total:.1f} samples/s)")
 
 
-def recipe_config(batch: int, extra: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    return load_config(PretrainConfig, RECIPE, ["model.weights=null", f"train.batch_size={batch}",
-                                                "train.progress=false", "warm_start.freeze_backbone_steps=0",
-                                                *extra])
+# ------------------------------------------------------------------------------------------------- 4. CUDA
 
 
-def synthetic_batch(cfg: PretrainConfig, batch: int, seed: int = 0, masked_per_sample: int | None = None) -> dict:
-    """Crops of the recipe's shapes; iBOT masks from the data layer's generator (or a fixed masked count)."""
-    d, p = cfg.data, cfg.model.patch_size
-    g = torch.Generator().manual_seed(seed)
-    grid = (d.global_size // p, d.global_size // p)
-    if masked_per_sample is None:
-        gen = MaskingGenerator(grid, max_num_patches=int(0.5 * grid[0] * grid[1]))
-        masks = ibot_masks(d.n_global * batch, grid, d.mask_probability, tuple(d.mask_ratio),
-                           np.random.default_rng(seed), gen).reshape(d.n_global, batch, *grid)
-        masks = torch.from_numpy(masks)
-    else:
-        masks = torch.zeros(d.n_global, batch, grid[0] * grid[1], dtype=torch.bool)
-        masks[0, :, torch.randperm(grid[0] * grid[1], generator=g)[:masked_per_sample]] = True
-        masks = masks.view(d.n_global, batch, *grid)
-    return {"global": torch.rand(d.n_global, batch, 1, d.global_size, d.global_size, generator=g),
-            "local": torch.rand(d.n_local, batch, 1, d.local_size, d.local_size, generator=g),
-            "masks": masks, "n_failed": 0, "failures": []}
-
-
-def analytic_flops(trainer: Trainer, cfg: PretrainConfig, masked: float) -> float:
-    """Per-sample FLOPs from the model's shapes: student fwd+bwd (×3), teacher fwd; CLS tokens go through the
-    DINO head, masked patches through the iBOT head (their prototype counts differ on one GPU)."""
-    d = cfg.data
-    bb = trainer.student.backbone
-    crop_g, crop_l = count_forward_flops(bb, d.global_size), count_forward_flops(bb, d.local_size)
-    def head_flops(head: torch.nn.Module) -> float:
-        return sum(2 * m.in_features * m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear))
-
-    dino, ibot = head_flops(trainer.student.dino_head), head_flops(trainer.student.ibot_head)
-    student = 3 * (d.n_global * crop_g + d.n_local * crop_l + (d.n_global + d.n_local) * dino + masked * ibot)
-    teacher = d.n_global * crop_g + d.n_global * dino + masked * ibot
-    return student + teacher
-
-
-def count_recipe_flops(expected_masked: float) -> tuple[float, float]:
-    """(counted, analytic) FLOPs per sample of the recipe's training step."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg = recipe_config(2, ["train.precision=fp32", "train.device=cpu"])  # KoLeo needs 2 samples
-    trainer = Trainer(cfg, torch.device("cpu"), DistInfo())
-    batch = synthetic_batch(cfg, 2, masked_per_sample=round(expected_masked))
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        trainer.train_step(batch, 0)
-    return float(counter.get_total_flops()) / 2, analytic_flops(trainer, cfg, round(expected_masked))
-
-
-def peak_tflops(name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return value
-    return None
-
-
-def cuda_mfu(steps: int, batch: int, flops_per_sample: float, extra: list[str]) -> None:
+def cuda_mfu(steps: int, batch: int, cost: StepCost, extra: list[str]) -> None:
     device = torch.device("cuda")
     name = torch.cuda.get_device_name(device)
     cfg = recipe_config(batch, extra)
-    trainer = Trainer(cfg, device, DistInfo())
-    batches = [synthetic_batch(cfg, batch, seed=i) for i in range(4)]
+    trainer = Trainer(cfg, device, DistInfo(), load_weights=False)
+    batches = [real_batch(cfg, batch, seed=i) for i in range(4)]
+    it = trainer.spec.freeze_backbone_steps + trainer.spec.backbone_ramp_steps
     for step in range(5):
-        trainer.train_step(batches[step % 4], step)
+        trainer.train_step(batches[step % 4], it + step)
     timer = PhaseTimer(device)
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for step in range(steps):
-        trainer.train_step(batches[step % 4], 5 + step, timer)
+        trainer.train_step(batches[step % 4], it + 5 + step, timer)
     torch.cuda.synchronize()
     per_step = (time.perf_counter() - t0) / steps
-    flops = flops_per_sample * batch
+    flops = cost.flops * batch / cost.batch_size
     peak = peak_tflops(name)
-    print(f"\n== recipe on {name} (batch {batch}, bf16 autocast, compile={cfg.train.compile}, "
-          f"activation checkpointing={cfg.train.activation_checkpointing}, synthetic crops) ==")
+    print(f"\n== recipe on {name} (batch {batch}, compile={cfg.train.compile}, synthetic crops) ==")
     for k in PHASES[1:]:
         print(f"  {k:<10} {1000 * timer.seconds.get(k, 0.0) / steps:8.1f} ms/step")
-    print(f"  step {1000 * per_step:.1f} ms → {batch / per_step:.0f} samples/s, {3600 / per_step:,.0f} iterations/h, "
-          f"80k-iteration recipe ≈ {80_000 * per_step / 3600:.1f} h; peak memory "
-          f"{torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB")
-    if peak is None:
-        print(f"  MFU: unknown peak for {name!r}; achieved {flops / per_step / 1e12:.1f} TFLOP/s")
-    else:
-        print(f"  achieved {flops / per_step / 1e12:.1f} TFLOP/s of {peak:.0f} (bf16 dense) → MFU "
+    print(f"  step {1000 * per_step:.1f} ms → {batch / per_step:.0f} samples/s; peak memory "
+          f"{torch.cuda.max_memory_allocated(device) / 1e9:.1f} GB; counted bytes at "
+          f"{cost.bytes * batch / cost.batch_size / per_step / 1e12:.2f} TB/s")
+    if peak is not None:
+        print(f"  achieved {flops / per_step / 1e12:.1f} TFLOP/s of {peak:.0f} → MFU "
               f"{100 * flops / per_step / (peak * 1e12):.1f} %")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps of the tiny CPU config")
-    ap.add_argument("--no-flop-count", action="store_true", help="skip the FlopCounterMode count (≈ 1 min on CPU)")
+    ap.add_argument("--official", default=None, help="folder of a facebookresearch/dinov3 checkout")
+    ap.add_argument("--batch", type=int, default=48, help="batch of the counted step")
+    ap.add_argument("--time-batch", type=int, default=2, help="batch of the CPU-timed steps")
+    ap.add_argument("--steps", type=int, default=3, help="CPU-timed steps of each trainer (0: no timing)")
+    ap.add_argument("--time-override", action="append", default=[], help="recipe overrides for the timed steps")
+    ap.add_argument("--time-precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--compile", action="store_true", help="time both trainers compiled")
+    ap.add_argument("--split", action="store_true", help="also the tiny CPU config's phase split")
     ap.add_argument("--cuda-steps", type=int, default=20)
     ap.add_argument("--cuda-batch", type=int, default=48)
-    ap.add_argument("--cuda-override", action="append", default=[],
-                    help="extra recipe overrides for the CUDA run, e.g. train.compile=true")
+    ap.add_argument("--cuda-override", action="append", default=[], help="recipe overrides for the CUDA run")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cpu_split(args.steps, Path(tmp))
-
-    cfg = recipe_config(48)
-    d = cfg.data
-    n_tok = (d.global_size // cfg.model.patch_size) ** 2
-    expected_masked = d.n_global * d.mask_probability * sum(d.mask_ratio) / 2 * n_tok
-    print(f"\n== FLOPs per iteration, A100 recipe ({cfg.model.arch}/p{cfg.model.patch_size}, {d.n_global}×"
-          f"{d.global_size} + {d.n_local}×{d.local_size} px, heads {cfg.heads.out_dim}, batch 48, "
-          f"~{expected_masked:.0f} masked patches/sample) ==")
-    if args.no_flop_count:
-        trainer = Trainer(recipe_config(2, ["train.precision=fp32"]), torch.device("cpu"), DistInfo())
-        counted, analytic = None, analytic_flops(trainer, cfg, expected_masked)
+    official = None
+    if args.official:
+        official = sibling("official_dinov3")
+        try:
+            official.import_official(args.official)
+        except official.OfficialUnavailable as exc:
+            print(f"official trainer unavailable: {exc}")
+            official = None
     else:
-        t0 = time.perf_counter()
-        counted, analytic = count_recipe_flops(expected_masked)
-        print(f"  counted (FlopCounterMode, one real step at batch 2, {time.perf_counter() - t0:.0f} s): "
-              f"{counted / 1e9:.0f} GFLOP/sample → {48 * counted / 1e12:.2f} TFLOP/iteration")
-    print(f"  analytic from the model's shapes: {analytic / 1e9:.0f} GFLOP/sample → "
-          f"{48 * analytic / 1e12:.2f} TFLOP/iteration (reference: ≈ 566 GFLOP/sample, ≈ 27 TFLOP/iteration)")
-    per_sample = counted if counted is not None else analytic
-    for name, peak in (("A100", 312.0), ("H100 SXM", 989.0)):
-        for mfu in (0.2, 0.4):
-            t = 48 * per_sample / (mfu * peak * 1e12)
-            print(f"  {name} at {mfu:.0%} MFU: {t:.3f} s/iteration, {48 / t:.0f} samples/s, 80k iterations "
-                  f"in {80_000 * t / 3600:.1f} h")
+        print("official trainer: not measured — give --official PATH (a facebookresearch/dinov3 checkout; "
+              "pip install omegaconf) for the ratios")
+    torch._dynamo.config.disable = True  # counts are per op (eager semantics) for both trainers
+    cfg = recipe_config(args.batch)
+    t0 = time.perf_counter()
+    ours = count_trainer_step(cfg, args.batch)
+    theirs = count_official(cfg, args.batch, official) if official is not None else None
+    print(f"(counted in {time.perf_counter() - t0:.0f} s)")
+    print_counts(ours, theirs, cfg)
+    if args.steps > 0:
+        time_side_by_side(args, official)
+    if args.split:
+        with tempfile.TemporaryDirectory() as tmp:
+            cpu_split(20, Path(tmp))
     if torch.cuda.is_available():
-        cuda_mfu(args.cuda_steps, args.cuda_batch, per_sample, args.cuda_override)
+        torch._dynamo.config.disable = False
+        cuda_mfu(args.cuda_steps, args.cuda_batch, ours, args.cuda_override)
     else:
         print("\nMFU: n/a (no CUDA device; run this script on the GPU server for the recipe's step time and MFU)")
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+#: the GPUs ``--plan`` models (``dinocell_core.ssl.cost.GPUS``; named here so the plan stays torch-free)
+GPU_NAMES = ("A100-40", "A100-80", "H100")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="with --plan: number of processes (GPUs) the run will use (default: $WORLD_SIZE or 1)")
     pt.add_argument("--fields", type=int, default=None,
                     help="with --plan: number of fields in the data, to report passes over it")
+    pt.add_argument("--gpu", choices=list(GPU_NAMES), default=None,
+                    help="refuse the config, before any data is read, when its counted peak memory does not fit "
+                         "this GPU (with --plan too); --plan reports every GPU's peak memory and step time")
     pt.set_defaults(handler=_pretrain)
 
     ex = subparsers.add_parser(
@@ -47,6 +56,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if args.plan is not None:
         return _plan(cfg, args)
+    if args.gpu is not None:
+        from dinocell_core.ssl.cost import hardware_plan
+
+        refusal = _gpu_refusal(hardware_plan(cfg), args.gpu)
+        if refusal:
+            print(f"dinocell-core: {refusal}", file=sys.stderr)
+            return 2
     from dinocell_core.ssl.trainer import run_pretraining  # torch: only when training
     run = RunDir(args.run_dir or Path("runs") / f"pretrain-{cfg.name}")
     rank = int(os.environ.get("RANK", "0"))
@@ -83,10 +99,54 @@ def _plan(cfg: object, args: argparse.Namespace) -> int:
         return 2
     for line in describe(cfg, world, args.fields):  # type: ignore[arg-type]
         print(line)
+    hw = _hardware_plan(cfg)
+    for line in _hardware_lines(hw):
+        print(line)
+    refusal = _gpu_refusal(hw, args.gpu) if args.gpu else None
+    if refusal:
+        print(f"dinocell-core: {refusal}", file=sys.stderr)
+        return 2
     args.plan.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.plan, json.dumps(plan_table(schedule_spec(cfg, world))) + "\n")
-    print(f"per-step values (every 10th step): {args.plan}")
+    atomic_write_text(args.plan, json.dumps({**plan_table(schedule_spec(cfg, world)), **hw}) + "\n")
+    print(f"per-step values (every 10th step), peak memory and step time per GPU: {args.plan}")
     return 0
+
+
+def _hardware_plan(cfg: Any) -> dict[str, Any]:
+    """``dinocell_core.ssl.cost.hardware_plan`` in a child process: the count needs torch, the plan does not."""
+    from dinocell_core.config import config_to_dict
+
+    proc = subprocess.run([sys.executable, "-m", "dinocell_core.ssl.cost"], input=json.dumps(config_to_dict(cfg)),
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if proc.returncode != 0:
+        raise RuntimeError(f"counting the step's cost failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def _hardware_lines(hw: dict[str, Any]) -> list[str]:
+    h = hw["hardware"]
+    lines = [f"hardware (one training step counted per op on meta tensors at batch {h['batch_size']} per GPU, "
+             f"slope from batch {h['counted_at_batches'][0]}; eager ops: compile only lowers these):",
+             f"  peak memory {hw['peak_memory_gb']:.1f} GB = {h['peak_memory_gb_fixed']:.2f} GB + "
+             f"{h['peak_memory_gb_per_sample']:.3f} GB/sample; {h['flops_per_step'] / 1e12:.2f} TFLOP and "
+             f"{h['bytes_per_step'] / 1e9:.0f} GB moved per step; {h['host_syncs_per_step']} host sync(s) per step"]
+    for name, s in hw["step_s"].items():
+        lines.append(f"  {name:<8} modelled step {s:.3f} s ({3600 / s:,.0f} it/h); "
+                     f"{'fits' if h['fits'][name] else 'does NOT fit'} (largest batch that fits: "
+                     f"{h['max_batch'][name]})")
+    return lines
+
+
+def _gpu_refusal(hw: dict[str, Any], gpu: str) -> str | None:
+    """Why the config cannot run on ``gpu`` (None when it fits)."""
+    h = hw["hardware"]
+    if h["fits"][gpu]:
+        return None
+    return (f"the config does not fit on {gpu}: counted peak memory {hw['peak_memory_gb']:.1f} GB at batch "
+            f"{h['batch_size']} per GPU (plus {h['reserved_gb']:.1f} GB for CUDA and ×{h['fragmentation']:.2f} for the "
+            f"allocator); the largest batch that fits is {h['max_batch'][gpu]} (train.batch_size), or turn on "
+            "train.activation_checkpointing")
 
 
 def _export(args: argparse.Namespace) -> int:

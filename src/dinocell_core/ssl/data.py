@@ -555,9 +555,9 @@ def fit_prefetch(cfg: DataConfig, patch_size: int, batch_size: int, workers: int
         return wanted
     need_gb = workers * wanted * per / 1e9
     if fit >= 1:
-        log.warning("/dev/shm has %.2f GB free, %d workers × prefetch_factor %d batches need %.2f GB: prefetching %d "
+        log.warning("/dev/shm has %.0f MB free, %d workers × prefetch_factor %d batches need %.0f MB: prefetching %d "
                     "batch(es) per worker instead (give the container --shm-size=%dg or --ipc=host to keep %d)",
-                    free / 1e9, workers, wanted, need_gb, fit, math.ceil(2 * need_gb), wanted)
+                    free / 1e6, workers, wanted, need_gb * 1e3, fit, math.ceil(2 * need_gb), wanted)
         return fit
     raise SharedMemoryTooSmall(
         f"/dev/shm has {free / 1e6:.0f} MB free, but each of the {workers} loader workers needs "

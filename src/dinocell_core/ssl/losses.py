@@ -1,6 +1,6 @@
 """The DINOv3 SSL losses, written by hand (no library has Sinkhorn-Knopp centering for these heads).
 
-All of them run in fp32 whatever the autocast dtype (bf16 logits at temperature 0.04 lose too much).
+All of them run in fp32 whatever the compute dtype (bf16 logits at temperature 0.04 lose too much).
 Shapes follow the official ``SSLMetaArch``: crops first, then batch: logits ``[crops, B, K]``.
 """
 

@@ -169,3 +169,24 @@ def test_preview_cli_writes_a_png(root, tmp_path):
     r = subprocess.run([sys.executable, "-m", "dinocell_core.cli", "jump", "preview", str(cfg), "bogus_key=1",
                         "-o", str(out)], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "bogus_key" in r.stderr
+
+
+def test_loader_fits_its_prefetch_to_dev_shm(root, monkeypatch, caplog):
+    """workers × prefetch_factor batches wait in /dev/shm (a container's default is 64 MB): the loader lowers the
+    prefetch with a warning, or refuses with the fix before any data is read."""
+    from dinocell_core.ssl import data
+
+    cfg = _cfg(root, num_workers=4, prefetch_factor=4)
+    per = data.batch_nbytes(cfg, PATCH, 4) * data.SHM_MARGIN
+    assert data.fit_prefetch(cfg, PATCH, 4, 4, None) == 4  # no /dev/shm: nothing to check
+    assert data.fit_prefetch(cfg, PATCH, 4, 4, int(16 * per) + 1) == 4
+    assert data.fit_prefetch(cfg, PATCH, 4, 0, 0) == 4  # no workers: no shared memory
+    monkeypatch.setattr(data, "shm_free_bytes", lambda: int(9 * per))
+    with caplog.at_level("WARNING"):
+        loader = make_ssl_loader(cfg, PATCH, batch_size=4, seed=7, steps=1)
+    assert loader.loader.prefetch_factor == 2 and "--shm-size" in caplog.text
+    monkeypatch.setattr(data, "shm_free_bytes", lambda: int(3 * per))
+    with pytest.raises(data.SharedMemoryTooSmall, match="--ipc=host"):
+        make_ssl_loader(cfg.model_copy(update={"root": "/nonexistent"}), PATCH, batch_size=4, seed=7, steps=1)
+    recipe = DataConfig(global_size=224, local_size=96, n_local=8)
+    assert 33.4e6 < data.batch_nbytes(recipe, 8, 48) < 35e6  # crops + masks: a default 64 MB holds one such batch

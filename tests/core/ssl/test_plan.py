@@ -27,11 +27,16 @@ def test_plan_cli_writes_the_json_contract_without_data_or_torch(tmp_path):
             "from dinocell_core.cli import main; rc = main(sys.argv[1:]); assert rc == 0, rc; "
             "assert 'torch' not in sys.modules, 'the plan imported torch'")
     proc = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(out)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})  # the count: a torch child
     assert proc.returncode == 0, proc.stderr[-2000:]
     print(proc.stdout)
     plan = json.loads(out.read_text())
-    assert list(plan) == KEYS
+    assert list(plan) == [*KEYS, "peak_memory_gb", "step_s", "hardware"]
+    # issue 24 item 3: counted peak memory and the modelled step per GPU (bf16, batch 48, unfrozen backbone)
+    assert 25 < plan["peak_memory_gb"] < 60 and set(plan["step_s"]) == {"A100-40", "A100-80", "H100"}
+    assert plan["step_s"]["H100"] < plan["step_s"]["A100-80"] < plan["step_s"]["A100-40"] < 1.0
+    assert plan["hardware"]["host_syncs_per_step"] == 1 and plan["hardware"]["fits"]["A100-80"]
+    assert "peak memory" in proc.stdout and "A100-40" in proc.stdout
     n = len(plan["step"])
     assert all(len(plan[k]) == n for k in KEYS)
     assert plan["step"][:3] == [0, 10, 20] and plan["step"][-1] == 79_999 and n == 8001
@@ -82,3 +87,25 @@ def test_a100_recipe_sees_cells_at_decoder_scale():
     assert cfg.data.local_size / hi >= 0.6 and cfg.data.local_size / lo <= 1.0
     assert cfg.data.augment.blur_sigma[1] <= 0.5
     assert cfg.model.drop_path_profile == "uniform" and cfg.heads.out_dim == 2048
+
+
+def test_gpu_refuses_a_config_that_does_not_fit(tmp_path):
+    """--gpu NAME: a config whose counted peak memory does not fit the card is refused before any data is read
+    (the data root does not exist), with the largest batch that fits; one that fits goes on."""
+    out = tmp_path / "plan.json"
+    base = [sys.executable, "-m", "dinocell_core.cli", "pretrain", str(RECIPE), "data.root=/nonexistent",
+            "model.weights=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*base, "train.batch_size=64", "--plan", str(out), "--gpu", "A100-40"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "does not fit on A100-40" in proc.stderr and "largest batch that fits" in proc.stderr
+    assert not out.exists()
+    proc = subprocess.run([*base, "train.batch_size=64", "--run-dir", str(tmp_path / "run"), "--gpu", "A100-40"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 2 and "does not fit" in proc.stderr  # training: refused before the loader starts
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    proc = subprocess.run([*base, "train.batch_size=32", "--plan", str(out), "--gpu", "A100-40"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["hardware"]["fits"]["A100-40"]
