@@ -251,7 +251,7 @@ class TrainSection(StrictModel):
     steps_per_epoch: int = PField(1000, ge=1, le=MAX_TOTAL_STEPS)
     batch_size: int = PField(48, ge=1, le=4096)  # per process (GPU)
     device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; never fp16
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 compute on CUDA, fp32 on CPU; never fp16
     compile: bool = False
     activation_checkpointing: bool = False
     max_nonfinite: int = PField(3, ge=1)  # consecutive skipped steps that stop the run
