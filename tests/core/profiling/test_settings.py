@@ -57,7 +57,7 @@ def test_bad_values_keep_their_messages():
         with pytest.raises(ProfileError, match=says):
             EmbedSettings(**kwargs)
     for kwargs, says in [({"normalize": "z"}, "unknown normalisation 'z'; use one of negcon_mad"),
-                         ({"null_size": 0}, "null size must be at least 1"),
+                         ({"null_size": 0}, r"null_size must lie in \[1, "),
                          ({"threshold": 1.5}, r"threshold must lie in \(0, 1\)")]:
         with pytest.raises(ProfileError, match=says):
             EvalSettings(**kwargs)
