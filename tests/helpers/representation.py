@@ -25,6 +25,7 @@ from dinocell_core.profiling.embed import (
     FieldReader,
     aggregate_wells,
     embed_sites,
+    embedder_planes,
     find_metadata_dir,
 )
 from dinocell_core.profiling.evaluate import EvalSettings, evaluate_profiles
@@ -86,6 +87,22 @@ def held_out_set(root: Path, seed: int = HELD_OUT_SEED, plates: int = HELD_OUT_P
                    np.array(log_gamma))
 
 
+class CachedReader(FieldReader):
+    """Reads each held-out field once for all the backbones judged on it (decoding dominates a tiny ViT's time)."""
+
+    def __init__(self, root: Path, s: EmbedSettings, in_chans: int) -> None:
+        super().__init__(str(root), s, in_chans=in_chans)
+        self.cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def __call__(self, field: Field) -> dict[str, np.ndarray]:
+        if field.key not in self.cache:
+            self.cache[field.key] = super().__call__(field)
+        return self.cache[field.key]
+
+
+_READERS: dict[tuple[str, str, int], CachedReader] = {}
+
+
 @dataclass(frozen=True)
 class Judged:
     """One backbone's held-out figures; the hit arrays feed the paired bootstrap."""
@@ -109,15 +126,14 @@ class Judged:
                 f"gamma R² {self.gamma_r2:.3f}")
 
 
-def readout(embedder: object) -> str:
-    """Per channel for 3-plane ViTs and the hand-crafted statistics; the stack itself for a 5-plane backbone."""
-    backbone = getattr(embedder, "backbone", None)
-    return "fluorescent_stack" if getattr(backbone, "in_chans", 3) == 5 else "each"
-
-
-def judge(embedder: object, ho: HeldOut, channels: str | None = None) -> Judged:
-    s = EmbedSettings(tile=96, tokens="cls", device="cpu", channels=channels or readout(embedder))
-    sites, names = embed_sites(ho.fields, FieldReader(str(ho.root), s), embedder, s)
+def judge(embedder: object, ho: HeldOut, channels: str = "each") -> Judged:
+    """Per channel by default (a 5-plane backbone embeds the stack whatever ``channels`` says)."""
+    s = EmbedSettings(tile=96, tokens="cls", device="cpu", channels=channels)
+    planes = embedder_planes(embedder)
+    key = (str(ho.root), channels, planes)
+    if key not in _READERS:
+        _READERS[key] = CachedReader(ho.root, s, planes)
+    sites, names = embed_sites(ho.fields, _READERS[key], embedder, s)
     x = sites[names].to_numpy(np.float64, copy=True)
     if isinstance(embedder, BaselineEmbedder):  # statistics on different scales: z-score before the cosine
         x = zscore(x)
