@@ -12,10 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tifffile
 
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.seg.bundle import list_bundles
+
+pytestmark = pytest.mark.slow  # trains a model
 from tests.helpers import REPO
 
 

@@ -24,6 +24,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_pca_layer_for_a_checkpoint_and_errors(make_napari_viewer, qtbot, tiny_run, notifications, tmp_path):
     viewer = make_napari_viewer()
     for data, kwargs, kind in sample_field(size=128, seed=1):

@@ -37,6 +37,7 @@ def _edit_and_save(widget, viewer, qtbot, store_dir):
     return field, edited, gone
 
 
+@pytest.mark.slow
 def test_edit_save_retrain_round_trip(make_napari_viewer, qtbot, labelled, tmp_path):
     info, store_dir = labelled
     viewer = make_napari_viewer()

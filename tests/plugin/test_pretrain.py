@@ -130,6 +130,7 @@ def launch_from_widget(viewer, jump_root: Path, runs_dir: Path, name: str, steps
     return run
 
 
+@pytest.mark.slow
 def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, jump_root, tmp_path):
     viewer = make_napari_viewer()
     runs_dir = tmp_path / "runs"
@@ -153,6 +154,7 @@ def test_launch_demo_pretraining_and_watch_it_finish(make_napari_viewer, qtbot, 
     close_runs(runs, qtbot)
 
 
+@pytest.mark.slow
 def test_stop_from_runs_widget_then_resume(make_napari_viewer, qtbot, jump_root, tmp_path):
     viewer = make_napari_viewer()
     runs_dir = tmp_path / "runs"

@@ -7,7 +7,12 @@ import pickle
 import pytest
 
 from dinocell_core.labels.run import label_tree
-from dinocell_core.labels.settings import CellProfilerParams, LabelSettings, LabelSettingsError, parse_params
+from dinocell_core.labels.settings import (
+    CellProfilerParams,
+    LabelSettings,
+    LabelSettingsError,
+    parse_params,
+)
 
 
 @pytest.mark.parametrize("model", [CellProfilerParams, LabelSettings])

@@ -120,6 +120,7 @@ def test_launch_failure_before_status_is_recorded(tmp_path):
         launch_local("pretrain", tmp_path / "empty", None)
 
 
+@pytest.mark.slow
 def test_torchrun_stop_signals_rank0_and_every_rank_stops(fixture_root, tmp_path, monkeypatch):
     """Under torchrun the pid in status.json is rank 0's trainer (not the torchrun agent): SIGTERM to it reaches
     every rank through the per-step any_rank vote, so the job checkpoints once and ends "stopped"."""
@@ -144,6 +145,7 @@ def test_torchrun_stop_signals_rank0_and_every_rank_stops(fixture_root, tmp_path
     assert "stopped at step" in (run.path / "run.rank1.log").read_text()  # rank 1 stopped too, not killed
 
 
+@pytest.mark.slow
 def test_stop_before_the_trainer_started_reads_stopped(fixture_root, tmp_path):
     """Stop pressed while the job still imports torch (no signal handler yet): stopped as asked, not "failed"."""
     run = RunDir(tmp_path / "early")

@@ -22,6 +22,8 @@ from dinocell_core.seg.train import run_decoder_training
 from dinocell_core.synthetic.fixture import make_jump_fixture
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # trains a model
+
 DEMO = REPO / "configs" / "decoder_demo.yaml"
 
 

@@ -25,6 +25,8 @@ from dinocell_core.seg.train import run_decoder_training
 from dinocell_core.synthetic.fixture import make_jump_fixture
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # trains a model
+
 DEMO = REPO / "configs" / "decoder_demo.yaml"
 FIXTURE_PARAMS = ["--param", "min_diameter=5", "--param", "nuclei_bounds=0.008,1"]  # as tests/test_jump_label.py
 

@@ -189,6 +189,7 @@ def test_stack_warm_start_is_the_mean_model_at_step_0(fixture_root, tmp_path):
                 torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_stack_export_round_trip_records_in_chans(stack_run):
     """The export records its 5 input planes, and every loader builds a 5-plane backbone from it (and from the run)
     with the teacher's exact features."""
@@ -211,6 +212,7 @@ def test_stack_export_round_trip_records_in_chans(stack_run):
             torch.testing.assert_close(bb.eval().forward_tokens(bb.normalize_input(x))["cls"], want)
 
 
+@pytest.mark.slow
 def test_stack_backbone_everywhere_else(stack_run, fixture_root, tmp_path):
     """Decoders are single-channel: a stack backbone is refused by name (training and bundles); feature PCA looks at
     the five fluorescent channels; profiles embed the stack directly (one ``stack`` view)."""

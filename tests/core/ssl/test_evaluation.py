@@ -16,6 +16,8 @@ from dinocell_core.runs.rundir import read_metrics  # noqa: E402
 from dinocell_core.ssl.config import PretrainConfig  # noqa: E402
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # trains a model
+
 DEMO = REPO / "configs" / "pretrain_demo.yaml"
 
 

@@ -34,6 +34,7 @@ from tests.helpers.pretrain import (
 )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_identically(fixture_root, tmp_path):
     steps = 14
     ov = tiny_overrides(fixture_root, steps, **{"train.checkpoint_every": 3})
@@ -62,6 +63,7 @@ def test_resume_after_sigkill_continues_identically(fixture_root, tmp_path):
         assert torch.equal(v, sb["teacher"]["backbone"][k]), k
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops(fixture_root, tmp_path):
     run = tmp_path / "run"
     ov = tiny_overrides(fixture_root, 400, **{"train.checkpoint_every": 1000})
@@ -77,6 +79,7 @@ def test_sigterm_checkpoints_and_stops(fixture_root, tmp_path):
     assert load_backbone("vit_test", 8, weights=run, depth=2).embed_dim == 192
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_detected(fixture_root, tmp_path):
     cfg = tiny_config(fixture_root, 8, **{"train.tensorboard": True})
     run_pretraining(cfg, tmp_path / "run")
@@ -94,6 +97,7 @@ def test_corrupted_checkpoint_is_detected(fixture_root, tmp_path):
     assert mgr.latest() == mgr.path_for(4)  # a resume falls back to the last good checkpoint
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config(fixture_root, tmp_path):
     run_pretraining(tiny_config(fixture_root, 4), tmp_path / "run")
     with pytest.raises(ConfigError, match="heads.out_dim"):
@@ -104,6 +108,7 @@ def test_resume_refuses_a_changed_config(fixture_root, tmp_path):
     assert [r["step"] for r in recs] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_export_backbone_official_layout(fixture_root, tmp_path):
     run = tmp_path / "run"
     run_pretraining(tiny_config(fixture_root, 4), run)
@@ -167,6 +172,7 @@ def test_warm_start_trains_heads_on_a_frozen_backbone(fixture_root):
     assert not torch.equal(trainer.student.backbone.vit.blocks[0].mlp.fc1.weight, bb0["vit.blocks.0.mlp.fc1.weight"])
 
 
+@pytest.mark.slow
 def test_resume_does_not_need_the_original_weights_file(fixture_root, tmp_path):
     """A run started from a .pth resumes from its checkpoint (which holds every weight) after the .pth moved."""
     src = tmp_path / "src"

@@ -14,6 +14,8 @@ from dinocell_core.runs.rundir import RunDir, read_metrics
 from dinocell_core.ssl.optim import scaled_lr
 from tests.helpers.pretrain import DEMO, subprocess_env, tiny_overrides
 
+pytestmark = pytest.mark.slow  # trains a model
+
 
 def test_ddp_two_processes(fixture_root, tmp_path):
     run = tmp_path / "ddp"
