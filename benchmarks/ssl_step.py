@@ -258,7 +258,7 @@ def cuda_mfu(steps: int, batch: int, cost: StepCost, extra: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official", default=None, help="folder of a facebookresearch/dinov3 checkout")
-    ap.add_argument("--batch", type=int, default=48, help="batch of the counted step")
+    ap.add_argument("--batch", type=int, default=48, help="batch of the counted step (0: no count)")
     ap.add_argument("--time-batch", type=int, default=2, help="batch of the CPU-timed steps")
     ap.add_argument("--steps", type=int, default=3, help="CPU-timed steps of each trainer (0: no timing)")
     ap.add_argument("--time-override", action="append", default=[], help="recipe overrides for the timed steps")
@@ -282,12 +282,13 @@ def main() -> None:
         print("official trainer: not measured — give --official PATH (a facebookresearch/dinov3 checkout; "
               "pip install omegaconf) for the ratios")
     torch._dynamo.config.disable = True  # counts are per op (eager semantics) for both trainers
-    cfg = recipe_config(args.batch)
+    cfg = recipe_config(args.batch or 48)
     t0 = time.perf_counter()
-    ours = count_trainer_step(cfg, args.batch)
-    theirs = count_official(cfg, args.batch, official) if official is not None else None
-    print(f"(counted in {time.perf_counter() - t0:.0f} s)")
-    print_counts(ours, theirs, cfg)
+    ours = count_trainer_step(cfg, cfg.train.batch_size)
+    if args.batch:
+        theirs = count_official(cfg, args.batch, official) if official is not None else None
+        print(f"(counted in {time.perf_counter() - t0:.0f} s)")
+        print_counts(ours, theirs, cfg)
     if args.steps > 0:
         time_side_by_side(args, official)
     if args.split:
