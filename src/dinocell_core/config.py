@@ -228,15 +228,18 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume_changes(old: Mapping[str, Any], new: BaseModel, source: str | Path,
-                         allowed: Sequence[str]) -> None:
+                         allowed: Sequence[str], allow_all: bool = False) -> dict[str, list[Any]]:
     """Refuse resuming a run (whose config was ``old``, from ``source``) with a config that changes any key
-    outside ``allowed``: the checkpoint was trained with the old values."""
+    outside ``allowed``: the checkpoint was trained with the old values. ``allow_all`` is the user's explicit
+    ``--allow-config-change``: the changes (``{key: [old, new]}``) are returned for the caller to record in the run."""
     a, b = _flat(old), _flat(config_to_dict(new))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in allowed)
-    if changed:
+    if changed and not allow_all:
         details = "; ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in changed[:8])
         raise ConfigError(f"{source}: this run has checkpoints and the new config changes {details}. "
-                          f"Resume with the run's own config.yaml, or start a new --run-dir.")
+                          f"Resume with the run's own config, start a new --run-dir, or pass --allow-config-change "
+                          f"to go on with the new values (recorded in the run's config_history.jsonl).")
+    return {k: [a.get(k), b.get(k)] for k in changed}
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pt.add_argument("config", type=Path, help="pretraining YAML config (see configs/pretrain_*.yaml)")
     pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 data.root=/data")
     pt.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/pretrain-<name>)")
+    pt.add_argument("--allow-config-change", action="store_true",
+                    help="resume although the config differs from the one stored in the checkpoint (the changes "
+                         "are recorded in the run's config_history.jsonl and status.json)")
     pt.add_argument("--plan", type=Path, default=None, metavar="OUT.json",
                     help="do not train: print the schedule's milestones and the run's cost, and write the per-step "
                          "lr, last_layer_lr, backbone_lr_factor, wd, momentum and teacher_temp of every 10th step "
@@ -48,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    """SIGTERM/SIGINT handlers go in first: a stop during start-up (imports, index, model) ends as a clean "stopped"
+    run with its status written, not a process killed before status.json exists."""
+    from dinocell_core.runs.stopping import StopRequest
+
+    with StopRequest():  # the trainer's own StopRequest joins this one
+        return _pretrain_run(args)
+
+
+def _pretrain_run(args: argparse.Namespace) -> int:
     from dinocell_core.config import load_config
     from dinocell_core.runs.logs import setup_logging
     from dinocell_core.runs.rundir import RunDir
@@ -66,13 +78,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     from dinocell_core.ssl.trainer import run_pretraining  # torch: only when training
     run = RunDir(args.run_dir or Path("runs") / f"pretrain-{cfg.name}")
     rank = int(os.environ.get("RANK", "0"))
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.ensure()
     lock = run.lock()
     if rank == 0:
         lock.acquire()  # before run.log is opened: a refused second trainer writes nothing into the run
     try:
         setup_logging(run.log_path if rank == 0 else run.path / f"run.rank{rank}.log", rank=rank)
-        run_pretraining(cfg, run.path)
+        run_pretraining(cfg, run.path, allow_config_change=args.allow_config_change)
     except FloatingPointError as exc:
         print(f"dinocell-core: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     td.add_argument("config", type=Path, help="decoder YAML config (see configs/decoder_*.yaml)")
     td.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 channels=[DNA]")
     td.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/decoder-<name>)")
+    td.add_argument("--allow-config-change", action="store_true",
+                    help="resume although the config differs from the checkpoint's (recorded in the run's "
+                         "config_history.jsonl)")
     td.set_defaults(handler=_train)
 
     sg = subparsers.add_parser("segment", help="segment images with a model bundle",
@@ -203,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
     run.create()
     with run.lock():  # before run.log is opened: a refused second trainer writes nothing into the run
         setup_logging(run.log_path)
-        paths = run_decoder_training(cfg, run_dir)
+        paths = run_decoder_training(cfg, run_dir, allow_config_change=args.allow_config_change)
     state = run.read_status().get("state")
     for p in paths:
         print(p)

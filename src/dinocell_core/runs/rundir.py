@@ -9,6 +9,7 @@ Layout::
     RUN/console.log        raw stdout/stderr of a launched job (progress bars, tracebacks before logging starts)
     RUN/checkpoints/       step_XXXXXXXX.safetensors (see checkpoint.py)
     RUN/.run.lock          held (OS lock) by the one trainer writing this run; holds its host and pid
+    RUN/config_history.jsonl  config changes a resume was explicitly allowed (--allow-config-change)
 
 Readers never need the writer's process: a plugin on a laptop can watch a run written by a GPU server.
 """
@@ -29,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dinocell_core.config import save_config
-from dinocell_core.io.fsutil import atomic_write_json
+from dinocell_core.io.fsutil import WriteError, atomic_write_json
 from dinocell_core.io.locks import FolderLock, FolderLockedError, exclusive
 from dinocell_core.runs.records import effective_state
 
@@ -54,6 +55,7 @@ class RunDir:
         self.log_path = self.path / "run.log"
         self.console_path = self.path / "console.log"
         self.checkpoints_dir = self.path / "checkpoints"
+        self.config_history_path = self.path / "config_history.jsonl"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -62,7 +64,44 @@ class RunDir:
         return self.config_path.is_file()
 
     def create(self) -> None:
+        self.ensure()
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+
+    def ensure(self) -> None:
+        """Create the run folder; a file in its place or an unwritable parent is a one-line WriteError naming it
+        (``--run-dir`` pointing at an existing file was a FileExistsError traceback)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise WriteError(f"{self.path}: is a file, not a run directory; choose another --run-dir")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"{self.path}: cannot create the run directory ({exc.strerror or exc}); check the "
+                             "write permission there") from None
+
+    def resume_config(self, checkpoint: Path) -> tuple[dict[str, Any], Path]:
+        """The config a resume must match, and where it came from: the one stored in ``checkpoint`` (what its
+        weights were trained with — config.yaml is a copy anyone can edit), else config.yaml for a checkpoint
+        that stores none."""
+        from dinocell_core.config import read_yaml
+        from dinocell_core.io.checkpoint import CheckpointError, read_state_config
+
+        try:
+            return read_state_config(checkpoint), checkpoint
+        except CheckpointError:
+            if not self.exists():
+                raise
+        return read_yaml(self.config_path), self.config_path
+
+    def record_config_changes(self, changes: Mapping[str, list[Any]], checkpoint: Path) -> None:
+        """A resume that the user let change the config (``--allow-config-change``): one line in
+        config_history.jsonl (time, checkpoint, every key's old and new value) and the keys in status.json."""
+        entry = {"time": time.time(), "checkpoint": str(checkpoint), "allowed_by": "--allow-config-change",
+                 "changes": dict(changes)}
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.config_history_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, default=_json_default) + "\n")
+        self.update_status(config_changes={"checkpoint": str(checkpoint), "keys": sorted(changes),
+                                           "history": str(self.config_history_path)})
 
     def write_config(self, cfg: BaseModel) -> None:
         self.create()

@@ -13,18 +13,26 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Context manager installing the handlers; ``requested`` turns True on the first signal."""
+    """Context manager installing the handlers; ``requested`` turns True on the first signal. Nested in an active
+    one (the CLI installs one before its slow start-up, the trainer its own around the loop), it is that one: a
+    signal during start-up is not lost, and the handlers are restored once, by the outer one."""
+
+    _active: StopRequest | None = None  # the installed one (main thread)
 
     def __init__(self) -> None:
         self.requested = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
+        if StopRequest._active is not None:
+            return StopRequest._active
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a napari worker): the caller stops the job another way
                 pass
+        if self._old:
+            StopRequest._active = self
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -32,8 +40,11 @@ class StopRequest:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
+        if StopRequest._active is not self:
+            return  # nested in the active one, or never installed
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        StopRequest._active = None
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dinocell_core.config import check_resume_changes, config_to_dict, read_yaml
+from dinocell_core.config import check_resume_changes, config_to_dict
 from dinocell_core.device import resolve_device
-from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
 from dinocell_core.runs.records import validation_record
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
@@ -176,8 +176,9 @@ def _modality(channel: str | None) -> str:
         return "other"
 
 
-def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
-    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths.
+def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path, allow_config_change: bool = False) -> list[Path]:
+    """Train (or resume) every channel of ``cfg`` in ``run_dir``; returns the exported bundle paths. A resume must
+    keep the checkpoint's config unless ``allow_config_change`` (recorded in the run's config_history.jsonl).
 
     The run's writer lock is held throughout; a refused start (run busy, resume with a changed config) raises
     before anything in the run directory is written."""
@@ -187,10 +188,10 @@ def run_decoder_training(cfg: DecoderConfig, run_dir: str | Path) -> list[Path]:
         ckpts = CheckpointManager(run.checkpoints_dir, keep_last=cfg.train.keep_last)
         latest = ckpts.resume_point()
         if latest is not None:  # the same check as pretraining: the checkpoint was trained with the old values
-            if run.exists():
-                check_resume_changes(read_yaml(run.config_path), cfg, run.config_path, RESUMABLE_CHANGES)
-            else:
-                check_resume_changes(read_state_config(latest), cfg, latest, RESUMABLE_CHANGES)
+            old, source = run.resume_config(latest)
+            changes = check_resume_changes(old, cfg, source, RESUMABLE_CHANGES, allow_config_change)
+            if changes:
+                run.record_config_changes(changes, latest)
         run.write_config(cfg)
         return _run(cfg, run, ckpts, None if latest is None else load_state(latest))
 

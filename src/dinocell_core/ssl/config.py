@@ -266,10 +266,6 @@ class TrainSection(StrictModel):
     def total_steps(self) -> int:
         return max(1, round(self.epochs * self.steps_per_epoch))
 
-
-class EvalSection(ReadoutSettings, ScoreSettings):
-    """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
-    and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
     @model_validator(mode="after")
     def _length(self) -> "TrainSection":
         if self.epochs * self.steps_per_epoch > MAX_TOTAL_STEPS:
@@ -277,6 +273,10 @@ class EvalSection(ReadoutSettings, ScoreSettings):
                              f"{MAX_TOTAL_STEPS:,} a run may have")
         return self
 
+
+class EvalSection(ReadoutSettings, ScoreSettings):
+    """The ``eval:`` section: every ``every`` steps (0 = off) the teacher embeds held-out plates into well profiles
+    and the CPJUMP1 copairs benchmark scores them; ``eval_fraction_retrieved`` and ``eval_mean_map`` go to
     metrics.jsonl (see :mod:`dinocell_core.ssl.evaluation`). The read-out keys (``channels``, ``tokens``, ``tile``,
     ``batch_size``) and the scoring keys (``normalize``, ``null_size``) are ``profile embed``'s and ``profile
     evaluate``'s own fields and defaults (:mod:`dinocell_core.profiling.settings`); ``channels`` left out is the
@@ -343,5 +343,6 @@ RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.checkpoint_every"
                      *(f"eval.{k}" for k in EvalSection.model_fields))
 
 
-def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path) -> None:
-    check_resume_changes(old, new, config_path, RESUMABLE_CHANGES)
+def check_resume_config(old: dict[str, Any], new: PretrainConfig, config_path: str | Path,
+                        allow_all: bool = False) -> dict[str, list[Any]]:
+    return check_resume_changes(old, new, config_path, RESUMABLE_CHANGES, allow_all)

@@ -28,7 +28,7 @@ from dinocell_core.backbones.vit import PRETRAIN_FORMAT
 from dinocell_core.config import ConfigError, config_to_dict
 from dinocell_core.device import resolve_device
 from dinocell_core.errors import DinocellError
-from dinocell_core.io.checkpoint import CheckpointManager, load_state, read_state_config
+from dinocell_core.io.checkpoint import CheckpointManager, load_state
 from dinocell_core.runs.distributed import (
     DistInfo,
     all_reduce_,
@@ -310,15 +310,20 @@ class Trainer:
 
 # ------------------------------------------------------------------------------------------------------ run
 
-def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str]) -> None:
-    """Train (or resume) in ``run_dir``; under torchrun every rank calls this (rank 0 writes the run files)."""
+def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str], allow_config_change: bool = False) -> None:
+    """Train (or resume) in ``run_dir``; under torchrun every rank calls this (rank 0 writes the run files).
+
+    ``allow_config_change``: resume although the config differs from the checkpoint's (the user's explicit
+    ``--allow-config-change``; the changes are recorded in the run). A stop requested before the first step (the
+    CLI installs its :class:`StopRequest` first thing) ends the run "stopped" without a step."""
     device_hint = "cuda" if cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist_info = init_distributed(device_hint)
     run = RunDir(run_dir)
     lock = run.lock()
     try:
-        resume_path = _preflight(cfg, run, dist_info, lock)  # a refusal leaves the run's files and state alone
+        # a refusal leaves the run's files and state alone
+        resume_path = _preflight(cfg, run, dist_info, lock, allow_config_change)
         try:
             _run(cfg, run, dist_info, resume_path)
         except BaseException as exc:
@@ -334,9 +339,11 @@ def run_pretraining(cfg: PretrainConfig, run_dir: str | os.PathLike[str]) -> Non
         shutdown()
 
 
-def _preflight(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, lock: Any) -> Path | None:
+def _preflight(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, lock: Any,
+               allow_config_change: bool = False) -> Path | None:
     """Rank 0 takes the run's writer lock, removes temp files a killed writer left, and checks a resume against
-    the run's config (config.yaml, else the one stored in the checkpoint); every rank learns the verdict."""
+    the config stored in the checkpoint (config.yaml may have been edited; :meth:`RunDir.resume_config`), recording
+    changes the user explicitly allowed; every rank learns the verdict."""
     error: BaseException | None = None
     resume_path = None
     if dist_info.is_main:
@@ -346,12 +353,11 @@ def _preflight(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, lock: Any)
             ckpts = CheckpointManager(run.checkpoints_dir)
             resume_path = ckpts.resume_point()
             if resume_path is not None:
-                from dinocell_core.config import read_yaml
-
-                if run.exists():
-                    check_resume_config(read_yaml(run.config_path), cfg, run.config_path)
-                else:
-                    check_resume_config(read_state_config(resume_path), cfg, resume_path)
+                old, source = run.resume_config(resume_path)
+                changes = check_resume_config(old, cfg, source, allow_config_change)
+                if changes:
+                    run.record_config_changes(changes, resume_path)
+                    log.warning("resuming with config changes the user allowed: %s", ", ".join(sorted(changes)))
         except DinocellError as exc:
             error = exc
     verdict = broadcast_from_main(None if error is None else f"{type(error).__name__}: {error}")
@@ -414,10 +420,13 @@ def _run(cfg: PretrainConfig, run: RunDir, dist_info: DistInfo, resume_path: Pat
     last_ckpt: Path | None = resume_path
     n_failed = counters[1]
     try:
-        with StopRequest() as stop:
-            with stop_signals_blocked():  # DataLoader workers start here: they must outlive a process-group TERM
-                it = iter(loader)
-            while step < total:
+        with StopRequest() as stop:  # the CLI's, when it installed one first (a stop during start-up is in it)
+            # a stop during start-up (any rank): no step, no worker started, the last checkpoint stays
+            stopped = bool(all_reduce_(torch.tensor(float(stop.requested), device=device), "max").item())
+            if not stopped:
+                with stop_signals_blocked():  # DataLoader workers start here: they must outlive a process-group TERM
+                    it = iter(loader)
+            while step < total and not stopped:
                 t_wait = time.perf_counter()
                 batch = next(it)
                 window["wait"] += time.perf_counter() - t_wait
