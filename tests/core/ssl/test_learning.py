@@ -120,6 +120,7 @@ def mean_of(runs: list[Judged], figure: str) -> float:
     return float(np.mean([getattr(r, figure) for r in runs]))
 
 
+@pytest.mark.timeout(2400)  # 3 seeds × (a pretraining run + 13 held-out read-outs): ~5 min on 2 idle cores
 def test_pretraining_learns_and_beats_random_vits(nuisance_roots, tmp_path, capsys):
     train_root, held_out = nuisance_roots
     ho = held_out_set(held_out)
