@@ -34,6 +34,7 @@ HOLD = "import sys, time; from dinocell_core.runs.rundir import RunLock; RunLock
        "print('held', flush=True); time.sleep(600)"
 
 
+@pytest.mark.slow
 def test_lock_names_the_holder_and_a_killed_holder_frees_it(tmp_path):
     run = RunDir(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdout=subprocess.PIPE, text=True,
@@ -55,6 +56,7 @@ def test_lock_names_the_holder_and_a_killed_holder_frees_it(tmp_path):
     assert run.holder() is None
 
 
+@pytest.mark.slow
 def test_second_trainer_on_a_running_run_is_refused(fixture_root, tmp_path):
     run = tmp_path / "run"
     ov = tiny_overrides(fixture_root, 6, **{"train.epochs": 100, "train.checkpoint_every": 2})
@@ -89,6 +91,7 @@ def _wait_metrics(run: RunDir, proc: subprocess.Popen, lines: int, timeout: floa
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_process_group_sigterm_with_dataloader_workers_stops_cleanly(fixture_root, tmp_path):
     """What Slurm/scancel/systemd/Ctrl-C do: TERM to every process of the group, DataLoader workers included."""
     run = RunDir(tmp_path / "run")
@@ -103,6 +106,7 @@ def test_process_group_sigterm_with_dataloader_workers_stops_cleanly(fixture_roo
     assert load_state(Path(status["last_checkpoint"]))["step"] == status["step"] >= 2
 
 
+@pytest.mark.slow
 def test_process_group_sigterm_under_torchrun_exits_0_stopped(fixture_root, tmp_path, monkeypatch):
     """TERM to torchrun's whole group (agent, 2 ranks, their DataLoader workers): checkpoint, "stopped", exit 0."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -119,6 +123,7 @@ def test_process_group_sigterm_under_torchrun_exits_0_stopped(fixture_root, tmp_
     assert "stopped by SIGTERM with a checkpoint" in run.console_path.read_text()
 
 
+@pytest.mark.slow
 def test_killed_before_first_checkpoint_does_not_duplicate_metrics(fixture_root, tmp_path):
     run = tmp_path / "run"
     ov = tiny_overrides(fixture_root, 10, **{"train.checkpoint_every": 1000})
@@ -134,6 +139,7 @@ def test_killed_before_first_checkpoint_does_not_duplicate_metrics(fixture_root,
     assert not orphan.exists()
 
 
+@pytest.mark.slow
 def test_failed_reads_and_budget_survive_a_resume(tmp_path):
     root = make_jump_fixture(tmp_path / "fx", plates=1, wells=2, sites=2, size=64, seed=3, edge_cases=False).root
     bad = sorted(root.rglob("Images/*-ch1sk1*.tiff"))[0]
@@ -149,6 +155,7 @@ def test_failed_reads_and_budget_survive_a_resume(tmp_path):
     assert load_state(CheckpointManager(part / "checkpoints").latest())["data_counters"][0][1] == a[8]["failed_reads"]
 
 
+@pytest.mark.slow
 def test_resume_without_config_yaml_checks_the_checkpoint_and_a_refusal_changes_nothing(fixture_root, tmp_path):
     run = RunDir(tmp_path / "run")
     run_pretraining(tiny_config(fixture_root, 4), run.path)
@@ -160,6 +167,7 @@ def test_resume_without_config_yaml_checks_the_checkpoint_and_a_refusal_changes_
     assert run.read_status()["state"] == "finished" and not run.config_path.exists()
 
 
+@pytest.mark.slow
 def test_decoder_resume_checks_its_config_and_a_refusal_changes_nothing(tmp_path):
     from dinocell_core.config import load_config
     from dinocell_core.seg.config import DecoderConfig
@@ -181,6 +189,7 @@ def test_decoder_resume_checks_its_config_and_a_refusal_changes_nothing(tmp_path
     assert run.read_status()["state"] == "finished"
 
 
+@pytest.mark.slow
 def test_checkpoints_that_all_fail_to_verify_refuse_a_restart_from_zero(fixture_root, tmp_path):
     """E.g. files written before the digest covered metadata, or all corrupted: never silently start over."""
     run = RunDir(tmp_path / "run")
