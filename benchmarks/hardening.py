@@ -1,10 +1,12 @@
-"""Costs of the shared-cluster safeguards: run lock, full-file digest, silent-endpoint timeout, stop latency.
+"""Costs of the shared-cluster safeguards, and the hostile-input cases tried / held.
 
-    python benchmarks/hardening.py [--state-mb 200] [--timeout 1 --attempts 3]
+    python benchmarks/hardening.py [--state-mb 200] [--timeout 1 --attempts 3] [--cases-only | --no-cases]
 
 Prints: lock acquire/probe time; checkpoint save and verified-load throughput (the digest covers metadata and
 tensors); seconds until a TCP endpoint that never answers ends in a StorageError; seconds from a process-group
-SIGTERM to a checkpointed "stopped" exit of a tiny CPU pretraining run with 2 DataLoader workers.
+SIGTERM to a checkpointed "stopped" exit of a tiny CPU pretraining run with 2 DataLoader workers. Then the table of
+issue 25's hostile cases: every test marked ``hostile(row, case)`` in the hostile test modules is run (pytest) and
+each case is printed with its row, surface, the variants tried and how many held.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+#: one module per surface (labels, profiling, plate, bundles, configs, resume)
+HOSTILE_MODULES = {
+    "labels": "tests/core/labels/test_hostile.py",
+    "profiling": "tests/core/profiling/test_hostile.py",
+    "plate": "tests/core/seg/test_hostile_plate.py",
+    "bundles": "tests/core/seg/test_hostile_bundles.py",
+    "configs": "tests/core/test_hostile_configs.py",
+    "resume": "tests/core/ssl/test_hostile_resume.py",
+}
 
 
 def bench_lock(tmp: Path, n: int = 200) -> None:
@@ -106,18 +117,79 @@ def bench_stop(tmp: Path) -> None:
           f"in {time.perf_counter() - t0:.2f} s")
 
 
+class _Cases:
+    """pytest plugin: the outcome of every test marked ``hostile``, by (row, surface, case)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, tuple[int, str, str]] = {}
+        self.outcomes: dict[str, bool] = {}
+
+    def pytest_collection_modifyitems(self, items: list) -> None:
+        surfaces = {str(REPO / path): name for name, path in HOSTILE_MODULES.items()}
+        for item in items:
+            mark = item.get_closest_marker("hostile")
+            if mark is not None:
+                self.marks[item.nodeid] = (int(mark.kwargs["row"]), surfaces.get(str(item.path), "?"),
+                                           str(mark.kwargs["case"]))
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.nodeid in self.marks and (report.when == "call" or report.failed or report.skipped):
+            self.outcomes[report.nodeid] = self.outcomes.get(report.nodeid, True) and report.passed
+
+    def table(self) -> list[tuple[int, str, str, int, int]]:
+        """(row, surface, case, variants tried, variants held), in row order."""
+        cases: dict[tuple[int, str, str], list[bool]] = {}
+        for nodeid, key in self.marks.items():
+            cases.setdefault(key, []).append(self.outcomes.get(nodeid, False))
+        return [(*key, len(v), sum(v)) for key, v in sorted(cases.items())]
+
+
+def bench_cases() -> bool:
+    """Run the hostile test modules and print the cases tried / held; True when every case held."""
+    import contextlib
+    import io
+
+    import pytest
+
+    os.chdir(REPO)
+    sys.path.insert(0, str(REPO))
+    cases = _Cases()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        pytest.main(["-q", "-p", "no:cacheprovider", "-m", "hostile", *HOSTILE_MODULES.values()], plugins=[cases])
+    rows = cases.table()
+    print(f"hostile cases (issue 25), {time.perf_counter() - t0:.0f} s:")
+    width = max((len(r[2]) for r in rows), default=4)
+    print(f"{'row':>3}  {'surface':<9}  {'case':<{width}}  tried  held")
+    for row, surface, case, tried, held in rows:
+        verdict = "yes" if held == tried else f"NO ({held}/{tried})"
+        print(f"{row:>3}  {surface:<9}  {case:<{width}}  {tried:>5}  {verdict}")
+    n_held = sum(held == tried for *_, tried, held in rows)
+    missing = sorted(set(range(1, 19)) - {r[0] for r in rows})
+    print(f"{n_held} of {len(rows)} cases held ({sum(r[3] for r in rows)} variants) over rows "
+          f"{min(r[0] for r in rows)}–{max(r[0] for r in rows)}" + (f"; rows without a case: {missing}" if missing
+                                                                    else "; every row has a case"))
+    return n_held == len(rows) and not missing
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--state-mb", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=1.0)
     ap.add_argument("--attempts", type=int, default=3)
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--cases-only", action="store_true", help="only the table of hostile cases")
+    which.add_argument("--no-cases", action="store_true", help="only the costs")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        bench_lock(tmp)
-        bench_digest(tmp, args.state_mb)
-        bench_tarpit(args.timeout, args.attempts)
-        bench_stop(tmp)
+    if not args.cases_only:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            bench_lock(tmp)
+            bench_digest(tmp, args.state_mb)
+            bench_tarpit(args.timeout, args.attempts)
+            bench_stop(tmp)
+    if not args.no_cases and not bench_cases():
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The plugin's notifications (napari toasts): each message once, not once per dock that saw the same event.
+"""The plugin's notifications (napari toasts): each event once, not once per dock that saw it.
 
 Two docks that follow the same run (the Runs table and the training form that launched it) see its failure in the
-same poll and would each raise the same toast; a job error is also shown by the job runner. A message identical to
-one shown less than :data:`REPEAT_S` seconds ago is not shown again.
+same poll and would each raise the same toast. A notification given an ``event`` key (e.g. the run, its state and
+the status time it was read from) is shown only the first time that key comes within :data:`REPEAT_S` seconds;
+without a key every call shows (two jobs failing alike are two events).
 
 napari's collapsed toast gives its one-line message 2 px less than the font's height, which cuts off the
 descenders: every underscore vanishes, and ``BR00116991_A01_s3_DNA_labels.tiff`` reads as if it had spaces. The toasts
@@ -12,7 +13,7 @@ shown here get the height their line needs (:func:`keep_underscores`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from napari.utils.notifications import show_error as _show_error
 from napari.utils.notifications import show_info as _show_info
@@ -20,16 +21,18 @@ from napari.utils.notifications import show_warning as _show_warning
 
 #: seconds during which the same message is not shown again
 REPEAT_S = 10.0
-_shown: dict[tuple[str, str], float] = {}  # (severity, message) → when it was last shown
+_shown: dict[Hashable, float] = {}  # event key → when it was shown
 
 
-def _first_time(severity: str, message: str) -> bool:
+def _first_time(event: Hashable | None) -> bool:
+    if event is None:
+        return True
     now = time.monotonic()
     for key in [k for k, t in _shown.items() if now - t >= REPEAT_S]:
         del _shown[key]
-    if (severity, message) in _shown:
+    if event in _shown:
         return False
-    _shown[(severity, message)] = now
+    _shown[event] = now
     return True
 
 
@@ -55,16 +58,16 @@ def _after(show: Callable[[str], None], message: str) -> None:
     keep_underscores()
 
 
-def show_error(message: str) -> None:
-    if _first_time("error", message):
+def show_error(message: str, event: Hashable | None = None) -> None:
+    if _first_time(event):
         _after(_show_error, message)
 
 
-def show_warning(message: str) -> None:
-    if _first_time("warning", message):
+def show_warning(message: str, event: Hashable | None = None) -> None:
+    if _first_time(event):
         _after(_show_warning, message)
 
 
-def show_info(message: str) -> None:
-    if _first_time("info", message):
+def show_info(message: str, event: Hashable | None = None) -> None:
+    if _first_time(event):
         _after(_show_info, message)

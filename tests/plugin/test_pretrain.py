@@ -72,7 +72,7 @@ def test_form_keys_defaults_and_validation_messages(make_napari_viewer, tmp_path
     assert widget.defaults_combo.currentText() == "pretrain_vits8_jump.yaml"
     assert widget.editors["model.patch_size"].get() == 8
     assert widget.editors["data.channel_mode"].get() == "fluorescent_mean"
-    assert widget.editors["data.second_view"].get() == "same_field"
+    assert widget.editors["data.second_view"].get() == "same_well"  # the recipe chosen by measurement
     assert widget.editors["train.epochs"].get() == 80
     assert widget.editors["train.epochs"].widget.text() == "80"  # not "80.0"
     assert widget.editors["optim.lr"].widget.text() not in ("", "0")  # small floats keep their precision

@@ -70,11 +70,12 @@ def test_profiles_widget_map_table_and_click(make_napari_viewer, qtbot, embedded
 
 
 @pytest.mark.gui
-def test_umap_choice_greyed_out_without_umap_learn(make_napari_viewer, monkeypatch):
+def test_umap_choice_greyed_out_without_umap_learn(make_napari_viewer, qtbot, monkeypatch):
     import napari_dinocell.widgets.profiles as profiles
 
     monkeypatch.setattr(profiles, "umap_available", lambda: False)
     widget = profiles.ProfilesWidget(make_napari_viewer())
+    qtbot.waitUntil(lambda: widget.ready, timeout=30000)  # the choices come with the projection module
     item = widget.method.model().item(1)
     assert not item.isEnabled() and "needs umap-learn" in item.text()
     assert "pip install" in item.toolTip() and "[umap]" in widget.method.toolTip()
@@ -86,6 +87,7 @@ def test_profiles_widget_umap_map(make_napari_viewer, qtbot, embedded):
     pytest.importorskip("umap")
     _, table = embedded
     _, widget = make_napari_viewer().window.add_plugin_dock_widget("dinocell", "Profiles")
+    qtbot.waitUntil(lambda: widget.ready, timeout=30000)
     assert widget.method.model().item(1).isEnabled()
     widget.method.setCurrentText("UMAP")
     widget.profiles.setText(str(table))

@@ -16,8 +16,8 @@ import tifffile
 
 from dinocell_core.seg.bundle import load_bundle, save_bundle
 from dinocell_core.seg.inference import Segmenter
-from napari_dinocell.sample_data import sample_field
 from napari_dinocell.jobs.segment import threshold_job
+from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
 
 

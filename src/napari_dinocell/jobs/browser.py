@@ -9,7 +9,6 @@ import numpy as np
 
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import Field
-from dinocell_core.jump.preprocess import Preprocessor, read_field
 from dinocell_core.labels.store import LabelRow, LabelStore, field_key
 
 if TYPE_CHECKING:
@@ -30,6 +29,8 @@ class FieldLabels:
 
 def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np.ndarray, np.ndarray | None]:
     """Read all 8 channels of a field (and the mean of the normalised fluorescent channels if asked)."""
+    from dinocell_core.jump.preprocess import Preprocessor, read_field
+
     stack = read_field(root, field, ALL_CHANNELS)
     mean = None
     if fluor_mean:

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dinocell_core.seg.bundle import BundleInfo
+if TYPE_CHECKING:
+    from dinocell_core.seg.bundle import BundleInfo
 
 
 @dataclass

@@ -40,6 +40,12 @@ class RunPoll:
         return next((info for infos in self.runs.values() for info in infos if info.path == path), None)
 
 
+def run_ended(info: RunInfo) -> tuple[str, str, str, float]:
+    """The key of one run's end as a poll read it: every dock that sees the same end reports it once
+    (:mod:`napari_dinocell.notify`)."""
+    return ("run ended", str(info.path), info.state, float(info.updated_at or 0.0))
+
+
 def read_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of a text file ("" if it is not there)."""
     if not path.is_file():

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 
-from dinocell_core.seg.bundle import load_bundle
-from dinocell_core.seg.distance import compact_labels
 from napari_dinocell.jobs.runner import Progress
 
 if TYPE_CHECKING:
@@ -49,6 +47,7 @@ def segment_job(
 
     The model is released (GPU memory freed) after each task, also when cancelled or failed.
     """
+    from dinocell_core.seg.bundle import load_bundle
     from dinocell_core.seg.inference import Segmenter
 
     warm_first_labels_layer()
@@ -78,7 +77,20 @@ def segment_job(
 
 def threshold_job(segmenter: Segmenter, distance: np.ndarray, peak: float, fill: float, min_size: int) -> np.ndarray:
     """Labels from a distance map exactly as ``dinocell-core segment`` writes them."""
+    from dinocell_core.seg.distance import compact_labels
+
     return compact_labels(segmenter.labels(distance, peak_threshold=peak, fill_threshold=fill, min_size=min_size))
+
+
+def warm_segmentation() -> None:
+    """The imports a first segmentation needs (torch, the model code, scipy/scikit-image for the labels) and
+    napari's first-Labels-layer work, done in a worker when the Segment dock opens: neither the dock's opening nor
+    the first Segment click pays them."""
+    import dinocell_core.seg.bundle  # noqa: F401
+    import dinocell_core.seg.distance  # noqa: F401
+    import dinocell_core.seg.inference  # noqa: F401
+
+    warm_first_labels_layer()
 
 
 def warm_first_labels_layer() -> None:

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinocell_core.seg.distance import compact_labels
 from napari_dinocell.jobs.runner import Progress
 
 #: what Save writes: the labels TIFF, the per-object table, or both
@@ -52,6 +51,7 @@ def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, ste
     import tifffile
 
     from dinocell_core.io.fsutil import atomic_path
+    from dinocell_core.seg.distance import compact_labels
     from dinocell_core.seg.measure import measure_objects
 
     written = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import WorkerBase
 
-from dinocell_core.backbones.pca import FeaturePCA
 from napari_dinocell.jobs.features import features_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layer_meta import SOURCE_LAYER
@@ -32,6 +31,9 @@ from napari_dinocell.notify import show_error, show_warning
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import LayerCombo, PathEdit, scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
+
+if TYPE_CHECKING:
+    from dinocell_core.backbones.pca import FeaturePCA
 
 FROM_CHECKPOINT = "from checkpoint"
 ARCHS = (FROM_CHECKPOINT, "vit_small", "vit_base", "vit_large", "vit_test")

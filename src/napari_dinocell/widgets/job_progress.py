@@ -1,7 +1,10 @@
 """A job's progress inside its own dock: bar, "done/total · elapsed · ETA" and a Cancel button.
 
 napari's own progress bars sit in the collapsed activity panel and cost a repaint of the whole window per update;
-this view redraws one small bar, only on the (throttled, see :mod:`napari_dinocell.jobs.runner`) status updates.
+this view redraws one small bar, at most :data:`REPAINT_MS` apart whatever the rate of the (already throttled, see
+:mod:`napari_dinocell.jobs.runner`) status updates, and never animates: an indeterminate ("busy") bar repaints
+itself continuously, and with napari's OpenGL canvas in the same window every repaint recomposes the whole window
+(on software OpenGL that GUI-thread work slowed a segmentation several-fold).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -19,6 +23,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dinocell.status import JobState, JobStatus, format_duration
+
+#: least time between two repaints of the bar and its text while a job runs
+REPAINT_MS = 400
 
 
 class JobProgress(QWidget):
@@ -43,12 +50,21 @@ class JobProgress(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
         layout.addWidget(self.detail)
-        status.events.done.connect(self._update)
-        status.events.total.connect(self._update)
-        status.events.state.connect(self._update)
+        self._timer = QTimer(self)  # coalesces progress counts into one repaint per REPAINT_MS
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REPAINT_MS)
+        self._timer.timeout.connect(self._update)
+        status.events.done.connect(self._counted)
+        status.events.total.connect(self._counted)
+        status.events.state.connect(self._update)  # start and end: at once
         self._update()
 
+    def _counted(self, *_: Any) -> None:
+        if not self._timer.isActive():
+            self._timer.start()
+
     def _update(self, *_: Any) -> None:
+        self._timer.stop()
         s = self.status
         busy = s.busy
         self.cancel_btn.setEnabled(busy)
@@ -56,7 +72,7 @@ class JobProgress(QWidget):
             self.bar.setRange(0, s.total)
             self.bar.setValue(min(s.done, s.total))
         else:
-            self.bar.setRange(0, 0 if busy else 1)  # busy without a count: an indeterminate bar
+            self.bar.setRange(0, 1)  # busy without a count yet: an empty bar (an indeterminate one animates)
             self.bar.setValue(0)
         if busy and s.total > 0:
             eta = format_duration(s.eta_s)
@@ -73,4 +89,6 @@ class JobProgress(QWidget):
 
     @property
     def detail_text(self) -> str:
+        if self._timer.isActive():  # a count not shown yet
+            self._update()
         return self.detail.text()

@@ -2,16 +2,16 @@
 each perturbation's mAP and q-value, and a click on a well to open one of its fields in the JUMP browser.
 
 Reading, normalising, the copairs benchmark and the projection run in a worker
-(:func:`napari_dinocell.jobs.profiles.well_map_job`); the widget only draws.
+(:func:`napari_dinocell.jobs.profiles.well_map_job`); the widget only draws. Its heavy imports (pandas through the
+projection module, matplotlib) are done in a worker too: the dock opens at once, and the projection choices and
+the map appear when they are loaded (a "Load profiles" asked for meanwhile starts then).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -27,22 +27,32 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import WorkerBase
 
-from dinocell_core.profiling.evaluate import EvalSettings
 from dinocell_core.profiling.normalize import NEGCON_FLAG, NORMALIZATIONS
-from dinocell_core.profiling.projection import METHODS, UMAP_MISSING, WellMap, umap_available
-from dinocell_core.profiling.settings import QUICK_NULL_SIZE
+from dinocell_core.profiling.settings import QUICK_NULL_SIZE, EvalSettings
 from dinocell_core.profiling.table import readout_text
+from napari_dinocell.jobs.imports import import_modules
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit, scroll_layout
 
+if TYPE_CHECKING:
+    from dinocell_core.profiling.projection import WellMap
+
+#: imported in a worker when the dock opens (pandas, matplotlib)
+HEAVY_MODULES = ("dinocell_core.profiling.projection", "matplotlib.figure", "matplotlib.backends.backend_qtagg")
 COLOR_BY = ("retrieval", "perturbation", "plate")
 TABLE_COLUMNS = ("Perturbation", "mAP", "q-value", "Retrieved")
 PICK_RADIUS_PX = 8.0
 #: rows the table shows without scrolling (the dock scrolls as a whole when it is taller than the window)
 TABLE_ROWS = 8
+
+
+def umap_available() -> bool:
+    from dinocell_core.profiling.projection import umap_available as available
+
+    return available()
 
 
 def point_colors(wm: WellMap, by: str, pert_col: str, plate_col: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -88,14 +98,7 @@ class ProfilesWidget(QWidget):
         self.images = PathEdit("optional: CPJUMP1 root, to open a clicked well in the JUMP browser", "dir")
         self.normalize = QComboBox()
         self.normalize.addItems(list(NORMALIZATIONS))
-        self.method = QComboBox()
-        self.method.addItems(list(METHODS))
-        if not umap_available():  # listed but greyed out, saying what to install
-            umap_item = self.method.model().item(1)
-            umap_item.setEnabled(False)
-            umap_item.setText("UMAP (needs umap-learn)")
-            umap_item.setToolTip(UMAP_MISSING)
-            self.method.setToolTip(UMAP_MISSING)
+        self.method = QComboBox()  # filled once the projection module is loaded
         self.null_size = QSpinBox()
         self.null_size.setRange(100, 1_000_000)
         self.null_size.setSingleStep(1000)
@@ -111,11 +114,13 @@ class ProfilesWidget(QWidget):
         self.message.setWordWrap(True)
         self.status.events.message.connect(lambda text: self.message.setText(str(text)))
 
-        self.figure = Figure(figsize=(4, 3.2), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(240)
-        self.ax = self.figure.add_subplot(111)
-        self.canvas.mpl_connect("button_press_event", self._on_click)
+        self._figure: Any = None  # built once matplotlib is loaded (see _build)
+        self._canvas: Any = None
+        self._ax: Any = None
+        self._methods: tuple[str, ...] = ()
+        self._compute_when_ready = False
+        self._placeholder = QLabel("loading…")
+        self._placeholder.setMinimumHeight(240)
         self._scatter: Any = None
         self._picked: int | None = None  # the well clicked last, ringed on the map
         self._ring: Any = None
@@ -143,9 +148,65 @@ class ProfilesWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.message)
-        layout.addWidget(self.canvas, 3)
+        layout.addWidget(self._placeholder, 3)
         layout.addWidget(self.table, 2)
+        self._layout = layout
         self._update_enabled()
+        start_job(import_modules, HEAVY_MODULES, status=JobStatus(), title="Loading the Profiles dock",
+                  on_returned=lambda _: self._build(), show_progress=False)
+
+    # ------------------------------------------------------------------------------------------- set-up
+    @property
+    def ready(self) -> bool:
+        """The projection choices and the map's canvas are there (their modules loaded)."""
+        return self._canvas is not None
+
+    # asked for before the worker has loaded their modules, the map's objects are built right away
+    @property
+    def figure(self) -> Any:
+        self._build()
+        return self._figure
+
+    @property
+    def canvas(self) -> Any:
+        self._build()
+        return self._canvas
+
+    @property
+    def ax(self) -> Any:
+        self._build()
+        return self._ax
+
+    def _build(self) -> None:
+        if self._canvas is not None:
+            return
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        from dinocell_core.profiling.projection import METHODS, UMAP_MISSING
+
+        try:
+            self._methods = tuple(METHODS)
+            self.method.addItems(list(METHODS))
+            if not umap_available():  # listed but greyed out, saying what to install
+                umap_item = self.method.model().item(1)
+                umap_item.setEnabled(False)
+                umap_item.setText("UMAP (needs umap-learn)")
+                umap_item.setToolTip(UMAP_MISSING)
+                self.method.setToolTip(UMAP_MISSING)
+            self._figure = Figure(figsize=(4, 3.2), tight_layout=True)
+            self._canvas = FigureCanvasQTAgg(self._figure)
+            self._canvas.setMinimumHeight(240)
+            self._ax = self._figure.add_subplot(111)
+            self._canvas.mpl_connect("button_press_event", self._on_click)
+            self._layout.replaceWidget(self._placeholder, self._canvas)
+            self._placeholder.deleteLater()
+        except RuntimeError:  # the dock was closed before its modules were loaded
+            return
+        self._update_enabled()
+        if self._compute_when_ready:
+            self._compute_when_ready = False
+            self.compute()
 
     # ------------------------------------------------------------------------------------------- compute
     def compute(self) -> None:
@@ -153,9 +214,14 @@ class ProfilesWidget(QWidget):
         if not path:
             show_error("choose a well-profile table first")
             return
+        if not self.ready:  # starts as soon as the dock has loaded its modules
+            self._compute_when_ready = True
+            self.message.setText("loading…")
+            return
         self.readout.setText(readout_text(path))
         self.worker = start_job(well_map_job, path, self.evaluation.text() or None, self.normalize.currentText(),
-                                self.null_size.value(), METHODS[self.method.currentIndex()], status=self.status,
+                                self.null_size.value(), self._methods[self.method.currentIndex()],
+                                status=self.status,
                                 title="Profiles", on_returned=self._show, on_finished=self._finished)
         self._update_enabled()
 
@@ -176,11 +242,13 @@ class ProfilesWidget(QWidget):
         self._update_enabled()
 
     def _update_enabled(self) -> None:
-        self.run_btn.setEnabled(self.worker is None)
+        self.run_btn.setEnabled(self.worker is None and self._canvas is not None)
         self.cancel_btn.setEnabled(self.worker is not None)
 
     # ------------------------------------------------------------------------------------------- drawing
     def draw(self) -> None:
+        if not self.ready:
+            return
         self.ax.clear()
         wm = self.map
         if wm is None:

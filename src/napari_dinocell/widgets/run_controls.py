@@ -10,7 +10,7 @@ here, not only in the Runs widget.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -37,7 +37,7 @@ from dinocell_core.runs.launch import (
 )
 from dinocell_core.runs.rundir import RunDir
 from napari_dinocell.jobs.run_watcher import shared_watcher
-from napari_dinocell.jobs.runs import RunPoll
+from napari_dinocell.jobs.runs import RunPoll, run_ended
 from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.widgets.value_editor import ValueEditor
 
@@ -204,15 +204,16 @@ class RunControls(QWidget):
             key = (str(run), float(info.updated_at or 0.0))
             if key not in self._reported:
                 self._reported.add(key)
-                self.error(f"run {run.name} {info.state}: {info.error or 'the job process is gone'}")
+                self.error(f"run {run.name} {info.state}: {info.error or 'the job process is gone'}",
+                           event=run_ended(info))
         if info.state not in ("running", "queued", "unknown"):
             self.watcher.unwatch(self)
 
     # ------------------------------------------------------------------ messages
-    def error(self, text: str) -> None:
+    def error(self, text: str, event: Hashable | None = None) -> None:
         self.message.setStyleSheet("color: #ff6b6b;")
         self.message.setText(text)
-        show_error(text)
+        show_error(text, event=event)
 
     def info(self, text: str) -> None:
         self.message.setStyleSheet("")

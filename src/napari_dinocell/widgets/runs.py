@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 from dinocell_core.runs.launch import LaunchError, resume_run, stop_run
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo
 from napari_dinocell.jobs.run_watcher import shared_watcher
-from napari_dinocell.jobs.runs import RunDetails, RunPoll
+from napari_dinocell.jobs.runs import RunDetails, RunPoll, run_ended
 from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.widgets.common import remember, remembered, scroll_layout
 from napari_dinocell.widgets.run_plot import RunPlot
@@ -195,7 +195,8 @@ class RunsWidget(QWidget):
         for info in rows:
             before = self._states.get(info.path)
             if before is not None and before != info.state and info.state in ("failed", "lost"):
-                show_error(f"run {info.name} {info.state}: {info.error or 'the job process is gone'}")
+                show_error(f"run {info.name} {info.state}: {info.error or 'the job process is gone'}",
+                           event=run_ended(info))
             self._states[info.path] = info.state
 
     def _fill_table(self, rows: list[RunInfo]) -> None:

@@ -247,7 +247,10 @@ def test_bad_weights_are_refused(tmp_path):
             return (print, ("pwned",))
 
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"cls_token": Evil()}))
+    evil.write_bytes(pickle.dumps({"cls_token": Evil()}))  # a bare pickle: refused before anything is read
+    with pytest.raises(WeightsError, match="not a PyTorch zip archive"):
+        load_backbone("vit_test", 8, weights=evil)
+    torch.save({"cls_token": Evil()}, evil)  # the same object inside a real torch.save archive
     with pytest.raises(WeightsError, match="tensors-only"):
         load_backbone("vit_test", 8, weights=evil)
     with pytest.raises(ValueError, match="unknown backbone arch"):

@@ -23,9 +23,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabe
 from superqt.utils import WorkerBase
 
 from dinocell_core.jump.channels import CHANNELS
-from dinocell_core.seg.bundle import BundleInfo
 from napari_dinocell.jobs.runner import start_job
-from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job
+from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job, warm_segmentation
 from napari_dinocell.jobs.segment_disk import BatchResult, SaveWhat, save_job, segment_fields_job
 from napari_dinocell.layer_meta import CHANNEL, FIELD, JUMP_ROOT, PLATE, PLATE_FOLDER, WELL
 from napari_dinocell.layers import STALE, is_result
@@ -41,6 +40,8 @@ from napari_dinocell.widgets.segment.thresholds import Thresholds
 
 if TYPE_CHECKING:
     import napari
+
+    from dinocell_core.seg.bundle import BundleInfo
 
 #: how long the sliders must rest before a re-threshold starts
 DEBOUNCE_MS = 60
@@ -78,6 +79,8 @@ class SegmentWidget(QWidget):
         self.status.events.state.connect(lambda _: self._update_enabled())
         self.save_status.events.message.connect(lambda text: self.message.setText(str(text)))
         self._update_enabled()
+        # torch, the model code and napari's first-Labels work load in the background: the dock opens at once
+        start_job(warm_segmentation, status=JobStatus(), title="Preparing segmentation", show_progress=False)
 
     def _add_run_controls(self) -> None:
         """How to run the model (tile, device), what to show, the Segment buttons and the job's progress."""

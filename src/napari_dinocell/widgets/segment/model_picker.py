@@ -13,7 +13,6 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
-from dinocell_core.seg.bundle import BundleInfo
 from napari_dinocell.jobs.models import ModelListing, scan_models_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layers import is_result
@@ -23,6 +22,8 @@ from napari_dinocell.widgets.segment.images import layer_channel, n_channels
 
 if TYPE_CHECKING:
     import napari
+
+    from dinocell_core.seg.bundle import BundleInfo
 
 WARN_STYLE = "color: #ffb347;"
 
