@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from dinocell_core.labels.settings import METHODS, CellProfilerParams, LabelSettings
+from dinocell_core.measure.names import FEATURE_SETS
 
 #: options of ``jump label`` that are no settings field: what to read and write, and the machine's share (workers)
-LABEL_RUN_OPTIONS = frozenset({"root", "output", "from_dir", "param", "endpoint_url", "workers", "help"})
+LABEL_RUN_OPTIONS = frozenset({"root", "output", "from_dir", "param", "endpoint_url", "workers", "measure", "help"})
 
 
 def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
@@ -30,6 +32,9 @@ def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
                     default=CellProfilerParams.model_fields["illumination"].default,
                     help="skip illumination correction (no Illum*.npy files)")
     jl.add_argument("--endpoint-url", default=None, help="S3 endpoint of an s3:// ROOT (mirror or test server)")
+    jl.add_argument("--measure", choices=FEATURE_SETS, default=None,
+                    help="then measure every labelled field's cells (minimal: 17 per object; full: CellProfiler's "
+                         "measurements by cp-measure) into LABELS/measurements/<set>/<plate folder>/<well>_sSS.parquet")
     jl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     jl.add_argument("--qc-fields", type=int, default=LabelSettings.model_fields["qc_fields"].default,
                     help="fields on the contact sheet (0: none)")
@@ -63,6 +68,10 @@ def _jump_label(args: argparse.Namespace) -> int:
     params = parse_params([*args.param, *([] if args.illumination else ["illumination=false"])])
     if args.method == "import" and (args.param or not args.illumination):
         raise ValueError("--param and --no-illum apply to --method cellprofiler only")
+    if args.measure is not None:
+        from dinocell_core.measure.cells import check_features
+
+        check_features(args.measure)  # a missing cp-measure is said before any field is labelled
     with tqdm(unit="field", desc=f"label ({args.method})") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -72,6 +81,23 @@ def _jump_label(args: argparse.Namespace) -> int:
                              workers=args.workers, qc_fields=args.qc_fields, seed=args.seed, progress=progress,
                              endpoint_url=args.endpoint_url)
     print(summary.text())
+    if args.measure is not None:
+        from dinocell_core.labels.measure import MEASUREMENTS_DIR, measure_store
+        from dinocell_core.labels.run import source_storage, tree_fields
+
+        storage = source_storage(args.root, args.endpoint_url)
+        fields, _ = tree_fields(args.root, storage)
+        with tqdm(unit="field", desc=f"measure ({args.measure})") as bar:
+            def measured(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            written, kept, failed = measure_store(args.output, args.root, fields, args.measure, storage=storage,
+                                                  progress=measured)
+        print(f"measured {written} field(s) ({kept} already measured) into "
+              f"{Path(args.output) / MEASUREMENTS_DIR / args.measure}")
+        for line in failed:
+            print(f"not measured: {line}", file=sys.stderr)
     print(f"labels store: {args.output}")
     return 0
 

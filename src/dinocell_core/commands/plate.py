@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinocell_core.measure.names import FEATURE_SETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     sp = subparsers.add_parser(
@@ -15,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "as TIFF and per-cell measurements with CellProfiler column names (Metadata_Plate, "
                     "Metadata_Well, Metadata_Site, ObjectNumber, Cells_AreaShape_Area, "
                     "Cells_Intensity_MeanIntensity_DNA, Cells_Parent_Nuclei, Nuclei_*) as Parquet, one file per "
-                    "finished plate. Run it again to resume after a kill.")
+                    "finished plate; intensities on CellProfiler's 0–1 scale (uint16 ÷ 65535). Run it again to "
+                    "resume after a kill.")
     sp.add_argument("models", type=Path, help="models folder (bundles; see `models list`)")
     sp.add_argument("root", help="CPJUMP1 folder, s3:// prefix or load_data CSV")
     sp.add_argument("-o", "--output", type=Path, required=True, help="output folder (resumes when it exists)")
@@ -25,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     sp.add_argument("--batch-size", type=int, default=8, help="tiles per network call (lower on OOM)")
     sp.add_argument("--max-fields", type=int, default=None, help="stop after this many fields (resume later)")
+    sp.add_argument("--features", choices=FEATURE_SETS, default=FEATURE_SETS[0],
+                    help="minimal: 17 per object (area/shape, centre, 5 intensities per channel); full: CellProfiler's "
+                         "measurements by cp-measure (shape, Zernike, Feret, intensity, texture, granularity, radial "
+                         "distribution per channel, correlation per channel pair; pip install 'dinocell[measure]')")
     sp.set_defaults(handler=_segment_plate)
 
 
@@ -34,7 +41,7 @@ def _segment_plate(args: argparse.Namespace) -> int:
     from dinocell_core.seg.plate import PlateRun
 
     run = PlateRun(args.models, args.root, args.output, plates=args.plates, device=args.device,
-                   batch_size=args.batch_size, cells_channel=args.cells_channel)
+                   batch_size=args.batch_size, cells_channel=args.cells_channel, features=args.features)
     for obj, b in run.models.items():
         print(f"{obj:<7} {b.name} ({b.channel}) thresholds {b.metadata.get('thresholds')}")
     with tqdm(desc="segment-plate", unit="field") as bar:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinocell_core.measure.names import FEATURE_SETS
 from dinocell_core.profiling.settings import (
     AGGREGATIONS,
     BORDERS,
@@ -104,7 +105,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="key=value overrides of any embedding setting, e.g. otsu_factor=0.5 norm_percentiles=[1,99]")
     em.add_argument("-o", "--output", type=Path, required=True, help="profile table (.csv, .csv.gz, .parquet)")
     S = EmbedSettings
-    _option(em, S, "backbone", help="baseline | random | official .pth | pretraining run dir | checkpoint | export")
+    _option(em, S, "backbone", help="baseline | random | cellprofiler (CellProfiler's per-cell features of --labels, "
+                                    "median per well) | official .pth | pretraining run dir | checkpoint | export")
+    _option(em, S, "features", choices=FEATURE_SETS,
+            help="--backbone cellprofiler: full (cp-measure: shape, Zernike, Feret, intensity, texture, granularity, "
+                 "radial distribution, correlation; the `measure` extra) or minimal (17 per object)")
     _option(em, S, "arch", help="architecture for random init or an official .pth")
     _option(em, S, "patch_size", type=int)
     _option(em, S, "model_kwargs", help='JSON of extra backbone arguments, e.g. \'{"depth": 2}\'')
@@ -115,7 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _option(em, S, "tokens", choices=TOKENS)
     _option(em, S, "units", choices=UNITS,
             help="tiles: Kim et al.'s 224-px tiles; cells: one crop per object of --labels")
-    _option(em, S, "labels", help="labels store (labels.csv + masks, from `jump label`) for --units cells")
+    _option(em, S, "labels", help="labels store (labels.csv + masks, from `jump label`) for --units cells and "
+                                  "--backbone cellprofiler")
     _option(em, S, "crop", type=int,
             help="cells: crop size in px at native scale (DeepProfiler's CPJUMP1 box: 96 ≈ 57 µm at 20×)")
     _option(em, S, "centre", choices=CENTRES, help="cells: centre each crop on the nucleus or the cell centroid")
@@ -211,9 +217,10 @@ def _embed(args: argparse.Namespace) -> int:
                            progress=not args.quiet)
     n_feat = sum(not str(c).startswith("Metadata_") for c in wells.columns)
     info = json.loads(info_path(args.output).read_text())
-    unit = f", {info['n_units']} {s.units}" if s.units == "cells" else ""
-    print(f"wrote {args.output}: {len(wells)} wells × {n_feat} features from {info['n_fields']} fields{unit}; "
-          f"per field: {args.output}.fields.csv")
+    unit = f", {info['n_units']} cells" if s.units == "cells" or "n_features" in info else ""
+    per_field = f"; per field: {args.output}.fields.csv" if Path(f"{args.output}.fields.csv").is_file() else ""
+    print(f"wrote {args.output}: {len(wells)} wells × {n_feat} features from {info['n_fields']} fields{unit}"
+          f"{per_field}")
     return 0
 
 

@@ -57,12 +57,13 @@ class LabelsError(DinocellError):
 
 class StoreLock(FolderLock):
     """One writer per labels store: ``jump label`` holds it for its whole run (``task="run"``), a saved correction
-    while it writes (``task="save"``). Without it a run's periodic rewrite of labels.csv / qc.csv would silently
+    while it writes (``task="save"``), a measurement pass while it writes its parts (``task="measure"``). Without it a run's periodic rewrite of labels.csv / qc.csv would silently
     drop a correction saved meanwhile. The lock file names the holder's task, so a refusal says who writes and
     what the refused caller can do."""
 
     error = LabelsError
-    TASKS = {"run": "a `jump label` run", "save": "a save of corrected masks"}
+    TASKS = {"run": "a `jump label` run", "save": "a save of corrected masks",
+             "measure": "a `jump label --measure` pass"}
 
     def __init__(self, root: str | os.PathLike[str], task: str = "save") -> None:
         super().__init__(root, STORE_LOCK)
@@ -75,7 +76,7 @@ class StoreLock(FolderLock):
 
     def busy_message(self, holder: dict[str, Any]) -> str:
         who = self.TASKS.get(str(holder.get("task")), "another writer")
-        advice = ("wait for it to finish, or label into another folder" if self.task == "run" else
+        advice = ("wait for it to finish, or label into another folder" if self.task in ("run", "measure") else
                   "nothing was written — save again when it has finished")
         return (f"labels store {self.folder} is being written by pid {holder.get('pid', '?')} on host "
                 f"{holder.get('host', '?')} ({who}; lock {self.path}): {advice}")

@@ -32,7 +32,7 @@ from dinocell_core.io.fsutil import atomic_path, atomic_write_json
 from dinocell_core.jump.channels import FLUORESCENT, channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.cells import CellSource, crop_stack
-from dinocell_core.profiling.settings import BASELINE, EmbedSettings
+from dinocell_core.profiling.settings import BASELINE, CELLPROFILER, EmbedSettings
 from dinocell_core.profiling.table import ProfileError, info_path
 
 DNA = channel_number("DNA")  # ch5 in the CPJUMP1 vocabulary
@@ -88,7 +88,10 @@ class BackboneEmbedder:
 
 
 def make_embedder(s: EmbedSettings) -> TileEmbedder:
-    """The baseline, a random-init backbone (seeded) or the backbone of any weights load_backbone accepts."""
+    """The baseline, a random-init backbone (seeded) or the backbone of any weights load_backbone accepts
+    (``cellprofiler`` embeds no units: :mod:`dinocell_core.profiling.cellprofiler`)."""
+    if s.backbone == CELLPROFILER:
+        raise ProfileError("backbone 'cellprofiler' is no unit embedder; profile embed measures cells instead")
     if s.backbone == BASELINE:
         from dinocell_core.profiling.baseline import BaselineEmbedder
 
@@ -367,6 +370,10 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
     say = report or (lambda msg: print(msg, file=sys.stderr))
     if not fields:
         raise ProfileError(f"no complete fields under {root}")
+    if s.backbone == CELLPROFILER and embedder is None:
+        from dinocell_core.profiling.cellprofiler import cellprofiler_profiles
+
+        return cellprofiler_profiles(root, fields, out, s, metadata, storage, progress, say)
     fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
     cells, unlabelled, notes = None, [], []
     if s.units == "cells":

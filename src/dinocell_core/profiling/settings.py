@@ -18,6 +18,7 @@ from pydantic import field_validator, model_validator
 
 from dinocell_core.config import StrictSettings
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode
+from dinocell_core.measure.names import FEATURE_SETS
 from dinocell_core.profiling.normalize import NORMALIZATIONS
 from dinocell_core.profiling.table import ProfileError
 
@@ -30,6 +31,7 @@ AGGREGATIONS = ("mean", "median")
 EACH = "each"  # every fluorescent channel embedded on its own, the vectors concatenated
 BASELINE = "baseline"  # the hand-crafted statistics (profiling.baseline)
 TEACHER = "teacher"  # the pretraining run's own teacher (the ``eval:`` section)
+CELLPROFILER = "cellprofiler"  # CellProfiler's per-cell features of a labels store, median per well
 
 #: the read-out of a ViT backbone unless ``channels`` says otherwise (random init, official weights, run dirs,
 #: checkpoints, exports, the teacher): each fluorescent channel on its own, CLS vectors concatenated, as Kim et al.
@@ -144,7 +146,8 @@ class ScoreSettings(StrictSettings):
 class EmbedSettings(ReadoutSettings):
     """``profile embed``: images → well profiles (see :mod:`dinocell_core.profiling.embed`)."""
 
-    backbone: str = BASELINE  # "baseline" | "random" | weights (official .pth, run dir, checkpoint, export)
+    backbone: str = BASELINE  # "baseline" | "random" | "cellprofiler" | weights (.pth, run dir, checkpoint, export)
+    features: str = "full"  # cellprofiler: full (cp-measure, the `measure` extra) | minimal (the 17 hand-written)
     arch: str | None = None  # needed for "random" and official .pth; else read from the weights
     patch_size: int = 8
     model_kwargs: dict[str, Any] | None = None  # extra load_backbone arguments (tiny test architectures)
@@ -170,6 +173,11 @@ class EmbedSettings(ReadoutSettings):
                 raise ValueError(f"{key} must be one of {AGGREGATIONS}, got {getattr(self, key)!r}")
         if self.units not in UNITS:
             raise ValueError(f"units must be one of {UNITS}, got {self.units!r}")
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {FEATURE_SETS}, got {self.features!r}")
+        if self.backbone == CELLPROFILER and not self.labels:
+            raise ValueError("backbone 'cellprofiler' measures the cells of a labels store: pass --labels LABELS "
+                             "(made by `jump label`)")
         if self.units == "cells":
             if not self.labels:
                 raise ValueError("units 'cells' needs a labels store (--labels LABELS, made by `jump label`)")

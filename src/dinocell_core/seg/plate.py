@@ -41,7 +41,7 @@ from dinocell_core.seg.bundle import (
     list_bundles,
     read_bundle_metadata,
 )
-from dinocell_core.seg.measure import INTENSITY_FEATURES, measure_cells
+from dinocell_core.measure.cells import RELATION_COLUMNS, check_features, measure_cells, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +159,10 @@ class PlateResult:
     network_s: float = 0.0
 
 
-def columns_for(objects: Sequence[str], channels: Sequence[str]) -> list[str]:
-    """The fixed column order of every part (so all parts of a plate share one Parquet schema); the same order
-    :func:`~dinocell_core.seg.measure.measure_cells` produces."""
-    from dinocell_core.seg.measure import SHAPE_ORDER
-
-    def features(obj: str) -> list[str]:
-        return ([f"{obj}_AreaShape_{n}" for n in SHAPE_ORDER] + [f"{obj}_Location_Center_X", f"{obj}_Location_Center_Y"]
-                + [f"{obj}_Intensity_{feat}_{ch}" for ch in channels for feat in INTENSITY_FEATURES])
-
-    cols = [*METADATA, "ObjectNumber"]
-    if CELLS not in objects:
-        return cols + features(NUCLEI)
-    cols += features(CELLS)
-    if NUCLEI in objects:
-        cols += ["Cells_Parent_Nuclei", "Cells_Children_Nuclei_Count", *features(NUCLEI)]
-    return cols
+def columns_for(objects: Sequence[str], channels: Sequence[str], features: str = "minimal") -> list[str]:
+    """The fixed column order of every part (so all parts of a plate share one Parquet schema): the metadata, then
+    :func:`~dinocell_core.measure.cells.measure_cells`'s columns for ``features``."""
+    return [*METADATA, *table_columns(objects, channels, features)]
 
 
 class PlateRun:
@@ -185,15 +173,18 @@ class PlateRun:
                  device: str = "auto", batch_size: int = 8, cells_channel: str | int | None = None,
                  measure_channels: Sequence[int] = FLUORESCENT, wells: Sequence[str] | None = None,
                  tile_size: int | None = None, thresholds: Mapping[str, Mapping[str, Any]] | None = None,
-                 model_channels: Mapping[str, int] | None = None) -> None:
+                 model_channels: Mapping[str, int] | None = None, features: str = "minimal") -> None:
         """``models_dir`` is a models folder (bundles chosen by channel, :func:`choose_models`) or an explicit
         ``{"Nuclei"/"Cells": bundle path}``. ``wells`` limits the run to those wells (the plate table is written
         once every field of the plate is done, by this run or another into the same folder); ``tile_size``,
         ``thresholds`` (per object: peak/fill/grow/ring/slope/min_size over the bundle's) and ``model_channels``
-        (per object: the channel its model reads, default the bundle's) override the bundles'."""
+        (per object: the channel its model reads, default the bundle's) override the bundles'. ``features``:
+        ``minimal`` (17 per object and channel set) or ``full`` (CellProfiler's by cp-measure, the ``measure``
+        extra; refused here, before any field, when it is not installed)."""
         from dinocell_core.jump.index import load_index
         from dinocell_core.seg.distance import resolve_thresholds
 
+        self.features = check_features(features)
         self.models = (given_models(models_dir) if isinstance(models_dir, Mapping)
                        else choose_models(models_dir, cells_channel))
         self.root = str(root)
@@ -232,7 +223,7 @@ class PlateRun:
         self.overrides = overrides
         self.thresholds = {obj: resolve_thresholds(b.metadata.get("thresholds") or {}, **overrides.get(obj, {}))
                            for obj, b in self.models.items()}
-        self.columns = columns_for(list(self.models), self.channels)
+        self.columns = columns_for(list(self.models), self.channels, self.features)
         self.result: PlateResult | None = None
 
     def manifest(self) -> dict[str, Any]:
@@ -248,6 +239,7 @@ class PlateRun:
                 entry["tile_size"] = self.tile_size
             models[obj] = entry
         return {"root": self.root, "columns": len(self.columns), "measure_channels": self.channels,
+                "features": self.features,
                 "models": models, "tree": tree_identity(self.root, self.plate_fields)}
 
     def _check_manifest(self) -> None:
@@ -267,8 +259,9 @@ class PlateRun:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
             raise PlateError(f"{path}: unreadable ({exc}); use another output folder") from None
-        if old.get("models") != mine["models"] or old.get("measure_channels") != mine["measure_channels"]:
-            raise PlateError(f"{self.layout.root}: written by another run (models or channels differ, see "
+        if (old.get("models") != mine["models"] or old.get("measure_channels") != mine["measure_channels"]
+                or old.get("features", "minimal") != mine["features"]):
+            raise PlateError(f"{self.layout.root}: written by another run (models, channels or features differ, see "
                              f"{MANIFEST}); use another output folder")
         tree = old.get("tree") if isinstance(old.get("tree"), dict) else {}
         theirs = str(tree.get("root") or _canonical_root(str(old.get("root", ""))))
@@ -398,7 +391,8 @@ class PlateRun:
             with atomic_path(self.layout.labels(f, obj)) as tmp:
                 tifffile.imwrite(tmp, compact_labels(lab), compression="zlib")
         table = measure_cells(labels.get(CELLS), labels.get(NUCLEI),
-                              {CHANNELS[c]: images[c] for c in self.measure_channels if c in images})
+                              {CHANNELS[c]: images[c] for c in self.measure_channels if c in images},
+                              self.features)
         table.insert(0, "Metadata_SK", np.int64(f.sk))
         table.insert(0, "Metadata_PlateFolder", f.plate_folder)
         table.insert(0, "Metadata_Site", np.int64(f.site))
@@ -407,8 +401,8 @@ class PlateRun:
         table = table.reindex(columns=self.columns)  # a channel a field lacks: NaN columns, same schema
         for c in table.columns:
             if c not in ("Metadata_Plate", "Metadata_Well", "Metadata_PlateFolder"):
-                kind = "int64" if c in ("Metadata_Site", "Metadata_SK", "ObjectNumber", "Cells_Parent_Nuclei",
-                                        "Cells_Children_Nuclei_Count") else "float64"
+                ints = ("Metadata_Site", "Metadata_SK", "ObjectNumber", *RELATION_COLUMNS)
+                kind = "int64" if c in ints else "float64"
                 table[c] = table[c].astype(kind)
         with atomic_path(self.layout.part(f)) as tmp:
             table.to_parquet(tmp, index=False)

@@ -23,7 +23,7 @@ SaveWhat = Literal["labels", "measurements", "both"]
 
 def units_note(intensity: np.ndarray | None) -> dict[str, str]:
     """What the table's numbers mean (stored in the Parquet file's metadata under ``dinocell_units``)."""
-    from dinocell_core.seg.measure import intensity_scale
+    from dinocell_core.measure.minimal import intensity_scale
 
     note = {"AreaShape": "pixels (areas in px², lengths in px, Orientation in degrees)",
             "Location": "pixels, x = column and y = row of the image"}
@@ -36,13 +36,14 @@ def units_note(intensity: np.ndarray | None) -> dict[str, str]:
 
 def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, stem: str,
              constants: Mapping[str, Any], what: SaveWhat, channel: str = "image",
-             objects: str = "Cells") -> list[Path]:
+             objects: str = "Cells", features: str = "minimal") -> list[Path]:
     """Write the labels TIFF and/or the per-object Parquet table of one field (atomically).
 
-    The table has ``segment-plate``'s columns (:func:`dinocell_core.seg.measure.measure_objects`: ``ObjectNumber``,
-    ``<objects>_AreaShape_*``, ``<objects>_Location_Center_X/Y``, ``<objects>_Intensity_*_<channel>``; ``objects``
-    "Nuclei" for a DNA layer, as segment-plate names them) after the ``Metadata_*`` constants, and is Parquet like
-    segment-plate's, so a table exported here and one from the CLI aggregate alike. What the numbers mean
+    The table has ``segment-plate``'s columns for ``features`` (:func:`dinocell_core.measure.cells.measure_one`:
+    ``ObjectNumber``, ``<objects>_AreaShape_*``, ``<objects>_Location_Center_X/Y``, ``<objects>_Intensity_*_<channel>``
+    and, with ``full``, CellProfiler's texture, granularity, radial distribution and Zernike features by cp-measure;
+    ``objects`` "Nuclei" for a DNA layer, as segment-plate names them) after the ``Metadata_*`` constants, and is
+    Parquet like segment-plate's, so a table exported here and one from the CLI aggregate alike. What the numbers mean
     (:func:`units_note`: intensities ÷ the type's maximum) is in the file's metadata, ``dinocell_units``."""
     import json
 
@@ -52,8 +53,10 @@ def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, ste
 
     from dinocell_core.io.fsutil import atomic_path
     from dinocell_core.seg.distance import compact_labels
-    from dinocell_core.seg.measure import measure_objects
+    from dinocell_core.measure.cells import check_features, measure_one
 
+    if what in ("measurements", "both"):
+        check_features(features)  # cp-measure missing: said before anything is written
     written = []
     if what in ("labels", "both"):
         path = folder / f"{stem}_labels.tiff"
@@ -62,7 +65,7 @@ def save_job(labels: np.ndarray, intensity: np.ndarray | None, folder: Path, ste
         written.append(path)
     if what in ("measurements", "both"):
         path = folder / f"{stem}_objects.parquet"
-        table = measure_objects(labels, None if intensity is None else {channel: intensity}, prefix=objects)
+        table = measure_one(labels, None if intensity is None else {channel: intensity}, objects, features)
         for i, (key, value) in enumerate(constants.items()):
             table.insert(i, key, value)
         arrow = pa.Table.from_pandas(table, preserve_index=False)

@@ -1,5 +1,6 @@
-"""Per-object measurements with CellProfiler's column names, so pycytominer's ``aggregate`` / ``normalize`` read
-DINOCell tables as they read CellProfiler's.
+"""The ``minimal`` feature set: 10 AreaShape, the centre and 5 Intensity features per object with CellProfiler's
+column names, hand-written so they need no extra package (they equal cp-measure's to ≤ 1e-13; the ``full`` set is
+cp-measure's own, :mod:`dinocell_core.measure.cpmeasure`), and pycytominer reads them as it reads CellProfiler's.
 
 Naming: ``<Object>_AreaShape_<Feature>``, ``<Object>_Intensity_<Feature>_<Channel>``,
 ``<Object>_Location_Center_X``; one row per object with ``ObjectNumber`` = its label id. Intensities are
@@ -116,41 +117,3 @@ def measure_objects(labels: np.ndarray, images: Mapping[str, np.ndarray] | None 
             cols[f"{prefix}_Intensity_{feat}_{channel}"] = values
     return pd.DataFrame(cols)
 
-
-def parent_of(children: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every parent object (ids ascending): the child (e.g. nucleus) it contains — the one with the most
-    pixels inside it, 0 if none — and how many children overlap it."""
-    p_ids = np.unique(parents)
-    p_ids = p_ids[p_ids != 0]
-    best = np.zeros(p_ids.size, np.int64)
-    n_children = np.zeros(p_ids.size, np.int64)
-    both = (parents > 0) & (children > 0)
-    if not p_ids.size or not both.any():
-        return best, n_children
-    pairs = np.stack([np.searchsorted(p_ids, parents[both]), children[both].astype(np.int64)], 1)
-    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-    n_children[:] = np.bincount(uniq[:, 0], minlength=p_ids.size)
-    order = np.lexsort((-counts, uniq[:, 0]))  # by parent, most-overlapping child first
-    first = np.unique(uniq[order, 0], return_index=True)[1]
-    best[uniq[order[first], 0]] = uniq[order[first], 1]
-    return best, n_children
-
-
-def measure_cells(cells: np.ndarray | None, nuclei: np.ndarray | None,
-                  images: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """The per-cell table of one field: ``Cells_*`` features, ``Cells_Parent_Nuclei`` (the nucleus each cell
-    contains, 0 if none), ``Cells_Children_Nuclei_Count`` and that nucleus's ``Nuclei_*`` features in the same row
-    (NaN when a cell has none) — the merged single-cell layout pycytominer aggregates. With nuclei only, one row
-    per nucleus."""
-    if cells is None and nuclei is None:
-        raise ValueError("measure_cells needs cell labels, nucleus labels or both")
-    if cells is None:
-        return measure_objects(nuclei, images, "Nuclei")
-    table = measure_objects(cells, images, "Cells")
-    if nuclei is None:
-        return table
-    parent, n_children = parent_of(nuclei, cells)
-    table["Cells_Parent_Nuclei"] = parent
-    table["Cells_Children_Nuclei_Count"] = n_children
-    nuc = measure_objects(nuclei, images, "Nuclei").rename(columns={"ObjectNumber": "Cells_Parent_Nuclei"})
-    return table.merge(nuc, on="Cells_Parent_Nuclei", how="left")

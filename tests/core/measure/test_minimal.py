@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from skimage.measure import regionprops_table
 
-from dinocell_core.seg.measure import measure_cells, measure_objects, parent_of
+from dinocell_core.measure.cells import measure_cells, parent_of
+from dinocell_core.measure.minimal import measure_objects
 from dinocell_core.synthetic.fixture import make_field
 
 
