@@ -175,3 +175,31 @@ def test_explicit_model_one_well_overrides_and_a_cancelled_iterator(plate, tmp_p
     assert len(pd.read_parquet(res.tables[0]).groupby(["Metadata_Well", "Metadata_Site"])) == len(fields)
     with pytest.raises(PlateError, match="'Nuclei' and/or 'Cells'"):
         PlateRun({"Cytoplasm": bundle}, root, out)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_full_features_write_cellprofiler_columns_and_pin_the_folder(plate, tmp_path) -> None:
+    """``--features full``: every part has cp-measure's columns under CellProfiler's names (the schema fixed before
+    any field), and a folder written with one feature set refuses the other."""
+    pytest.importorskip("cp_measure")
+    from dinocell_core.seg.plate import PlateRun, columns_for
+
+    root, models = plate
+    bundle = models / "tiny-DNA.safetensors"
+
+    def make(features: str) -> PlateRun:
+        return PlateRun({"Nuclei": bundle}, root, tmp_path / "out", device="cpu", batch_size=2, tile_size=64,
+                        thresholds={"Nuclei": {"min_size": 2}}, measure_channels=[1, 5], features=features)
+
+    run = make("full")
+    res = run.run(max_fields=1)
+    assert res.done == 1 and not res.failed
+    part = pd.read_parquet(PlateLayout(tmp_path / "out").part(run.fields[0]))
+    assert list(part.columns) == columns_for(["Nuclei"], ["Mito", "DNA"], "full") == run.columns
+    for col in ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "ObjectNumber", "Nuclei_AreaShape_Area",
+                "Nuclei_AreaShape_Zernike_2_0", "Nuclei_Texture_AngularSecondMoment_DNA_3_00_256",
+                "Nuclei_Granularity_1_Mito", "Nuclei_RadialDistribution_FracAtD_DNA_1of4",
+                "Nuclei_Correlation_Pearson_Mito_DNA", "Nuclei_Intensity_MeanIntensity_Mito"):
+        assert col in part.columns, col
+    with pytest.raises(PlateError, match="features differ"):
+        make("minimal").run(max_fields=1)
