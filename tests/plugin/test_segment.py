@@ -291,6 +291,16 @@ def test_save_labels_measurements_and_edit_warning(make_napari_viewer, qtbot, mo
     qtbot.waitUntil(lambda: not np.array_equal(labels.data, edited), timeout=10_000)
     assert not widget.overwrite_btn.isVisibleTo(widget)
 
+    # "full": CellProfiler's measurements by cp-measure, the minimal columns among them with the same areas
+    pytest.importorskip("cp_measure")
+    widget.export.features.setCurrentText("full")
+    stamp = table.stat().st_mtime_ns
+    widget.export.export_btn.click()
+    qtbot.waitUntil(lambda: table.stat().st_mtime_ns != stamp, timeout=30_000)
+    full = pd.read_parquet(table)
+    assert "Nuclei_Texture_AngularSecondMoment_DNA_3_00_256" in full and "Nuclei_Granularity_1_DNA" in full
+    assert set(frame.columns) <= set(full.columns)
+
 
 def test_cancel_and_model_file_errors(make_napari_viewer, qtbot, models_dir, notifications, tmp_path):
     viewer = make_napari_viewer()

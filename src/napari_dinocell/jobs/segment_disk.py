@@ -86,17 +86,17 @@ class BatchResult:
 
 def segment_fields_job(root: str, plate_folder: str, well: str | None, channel: int, bundle_path: Path,
                        device: str, tile_size: int | None, peak: float, fill: float, min_size: int,
-                       folder: Path) -> Generator[Progress, None, BatchResult]:
+                       folder: Path, features: str = "minimal") -> Generator[Progress, None, BatchResult]:
     """Every field of ``plate_folder`` (only ``well`` if given) through ``segment-plate`` into ``folder``: the
-    bundle segments ``channel`` as nuclei (DNA) or cells (any other channel) with the widget's thresholds; fields
-    already done there are skipped."""
+    bundle segments ``channel`` as nuclei (DNA) or cells (any other channel) with the widget's thresholds and
+    measures ``features`` (minimal | full); fields already done there are skipped."""
     from dinocell_core.jump.channels import channel_number
     from dinocell_core.seg.plate import CELLS, NUCLEI, PlateRun
 
     obj = NUCLEI if channel == channel_number("DNA") else CELLS
     run = PlateRun({obj: bundle_path}, root, folder, plates=[plate_folder], wells=[well] if well else None,
                    device=device, tile_size=tile_size, model_channels={obj: channel},
-                   thresholds={obj: {"peak": peak, "fill": fill, "min_size": min_size}})
+                   thresholds={obj: {"peak": peak, "fill": fill, "min_size": min_size}}, features=features)
     for step in run.iter_run():
         text = f"{step.field}: tile {step.tile}/{step.tiles}" if step.tiles else f"{step.done}/{step.total} fields"
         yield Progress(step.done, step.total, text)

@@ -203,7 +203,7 @@ class SegmentWidget(QWidget):
         self.worker = start_job(
             segment_fields_job, meta[JUMP_ROOT], meta[PLATE_FOLDER], well, layer_channel(layer), Path(info.path),
             self.device.currentText(), self._tile_size(), *self.thresholds.values(),
-            Path(self.export.folder.text()).expanduser(), status=self.status,
+            Path(self.export.folder.text()).expanduser(), self.export.features.currentText(), status=self.status,
             title=f"Segmenting {meta.get(PLATE)} {well or ''}", on_returned=done, on_finished=self._job_finished)
         self._update_enabled()
 
@@ -290,7 +290,8 @@ class SegmentWidget(QWidget):
 
         channel = CHANNELS.get(source.metadata.get(CHANNEL), source.name.removesuffix(STALE))
         start_job(save_job, labels, intensity, Path(folder).expanduser(), result_stem(source), constants, what,
-                  channel, object_name(source, info), status=self.save_status, title="Saving", on_returned=done)
+                  channel, object_name(source, info), self.export.features.currentText(), status=self.save_status,
+                  title="Saving", on_returned=done)
 
     def _update_enabled(self) -> None:
         busy = self.worker is not None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from dinocell_core.jump.channels import channel_number
 from napari_dinocell.layer_meta import PLATE, SITE, WELL
@@ -73,6 +73,11 @@ class ResultsExport(QWidget):
                                    "shape (px), centre (px), intensities ÷ the image type's maximum (0–1, as "
                                    "CellProfiler), like segment-plate's tables")
         self.export_btn.clicked.connect(lambda: self.save_requested.emit("measurements"))
+        self.features = QComboBox()
+        self.features.addItems(["minimal", "full"])
+        self.features.setToolTip("measurements of Export and of the well/plate runs: minimal (17 per object) or full "
+                                 "(CellProfiler's by cp-measure: + texture, granularity, radial distribution, "
+                                 "Zernike, Feret; pip install 'dinocell[measure]')")
         self.well_btn = QPushButton("Segment this well → disk")
         self.plate_btn = QPushButton("Segment this plate → disk")
         for btn, scope in ((self.well_btn, "well"), (self.plate_btn, "plate")):
@@ -83,6 +88,7 @@ class ResultsExport(QWidget):
         save_row = QHBoxLayout()
         save_row.addWidget(self.save_btn)
         save_row.addWidget(self.export_btn)
+        save_row.addWidget(self.features)
         batch_row = QHBoxLayout()
         batch_row.addWidget(self.well_btn)
         batch_row.addWidget(self.plate_btn)
