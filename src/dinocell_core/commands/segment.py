@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Segment images of any size (tiled, blended, bounded memory); writes "
                                            "<name>_labels.tiff (and <name>_distance.tiff with --save-distance).")
     sg.add_argument("model", type=Path, help="model bundle (.safetensors)")
-    sg.add_argument("inputs", nargs="+", type=Path, help="image files (TIFF, PNG, ...)")
+    sg.add_argument("inputs", nargs="+", type=Path,
+                    help="image files (TIFF, PNG, ...); for a multichannel model (e.g. DNA+RNA) CPJUMP1 field files "
+                         "(any channel of each field: the files of the channels it reads are found beside them)")
     sg.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     sg.add_argument("--channel", type=int, default=None, help="channel index of multichannel images")
     sg.add_argument("--tile-size", type=_positive_int, default=None, help="default: the bundle's")
@@ -224,8 +226,15 @@ def _segment(args: argparse.Namespace) -> int:
     from dinocell_core.io.images import read_image
     from dinocell_core.seg.inference import Segmenter
 
-    stems = output_stems(list(args.inputs), args.output)  # collisions refused before the model is even loaded
-    check_outputs(list(args.inputs), stems, args.save_distance, args.overwrite)
+    from dinocell_core.seg.bundle import read_bundle_metadata
+    from dinocell_core.seg.config import bundle_channels
+
+    channels = bundle_channels(read_bundle_metadata(args.model))
+    fields = field_files(list(args.inputs), channels, args.model) if len(channels) > 1 else None
+    inputs = list(fields) if fields is not None else list(args.inputs)
+    stems = output_stems(inputs, args.output)  # collisions refused before the model is even loaded
+    check_outputs(inputs if fields is None else [q for fs in fields.values() for q in fs], stems, args.save_distance,
+                  args.overwrite)
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
                     batch_size=args.batch_size, channel=args.channel)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -245,9 +254,10 @@ def _segment(args: argparse.Namespace) -> int:
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as post:
-            for path in args.inputs:
+            for path in inputs:
                 try:  # one failed or unusable image does not stop a batch
-                    dist = _distance(seg, read_image(path), str(path))
+                    image = read_image(path) if fields is None else [read_image(q) for q in fields[path]]
+                    dist = _distance(seg, image, str(path))
                 except Exception as exc:  # noqa: BLE001 - reported per image, counted in the exit code
                     print(f"{path}: skipped: {_one_line(exc)}", file=sys.stderr)
                     failed.append(path)
@@ -258,9 +268,33 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         seg.release()
     if failed:
-        print(f"{len(failed)} of {len(args.inputs)} inputs could not be segmented (see above)", file=sys.stderr)
+        print(f"{len(failed)} of {len(inputs)} inputs could not be segmented (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def field_files(inputs: list[Path], channels: list[str], model: Path) -> dict[Path, list[Path]]:
+    """CPJUMP1 field files → {the field's file of the model's first channel: its files of every channel the model
+    reads, in the model's order}; each field once however many of its files are given. Refused before any work:
+    a file that is not a CPJUMP1 image name, or a field whose file of a channel the model reads is missing."""
+    from dinocell_core.errors import DinocellError
+    from dinocell_core.jump.channels import channel_number
+    from dinocell_core.jump.index import parse_file_name
+
+    out: dict[Path, list[Path]] = {}
+    for p in inputs:
+        parts = parse_file_name(p.name)
+        if parts is None:
+            raise DinocellError(f"{p}: model {model.name} reads {'+'.join(channels)}; give CPJUMP1 field files "
+                                "(rNNcNNfNNpNN-chN...tiff), whose other channels' files are found beside them")
+        files = [p.with_name(f"r{parts.row:02d}c{parts.col:02d}f{parts.site:02d}p{parts.plane:02d}-"
+                             f"ch{channel_number(c)}sk{parts.sk}fk{parts.fk}fl{parts.fl}.tiff") for c in channels]
+        for c, q in zip(channels, files):
+            if not q.is_file():
+                raise DinocellError(f"{p}: its field has no {c} file {q.name} in {q.parent} (model {model.name} "
+                                    f"reads {'+'.join(channels)})")
+        out.setdefault(files[0], files)
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -270,7 +304,7 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, DinocellError) else f"{type(exc).__name__}: {text}"
 
 
-def _distance(seg: Segmenter, image: np.ndarray, name: str) -> np.ndarray:
+def _distance(seg: Segmenter, image: np.ndarray | list[np.ndarray], name: str) -> np.ndarray:
     """The network pass over all tiles of one image, with a progress bar."""
     import numpy as np
     from tqdm import tqdm

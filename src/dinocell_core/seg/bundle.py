@@ -25,6 +25,7 @@ from dinocell_core.backbones.archs import (
     decoder_params,
 )
 from dinocell_core.errors import DinocellError
+from dinocell_core.seg.config import MAX_MODEL_CHANNELS, bundle_channels
 from dinocell_core.io.checkpoint import (
     CheckpointError,
     load_tensors,
@@ -69,6 +70,11 @@ class Bundle:
         return str(self.metadata["name"])
 
     @property
+    def channels(self) -> list[str]:
+        """The channels the model reads, in its input order (one for bundles from before multichannel models)."""
+        return bundle_channels(self.metadata)
+
+    @property
     def channel(self) -> str:
         return str(self.metadata["channel"])
 
@@ -83,9 +89,10 @@ class Bundle:
 
         bb_meta, dec = check_architecture(self.path, self.metadata)
         backbone = load_backbone(bb_meta["arch"], patch_size=int(bb_meta["patch_size"]), weights=None,
-                                 source=str(self.path), **(bb_meta.get("kwargs") or {}))
+                                 source=str(self.path), in_chans=int(bb_meta.get("in_chans", 3)),
+                                 **(bb_meta.get("kwargs") or {}))
         model = DistanceDecoder(backbone, layers=dec["layers"], width=int(dec["width"]),
-                                stem_width=int(dec["stem_width"]))
+                                stem_width=int(dec["stem_width"]), in_channels=len(self.channels))
         try:
             model.load_state_dict(restore_aliases(self.state_dict, self.metadata.get("aliases", {})), strict=True)
         except RuntimeError as exc:
@@ -144,9 +151,12 @@ def check_architecture(p: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], d
     bb, dec = meta.get("backbone"), meta.get("decoder")
     if not isinstance(bb, dict):
         raise BundleError(f"{p}: backbone must be a mapping, got {type(bb).__name__}")
-    if bb.get("in_chans", 3) != 3:  # decoders are single-channel (seg.decoder): no bundle holds a stack backbone
-        raise BundleError(f"{p}: backbone.in_chans {bb.get('in_chans')!r} is not supported; segmentation bundles "
-                          "hold a 3-plane (single-channel input) backbone")
+    planes, n_in = bb.get("in_chans", 3), len(bundle_channels(meta))
+    if planes not in (3, 5) or isinstance(planes, bool):
+        raise BundleError(f"{p}: backbone.in_chans {planes!r} is not supported (3, or 5 for a fluorescent_stack "
+                          "backbone)")
+    if n_in > planes or (n_in == 1 and planes != 3):  # seg.decoder: channels fill the planes, one channel needs 3
+        raise BundleError(f"{p}: a model reading {n_in} channel(s) cannot hold a {planes}-plane backbone")
     try:
         spec = check_backbone(bb.get("arch"), bb.get("patch_size"), bb.get("kwargs"), str(p))
         if meta.get("tile_size", bb["patch_size"]) % bb["patch_size"]:
@@ -173,6 +183,11 @@ def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
         raise BundleError(f"{p}: name must be a non-empty text, got {meta['name']!r}")
     if isinstance(meta["channel"], bool) or not isinstance(meta["channel"], (str, int)):
         raise BundleError(f"{p}: channel must be a channel name or number, got {meta['channel']!r}")
+    chans = meta.get("channels")
+    if chans is not None and (not isinstance(chans, list) or not 1 <= len(chans) <= MAX_MODEL_CHANNELS
+                              or not all(isinstance(c, str) and c.strip() for c in chans)
+                              or len(set(chans)) != len(chans)):
+        raise BundleError(f"{p}: channels must list 1–{MAX_MODEL_CHANNELS} distinct channel names, got {chans!r}")
     _check_run_settings(p, meta)
     _check_preprocessing(p, meta["preprocessing"])
     return meta
@@ -266,8 +281,9 @@ def expected_tensors(p: Path, meta: dict[str, Any]) -> dict[str, tuple[str, tupl
     bb, dec = check_architecture(p, meta)
     with torch.device("meta"):
         model = DistanceDecoder(load_backbone(bb["arch"], patch_size=int(bb["patch_size"]), weights=None,
-                                              **(bb.get("kwargs") or {})),
-                                layers=dec["layers"], width=int(dec["width"]), stem_width=int(dec["stem_width"]))
+                                              in_chans=int(bb.get("in_chans", 3)), **(bb.get("kwargs") or {})),
+                                layers=dec["layers"], width=int(dec["width"]), stem_width=int(dec["stem_width"]),
+                                in_channels=len(bundle_channels(meta)))
     return {k: (_ST_DTYPES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items()}
 
 
@@ -323,8 +339,8 @@ def _channel_key(channel: str | int) -> str:
 
 def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = None,
                  include_broken: bool = False) -> list[BundleInfo]:
-    """Bundles in ``folder`` (sorted by name), optionally only those for ``channel`` (a JUMP name/number or any
-    modality label such as ``phase``). Files that are not usable bundles (truncated, foreign, edited) are skipped
+    """Bundles in ``folder`` (sorted by name), optionally only those reading ``channel`` (a JUMP name/number or any
+    modality label such as ``phase``; a multichannel bundle is listed under each channel it reads). Files that are not usable bundles (truncated, foreign, edited) are skipped
     with a log message, or listed with ``problem`` set when ``include_broken``."""
     root = Path(folder)
     if not root.is_dir():
@@ -339,7 +355,7 @@ def list_bundles(folder: str | os.PathLike[str], channel: str | int | None = Non
             if include_broken and channel is None:
                 out.append(BundleInfo(p.stem, "?", p, {}, problem=str(exc)))
             continue
-        if want is not None and _channel_key(meta["channel"]) != want:
+        if want is not None and want not in {_channel_key(c) for c in bundle_channels(meta)}:
             continue
         out.append(BundleInfo(str(meta["name"]), str(meta["channel"]), p, meta))
     return sorted(out, key=lambda b: (b.name, str(b.path)))

@@ -10,9 +10,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field as PField
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from dinocell_core.config import StrictModel
+
+#: most channels one model reads: the input planes of a fluorescent_stack backbone (an RGB backbone takes 3)
+MAX_MODEL_CHANNELS = 5
+#: label sources a decoder may train on, in the order a field's masks are preferred (the labels store's SOURCES)
+LABEL_SOURCES = ("corrected", "imported", "auto")
 
 DEFAULT_PEAK_THRESHOLD = 0.47
 DEFAULT_FILL_THRESHOLD = 0.09
@@ -37,25 +42,83 @@ class SegDataConfig(StrictModel):
     path: str
     images_dir: str | None = None  # livecell: image folder; default: found next to the JSON or in images/...
     channel: str | int | None = None  # jump: channel name/number; others: index into a multichannel image
+    channels: list[str] | None = None  # jump: several channels one model reads, in this order (e.g. [DNA, RNA])
     labels: str | None = None  # jump: labels store (default: the tree's ground_truth/ store, as the fixture writes)
     corrected_only: bool = False  # jump: train only on fields a person corrected (else corrected come first)
+    label_sources: list[Literal["corrected", "imported", "auto"]] | None = None  # jump: only masks of these sources
     max_images: int | None = PField(None, ge=1)
     low: float = PField(1.0, ge=0, lt=100)
     high: float = PField(99.8, gt=0, le=100)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else check_model_channels(v, "data.channels")
 
     @model_validator(mode="after")
     def _check(self) -> "SegDataConfig":
         if self.low >= self.high:
             raise ValueError("low percentile must be below high")
-        if self.format == "jump" and self.channel is None:
-            raise ValueError("format 'jump' needs channel (e.g. DNA, Mito, brightfield)")
+        if self.format == "jump" and (self.channel is None) == (self.channels is None):
+            raise ValueError("format 'jump' needs channel (e.g. DNA, Mito, brightfield) or channels (e.g. [DNA, RNA]), "
+                             "not both")
+        if self.label_sources is not None and not self.label_sources:
+            raise ValueError("data.label_sources must list at least one of corrected, imported, auto (or be omitted)")
+        if self.label_sources is not None and self.corrected_only:
+            raise ValueError("data.corrected_only and data.label_sources both choose label sources; keep one "
+                             "(label_sources=[corrected] is corrected_only)")
         if self.format != "jump" and self.channel is not None:
             if not str(self.channel).strip().isdigit():
                 raise ValueError(f"channel for format {self.format!r} is an image channel index (0, 1, ...), "
                                  f"not {self.channel!r}")
-        if self.format != "jump" and (self.labels is not None or self.corrected_only):
-            raise ValueError("labels and corrected_only apply to format 'jump' only")
+        if self.format != "jump" and (self.labels is not None or self.corrected_only or self.label_sources
+                                      or self.channels is not None):
+            raise ValueError("labels, corrected_only, label_sources and channels apply to format 'jump' only")
         return self
+
+    def model_channels(self) -> list[str]:
+        """The JUMP channel names the model reads (one for ``channel``, several for ``channels``)."""
+        from dinocell_core.jump.channels import CHANNELS, channel_number
+
+        if self.channels is not None:
+            return list(self.channels)
+        return [CHANNELS[channel_number(self.channel)]] if self.channel is not None else []
+
+
+def check_model_channels(channels: list[str], key: str) -> list[str]:
+    """Canonical JUMP names of the channels one model reads: 1 to ``MAX_MODEL_CHANNELS``, no repeats."""
+    from dinocell_core.jump.channels import CHANNELS, channel_number
+
+    if not channels:
+        raise ValueError(f"{key} must list at least one channel")
+    if len(channels) > MAX_MODEL_CHANNELS:
+        raise ValueError(f"{key} lists {len(channels)} channels; a model reads at most {MAX_MODEL_CHANNELS} (the "
+                         "input planes of a fluorescent_stack backbone; 3 for an RGB backbone)")
+    names = [CHANNELS[channel_number(c)] for c in channels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key} repeats a channel: {channels}")
+    return names
+
+
+def channels_label(channels: list[str]) -> str:
+    """How a model's channels are shown and named: ``DNA``, ``DNA+RNA``."""
+    return "+".join(channels)
+
+
+def bundle_channels(meta: dict[str, Any]) -> list[str]:
+    """The channels a bundle reads: ``channels`` (multichannel bundles), else its one ``channel`` (every bundle
+    written before multichannel models existed)."""
+    chans = meta.get("channels")
+    if isinstance(chans, list) and chans:
+        return [str(c) for c in chans]
+    return [str(meta.get("channel"))]
+
+
+def objects_for(channels: list[str]) -> str:
+    """What a JUMP model learns: nuclei when it reads DNA alone, cells when it reads any other channel."""
+    from dinocell_core.jump.channels import channel_number
+
+    return "nuclei" if [channel_number(c) for c in channels] == [5] else "cells"
 
 
 class SegAugmentConfig(StrictModel):
@@ -96,6 +159,14 @@ class DecoderSection(StrictModel):
     layers: list[int] | None = None  # backbone blocks to read; default 4 evenly spaced ending at the last
     width: int = PField(128, ge=8)
     stem_width: int = PField(16, ge=4)
+
+
+class ModelSection(StrictModel):
+    """Where a decoder run starts: a fresh decoder on ``backbone``, or a model bundle to fine-tune."""
+
+    # a bundle to fine-tune (its backbone and decoder weights; backbone.weights is then not read). Its architecture
+    # and channels must be the config's; the run writes before/after AP on the held-out fields (RUN/finetune.json)
+    init_bundle: str | None = None
 
 
 class DecoderTrainSection(StrictModel):
@@ -157,8 +228,11 @@ class DecoderConfig(StrictModel):
     seed: int = PField(0, ge=0, le=2**32 - 1)
     backbone: BackboneSection = PField(default_factory=BackboneSection)
     decoder: DecoderSection = PField(default_factory=DecoderSection)
+    model: ModelSection = PField(default_factory=ModelSection)
     data: SegDataConfig
-    channels: list[str] | None = None  # loop: one model per channel (overrides data.channel)
+    # loop: one model per entry (overrides data.channel / data.channels); an entry is a channel or a list of channels
+    # one model reads together, e.g. [Mito, RNA, DNA, [DNA, RNA]]
+    channels: list[str | list[str]] | None = None
     val_data: SegDataConfig | None = None  # held-out set; default: val_fraction of data
     val_fraction: float = PField(0.2, gt=0, lt=1)
     augment: SegAugmentConfig = PField(default_factory=SegAugmentConfig)
@@ -166,6 +240,13 @@ class DecoderConfig(StrictModel):
     inference: InferenceSection = PField(default_factory=InferenceSection)
     models_dir: str | None = None  # default: RUN/models
     modality: Literal["fluorescence", "brightfield", "phase", "other"] | None = None
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[str | list[str]] | None) -> list[str | list[str]] | None:
+        if v is None:
+            return None
+        return [check_model_channels(c, f"channels[{i}]") if isinstance(c, list) else c for i, c in enumerate(v)]
 
     @model_validator(mode="after")
     def _check(self) -> "DecoderConfig":
@@ -177,10 +258,18 @@ class DecoderConfig(StrictModel):
             raise ValueError(f"inference.overlap {self.inference.overlap} must be below half the tile size {t}")
         if self.channels is not None and not self.channels:
             raise ValueError("channels must list at least one channel (or be omitted)")
+        if self.model.init_bundle is not None and len(self.channel_list()) != 1:
+            raise ValueError("model.init_bundle fine-tunes one model: give one channel (or channels list), not a "
+                             f"loop of {len(self.channel_list())}")
         return self
 
-    def channel_list(self) -> list[str | None]:
-        return list(self.channels) if self.channels else [None if self.data.channel is None else str(self.data.channel)]
+    def channel_list(self) -> list[str | list[str] | None]:
+        """One entry per model the run trains: a channel, a list of channels read together, or None (not JUMP)."""
+        if self.channels:
+            return list(self.channels)
+        if self.data.channels is not None:
+            return [list(self.data.channels)]
+        return [None if self.data.channel is None else str(self.data.channel)]
 
 
 #: keys a resumed decoder run may change (everything else must match its config.yaml / checkpoint): logging,

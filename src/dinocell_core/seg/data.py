@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -20,6 +21,10 @@ import numpy as np
 from dinocell_core.io.images import ImageError, prepare_image, read_image
 from dinocell_core.seg.config import SegAugmentConfig, SegDataConfig
 from dinocell_core.seg.distance import distance_map, sequential_labels
+
+if TYPE_CHECKING:
+    from dinocell_core.jump.index import Field
+    from dinocell_core.labels.store import LabelRow, LabelStore
 
 IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
@@ -32,12 +37,14 @@ class SegDataError(ImageError):
 
 @dataclass
 class SegSample:
-    """One annotated image: normalised float32 [H, W] image and int32 instance labels of the same shape."""
+    """One annotated image: normalised float32 [H, W] image ([C, H, W] for a multichannel model, each channel
+    normalised on its own) and int32 [H, W] instance labels."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     ignore: np.ndarray | None = None  # bool [H, W]: crowd regions (COCO iscrowd), neither cell nor background
+    source: str | None = None  # jump: the labels store source of the masks (corrected fields are held out first)
 
 
 def _as_labels(mask: np.ndarray, name: str) -> np.ndarray:
@@ -230,29 +237,60 @@ def livecell_samples(cfg: SegDataConfig) -> list[SegSample]:
 
 
 def jump_samples(cfg: SegDataConfig) -> list[SegSample]:
-    """JUMP fields with labels from a labels store: DNA learns nuclei, every other channel learns cells.
+    """JUMP fields with labels from a labels store: a DNA model learns nuclei, any other model (a single channel or
+    several read together, ``channels``) learns cells.
 
     The store is ``data.labels`` (default: the tree's ``ground_truth/`` store). Corrected labels are preferred
-    per field and their fields come first (so ``max_images`` keeps them); ``corrected_only`` uses nothing else.
+    per field and their fields come first (so ``max_images`` keeps them); ``corrected_only`` uses nothing else,
+    ``label_sources`` only the sources it lists.
     """
     from dinocell_core.io.tiffio import read_tiff
     from dinocell_core.jump.channels import channel_number
     from dinocell_core.jump.index import load_index
     from dinocell_core.labels.store import LabelStore, find_labels_root
+    from dinocell_core.seg.config import objects_for
 
-    ch = channel_number(cfg.channel)
-    kind = "nuclei" if ch == 5 else "cells"
+    names = cfg.model_channels()
+    chans = [channel_number(c) for c in names]
+    kind = objects_for(names)
     store = LabelStore.open(cfg.labels if cfg.labels is not None else find_labels_root(cfg.path))
-    fields = [f for f in load_index(cfg.path) if ch in f.paths]
+    fields = [f for f in load_index(cfg.path) if all(c in f.paths for c in chans)]
     if not fields:
-        raise SegDataError(f"{cfg.path}: no field has channel {ch}")
-    pairs = store.match(sorted(fields, key=lambda f: f.key), cfg.corrected_only, tree=cfg.path)
+        raise SegDataError(f"{cfg.path}: no field has the channel(s) {', '.join(names)}")
+    pairs = _labelled(store, sorted(fields, key=lambda f: f.key), cfg)
     out = []
     for f, row in pairs[: cfg.max_images]:
-        raw = read_tiff(f.path(cfg.path, ch))
-        labels = store.read(row, kind, raw.shape)
-        out.append(SegSample(f"{f.key}/ch{ch}", prepare_image(raw, None, cfg.low, cfg.high, f.key), labels))
+        raws = [read_tiff(f.path(cfg.path, c)) for c in chans]
+        labels = store.read(row, kind, raws[0].shape)
+        planes = [prepare_image(raw, None, cfg.low, cfg.high, f.path(cfg.path, c)) for raw, c in zip(raws, chans)]
+        if any(p.shape != planes[0].shape for p in planes):
+            raise SegDataError(f"{f.key}: its channel images differ in size ({[p.shape for p in planes]})")
+        image = planes[0] if len(planes) == 1 else np.stack(planes)
+        tag = "+".join(f"ch{c}" for c in chans)
+        out.append(SegSample(f"{f.key}/{tag}", image, labels, source=row.source))
     return out
+
+
+def _labelled(store: LabelStore, fields: list[Field], cfg: SegDataConfig) -> list[tuple[Field, LabelRow]]:
+    """(field, label row) pairs, corrected first; with ``label_sources``, each field's masks from the first of
+    those sources it has (corrected before imported before auto)."""
+    from dinocell_core.labels.store import field_key
+    from dinocell_core.seg.config import LABEL_SOURCES
+
+    if cfg.label_sources is None:
+        return store.match(fields, cfg.corrected_only, tree=cfg.path)
+    order = [s for s in LABEL_SOURCES if s in cfg.label_sources]
+    pairs = []
+    for f in fields:
+        row = next((r for r in (store.get(field_key(f), s) for s in order) if r is not None), None)
+        if row is not None:
+            pairs.append((f, row))
+    if not pairs:
+        raise SegDataError(f"labels store {store.root} has no {' or '.join(order)} labels for any of the "
+                           f"{len(fields)} fields of {cfg.path} (data.label_sources={order}; corrected fields are "
+                           "written by the napari label editor's Save)")
+    pairs.sort(key=lambda p: order.index(p[1].source))
+    return pairs
 
 
 def load_samples(cfg: SegDataConfig) -> list[SegSample]:
@@ -291,11 +329,21 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                        "LIVECell COCO .json, or a JUMP tree with a ground_truth/ labels store)")
 
 
-def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int) -> tuple[list, list]:
+def split_corrected(samples: Sequence[SegSample], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Fine-tuning's split: the held-out share comes from the corrected fields only (the ones a person vouched
+    for), every other field trains."""
+    corrected = [s for s in samples if s.source == "corrected"]
+    others = [s for s in samples if s.source != "corrected"]
+    train, val = split_samples(corrected, val_fraction, seed, what="corrected fields")
+    return train + others, val
+
+
+def split_samples(samples: Sequence[SegSample], val_fraction: float, seed: int,
+                  what: str = "annotated images") -> tuple[list, list]:
     """Deterministic held-out split (at least one image on each side when there are two or more)."""
     n = len(samples)
     if n < 2:
-        raise SegDataError(f"need at least 2 annotated images to hold some out for validation, have {n}")
+        raise SegDataError(f"need at least 2 {what} to hold some out for validation, have {n}")
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     val = sorted(order[:n_val])
@@ -320,36 +368,41 @@ def prepare_samples(samples: Sequence[SegSample]) -> list[PreparedSample]:
 
 def random_tile(sample: PreparedSample, tile: int, rng: np.random.Generator,
                 aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented (image, target, loss weight) tile of ``tile``×``tile``; images smaller than the window are
-    zero-padded (weight 1 there: the padding is background, as the image's edge is at inference)."""
+    """One augmented (image, target, loss weight) tile of ``tile``×``tile`` (a [C, T, T] image for a multichannel
+    sample, every channel cropped and warped alike); images smaller than the window are zero-padded (weight 1
+    there: the padding is background, as the image's edge is at inference)."""
     s = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1]))))
     win = max(8, int(round(tile / s)))
     img, tgt = sample.image, sample.target
-    wgt = sample.weight if sample.weight is not None else np.ones(img.shape, np.float32)
-    h, w = img.shape
+    wgt = sample.weight if sample.weight is not None else np.ones(tgt.shape, np.float32)
+    lead = ((0, 0),) * (img.ndim - 2)
+    h, w = tgt.shape
     if h < win or w < win:
         ph, pw = max(0, win - h), max(0, win - w)
-        img = np.pad(img, ((0, ph), (0, pw)))
+        img = np.pad(img, (*lead, (0, ph), (0, pw)))
         tgt = np.pad(tgt, ((0, ph), (0, pw)))
         wgt = np.pad(wgt, ((0, ph), (0, pw)), constant_values=1.0)
-        h, w = img.shape
+        h, w = tgt.shape
     y = int(rng.integers(0, h - win + 1))
     x = int(rng.integers(0, w - win + 1))
-    im = img[y : y + win, x : x + win]
+    im = img[..., y : y + win, x : x + win]
     tg = tgt[y : y + win, x : x + win]
     wt = wgt[y : y + win, x : x + win]
     if win != tile:
-        im = cv2.resize(im, (tile, tile), interpolation=cv2.INTER_LINEAR)
+        if im.ndim == 2:
+            im = cv2.resize(im, (tile, tile), interpolation=cv2.INTER_LINEAR)
+        else:
+            im = np.stack([cv2.resize(p, (tile, tile), interpolation=cv2.INTER_LINEAR) for p in im])
         tg = np.clip(cv2.resize(tg, (tile, tile), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
         wt = cv2.resize(wt, (tile, tile), interpolation=cv2.INTER_NEAREST)
     if aug.flips:
         if rng.random() < 0.5:
-            im, tg, wt = im[:, ::-1], tg[:, ::-1], wt[:, ::-1]
+            im, tg, wt = im[..., ::-1], tg[:, ::-1], wt[:, ::-1]
         if rng.random() < 0.5:
-            im, tg, wt = im[::-1], tg[::-1], wt[::-1]
+            im, tg, wt = im[..., ::-1, :], tg[::-1], wt[::-1]
     if aug.rot90:
         k = int(rng.integers(0, 4))
-        im, tg, wt = np.rot90(im, k), np.rot90(tg, k), np.rot90(wt, k)
+        im, tg, wt = np.rot90(im, k, axes=(-2, -1)), np.rot90(tg, k), np.rot90(wt, k)
     im = np.ascontiguousarray(im, dtype=np.float32)
     if aug.intensity > 0:
         gain = 1.0 + rng.uniform(-aug.intensity, aug.intensity)
@@ -365,11 +418,13 @@ def random_tile(sample: PreparedSample, tile: int, rng: np.random.Generator,
 
 def tile_batch(samples: Sequence[PreparedSample], batch: int, tile: int, rng: np.random.Generator,
                aug: SegAugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[B, 1, T, T] images, targets and loss weights, each tile from a uniformly chosen sample."""
+    """[B, C, T, T] images (C = 1 for single-channel samples), [B, 1, T, T] targets and loss weights, each tile
+    from a uniformly chosen sample."""
     imgs, tgts, wgts = [], [], []
     for _ in range(batch):
         im, tg, wt = random_tile(samples[int(rng.integers(0, len(samples)))], tile, rng, aug)
         imgs.append(im)
         tgts.append(tg)
         wgts.append(wt)
-    return np.stack(imgs)[:, None], np.stack(tgts)[:, None], np.stack(wgts)[:, None]
+    x = np.stack(imgs)
+    return (x[:, None] if x.ndim == 3 else x), np.stack(tgts)[:, None], np.stack(wgts)[:, None]

@@ -5,9 +5,12 @@ reassembly by 1×1 projections) and the resolution is recovered by ×2 upsamplin
 stem on the input image feeds the last two stages: the token grid (8 px) cannot place a cell border to the pixel.
 The output always has the input's size (inputs that are not a multiple of the patch size are padded and cropped).
 
-Decoders are single-channel (one model per channel, fed the image it segments): a ``fluorescent_stack`` backbone
-(5 input planes) is refused rather than fed one channel copied to five planes, an input it never saw in training.
-Decoders belong on a ``fluorescent_single`` backbone, which saw each channel on its own.
+A decoder reads ``in_channels`` image channels (1, or several for a multichannel model such as DNA + RNA → cells),
+up to the backbone's input planes (3 for an RGB backbone, 5 for a ``fluorescent_stack`` one). The channels fill the
+first planes and the planes left over get their mean, so a model whose channels were all one image would show the
+backbone exactly the gray image it pretrained on. A one-channel decoder on a ``fluorescent_stack`` backbone is
+refused rather than fed one channel copied to five planes, an input it never saw in training: single-channel
+decoders belong on a ``fluorescent_single`` backbone, which saw each channel on its own.
 """
 
 from __future__ import annotations
@@ -48,17 +51,24 @@ def default_layers(num_blocks: int, n: int = 4) -> list[int]:
 
 
 class DistanceDecoder(nn.Module):
-    """Backbone + decoder; ``forward`` maps [B, 1, H, W] images in [0, 1] to [B, 1, H, W] distance maps."""
+    """Backbone + decoder; ``forward`` maps [B, C, H, W] images in [0, 1] (C = ``in_channels``) to [B, 1, H, W]
+    distance maps."""
 
     def __init__(self, backbone: nn.Module, layers: Sequence[int] | None = None, width: int = 128,
-                 stem_width: int = 16) -> None:
+                 stem_width: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         planes = int(getattr(backbone, "in_chans", 3))
-        if planes != 3:
+        if in_channels == 1 and planes != 3:
             raise ArchitectureError(
-                f"segmentation decoders take one channel, but this backbone takes {planes} input planes (trained with "
-                "data.channel_mode fluorescent_stack); train decoders on a fluorescent_single, fluorescent_mean or "
-                "channel:N backbone")
+                f"a one-channel decoder cannot use a backbone of {planes} input planes (trained with "
+                "data.channel_mode fluorescent_stack); train single-channel decoders on a fluorescent_single, "
+                "fluorescent_mean or channel:N backbone, or give data.channels several channels")
+        if not 1 <= in_channels <= planes:
+            raise ArchitectureError(f"the model reads {in_channels} channels (data.channels) but the backbone takes "
+                                    f"{planes} input planes; list at most {planes} channels or use a "
+                                    "fluorescent_stack (5-plane) backbone")
+        self.in_channels = int(in_channels)
+        self.planes = planes
         self.backbone = backbone
         self.patch_size = int(backbone.patch_size)
         if self.patch_size & (self.patch_size - 1):
@@ -69,7 +79,7 @@ class DistanceDecoder(nn.Module):
         dim = int(backbone.embed_dim)
         self.proj = nn.ModuleList([nn.Conv2d(dim, width, 1) for _ in self.layers])
         self.fuse = _conv(width * len(self.layers), width)
-        self.stem1 = nn.Sequential(_conv(1, stem_width), _conv(stem_width, stem_width))  # full resolution
+        self.stem1 = nn.Sequential(_conv(self.in_channels, stem_width), _conv(stem_width, stem_width))  # full resolution
         self.stem2 = _conv(stem_width, stem_width)  # half resolution
         n_up = int(math.log2(self.patch_size))
         stages, c = [], width
@@ -81,11 +91,21 @@ class DistanceDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.head = nn.Conv2d(c, 1, 1)
 
+    def backbone_input(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] channels → the backbone's planes: C = 1 and C = planes pass as they are, otherwise the
+        planes after the C channels hold their mean (see the module docstring)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"this model reads {self.in_channels} channel(s), got images {tuple(x.shape)}")
+        if self.in_channels == 1 or self.in_channels == self.planes:
+            return x
+        fill = x.mean(dim=1, keepdim=True).expand(-1, self.planes - self.in_channels, -1, -1)
+        return torch.cat([x, fill], dim=1)
+
     def token_grid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Patch tokens of the chosen blocks as [B, D, h, w] maps (prefix tokens, if any, dropped)."""
         b, _, h, w = x.shape
         gh, gw = h // self.patch_size, w // self.patch_size
-        feats = self.backbone.intermediate_layers(self.backbone.normalize_input(x), self.layers)
+        feats = self.backbone.intermediate_layers(self.backbone.normalize_input(self.backbone_input(x)), self.layers)
         out = []
         for f in feats:
             f = f[:, -gh * gw :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +48,23 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
 def iter_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int, overlap: int,
                batch_size: int, multiple: int = 1,
                timings: dict[str, float] | None = None) -> Generator[Progress | np.ndarray, None, np.ndarray]:
-    """Blend ``predict`` ([B, 1, T, T] float32 → same shape) over a normalised 2-D image.
+    """Blend ``predict`` ([B, C, T, T] float32 → [B, 1, T, T]) over a normalised [H, W] image (C = 1) or
+    [C, H, W] channel stack.
 
     Yields (done, total) tile counts after each batch, then the [H, W] float32 result (also returned).
     ``multiple``: the padded size is rounded up so tiles stay a multiple of it (the ViT patch size).
     """
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D normalised image, got shape {image.shape}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a normalised [H, W] image or [C, H, W] stack, got shape {image.shape}")
+    stack = image if image.ndim == 3 else image[None]
     if tile % multiple or tile <= 2 * overlap:
         raise ValueError(f"tile size {tile} must be a multiple of {multiple} and larger than 2×overlap {overlap}")
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
-    h, w = image.shape
+    h, w = stack.shape[-2:]
     tile = min(tile, fitted_tile(h, w, overlap, multiple))
     ph, pw = max(h + 2 * overlap, tile), max(w + 2 * overlap, tile)
-    padded = np.pad(image, ((overlap, ph - h - overlap), (overlap, pw - w - overlap)), mode="reflect")
+    padded = np.pad(stack, ((0, 0), (overlap, ph - h - overlap), (overlap, pw - w - overlap)), mode="reflect")
     out = np.zeros((ph, pw), np.float32)
     wsum = np.zeros((ph, pw), np.float32)
     win = blend_window(tile, overlap)
@@ -73,7 +75,7 @@ def iter_tiled(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray, t
     for b in range(0, total, batch_size):
         chunk = boxes[b : b + batch_size]
         t0 = time.perf_counter()
-        batch = np.stack([padded[y : y + tile, x : x + tile] for y, x in chunk])[:, None]
+        batch = np.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
         t1 = time.perf_counter()
         pred = predict(batch)
         t2 = time.perf_counter()
@@ -113,7 +115,8 @@ class Segmenter:
     """A loaded bundle ready to segment images of any size.
 
     ``tile_size`` / ``overlap`` default to the bundle's; ``channel`` picks a channel of multichannel input
-    (default: the bundle's preprocessing channel, else the image must be grayscale).
+    (default: the bundle's preprocessing channel, else the image must be grayscale). A multichannel bundle
+    (``channels``, e.g. DNA + RNA) takes one image per channel it reads, in that order.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], device: str = "cpu", tile_size: int | None = None,
@@ -137,14 +140,30 @@ class Segmenter:
         pre = meta["preprocessing"]
         self.low, self.high = float(pre["low"]), float(pre["high"])
         self.channel = channel
+        self.channels: list[str] = self.bundle.channels
         self.thresholds = resolve_thresholds(self.bundle.thresholds)  # the bundle's, defaults for keys it lacks
         self.timings: dict[str, float] = {}
 
-    def preprocess(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+    def preprocess(self, image: np.ndarray | Sequence[np.ndarray], name: str = "image") -> np.ndarray:
         """The training preprocessing: channel selection + whole-image percentile normalisation (``name`` is the
-        file named in errors and NaN warnings)."""
+        file named in errors and NaN warnings). A multichannel model takes a sequence of one image per channel it
+        reads (each normalised on its own, as in training) and returns their [C, H, W] stack."""
         t0 = time.perf_counter()
-        out = prepare_image(image, self.channel, self.low, self.high, name)
+        if len(self.channels) == 1:
+            if not isinstance(image, np.ndarray):
+                raise ValueError(f"{name}: model {self.bundle.name} reads one channel, got {len(image)} images")
+            out = prepare_image(image, self.channel, self.low, self.high, name)
+        else:
+            if isinstance(image, np.ndarray) or len(image) != len(self.channels):
+                got = "one image" if isinstance(image, np.ndarray) else f"{len(image)} images"
+                raise ValueError(f"{name}: model {self.bundle.name} reads {len(self.channels)} channels "
+                                 f"({', '.join(self.channels)}), one image each; got {got}")
+            planes = [prepare_image(im, None, self.low, self.high, f"{name} ({c})")
+                      for im, c in zip(image, self.channels)]
+            if any(p.shape != planes[0].shape for p in planes):
+                raise ValueError(f"{name}: the {', '.join(self.channels)} images differ in size "
+                                 f"({[p.shape for p in planes]})")
+            out = np.stack(planes)
         self.timings["preprocessing"] = self.timings.get("preprocessing", 0.0) + time.perf_counter() - t0
         return out
 
@@ -155,7 +174,7 @@ class Segmenter:
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         return self.model(x).float().cpu().numpy()
 
-    def iter_distance(self, image: np.ndarray) -> Generator[Progress | np.ndarray, None, np.ndarray]:
+    def iter_distance(self, image: np.ndarray | Sequence[np.ndarray]) -> Generator[Progress | np.ndarray, None, np.ndarray]:
         """Yields (done, total) after each tile batch (cancel points), then the float32 distance map."""
         return (yield from self.iter_prepared(self.preprocess(image)))
 
@@ -167,7 +186,7 @@ class Segmenter:
     def predict_prepared(self, image01: np.ndarray) -> np.ndarray:
         return _last(self.iter_prepared(image01))
 
-    def predict_distance(self, image: np.ndarray) -> np.ndarray:
+    def predict_distance(self, image: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         return _last(self.iter_distance(image))
 
     def labels(self, distance: np.ndarray, peak_threshold: float | None = None,
@@ -182,7 +201,7 @@ class Segmenter:
         self.timings["postprocessing"] = self.timings.get("postprocessing", 0.0) + time.perf_counter() - t0
         return out
 
-    def segment(self, image: np.ndarray, **thresholds: float) -> np.ndarray:
+    def segment(self, image: np.ndarray | Sequence[np.ndarray], **thresholds: float) -> np.ndarray:
         return self.labels(self.predict_distance(image), **thresholds)
 
     def n_tiles(self, shape: tuple[int, int]) -> int:

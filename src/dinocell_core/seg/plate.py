@@ -43,6 +43,8 @@ from dinocell_core.seg.bundle import (
 )
 from dinocell_core.measure.cells import RELATION_COLUMNS, check_features, measure_cells, table_columns
 
+from dinocell_core.seg.config import bundle_channels
+
 log = logging.getLogger(__name__)
 
 NUCLEI, CELLS = "Nuclei", "Cells"
@@ -81,7 +83,14 @@ def choose_models(models_dir: str | os.PathLike[str], cells_channel: str | int |
 
     if DNA in by_channel:
         out[NUCLEI] = one(DNA, NUCLEI)
-    if cells_channel is not None:
+    if cells_channel is not None and "+" in str(cells_channel):  # a multichannel cells model, e.g. DNA+RNA
+        want = [CHANNELS[channel_number(c)] for c in str(cells_channel).split("+")]
+        found = [b for b in bundles if bundle_channels(b.metadata) == want]
+        if len(found) != 1:
+            raise PlateError(f"{models_dir}: {len(found)} models read {'+'.join(want)} (--cells-channel); "
+                             "keep one in the folder")
+        out[CELLS] = found[0]
+    elif cells_channel is not None:
         ch = channel_number(cells_channel)
         if ch not in by_channel:
             raise PlateError(f"{models_dir}: no model for channel {CHANNELS[ch]} (--cells-channel)")
@@ -214,8 +223,12 @@ class PlateRun:
         self.tile_size = tile_size
         self.channels = [CHANNELS[c] for c in measure_channels]
         self.measure_channels = list(measure_channels)
-        self.model_channel = {obj: channel_number(b.channel) for obj, b in self.models.items()}
+        self.model_channel = {obj: channel_number(bundle_channels(b.metadata)[0]) for obj, b in self.models.items()}
         self.model_channel.update(model_channels or {})
+        # every channel each model reads, in its order (a multichannel model, e.g. DNA+RNA → cells, reads several)
+        self.model_inputs = {obj: ([self.model_channel[obj]] if len(bundle_channels(b.metadata)) == 1
+                                   else [channel_number(c) for c in bundle_channels(b.metadata)])
+                             for obj, b in self.models.items()}
         overrides = {obj: dict(th) for obj, th in (thresholds or {}).items() if th}
         unknown = set(overrides) - set(self.models)
         if unknown:
@@ -233,7 +246,7 @@ class PlateRun:
                      "thresholds": b.metadata.get("thresholds")}
             if self.overrides.get(obj):
                 entry["threshold_overrides"] = self.overrides[obj]
-            if self.model_channel[obj] != channel_number(b.channel):
+            if self.model_channel[obj] != channel_number(bundle_channels(b.metadata)[0]):
                 entry["reads_channel"] = CHANNELS[self.model_channel[obj]]
             if self.tile_size is not None:
                 entry["tile_size"] = self.tile_size
@@ -328,7 +341,9 @@ class PlateRun:
                         dists = {}
                         for obj, seg in segs.items():
                             tn = time.perf_counter()
-                            for item in seg.iter_distance(images[self.model_channel[obj]]):
+                            chans = self.model_inputs[obj]
+                            image = images[chans[0]] if len(chans) == 1 else [images[c] for c in chans]
+                            for item in seg.iter_distance(image):
                                 if isinstance(item, np.ndarray):
                                     dists[obj] = item
                                     continue
@@ -373,8 +388,9 @@ class PlateRun:
     def _read(self, f: Any) -> dict[int, np.ndarray]:
         from dinocell_core.io.tiffio import read_tiff
 
-        need = sorted(set(self.model_channel.values()) | set(self.measure_channels))
-        lacking = [CHANNELS[c] for c in self.model_channel.values() if c not in f.paths]
+        model_chans = {c for chans in self.model_inputs.values() for c in chans}
+        need = sorted(model_chans | set(self.measure_channels))
+        lacking = [CHANNELS[c] for c in sorted(model_chans) if c not in f.paths]
         if lacking:
             raise PlateError(f"field lacks the model channel(s) {', '.join(lacking)}")
         return {c: read_tiff(f.path(self.root, c)) for c in need if c in f.paths}

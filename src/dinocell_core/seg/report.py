@@ -3,7 +3,7 @@
 Every bundle in MODELS segments the held-out fields of the store (fields its training did not use, as recorded
 in the bundle's ``training_data.fields`` for its training tree; when a bundle does not record them every field
 is scored and the row says ``held_out = unknown``), once per label source (auto, imported, corrected). DNA
-models are scored against nuclei, all others against cells. Columns: AP@0.5, F1@0.5, objects in labels vs predicted, and the mean
+models are scored against nuclei, all others (multichannel ones such as DNA+RNA too) against cells. Columns: AP@0.5, F1@0.5, objects in labels vs predicted, and the mean
 per-field relative count error.
 """
 
@@ -51,12 +51,12 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
                   endpoint_url: str | None = None) -> list[dict[str, Any]]:
     """One row per (bundle, label source) with scores on held-out fields (see the module docstring). The image
     tree may be an ``s3://`` prefix, read through ``endpoint_url`` when given (as ``jump label`` reads it)."""
-    from dinocell_core.io.images import prepare_image
     from dinocell_core.io.tiffio import read_tiff
     from dinocell_core.jump.channels import channel_number
     from dinocell_core.jump.index import index_fields
     from dinocell_core.labels.run import source_storage
     from dinocell_core.seg.bundle import list_bundles, load_bundle
+    from dinocell_core.seg.config import bundle_channels, objects_for
     from dinocell_core.seg.inference import Segmenter
     from dinocell_core.seg.metrics import evaluate_pairs
 
@@ -74,12 +74,12 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
     jobs: list[tuple[Any, str, list]] = []
     for b in bundles:
         try:
-            ch = channel_number(b.channel)
+            chans = [channel_number(c) for c in bundle_channels(b.metadata)]
         except ValueError:
             continue  # not a JUMP-channel model (e.g. trained on LIVECell): nothing to compare with
         used = trained_fields(b.metadata, str(root))
         for source in SOURCES:
-            sel = [(f, store.get(field_key(f), source)) for f in fields if ch in f.paths
+            sel = [(f, store.get(field_key(f), source)) for f in fields if all(c in f.paths for c in chans)
                    and (used is None or f.key not in used)]
             sel = [(f, r) for f, r in sel if r is not None][:max_fields]
             if sel:
@@ -89,24 +89,22 @@ def models_report(models: str | os.PathLike[str], labels: str | os.PathLike[str]
     total, done = sum(len(s) for _, _, s in jobs), 0
     rows = []
     for b, source, sel in jobs:
-        ch = channel_number(b.channel)
-        kind = "nuclei" if ch == 5 else "cells"
         bundle = load_bundle(b.path)
-        pre = bundle.metadata["preprocessing"]
+        chans = [channel_number(c) for c in bundle.channels]
+        kind = objects_for(bundle.channels)
         seg = Segmenter(bundle, device=device)
         pairs, errs, n_pred_total = [], [], 0
         try:
             for f, row in sel:
-                raw = read_tiff(f.path(root, ch), storage=storage)
+                raws = [read_tiff(f.path(root, c), storage=storage) for c in chans]
                 try:
-                    gt = store.read(row, kind, raw.shape)
+                    gt = store.read(row, kind, raws[0].shape)
                 except LabelsError as exc:  # one cut or foreign mask must not cost the whole report
                     log.warning("%s: field left out of the report: %s (`jump label` again relabels auto masks)",
                                 f.key, exc)
                     done += 1
                     continue
-                pred = seg.labels(seg.predict_prepared(prepare_image(raw, None, float(pre["low"]),
-                                                                     float(pre["high"]), f.key)))
+                pred = seg.labels(seg.predict_prepared(seg.preprocess(raws[0] if len(raws) == 1 else raws, f.key)))
                 pairs.append((gt, pred))
                 n_gt, n_pred = len(np.unique(gt)) - 1, len(np.unique(pred)) - 1
                 errs.append(abs(n_pred - n_gt) / max(n_gt, 1))

@@ -24,37 +24,107 @@ from dinocell_core.runs.records import validation_record
 from dinocell_core.runs.rundir import RunDir
 from dinocell_core.runs.stopping import StopRequest
 from dinocell_core.schedules import warmup_cosine
+from dinocell_core.backbones.archs import ArchitectureError
+from dinocell_core.io.fsutil import atomic_write_json
 from dinocell_core.seg.bundle import (
+    BundleError,
     load_bundle,
     restore_aliases,
     save_bundle,
     unique_state,
 )
-from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig
+from dinocell_core.seg.config import RESUMABLE_CHANGES, DecoderConfig, SegDataConfig, channels_label
 from dinocell_core.seg.data import (
     SegSample,
     load_samples,
     prepare_samples,
+    split_corrected,
     split_samples,
     tile_batch,
 )
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
+from dinocell_core.seg.distance import resolve_thresholds
 from dinocell_core.seg.inference import run_tiled
 from dinocell_core.seg.tune import score_thresholds, tune_thresholds
 
 log = logging.getLogger(__name__)
 
+#: a fine-tuning run's before/after scores on its held-out fields (also in the bundle's ``finetune`` metadata)
+FINETUNE_JSON = "finetune.json"
 
-def _channel_data(cfg: SegDataConfig, channel: str | None) -> SegDataConfig:
-    return cfg if channel is None else cfg.model_copy(update={"channel": channel})
+
+Channel = str | list[str] | None  # one entry of DecoderConfig.channel_list(): a channel, channels read together, None
 
 
-def build_model(cfg: DecoderConfig) -> DistanceDecoder:
+def _channel_data(cfg: SegDataConfig, channel: Channel) -> SegDataConfig:
+    if channel is None:
+        return cfg
+    if isinstance(channel, list):
+        return cfg.model_copy(update={"channel": None, "channels": list(channel)})
+    return cfg.model_copy(update={"channel": channel, "channels": None})
+
+
+def _label(channel: Channel) -> str | None:
+    """A model's channel as shown and named (``DNA``, ``DNA+RNA``); None for a non-JUMP model."""
+    return channels_label(channel) if isinstance(channel, list) else channel
+
+
+def build_model(cfg: DecoderConfig, in_channels: int = 1) -> DistanceDecoder:
+    """A fresh decoder on ``backbone.weights``; a model reading ``in_channels`` > 1 channels needs a backbone of at
+    least that many input planes (the error names the weights file and data.channels)."""
     from dinocell_core.backbones.loading import load_backbone
 
     bb = load_backbone(cfg.backbone.arch, patch_size=cfg.backbone.patch_size, weights=cfg.backbone.weights,
                        **cfg.backbone.kwargs)
-    return DistanceDecoder(bb, layers=cfg.decoder.layers, width=cfg.decoder.width, stem_width=cfg.decoder.stem_width)
+    try:
+        return DistanceDecoder(bb, layers=cfg.decoder.layers, width=cfg.decoder.width,
+                               stem_width=cfg.decoder.stem_width, in_channels=in_channels)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"backbone.weights {cfg.backbone.weights or '(random init)'}: {exc}") from None
+
+
+def init_from_bundle(cfg: DecoderConfig, channel: Channel, device: torch.device) -> DistanceDecoder:
+    """The model of ``model.init_bundle``, checked against the config: the same channels, backbone and decoder,
+    so the fine-tuned bundle's metadata (written from the config) describes its weights."""
+    path = Path(str(cfg.model.init_bundle))
+    bundle = load_bundle(path)
+    meta = bundle.metadata
+    want = _channel_data(cfg.data, channel).model_channels() if cfg.data.format == "jump" else [str(meta["channel"])]
+    if bundle.channels != want:
+        raise BundleError(f"{path} (model.init_bundle) reads {channels_label(bundle.channels)}, the config's data "
+                          f"reads {channels_label(want)}; set data.channel / data.channels to the bundle's")
+    bb, dec = meta["backbone"], meta["decoder"]
+    checks = {"backbone.arch": (bb.get("arch"), cfg.backbone.arch),
+              "backbone.patch_size": (bb.get("patch_size"), cfg.backbone.patch_size),
+              "backbone.kwargs": (bb.get("kwargs") or {}, cfg.backbone.kwargs),
+              "decoder.width": (dec.get("width"), cfg.decoder.width),
+              "decoder.stem_width": (dec.get("stem_width"), cfg.decoder.stem_width)}
+    if cfg.decoder.layers is not None:
+        checks["decoder.layers"] = (dec.get("layers"), cfg.decoder.layers)
+    for key, (theirs, mine) in checks.items():
+        if theirs != mine:
+            raise BundleError(f"{path} (model.init_bundle) has {key} {theirs!r}, the config {mine!r}; fine-tuning "
+                              "keeps the bundle's architecture: set the config's to match")
+    return bundle.build_model(device)
+
+
+def finetune_scores(before: Path, after: Path, samples: list[SegSample], cfg: DecoderConfig,
+                    device: torch.device) -> dict[str, Any]:
+    """AP@0.5/0.75 of the starting bundle and the fine-tuned one on the held-out fields (each with its own
+    thresholds), plus the starting model with thresholds tuned on those fields, as the new one's were: the gain
+    the weights brought, apart from what a threshold search alone would give."""
+    truths, crowds = [s.labels for s in samples], [s.ignore for s in samples]
+    out: dict[str, Any] = {"init_bundle": str(before), "bundle": str(after), "held_out": [s.name for s in samples]}
+    for key, path in (("before", before), ("after", after)):
+        bundle = load_bundle(path)
+        maps = validation_maps(bundle.build_model(device), samples, cfg, device)
+        own = score_thresholds(maps, truths, bundle.thresholds, crowds)
+        out[key] = {"ap@0.50": own["ap@0.50"], "ap@0.75": own["ap@0.75"], "ap_mean": own["ap_mean"]}
+        if key == "before":
+            tuned = tune_thresholds(maps, truths, crowds=crowds, start=resolve_thresholds(bundle.thresholds))["metrics"]
+            out["before_tuned"] = {"ap@0.50": tuned["ap@0.50"], "ap@0.75": tuned["ap@0.75"],
+                                   "ap_mean": tuned["ap_mean"]}
+    return out
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -132,16 +202,21 @@ def _summary(samples: list[SegSample]) -> dict[str, Any]:
             "pixels": int(sum(s.labels.size for s in samples))}
 
 
-def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSample], val: list[SegSample],
-                    val_metrics: dict[str, Any], step: int, layers: list[int]) -> dict[str, Any]:
-    ch = channel if channel is not None else "any"
-    return {
-        "name": f"{cfg.name}-{ch}" if channel is not None else cfg.name,
+def bundle_metadata(cfg: DecoderConfig, channel: Channel, train: list[SegSample], val: list[SegSample],
+                    val_metrics: dict[str, Any], step: int, layers: list[int], planes: int = 3) -> dict[str, Any]:
+    """What a bundle says about itself. ``channels`` (the JUMP channels read, in input order) is written for JUMP
+    models; ``channel`` stays one text (``DNA+RNA`` for several) so bundles stay readable by older code."""
+    label = _label(channel)
+    ch = label if label is not None else "any"
+    init = cfg.model.init_bundle
+    name = f"{cfg.name}-{ch}" if channel is not None else cfg.name
+    meta: dict[str, Any] = {
+        "name": f"{name}-finetuned" if init else name,
         "channel": ch,
         "modality": cfg.modality or _modality(channel),
         "backbone": {"arch": cfg.backbone.arch, "patch_size": cfg.backbone.patch_size,
-                     "source": cfg.backbone.weights, "kwargs": cfg.backbone.kwargs,
-                     "finetuned_blocks": cfg.backbone.finetune_blocks},
+                     "source": init or cfg.backbone.weights, "kwargs": cfg.backbone.kwargs,
+                     "finetuned_blocks": cfg.backbone.finetune_blocks, "in_chans": planes},
         "decoder": {"layers": list(layers),
                     "width": cfg.decoder.width, "stem_width": cfg.decoder.stem_width},
         "preprocessing": {"normalisation": "percentile", "low": cfg.data.low, "high": cfg.data.high,
@@ -156,6 +231,12 @@ def bundle_metadata(cfg: DecoderConfig, channel: str | None, train: list[SegSamp
         "step": step,
         "created_at": time.time(),
     }
+    if cfg.data.format == "jump" and channel is not None:
+        meta["channels"] = _channel_data(cfg.data, channel).model_channels()
+    if init:
+        meta["training_data"]["label_sources"] = cfg.data.label_sources
+        meta["init_bundle"] = init
+    return meta
 
 
 def _field_names(cfg: DecoderConfig, train: list[SegSample]) -> list[str] | None:
@@ -165,13 +246,14 @@ def _field_names(cfg: DecoderConfig, train: list[SegSample]) -> list[str] | None
     return [s.name for s in train]
 
 
-def _modality(channel: str | None) -> str:
+def _modality(channel: Channel) -> str:
     if channel is None:
         return "other"
     from dinocell_core.jump.channels import BRIGHTFIELD, channel_number
 
     try:
-        return "brightfield" if channel_number(channel) in BRIGHTFIELD else "fluorescence"
+        chans = channel if isinstance(channel, list) else [channel]
+        return "brightfield" if all(channel_number(c) in BRIGHTFIELD for c in chans) else "fluorescence"
     except ValueError:
         return "other"
 
@@ -220,7 +302,7 @@ def _run(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict 
 
 
 def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, state: dict | None,
-                    channels: list[str | None], total: int, models_dir: Path, device: torch.device,
+                    channels: list[Channel], total: int, models_dir: Path, device: torch.device,
                     stop: StopRequest) -> list[Path]:
     start_ci = int(state["channel_index"]) if state else 0
     exported: list[Path] = [Path(p) for p in (state or {}).get("exported", [])]
@@ -238,20 +320,24 @@ def _train_channels(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, s
 
 
 def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume: dict | None, ci: int,
-               channel: str | None, total: int, models_dir: Path, device: torch.device, stop: StopRequest,
+               channel: Channel, total: int, models_dir: Path, device: torch.device, stop: StopRequest,
                exported: list[Path]) -> Path:
     tc = cfg.train
     data_cfg = _channel_data(cfg.data, channel)
     samples = load_samples(data_cfg)
     if cfg.val_data is not None:
         train_s, val_s = samples, load_samples(_channel_data(cfg.val_data, channel))
+    elif data_cfg.label_sources is not None and "corrected" in data_cfg.label_sources:
+        train_s, val_s = split_corrected(samples, cfg.val_fraction, cfg.seed)
     else:
         train_s, val_s = split_samples(samples, cfg.val_fraction, cfg.seed)
     prepared = prepare_samples(train_s)
-    log.info("channel %s: %d training / %d validation images", channel, len(train_s), len(val_s))
+    log.info("channel %s: %d training / %d validation images", _label(channel), len(train_s), len(val_s))
 
     torch.manual_seed(cfg.seed + ci)
-    model = build_model(cfg).to(device)
+    n_in = len(data_cfg.model_channels()) if data_cfg.format == "jump" else 1
+    model = (init_from_bundle(cfg, channel, device) if cfg.model.init_bundle
+             else build_model(cfg, n_in).to(device))
     opt = make_optimizer(model, cfg)
     base = ci * tc.steps
     local = 0
@@ -265,6 +351,7 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
         best = resume["best"]
         rng.bit_generator.state = _rng_state_from(resume["rng"])
     name = bundle_metadata(cfg, channel, train_s, val_s, {}, 0, model.layers)["name"]
+    label = _label(channel)
     bundle_path = models_dir / f"{name}.safetensors"
     t_last, n_last = time.perf_counter(), 0
 
@@ -299,25 +386,41 @@ def _train_one(cfg: DecoderConfig, run: RunDir, ckpts: CheckpointManager, resume
             sps = n_last / max(now - t_last, 1e-9)
             t_last, n_last = now, 0
             eta = (total - step) * tc.batch_size / max(sps, 1e-9)
-            run.append_metrics({"step": step, "channel": channel, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+            run.append_metrics({"step": step, "channel": label, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
                                 "samples_per_s": sps})
             run.update_status(step=step, samples_per_s=sps, eta_s=eta)
         if local % tc.eval_every == 0 or local == tc.steps:
             metrics = validate(model, val_s, cfg, device)
-            run.append_metrics({"step": step, "channel": channel, **validation_record(metrics)})
-            log.info("step %d channel %s: val AP@0.5 %.3f SEG %.3f DET %.3f", step, channel, metrics["ap@0.50"],
+            run.append_metrics({"step": step, "channel": label, **validation_record(metrics)})
+            log.info("step %d channel %s: val AP@0.5 %.3f SEG %.3f DET %.3f", step, label, metrics["ap@0.50"],
                      metrics["seg"], metrics["det"])
             if metrics["ap@0.50"] > best["ap"]:
                 best = {"ap": metrics["ap@0.50"], "step": step, "metrics": metrics}
-                meta = bundle_metadata(cfg, channel, train_s, val_s, metrics, step, model.layers)
+                meta = bundle_metadata(cfg, channel, train_s, val_s, metrics, step, model.layers, model.planes)
                 save_bundle(bundle_path, model, meta)
         if local % tc.checkpoint_every == 0 or local == tc.steps:
             checkpoint(local)
     if cfg.inference.tune_thresholds:
         result = tune_bundle(bundle_path, val_s, cfg, device)
-        run.append_metrics({"step": base + local, "channel": channel, "tuned_thresholds": result["thresholds"],
+        run.append_metrics({"step": base + local, "channel": label, "tuned_thresholds": result["thresholds"],
                             **validation_record(result["metrics"], tuned=True)})
+    if cfg.model.init_bundle:
+        record_finetune(run, bundle_path, finetune_scores(Path(cfg.model.init_bundle), bundle_path, val_s, cfg,
+                                                          device))
     return bundle_path
+
+
+def record_finetune(run: RunDir, bundle_path: Path, scores: dict[str, Any]) -> None:
+    """Before/after AP into RUN/finetune.json and into the new bundle's metadata (``finetune``), so the CLI and the
+    napari model list read the same figures."""
+    atomic_write_json(run.path / FINETUNE_JSON, scores)
+    bundle = load_bundle(bundle_path)
+    meta = {k: v for k, v in bundle.metadata.items() if k not in ("format", "aliases")}
+    meta["finetune"] = {k: v for k, v in scores.items() if k != "bundle"}
+    save_bundle(bundle_path, bundle.build_model(), meta)
+    b, a = scores["before"], scores["after"]
+    log.info("fine-tuned on %d held-out fields: AP@0.5 %.3f → %.3f, AP@0.75 %.3f → %.3f", len(scores["held_out"]),
+             b["ap@0.50"], a["ap@0.50"], b["ap@0.75"], a["ap@0.75"])
 
 
 def _rng_state_to(rng: np.random.Generator) -> dict[str, Any]:
