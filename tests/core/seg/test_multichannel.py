@@ -57,10 +57,11 @@ def test_single_channel_bundles_without_channels_keep_loading(tmp_path) -> None:
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A DNA+RNA → cells model and an RNA → cells model, 30 steps each, on a small fixture."""
     base = tmp_path_factory.mktemp("mc")
-    root = make_jump_fixture(base / "fx", plates=1, wells=3, sites=2, size=96, seed=0).root
+    root = make_jump_fixture(base / "fx", plates=1, wells=4, sites=2, size=96, seed=0,
+                             edge_cases=False).root
     models = base / "models"
     cfg = load_config(DecoderConfig, DEMO, [f"data.path={root}", "channels=[RNA, [DNA, RNA]]", "train.steps=30",
-                                            "train.eval_every=30", "train.checkpoint_every=30",
+                                            "train.batch_size=4", "train.eval_every=30", "train.checkpoint_every=30",
                                             "inference.tune_thresholds=false",
                                             f"models_dir={models}"])
     run_decoder_training(cfg, base / "run")
