@@ -44,13 +44,11 @@ from dinocell_core.seg.data import (
 )
 from dinocell_core.seg.decoder import DistanceDecoder, set_trainable
 from dinocell_core.seg.distance import resolve_thresholds
+from dinocell_core.seg.finetune import FINETUNE_JSON
 from dinocell_core.seg.inference import run_tiled
 from dinocell_core.seg.tune import score_thresholds, tune_thresholds
 
 log = logging.getLogger(__name__)
-
-#: a fine-tuning run's before/after scores on its held-out fields (also in the bundle's ``finetune`` metadata)
-FINETUNE_JSON = "finetune.json"
 
 
 Channel = str | list[str] | None  # one entry of DecoderConfig.channel_list(): a channel, channels read together, None

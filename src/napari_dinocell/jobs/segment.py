@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class SegmentTask:
+    """One model over one layer's image; a multichannel model gets one image per channel it reads (the field's
+    layers of those channels), its labels shown with ``layer_ref``."""
+
     layer_ref: weakref.ref[Image]
-    image: np.ndarray
+    image: np.ndarray | list[np.ndarray]
     bundle_path: Path
     generation: int
     channel: int | None = None

@@ -19,7 +19,8 @@ from dinocell_core.labels.store import GROUND_TRUTH_DIR, LabelStore, field_key
 from dinocell_core.seg.bundle import list_bundles, load_bundle
 from dinocell_core.seg.config import DecoderConfig
 from dinocell_core.seg.data import SegDataError
-from dinocell_core.seg.train import FINETUNE_JSON, run_decoder_training
+from dinocell_core.seg.finetune import FINETUNE_JSON, FinetuneError, finetune_config
+from dinocell_core.seg.train import run_decoder_training
 from dinocell_core.synthetic.fixture import make_jump_fixture
 from tests.helpers import REPO
 
@@ -54,6 +55,8 @@ def test_finetuning_on_corrections_beats_the_model_it_started_from(tmp_path, cap
     with pytest.raises(SegDataError, match=r"has no corrected labels for any of the 8 fields"):
         run_decoder_training(load_config(DecoderConfig, ft[0], ft[1:]), tmp_path / "run-none")
 
+    with pytest.raises(FinetuneError, match="has 0 corrected field"):
+        finetune_config(bad, root, store.root)
     for f in fields[:6]:  # a person corrects six fields: the true masks, saved as corrections
         store.write_field(f, *truth.read_pair(truth.best(field_key(f))), "corrected")
     run = tmp_path / "run-ft"
@@ -65,6 +68,11 @@ def test_finetuning_on_corrections_beats_the_model_it_started_from(tmp_path, cap
     assert {n.rsplit("/ch", 1)[0] for n in scores["held_out"]} <= {f.key for f in fields[:6]}
     assert not set(scores["held_out"]) & set(new.metadata["training_data"]["fields"])
     assert [b.name for b in list_bundles(models, channel="RNA")] == ["demo-RNA", "demo-RNA-finetuned"]
+    # napari's fine-tune button builds the same run from the bundle alone, named beside the first fine-tuned one
+    again = finetune_config(bad, root, store.root, steps=5)
+    assert again.model.init_bundle == str(bad.resolve()) and again.data.channel == "RNA"
+    assert again.data.label_sources == ["corrected"] and again.name == "demo-v2"
+    assert Path(str(again.models_dir)) == models.resolve() and again.train.tile_size == 64
     b, t, a = scores["before"], scores["before_tuned"], scores["after"]
     with capsys.disabled():
         print(f"\nheld-out corrected fields {len(scores['held_out'])}: AP@0.5 {b['ap@0.50']:.3f} → {a['ap@0.50']:.3f}, "

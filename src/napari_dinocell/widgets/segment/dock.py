@@ -34,12 +34,14 @@ from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.job_progress import JobProgress
 from napari_dinocell.widgets.segment.export import ResultsExport, object_name, result_stem, table_constants
 from napari_dinocell.widgets.segment.images import channel_image, layer_channel, n_channels
-from napari_dinocell.widgets.segment.model_picker import ModelPicker
+from napari_dinocell.widgets.segment.finetune import FinetuneBox
+from napari_dinocell.widgets.segment.model_picker import ModelPicker, is_multichannel
 from napari_dinocell.widgets.segment.outputs import ResultLayers
 from napari_dinocell.widgets.segment.thresholds import Thresholds
 
 if TYPE_CHECKING:
     import napari
+    from napari.layers import Image
 
     from dinocell_core.seg.bundle import BundleInfo
 
@@ -106,6 +108,8 @@ class SegmentWidget(QWidget):
         self.overwrite_btn.setVisible(False)
         self.message = QLabel("")
         self.message.setWordWrap(True)
+        self.finetune = FinetuneBox(self.picker.current_bundle, self._jump_root, self.device.currentText)
+        self.finetune.ended.connect(lambda _: self.picker.scan_models())
 
     def _lay_out(self) -> None:
         form = QFormLayout()
@@ -119,9 +123,16 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.picker)
         layout.addWidget(self.thresholds)
         layout.addLayout(form)
-        for widget in (self.run_btn, self.all_btn, self.progress, self.overwrite_btn, self.message, self.export):
+        for widget in (self.run_btn, self.all_btn, self.progress, self.overwrite_btn, self.message, self.export,
+                       self.finetune):
             layout.addWidget(widget)
         layout.addStretch(1)
+
+    def _jump_root(self) -> str | None:
+        """The CPJUMP1 tree of the chosen layer (set by the JUMP browser), which the corrections belong to."""
+        layer = self.picker.current_layer()
+        root = layer.metadata.get(JUMP_ROOT) if layer is not None else None
+        return str(root) if root else None
 
     def _model_changed(self, info: BundleInfo) -> None:
         """Start from the model's recorded thresholds, min_size and tile."""
@@ -152,23 +163,48 @@ class SegmentWidget(QWidget):
         warning = self.picker.mismatch()
         if warning:
             show_warning(warning)
+        info = self.picker.current_bundle()
+        if info is not None and is_multichannel(info):
+            try:
+                inputs = self.picker.input_layers(info, layer)
+            except ValueError as exc:
+                show_error(str(exc))
+                return
+            self._start([SegmentTask(weakref.ref(layer), [np.asarray(lyr.data) for lyr in inputs], Path(path),
+                                     self.outputs.generation(layer))])
+            return
         self._start([SegmentTask(weakref.ref(layer), np.asarray(layer.data), Path(path),
                                  self.outputs.generation(layer), self.picker.selected_channel())])
 
     def segment_field(self) -> None:
-        """Every image layer of the current layer's field that has a model for its channel."""
+        """Every image layer of the current layer's field that has a model for its channel. When the chosen model
+        is a multichannel one (DNA+RNA → cells), it segments the layer of its last channel, fed the field's layers
+        of all its channels, in place of that layer's own model."""
         current = self.picker.current_layer()
         if current is None or not self.picker.bundles:
             show_error("choose an image layer and a models folder first")
             return
         field_key = current.metadata.get(FIELD)
+        chosen = self.picker.current_bundle()
+        multi: tuple[Image, list[Image]] | None = None
+        if chosen is not None and is_multichannel(chosen):
+            try:
+                inputs = self.picker.input_layers(chosen, current)
+            except ValueError as exc:
+                show_error(str(exc))
+                return
+            multi = (inputs[-1], inputs)
         tasks = []
         for layer in self.viewer.layers:
             if (layer.__class__.__name__ != "Image" or is_result(layer)  # never a model on a distance map
                     or layer.metadata.get(FIELD) != field_key):
                 continue
+            if multi is not None and layer is multi[0]:
+                tasks.append(SegmentTask(weakref.ref(layer), [np.asarray(lyr.data) for lyr in multi[1]],
+                                         Path(chosen.path), self.outputs.generation(layer)))
+                continue
             info = self.picker.bundle_for_channel(layer_channel(layer))
-            if info is not None and n_channels(layer) == 1:
+            if info is not None and not is_multichannel(info) and n_channels(layer) == 1:
                 tasks.append(SegmentTask(weakref.ref(layer), np.asarray(layer.data), Path(info.path),
                                          self.outputs.generation(layer)))
         if not tasks:
@@ -185,6 +221,10 @@ class SegmentWidget(QWidget):
         meta = layer.metadata if layer is not None else {}
         if layer is None or info is None or not meta.get(JUMP_ROOT) or layer_channel(layer) is None:
             show_error("choose a JUMP browser channel layer and a model first")
+            return
+        if is_multichannel(info):
+            show_error(f"{info.name} reads {info.channel}: segment wells and plates with it on the command line "
+                       f"(dinocell-core segment-plate MODELS ROOT --cells-channel {info.channel})")
             return
         if not self.export.folder.text():
             show_error("choose a results folder first")

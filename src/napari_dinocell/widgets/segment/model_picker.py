@@ -1,6 +1,8 @@
 """The Segment dock's model picker: the image layer to segment (and the channel of a multichannel one), the models
 folder and the model, with what the model is and a warning when it was trained on another channel than the layer
-shows. The model follows the layer: choosing a DNA layer selects the DNA model when the folder has one.
+shows. The model follows the layer: choosing a DNA layer selects the DNA model when the folder has one. A
+multichannel model (DNA+RNA → cells) is listed under every channel it reads, and reads the field's layers of those
+channels (:meth:`ModelPicker.input_layers`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
+from dinocell_core.seg.config import bundle_channels
+from napari_dinocell.layer_meta import FIELD
 from napari_dinocell.jobs.models import ModelListing, scan_models_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layers import is_result
@@ -29,10 +33,23 @@ WARN_STYLE = "color: #ffb347;"
 
 
 def bundle_channel(info: BundleInfo) -> int | None:
+    """The one JUMP channel a single-channel bundle reads (None for a multichannel or non-JUMP bundle)."""
     try:
         return channel_number(info.channel)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def bundle_channel_numbers(info: BundleInfo) -> list[int]:
+    """Every JUMP channel a bundle reads, in its input order ([] for a non-JUMP bundle)."""
+    try:
+        return [channel_number(c) for c in bundle_channels(info.metadata)]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def is_multichannel(info: BundleInfo) -> bool:
+    return len(bundle_channel_numbers(info)) > 1
 
 
 def problem_reason(info: BundleInfo) -> str:
@@ -44,7 +61,16 @@ def problem_reason(info: BundleInfo) -> str:
 def model_summary(info: BundleInfo) -> str:
     """What a bundle is: channel, training data, validation AP, tile size, thresholds (from its metadata)."""
     meta = info.metadata
-    parts = [f"<b>{info.name}</b> · channel {info.channel}"]
+    chans = bundle_channels(meta)
+    parts = [f"<b>{info.name}</b> · " + (f"channels {' + '.join(chans)} (one image each, from this field's layers)"
+                                         if len(chans) > 1 else f"channel {info.channel}")]
+    tuned = meta.get("finetune")
+    if isinstance(tuned, dict) and isinstance(tuned.get("before"), dict) and isinstance(tuned.get("after"), dict):
+        b, a = tuned["before"], tuned["after"]
+        parts.append(f"fine-tuned from {Path(str(tuned.get('init_bundle', '?'))).name} on corrected fields: "
+                     f"AP@0.5 {float(b.get('ap@0.50', 0)):.2f} → {float(a.get('ap@0.50', 0)):.2f}, AP@0.75 "
+                     f"{float(b.get('ap@0.75', 0)):.2f} → {float(a.get('ap@0.75', 0)):.2f} on "
+                     f"{len(tuned.get('held_out') or [])} held-out corrected fields")
     data = meta.get("training_data") or {}
     if data:
         train = data.get("train") or {}
@@ -127,9 +153,14 @@ class ModelPicker(QWidget):
         self.bundles = sorted(listing.usable, key=lambda b: (bundle_channel(b) or 99, b.name))
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
+        entries = []  # (channel, multichannel last, name): one entry per channel a bundle reads
         for info in self.bundles:
-            ch = bundle_channel(info)
-            self.model_combo.addItem(f"{CHANNELS.get(ch, info.channel)} · {info.name}", str(info.path))
+            chans = bundle_channel_numbers(info) or [None]
+            for ch in chans:
+                text = f"{CHANNELS.get(ch, info.channel)} · {info.name}"
+                entries.append(((ch or 99, len(chans) > 1, info.name), text, str(info.path)))
+        for _, text, path in sorted(entries):
+            self.model_combo.addItem(text, path)
         for info in listing.unusable:
             self.model_combo.addItem(f"⚠ {info.path.name}: unusable", "")
             index = self.model_combo.count() - 1
@@ -151,7 +182,29 @@ class ModelPicker(QWidget):
             raise FileNotFoundError(f"no usable model bundle in {listing.folder}: {self.models_problem.text()}")
 
     def bundle_for_channel(self, channel: int | None) -> BundleInfo | None:
-        return next((b for b in self.bundles if channel is not None and bundle_channel(b) == channel), None)
+        """The model for a layer of ``channel``: its single-channel model, else a multichannel one reading it."""
+        if channel is None:
+            return None
+        single = next((b for b in self.bundles if bundle_channel(b) == channel), None)
+        return single or next((b for b in self.bundles if channel in bundle_channel_numbers(b)), None)
+
+    def input_layers(self, info: BundleInfo, layer: Image) -> list[Image]:
+        """The image layers a multichannel model reads for ``layer``'s field, in its channel order (``layer``
+        itself for the channel it shows); a ValueError names the channels the viewer lacks."""
+        want = bundle_channel_numbers(info)
+        field = layer.metadata.get(FIELD)
+        found = {}
+        for lyr in self.viewer.layers:
+            if (isinstance(lyr, Image) and not is_result(lyr) and lyr.metadata.get(FIELD) == field
+                    and layer_channel(lyr) in want and n_channels(lyr) == 1):
+                found.setdefault(layer_channel(lyr), lyr)
+        if layer_channel(layer) in want:
+            found[layer_channel(layer)] = layer
+        missing = [CHANNELS[c] for c in want if c not in found]
+        if missing:
+            raise ValueError(f"model {info.name} reads {' + '.join(CHANNELS[c] for c in want)}; open this field's "
+                             f"{', '.join(missing)} layer(s) too (the JUMP browser opens a field's channels)")
+        return [found[c] for c in want]
 
     def current_bundle(self) -> BundleInfo | None:
         path = self.model_combo.currentData()
@@ -190,7 +243,10 @@ class ModelPicker(QWidget):
             self.channel_pick.addItems([names[i] if i < len(names) else f"channel {i}" for i in range(n)])
         self.channel_pick.blockSignals(False)
         self.channel_pick.setEnabled(n > 1)
-        match = self.bundle_for_channel(layer_channel(layer)) if layer is not None else None
+        current = self.current_bundle()
+        reads = bundle_channel_numbers(current) if current is not None else []
+        keep = layer is not None and layer_channel(layer) in reads  # e.g. DNA+RNA chosen for the RNA layer stays
+        match = self.bundle_for_channel(layer_channel(layer)) if layer is not None and not keep else None
         if match is not None:
             self.model_combo.setCurrentIndex(self.model_combo.findData(str(match.path)))
         self._check_match()
@@ -206,6 +262,12 @@ class ModelPicker(QWidget):
         if layer is None or info is None:
             return ""
         lc, bc = layer_channel(layer), bundle_channel(info)
+        if is_multichannel(info):
+            reads = bundle_channel_numbers(info)
+            if lc is None or lc in reads:
+                return ""
+            return (f"this model reads {' + '.join(CHANNELS[c] for c in reads)}, but layer {layer.name!r} is "
+                    f"{CHANNELS[lc]}: it would segment the field's {' + '.join(CHANNELS[c] for c in reads)} layers")
         if lc is None or bc is None or lc == bc:
             return ""
         return (f"this model was trained on {CHANNELS[bc]}, but layer {layer.name!r} is {CHANNELS[lc]}: "
