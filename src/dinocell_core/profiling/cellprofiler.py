@@ -4,7 +4,7 @@ Every labelled field's cells are measured with CellProfiler's features (``featur
 the ``minimal`` 17; :mod:`dinocell_core.labels.measure` — the store's ``jump label --measure`` parts are read when
 they measured the current masks, else the field is measured here) and each well's profile is the **median over all
 its cells** (pycytominer ``aggregate``, ``method: median``, as the CPJUMP1 profiles are made). Positional columns
-(``*_Location_*``, centres, bounding boxes) and ids are no features; a feature undefined in some well (e.g. Costes
+(``*_Location_*``, centres, bounding-box corners, raw spatial moments) and ids are no features; a feature undefined in some well (e.g. Costes
 on flat objects) is dropped and counted in ``OUT.json`` notes, since ``profile evaluate`` would drop the well.
 The table has the ViT tables' metadata (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site_Count``,
 ``Metadata_Cell_Count`` and the CPJUMP1 annotations), so ``profile evaluate`` / ``compare`` score both alike.
@@ -30,7 +30,10 @@ from dinocell_core.labels.store import LABELS_CSV, LabelStore, field_key
 from dinocell_core.profiling.settings import EmbedSettings
 from dinocell_core.profiling.table import ProfileError, info_path
 
-NOT_FEATURES = re.compile(r"^Metadata_|^ObjectNumber$|_Parent_|_Location_|_AreaShape_(Center|BoundingBox)")
+#: ids, relations and where an object lies in the field (centres, bounding-box corners, intensity locations, raw
+#: spatial moments): no phenotype; a shape feature such as ``BoundingBoxArea`` or ``CentralMoment_*`` stays
+NOT_FEATURES = re.compile(r"^Metadata_|^ObjectNumber$|_Parent_|_Location_|"
+                          r"_AreaShape_(Center_[XYZ]$|BoundingBox(Minimum|Maximum)_|SpatialMoment_)")
 
 
 def profile_features(columns: Sequence[str]) -> list[str]:
@@ -132,9 +135,9 @@ def cellprofiler_profiles(root: str, fields: Sequence[Field], out: str | Path, s
     if metadata is not None:
         table = annotate(table, metadata)
     write_profiles(table, out)
+    readout = {"channels": "each", "views": [CHANNELS[c] for c in FLUORESCENT], "tokens": f"cellprofiler {s.features}"}
     atomic_write_json(info_path(out), {
-        "settings": s.model_dump(mode="json"), "readout": {"channels": "each", "views": [CHANNELS[c] for c in FLUORESCENT],
-                                                    "tokens": f"cellprofiler {s.features}"},
+        "settings": s.model_dump(mode="json"), "readout": readout,
         "embedder": {"kind": "cellprofiler", "features": s.features, "library": _library(s.features)},
         "n_fields": len(pairs), "n_fields_without_labels": len(unlabelled),
         "n_units": int(table["Metadata_Cell_Count"].sum()), "n_wells": len(table),
