@@ -53,6 +53,7 @@ def wait_idle(widget, qtbot) -> None:
                     and not widget._thresholding, timeout=60_000)
 
 
+@pytest.mark.slow  # trains two tiny models
 def test_multichannel_model_reads_the_fields_layers(make_napari_viewer, qtbot, tree, models_dir, tmp_path,
                                                      notifications) -> None:
     _, models = tree
