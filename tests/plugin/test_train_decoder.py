@@ -37,6 +37,11 @@ def test_decoder_form_defaults_channels_and_validation(make_napari_viewer, tmp_p
     cfg = widget.validate()
     assert cfg is not None and cfg.channels == ["ER", "DNA"]
     assert cfg.train.steps == 300
+    # a multichannel entry (the vits8 recipe's [DNA, RNA]) is kept beside the ticks and shown
+    widget.set_channels(["Mito", ["DNA", "RNA"]])
+    assert widget.checked_channels() == ["Mito"] and "DNA+RNA" in widget.multichannel_note.text()
+    cfg = widget.validate()
+    assert cfg is not None and cfg.channels == ["Mito", ["DNA", "RNA"]]
 
     # an unknown advanced key and a bad value are reported, and nothing is launched
     widget.advanced.setPlainText(widget.advanced.toPlainText() + "\nbogus_key: 1\n")

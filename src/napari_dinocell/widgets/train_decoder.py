@@ -1,7 +1,8 @@
 """Train decoder widget: the distance-map decoder config as a form; launches ``dinocell-core train-decoder``.
 
 One model is trained per ticked channel (the config's ``channels`` list); each ends as a bundle in the run's
-models folder, which the Segment widget lists.
+models folder, which the Segment widget lists. A config's multichannel entries (``[DNA, RNA]``: one model reading
+both) are kept as they are and shown under the ticks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QFormLayout, QLabel, QListWidget, QListWidgetItem
 
 from dinocell_core.jump.channels import CHANNELS, channel_number
 from dinocell_core.seg.config import DecoderConfig
@@ -54,13 +55,19 @@ class TrainDecoderWidget(ConfigLaunchForm):
             item.setCheckState(Qt.CheckState.Unchecked)
             self.channel_list.addItem(item)
         form.addRow("Channels (one model each)", self.channel_list)
+        self.multichannel: list[list[str]] = []  # the config's multichannel models, kept as loaded
+        self.multichannel_note = QLabel("")
+        form.addRow(self.multichannel_note)
 
     def checked_channels(self) -> list[str]:
         items = [self.channel_list.item(i) for i in range(self.channel_list.count())]
         return [it.text() for it in items if it.checkState() == Qt.CheckState.Checked]
 
-    def set_channels(self, names: Sequence[str]) -> None:
-        wanted = {channel_number(n) for n in names}
+    def set_channels(self, names: Sequence[str | list[str]]) -> None:
+        self.multichannel = [list(n) for n in names if isinstance(n, list)]
+        self.multichannel_note.setText("" if not self.multichannel else "also multichannel models: " + ", ".join(
+            "+".join(m) for m in self.multichannel))
+        wanted = {channel_number(n) for n in names if not isinstance(n, list)}
         for i in range(self.channel_list.count()):
             item = self.channel_list.item(i)
             checked = item.data(Qt.ItemDataRole.UserRole) in wanted
@@ -85,7 +92,7 @@ class TrainDecoderWidget(ConfigLaunchForm):
         return problems
 
     def extra_values(self) -> dict[str, Any]:
-        return {"channels": self.checked_channels() or None}
+        return {"channels": [*self.checked_channels(), *self.multichannel] or None}
 
     def set_extra_values(self, data: dict[str, Any]) -> None:
         self.set_channels(data.get("channels") or [])
