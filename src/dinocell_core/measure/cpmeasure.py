@@ -12,7 +12,8 @@ convention (``legacy=True``), and labels are relabelled 1…N by cp-measure, its
 Name mapping (cp-measure → CellProfiler, for ``<Obj>``, channel ``C``, pair ``A``/``B``)::
 
     Area, Zernike_2_0, MaxFeretDiameter            → <Obj>_AreaShape_<name>
-    Intensity_MeanIntensity, Location_MaxIntensity_X → <Obj>_Intensity_MeanIntensity_C, <Obj>_Location_MaxIntensity_X_C
+    Intensity_MeanIntensity                        → <Obj>_Intensity_MeanIntensity_C
+    Location_MaxIntensity_X                        → <Obj>_Location_MaxIntensity_X_C
     Granularity_3                                  → <Obj>_Granularity_3_C
     RadialDistribution_FracAtD_1of4                → <Obj>_RadialDistribution_FracAtD_C_1of4
     Contrast_3_00_256                              → <Obj>_Texture_Contrast_C_3_00_256
@@ -135,7 +136,6 @@ def measure_full(labels: np.ndarray, images: Mapping[str, np.ndarray] | None = N
     ids = ids[ids != 0].astype(np.int64)
     names = feature_columns(prefix, tuple(chans))
     if not ids.size:
-        require_cp_measure()
         return pd.DataFrame({"ObjectNumber": ids, **{n: np.zeros(0) for n in names}})
     cols = _measure(lab, chans, prefix)
     return pd.DataFrame({"ObjectNumber": ids, **{n: cols[n] for n in names}})
