@@ -258,6 +258,110 @@ def shot_features(out: Path, work: Path) -> None:
     viewer.close()
 
 
+def shot_segment_distance(out: Path, work: Path) -> None:
+    """Issue 26's fixed states in Segment: with the distance map shown (and selected) the Image stays DNA, and a
+    truncated bundle in the models folder is listed greyed out with why."""
+    models = train_models(work)
+    broken = models / "truncated.safetensors"
+    good = next(p for p in sorted(models.glob("*.safetensors")) if p != broken)
+    broken.write_bytes(good.read_bytes()[:2000])
+    viewer = new_viewer("DINOCell — Segment: distance map shown, Image stays DNA")
+    open_sample(viewer)
+    for layer in viewer.layers:
+        layer.visible = layer.name == "DNA"
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
+    widget.picker.scan_models(str(models))
+    wait_until(lambda: widget.picker.model_combo.count() == 2, 60, "the models list (one good, one truncated)")
+    widget.picker.layer_combo.set_layer(viewer.layers["DNA"])
+    widget.device.setCurrentText("cpu")
+    widget.run_btn.click()
+    wait_until(lambda: widget.worker is None and not widget.showing, 600, "segmentation")
+    widget.show_distance.setChecked(True)
+    wait_until(lambda: "DNA distance" in viewer.layers, 60, "the distance layer")
+    viewer.layers.selection.active = viewer.layers["DNA distance"]
+    pump(0.5)
+    save(viewer, out, "segment_distance")
+    viewer.close()
+    broken.unlink()
+
+
+def labelled_fixture(work: Path) -> tuple[Path, Path]:
+    """A 384-px fixture plate and its CellProfiler-recipe labels store."""
+    from dinocell_core.labels.run import label_tree
+    from dinocell_core.synthetic.fixture import make_jump_fixture
+
+    info = make_jump_fixture(work / "labelled", plates=1, wells=2, sites=2, size=384, seed=4, edge_cases=False)
+    store = work / "labelled" / "LABELS"
+    if not store.is_dir():
+        label_tree(info.root, store, qc_fields=0)
+    return info.root, store
+
+
+def shot_browser_labels(out: Path, work: Path) -> None:
+    """The JUMP browser with a labels store: the Nuclei / Cells overlay on top of the channels; after a brush
+    stroke, Next asks Save / Discard / Cancel (the real modal box, grabbed with the screen, then cancelled)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication, QMessageBox
+
+    root, store = labelled_fixture(work)
+    viewer = new_viewer("DINOCell — JUMP browser with labels")
+    _, browser = viewer.window.add_plugin_dock_widget("dinocell", "JUMP browser")
+    browser.fluor_mean.setChecked(False)
+    browser.labels_store.setText(str(store))
+    browser.load_root(str(root))
+    wait_until(lambda: "Cells" in viewer.layers and not browser.busy, 120, "the field and its labels")
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("DNA", "RNA", "Nuclei", "Cells")
+    save(viewer, out, "browser_labels")
+
+    viewer.layers["Cells"].paint((60, 60), 999, refresh=True)
+
+    def grab_and_cancel() -> None:
+        box = next((w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()), None)
+        if box is None:
+            QTimer.singleShot(100, grab_and_cancel)
+            return
+        pump(0.3)
+        window = viewer.window._qt_window
+        shot = QApplication.primaryScreen().grabWindow(0, window.x(), window.y(), window.width(), window.height())
+        shot.save(str(out / "screenshot_unsaved_corrections.png"))
+        print(f"wrote {out / 'screenshot_unsaved_corrections.png'}")
+        box.button(QMessageBox.StandardButton.Cancel).click()
+
+    QTimer.singleShot(300, grab_and_cancel)
+    browser.next_btn.click()
+    viewer.close()
+
+
+def shot_profiles(out: Path, work: Path) -> None:
+    """The Profiles dock: the well map with the clicked well ringed and its row selected in the mAP table."""
+    from matplotlib.backend_bases import MouseEvent
+
+    from dinocell_core.jump.index import load_index
+    from dinocell_core.profiling.embed import EmbedSettings, embed_profiles, find_metadata_dir
+    from dinocell_core.synthetic.fixture import make_jump_fixture
+
+    root = make_jump_fixture(work / "profiles", plates=3, wells=8, sites=1, size=96, seed=1, edge_cases=False).root
+    table = root.parent / "wells.csv"
+    if not table.is_file():
+        embed_profiles(str(root), load_index(str(root)), table, EmbedSettings(tile=48, channels="each"),
+                       metadata=find_metadata_dir(str(root)), progress=False)
+    viewer = new_viewer("DINOCell — Profiles")
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Profiles")
+    wait_until(lambda: widget.ready, 60, "the Profiles dock's modules")
+    widget.profiles.setText(str(table))
+    widget.null_size.setValue(2000)
+    widget.compute()
+    wait_until(lambda: widget.map is not None and widget.worker is None, 300, "the well map")
+    widget.canvas.draw()
+    px = widget.ax.transData.transform(widget.map.coords)
+    gaps = np.linalg.norm(px[:, None] - px[None], axis=-1) + np.eye(len(px)) * 1e9
+    MouseEvent("button_press_event", widget.canvas, *px[int(gaps.min(1).argmax())], button=1)._process()
+    pump(0.5)
+    save(viewer, out, "profiles")
+    viewer.close()
+
+
 #: in this order: the features and train-decoder shots use the run of the pretrain/runs shot
 SHOTS: dict[str, Callable[[Path, Path], None]] = {
     "runs": shot_pretrain_and_runs,
@@ -267,6 +371,9 @@ SHOTS: dict[str, Callable[[Path, Path], None]] = {
     "runs_decoder": shot_runs_decoder,
     "jump_browser": shot_browser,
     "sample_data": lambda out, work: shot_sample(out),
+    "segment_distance": shot_segment_distance,
+    "browser_labels": shot_browser_labels,
+    "profiles": shot_profiles,
 }
 
 
