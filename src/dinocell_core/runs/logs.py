@@ -19,6 +19,22 @@ class _RankFilter(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the setup call: a job run
+    in-process (a test's captured stderr, a redirect) must not leave a handler on a stream that is closed since."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream: the stream is always the current one
+        pass
+
+
 def setup_logging(log_path: str | Path | None = None, rank: int = 0, level: int = logging.INFO) -> None:
     """Log to stderr (rank 0 only, so torchrun output stays readable) and append to ``log_path`` if given."""
     root = logging.getLogger()
@@ -29,7 +45,7 @@ def setup_logging(log_path: str | Path | None = None, rank: int = 0, level: int 
     root.setLevel(level)
     handlers: list[logging.Handler] = []
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        handlers.append(_CurrentStderr())
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, encoding="utf-8"))

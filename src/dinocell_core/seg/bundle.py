@@ -156,7 +156,8 @@ def check_architecture(p: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], d
         raise BundleError(f"{p}: backbone.in_chans {planes!r} is not supported (3, or 5 for a fluorescent_stack "
                           "backbone)")
     if n_in > planes or (n_in == 1 and planes != 3):  # seg.decoder: channels fill the planes, one channel needs 3
-        raise BundleError(f"{p}: a model reading {n_in} channel(s) cannot hold a {planes}-plane backbone")
+        raise BundleError(f"{p}: a model reading {n_in} channel(s) cannot hold a {planes}-plane backbone "
+                          f"(backbone.in_chans {planes})")
     try:
         spec = check_backbone(bb.get("arch"), bb.get("patch_size"), bb.get("kwargs"), str(p))
         if meta.get("tile_size", bb["patch_size"]) % bb["patch_size"]:

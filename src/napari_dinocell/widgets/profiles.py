@@ -30,18 +30,18 @@ from superqt.utils import WorkerBase
 from dinocell_core.profiling.normalize import NEGCON_FLAG, NORMALIZATIONS
 from dinocell_core.profiling.settings import QUICK_NULL_SIZE, EvalSettings
 from dinocell_core.profiling.table import readout_text
-from napari_dinocell.jobs.imports import import_modules
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.notify import show_error, show_info
 from napari_dinocell.status import JobStatus
 from napari_dinocell.widgets.common import PathEdit, scroll_layout
+from napari_dinocell.widgets.deferred_figure import DeferredFigure
 
 if TYPE_CHECKING:
     from dinocell_core.profiling.projection import WellMap
 
-#: imported in a worker when the dock opens (pandas, matplotlib)
-HEAVY_MODULES = ("dinocell_core.profiling.projection", "matplotlib.figure", "matplotlib.backends.backend_qtagg")
+#: imported in a worker with matplotlib when the dock opens (it brings pandas)
+PROJECTION_MODULE = "dinocell_core.profiling.projection"
 COLOR_BY = ("retrieval", "perturbation", "plate")
 TABLE_COLUMNS = ("Perturbation", "mAP", "q-value", "Retrieved")
 PICK_RADIUS_PX = 8.0
@@ -114,13 +114,11 @@ class ProfilesWidget(QWidget):
         self.message.setWordWrap(True)
         self.status.events.message.connect(lambda text: self.message.setText(str(text)))
 
-        self._figure: Any = None  # built once matplotlib is loaded (see _build)
-        self._canvas: Any = None
         self._ax: Any = None
         self._methods: tuple[str, ...] = ()
         self._compute_when_ready = False
-        self._placeholder = QLabel("loading…")
-        self._placeholder.setMinimumHeight(240)
+        self.area = DeferredFigure((4, 3.2), 240, self._built, extra_modules=(PROJECTION_MODULE,),
+                                   placeholder="loading the Profiles dock…")
         self._scatter: Any = None
         self._picked: int | None = None  # the well clicked last, ringed on the map
         self._ring: Any = None
@@ -148,41 +146,31 @@ class ProfilesWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.message)
-        layout.addWidget(self._placeholder, 3)
+        layout.addWidget(self.area, 3)
         layout.addWidget(self.table, 2)
-        self._layout = layout
         self._update_enabled()
-        start_job(import_modules, HEAVY_MODULES, status=JobStatus(), title="Loading the Profiles dock",
-                  on_returned=lambda _: self._build(), show_progress=False)
 
     # ------------------------------------------------------------------------------------------- set-up
     @property
     def ready(self) -> bool:
         """The projection choices and the map's canvas are there (their modules loaded)."""
-        return self._canvas is not None
+        return self.area.ready
 
     # asked for before the worker has loaded their modules, the map's objects are built right away
     @property
     def figure(self) -> Any:
-        self._build()
-        return self._figure
+        return self.area.figure
 
     @property
     def canvas(self) -> Any:
-        self._build()
-        return self._canvas
+        return self.area.canvas
 
     @property
     def ax(self) -> Any:
-        self._build()
+        self.area.build()
         return self._ax
 
-    def _build(self) -> None:
-        if self._canvas is not None:
-            return
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
+    def _built(self) -> None:
         from dinocell_core.profiling.projection import METHODS, UMAP_MISSING
 
         try:
@@ -194,15 +182,10 @@ class ProfilesWidget(QWidget):
                 umap_item.setText("UMAP (needs umap-learn)")
                 umap_item.setToolTip(UMAP_MISSING)
                 self.method.setToolTip(UMAP_MISSING)
-            self._figure = Figure(figsize=(4, 3.2), tight_layout=True)
-            self._canvas = FigureCanvasQTAgg(self._figure)
-            self._canvas.setMinimumHeight(240)
-            self._ax = self._figure.add_subplot(111)
-            self._canvas.mpl_connect("button_press_event", self._on_click)
-            self._layout.replaceWidget(self._placeholder, self._canvas)
-            self._placeholder.deleteLater()
         except RuntimeError:  # the dock was closed before its modules were loaded
             return
+        self._ax = self.area.figure.add_subplot(111)
+        self.area.canvas.mpl_connect("button_press_event", self._on_click)
         self._update_enabled()
         if self._compute_when_ready:
             self._compute_when_ready = False
@@ -242,7 +225,7 @@ class ProfilesWidget(QWidget):
         self._update_enabled()
 
     def _update_enabled(self) -> None:
-        self.run_btn.setEnabled(self.worker is None and self._canvas is not None)
+        self.run_btn.setEnabled(self.worker is None and self.ready)
         self.cancel_btn.setEnabled(self.worker is not None)
 
     # ------------------------------------------------------------------------------------------- drawing

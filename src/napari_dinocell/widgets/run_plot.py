@@ -3,8 +3,8 @@
 Series are chosen by the metric families of :mod:`dinocell_core.runs.records` (``loss_keys``: every loss term;
 ``score_keys``: the shown validation metrics and the eval scores), so a new loss term or metric a trainer writes
 appears without a change here, and summaries only keep the legend readable. Records are appended as they arrive;
-existing lines are updated in place, not redrawn from scratch. matplotlib is imported in a worker: the plot is built
-once it is loaded (the Runs dock opens at once), with every record that arrived meanwhile.
+existing lines are updated in place, not redrawn from scratch. matplotlib is imported in a worker (:class:`DeferredFigure`):
+the plot is built once it is loaded (the Runs dock opens at once), with every record that arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -14,18 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from dinocell_core.runs.records import VALIDATION_PREFIX, loss_keys, score_keys
-from napari_dinocell.jobs.imports import import_modules
-from napari_dinocell.jobs.runner import start_job
-from napari_dinocell.status import JobStatus
+from napari_dinocell.widgets.deferred_figure import DeferredFigure
 
 if TYPE_CHECKING:
     from matplotlib.lines import Line2D
-
-#: what the plot needs, imported in a worker
-PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_qtagg")
 
 Axis = Literal["loss", "score"]
 
@@ -55,66 +50,46 @@ class RunPlot(QWidget):
         self.series: dict[str, Series] = {}
         self._lines: dict[str, Line2D] = {}
         self._axis_of: dict[str, Axis] = {}
-        self._figure: Any = None
-        self._canvas: Any = None
         self._ax: Any = None
         self._ax_val: Any = None
-        self._placeholder = QLabel("loading the plot…")
-        self._placeholder.setMinimumHeight(200)
-        self._layout = QVBoxLayout(self)
-        self._layout.setContentsMargins(0, 0, 0, 0)
-        self._layout.addWidget(self._placeholder)
-        start_job(import_modules, PLOT_MODULES, status=JobStatus(), title="Loading the plot",
-                  on_returned=lambda _: self._build(), show_progress=False)
+        self.area = DeferredFigure((4, 2.6), 200, self._built, placeholder="loading the plot…")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.area)
 
     @property
     def ready(self) -> bool:
         """The canvas is built (matplotlib loaded)."""
-        return self._canvas is not None
+        return self.area.ready
 
     # the matplotlib objects: asked for before the worker has loaded matplotlib, they are built right away
     @property
     def figure(self) -> Any:
-        self._build()
-        return self._figure
+        return self.area.figure
 
     @property
     def canvas(self) -> Any:
-        self._build()
-        return self._canvas
+        return self.area.canvas
 
     @property
     def ax(self) -> Any:
-        self._build()
+        self.area.build()
         return self._ax
 
     @property
     def ax_val(self) -> Any:
-        self._build()
+        self.area.build()
         return self._ax_val
 
     @property
     def lines(self) -> dict[str, Line2D]:
-        self._build()
+        self.area.build()
         return self._lines
 
-    def _build(self) -> None:
-        if self._canvas is not None:
-            return
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        try:
-            self._figure = Figure(figsize=(4, 2.6), tight_layout=True)
-            self._canvas = FigureCanvasQTAgg(self._figure)
-            self._canvas.setMinimumHeight(200)
-            self._ax = self._figure.add_subplot(111)
-            self._ax_val = self._ax.twinx()  # scores (0–1) on their own axis, never on the loss scale
-            self._style_axes()
-            self._layout.replaceWidget(self._placeholder, self._canvas)
-            self._placeholder.deleteLater()
-        except RuntimeError:  # the dock was closed before matplotlib was loaded
-            return
+    def _built(self) -> None:
+        self._ax = self.area.figure.add_subplot(111)
+        self._ax_val = self._ax.twinx()  # scores (0–1) on their own axis, never on the loss scale
+        self._style_axes()
         self._draw()
 
     def clear(self) -> None:

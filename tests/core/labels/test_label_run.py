@@ -333,7 +333,7 @@ def test_qc_flags() -> None:
 def test_labels_keys_belong_to_format_jump() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="labels and corrected_only apply to format 'jump' only"):
+    with pytest.raises(ValidationError, match="labels, corrected_only, label_sources and channels apply to format 'jump' only"):
         SegDataConfig(format="pairs", path="x", labels="LABELS")
     with pytest.raises(LabelsError, match="not a labels store"):
         LabelStore.open(Path("/nonexistent/labels"))

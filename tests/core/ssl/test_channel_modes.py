@@ -235,7 +235,7 @@ def test_stack_backbone_everywhere_else(stack_run, fixture_root, tmp_path):
         DistanceDecoder(bb)
     meta = {"backbone": {"arch": "vit_test", "patch_size": 8, "kwargs": {"depth": 2}, "in_chans": 5},
             "decoder": {"layers": [1], "width": 16, "stem_width": 8}}
-    with pytest.raises(BundleError, match="in_chans"):
+    with pytest.raises(BundleError, match=r"1 channel\(s\) cannot hold a 5-plane backbone \(backbone.in_chans 5\)"):
         check_architecture(tmp_path / "b.safetensors", meta)
 
     stack = np.random.default_rng(0).integers(100, 4000, (5, 40, 48)).astype(np.uint16)
