@@ -22,7 +22,10 @@ import threading
 import time
 from pathlib import Path
 
-import torch
+# this folder holds benchmarks/profile.py, which would shadow the standard library's profile (torch imports it)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: one module per surface (labels, profiling, plate, bundles, configs, resume)
@@ -156,7 +159,11 @@ def bench_cases() -> bool:
     cases = _Cases()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        pytest.main(["-q", "-p", "no:cacheprovider", "-m", "hostile", *HOSTILE_MODULES.values()], plugins=[cases])
+        rc = pytest.main(["-q", "-p", "no:cacheprovider", "-m", "hostile", *HOSTILE_MODULES.values()],
+                         plugins=[cases])
+    if rc not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        raise SystemExit(f"the hostile test modules did not run (pytest exit {rc!r}): run "
+                         f"pytest -m hostile {' '.join(HOSTILE_MODULES.values())} to see why")
     rows = cases.table()
     print(f"hostile cases (issue 25), {time.perf_counter() - t0:.0f} s:")
     width = max((len(r[2]) for r in rows), default=4)
