@@ -291,7 +291,7 @@ def labelled_fixture(work: Path) -> tuple[Path, Path]:
     from dinocell_core.synthetic.fixture import make_jump_fixture
 
     info = make_jump_fixture(work / "labelled", plates=1, wells=2, sites=2, size=384, seed=4, edge_cases=False)
-    store = work / "labelled" / "LABELS"
+    store = work / "labelled_LABELS"
     if not store.is_dir():
         label_tree(info.root, store, qc_fields=0)
     return info.root, store
@@ -346,8 +346,11 @@ def shot_profiles(out: Path, work: Path) -> None:
     if not table.is_file():
         embed_profiles(str(root), load_index(str(root)), table, EmbedSettings(tile=48, channels="each"),
                        metadata=find_metadata_dir(str(root)), progress=False)
+    from qtpy.QtCore import Qt
+
     viewer = new_viewer("DINOCell — Profiles")
-    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Profiles")
+    dock, widget = viewer.window.add_plugin_dock_widget("dinocell", "Profiles")
+    viewer.window._qt_window.resizeDocks([dock], [620], Qt.Orientation.Horizontal)  # map and table readable
     wait_until(lambda: widget.ready, 60, "the Profiles dock's modules")
     widget.profiles.setText(str(table))
     widget.null_size.setValue(2000)

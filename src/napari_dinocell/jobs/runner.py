@@ -11,6 +11,10 @@ Two things superqt's worker does not do for us, done here:
   ``LaunchError``, ``CheckpointError``, CUDA out-of-memory…) as "the Qt object was deleted" and emits neither
   ``errored`` nor ``finished``, leaving the widget busy for good. The job is wrapped so that any exception is
   returned as a :class:`JobFailed` value, which :func:`start_job` turns into a notification and a failed status.
+- **Shared lazy state is loaded on the GUI thread first.** pint's application registry (napari's units) loads its
+  definitions on first use, and that load is not thread-safe: a worker that first touches it while the GUI thread
+  adds a layer leaves a registry without ``pixel`` (every later ``add_image`` fails). It is loaded before the first
+  worker starts (:func:`_load_shared_state`).
 - **Progress is throttled at the source.** Each delivered progress update costs GUI-thread work (a repaint; on
   software OpenGL or a remote desktop napari's progress bar cost seconds per update); jobs yield one per tile
   batch. Updates closer than :data:`PROGRESS_INTERVAL_S` are dropped in the worker (the last one always passes).
@@ -88,6 +92,13 @@ def throttled(gen: Generator[Any, None, Any], interval_s: float) -> Generator[An
         yield item
 
 
+@functools.cache
+def _load_shared_state() -> None:
+    import pint
+
+    pint.get_application_registry().pixel  # noqa: B018 (the attribute access loads the definitions)
+
+
 def start_job(
     func: Callable[..., Any],
     *args: Any,
@@ -137,6 +148,7 @@ def start_job(
         if on_finished is not None:
             on_finished()
 
+    _load_shared_state()
     worker = create_worker(
         deliver_errors(func),
         *args,
