@@ -215,10 +215,11 @@ def measure_browse(app, work: Path, field_size: int) -> list[dict]:
     from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
 
     root = work / f"jump{field_size}"
+    store = work / f"jump{field_size}_LABELS"  # beside the tree: `jump label` never writes into its source
     if not root.exists():
         info = make_jump_fixture(root, plates=1, wells=1, sites=2, size=field_size, seed=1, edge_cases=False)
-        label_tree(info.root, root / "LABELS", qc_fields=0)
-    source = next(p for p in root.iterdir() if p.is_dir() and p.name != "LABELS")
+        label_tree(info.root, store, qc_fields=0)
+    source = next(p for p in root.iterdir() if p.is_dir())
     viewer = napari.Viewer(show=True)
     widget = JumpBrowserWidget(viewer)
     viewer.window.add_dock_widget(widget, name="JUMP browser")
@@ -228,7 +229,7 @@ def measure_browse(app, work: Path, field_size: int) -> list[dict]:
     for name, action, done in (
         ("browse: first field", lambda: widget.load_root(str(source)), lambda: widget.current is not None),
         ("browse: next site", widget.next_btn.click, lambda: widget.current.site == 2),
-        ("labels overlay appears", lambda: widget.labels_store.setText(str(root / "LABELS")),
+        ("labels overlay appears", lambda: widget.labels_store.setText(str(store)),
          lambda: "Cells" in viewer.layers and viewer.layers["Cells"].visible),
     ):
         meter = StallMeter()
