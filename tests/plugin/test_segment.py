@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,24 +18,13 @@ from dinocell_core.seg.inference import Segmenter
 from napari_dinocell.jobs.segment import threshold_job
 from napari_dinocell.sample_data import sample_field
 from napari_dinocell.status import JobState
+from tests.helpers.segment_dock import segment_widget, wait_idle
 
 
 def add_field(viewer, size: int = 128, seed: int = 2) -> None:
     for data, kwargs, kind in sample_field(size=size, seed=seed):
         if kind == "image":
             viewer.add_image(data, **kwargs)
-
-
-def segment_widget(viewer, qtbot, folder: Path):
-    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
-    widget.picker.scan_models(str(folder))
-    qtbot.waitUntil(lambda: widget.picker.model_combo.count() > 0, timeout=20_000)
-    return widget
-
-
-def wait_idle(widget, qtbot) -> None:
-    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy and not widget.showing
-                    and not widget._thresholding, timeout=60_000)
 
 
 def test_segment_rethreshold_rerun_autoselect_and_field(make_napari_viewer, qtbot, models_dir):

@@ -23,6 +23,7 @@ from dinocell_core.synthetic.fixture import make_jump_fixture
 from napari_dinocell.layer_meta import CHANNEL, FIELD, JUMP_ROOT
 from napari_dinocell.sample_data import sample_field
 from tests.helpers import REPO
+from tests.helpers.segment_dock import segment_widget, wait_idle
 
 DEMO = REPO / "configs" / "decoder_demo.yaml"
 TINY = ["train.steps=6", "train.tile_size=32", "train.eval_every=6", "train.batch_size=2", "inference.overlap=8",
@@ -39,18 +40,6 @@ def tree(tmp_path_factory) -> tuple[str, Path]:
                                             f"models_dir={models}", *TINY])
     run_decoder_training(cfg, base / "run")
     return str(root), models
-
-
-def segment_widget(viewer, qtbot, folder: Path):
-    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
-    widget.picker.scan_models(str(folder))
-    qtbot.waitUntil(lambda: widget.picker.model_combo.count() > 0, timeout=20_000)
-    return widget
-
-
-def wait_idle(widget, qtbot) -> None:
-    qtbot.waitUntil(lambda: widget.worker is None and not widget.status.busy and not widget.showing
-                    and not widget._thresholding, timeout=60_000)
 
 
 @pytest.mark.slow  # trains two tiny models
