@@ -116,15 +116,17 @@ class Segmenter:
 
     ``tile_size`` / ``overlap`` default to the bundle's; ``channel`` picks a channel of multichannel input
     (default: the bundle's preprocessing channel, else the image must be grayscale). A multichannel bundle
-    (``channels``, e.g. DNA + RNA) takes one image per channel it reads, in that order.
+    (``channels``, e.g. DNA + RNA) takes one image per channel it reads, in that order. ``model``: this bundle's
+    network already built on ``device`` (the plugin keeps loaded models between clicks); built here when None.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], device: str = "cpu", tile_size: int | None = None,
-                 overlap: int | None = None, batch_size: int = 4, channel: int | None = None) -> None:
+                 overlap: int | None = None, batch_size: int = 4, channel: int | None = None,
+                 model: torch.nn.Module | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         meta = self.bundle.metadata
         self.device = resolve_device(device)
-        self.model: torch.nn.Module | None = self.bundle.build_model(self.device)
+        self.model: torch.nn.Module | None = model if model is not None else self.bundle.build_model(self.device)
         self.patch_size = int(meta["backbone"]["patch_size"])
         self.tile_size = int(tile_size if tile_size is not None else meta["tile_size"])
         self.overlap = int(overlap if overlap is not None else meta.get("overlap", self.tile_size // 8))
