@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -120,6 +120,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
+
+#: how a network computes (training, segmentation, embedding): ``auto`` is bf16 on a CUDA GPU that has it and fp32
+#: elsewhere; never fp16 (its range overflows). Here, torch-free, so settings models and CLI choices share it.
+PrecisionName = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 
 #: a config file larger than this is refused before it is parsed (the packaged recipes are ~5 KB)
 MAX_CONFIG_BYTES = 1_000_000
