@@ -34,4 +34,4 @@ def test_cli_defaults_are_the_models_defaults():
                 checked += 1
             else:
                 assert action.dest in run_options, f"{' '.join(path)} {action.option_strings}: no settings field"
-    assert checked == 21 + 2 * 12 + 4
+    assert checked == 22 + 2 * 12 + 4

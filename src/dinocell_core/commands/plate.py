@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinocell_core.commands.segment import add_inference_options
 from dinocell_core.measure.names import FEATURE_SETS
 
 
@@ -25,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--plates", nargs="+", default=None, help="plate barcodes or plate folders (default: all)")
     sp.add_argument("--cells-channel", default=None,
                     help="channel whose model gives the cells (default: the only non-DNA model in MODELS)")
-    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    sp.add_argument("--batch-size", type=int, default=8, help="tiles per network call (lower on OOM)")
+    add_inference_options(sp)
     sp.add_argument("--max-fields", type=int, default=None, help="stop after this many fields (resume later)")
     sp.add_argument("--features", choices=FEATURE_SETS, default=FEATURE_SETS[0],
                     help="minimal: 17 per object (area/shape, centre, 5 intensities per channel); full: CellProfiler's "
@@ -41,7 +41,8 @@ def _segment_plate(args: argparse.Namespace) -> int:
     from dinocell_core.seg.plate import PlateRun
 
     run = PlateRun(args.models, args.root, args.output, plates=args.plates, device=args.device,
-                   batch_size=args.batch_size, cells_channel=args.cells_channel, features=args.features)
+                   batch_size=args.batch_size, cells_channel=args.cells_channel, features=args.features,
+                   precision=args.precision)
     for obj, b in run.models.items():
         print(f"{obj:<7} {b.name} ({b.channel}) thresholds {b.metadata.get('thresholds')}")
     with tqdm(desc="segment-plate", unit="field") as bar:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinocell_core.config import PRECISIONS
 from dinocell_core.measure.names import FEATURE_SETS
 from dinocell_core.profiling.settings import (
     AGGREGATIONS,
@@ -140,6 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     em.add_argument("--plates", nargs="+", default=None, help="only these plate barcodes")
     _option(em, S, "batch_size", type=int)
     _option(em, S, "device")
+    _option(em, S, "precision", choices=PRECISIONS,
+            help="auto: bf16 autocast on a CUDA GPU (TF32 for the rest), fp32 on a CPU; bf16 on a CPU is slower")
     _option(em, S, "chunk_sites", type=int, help="sites per resumable chunk")
     em.add_argument("--endpoint-url", default=None, help="S3 endpoint (mirror or test server)")
     em.add_argument("--quiet", action="store_true")

@@ -40,8 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sg.add_argument("--channel", type=int, default=None, help="channel index of multichannel images")
     sg.add_argument("--tile-size", type=_positive_int, default=None, help="default: the bundle's")
     sg.add_argument("--overlap", type=_non_negative_int, default=None, help="default: the bundle's")
-    sg.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per network call (lower on OOM)")
-    sg.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    add_inference_options(sg)
     sg.add_argument("--peak", type=_unit_open, default=None, help="peak threshold in (0, 1) (default: the bundle's)")
     sg.add_argument("--fill", type=_unit_half_open, default=None,
                     help="fill threshold in [0, 1) (default: the bundle's)")
@@ -97,6 +96,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from dinocell_core.commands.labels import add_models_report
 
     add_models_report(md_sub)
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--device`` and ``--precision`` of the commands that run a segmentation model."""
+    from dinocell_core.config import PRECISIONS
+
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="tiles per network call (default: 4 on a CPU, 32 of 256² on a GPU with the memory; lower on "
+                        "OOM)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on a CUDA GPU (TF32 for the rest), fp32 on a CPU; bf16 on a CPU is slower")
 
 
 def _number(text: str, kind: type, ok: object, what: str) -> object:
@@ -236,7 +247,7 @@ def _segment(args: argparse.Namespace) -> int:
     check_outputs(inputs if fields is None else [q for fs in fields.values() for q in fs], stems, args.save_distance,
                   args.overwrite)
     seg = Segmenter(args.model, device=args.device, tile_size=args.tile_size, overlap=args.overlap,
-                    batch_size=args.batch_size, channel=args.channel)
+                    batch_size=args.batch_size, channel=args.channel, precision=args.precision)
     args.output.mkdir(parents=True, exist_ok=True)
     pending: tuple[Path, Future] | None = None
     failed: list[Path] = []

@@ -48,12 +48,19 @@ class TileEmbedder(Protocol):
 
 class BackboneEmbedder:
     """A DINOv3 backbone on [N, t, t] tiles in [0, 1] (or [N, 5, t, t] fluorescent stacks for a 5-plane backbone)
-    → CLS and/or mean patch token (after the final norm)."""
+    → CLS and/or mean patch token (after the final norm). ``precision``: auto | fp32 | bf16
+    (:func:`~dinocell_core.device.resolve_precision`: auto is bf16 autocast on a CUDA GPU, fp32 on a CPU); the
+    vectors leave as float32 either way."""
 
     def __init__(self, backbone: Any, device: Any, tokens: str = "cls", batch_size: int = 64,
-                 label: str = "backbone") -> None:
+                 label: str = "backbone", precision: str = "auto") -> None:
+        import torch
+
+        from dinocell_core.device import resolve_precision
+
         self.backbone = backbone.to(device).eval()
         self.device = device
+        self.precision = resolve_precision(precision, torch.device(device))
         self.tokens = tokens
         self.batch_size = batch_size
         self.label = label
@@ -72,14 +79,15 @@ class BackboneEmbedder:
                                f"patch size {p}")
         with torch.inference_mode():
             for i in range(0, len(tiles), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device)
+                x = self.precision.to_device(torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])))
                 x = x[:, None] if x.ndim == 3 else x  # one plane per tile, or a stack of planes
-                tok = self.backbone.forward_tokens(self.backbone.normalize_input(x.float()))
+                with self.precision.autocast():
+                    tok = self.backbone.forward_tokens(self.backbone.normalize_input(x.float()))
                 parts = []
                 if self.tokens in ("cls", "cls+mean_patch"):
-                    parts.append(tok["cls"])
+                    parts.append(tok["cls"].float())
                 if self.tokens in ("mean_patch", "cls+mean_patch"):
-                    parts.append(tok["patches"].mean(dim=1))
+                    parts.append(tok["patches"].float().mean(dim=1))  # the mean in fp32, not over bf16 tokens
                 out.append(torch.cat(parts, dim=1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.feature_names)), np.float32)
 
@@ -120,7 +128,7 @@ def make_embedder(s: EmbedSettings) -> TileEmbedder:
     if size % model.patch_size:
         raise ProfileError(f"{'crop' if s.units == 'cells' else 'tile'} {size} px is not a multiple of the "
                            f"backbone's patch size {model.patch_size}")
-    return BackboneEmbedder(model, device, s.tokens, s.batch_size, label)
+    return BackboneEmbedder(model, device, s.tokens, s.batch_size, label, s.precision)
 
 
 STACK = "stack"  # the view of a fluorescent_stack backbone: the five fluorescent channels as one input

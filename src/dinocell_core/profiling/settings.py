@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field as PField
 from pydantic import field_validator, model_validator
 
-from dinocell_core.config import StrictSettings
+from dinocell_core.config import PrecisionName, StrictSettings
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, FMEAN, ChannelMode
 from dinocell_core.measure.names import FEATURE_SETS
 from dinocell_core.profiling.normalize import NORMALIZATIONS
@@ -164,6 +164,7 @@ class EmbedSettings(ReadoutSettings):
     illumination: bool = False  # divide by the plates' illumination functions
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     device: str = "auto"
+    precision: PrecisionName = "auto"  # auto (bf16 autocast on a CUDA GPU, fp32 on CPU) | fp32 | bf16
     chunk_sites: int = PField(32, ge=1, le=100_000)  # sites per resumable chunk
 
     @model_validator(mode="after")
@@ -194,7 +195,9 @@ class EmbedSettings(ReadoutSettings):
 
     def fingerprint(self) -> str:
         """What a resumed run must share (the labels store is checked by its content, in the parts manifest)."""
-        skip = {"batch_size", "device", "chunk_sites", "labels", *(CELL_KEYS if self.units == "tiles" else ())}
+        # precision, like device, changes the vectors only within rounding (bf16: cosine ≥ 0.99 to fp32)
+        skip = {"batch_size", "device", "precision", "chunk_sites", "labels",
+                *(CELL_KEYS if self.units == "tiles" else ())}
         keep = {k: v for k, v in self.model_dump().items() if k not in skip}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -179,17 +179,19 @@ class PlateRun:
 
     def __init__(self, models_dir: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
                  root: str | os.PathLike[str], out: str | os.PathLike[str], plates: Sequence[str] | None = None,
-                 device: str = "auto", batch_size: int = 8, cells_channel: str | int | None = None,
+                 device: str = "auto", batch_size: int | None = None, cells_channel: str | int | None = None,
                  measure_channels: Sequence[int] = FLUORESCENT, wells: Sequence[str] | None = None,
                  tile_size: int | None = None, thresholds: Mapping[str, Mapping[str, Any]] | None = None,
-                 model_channels: Mapping[str, int] | None = None, features: str = "minimal") -> None:
+                 model_channels: Mapping[str, int] | None = None, features: str = "minimal",
+                 precision: str = "auto") -> None:
         """``models_dir`` is a models folder (bundles chosen by channel, :func:`choose_models`) or an explicit
         ``{"Nuclei"/"Cells": bundle path}``. ``wells`` limits the run to those wells (the plate table is written
         once every field of the plate is done, by this run or another into the same folder); ``tile_size``,
         ``thresholds`` (per object: peak/fill/grow/ring/slope/min_size over the bundle's) and ``model_channels``
         (per object: the channel its model reads, default the bundle's) override the bundles'. ``features``:
         ``minimal`` (17 per object and channel set) or ``full`` (CellProfiler's by cp-measure, the ``measure``
-        extra; refused here, before any field, when it is not installed)."""
+        extra; refused here, before any field, when it is not installed). ``batch_size`` (None: the Segmenter's
+        default) and ``precision`` (auto | fp32 | bf16) are the :class:`~dinocell_core.seg.inference.Segmenter`'s."""
         from dinocell_core.jump.index import load_index
         from dinocell_core.seg.distance import resolve_thresholds
 
@@ -220,6 +222,7 @@ class PlateRun:
         self.fields = fields
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         self.tile_size = tile_size
         self.channels = [CHANNELS[c] for c in measure_channels]
         self.measure_channels = list(measure_channels)
@@ -316,7 +319,8 @@ class PlateRun:
         if max_fields is not None:
             todo = todo[:max_fields]
         t0 = time.perf_counter()
-        segs = {obj: Segmenter(b.path, device=self.device, batch_size=self.batch_size, tile_size=self.tile_size)
+        segs = {obj: Segmenter(b.path, device=self.device, batch_size=self.batch_size, tile_size=self.tile_size,
+                               precision=self.precision)
                 for obj, b in self.models.items()}
         for obj, seg in segs.items():
             seg.thresholds = self.thresholds[obj]
