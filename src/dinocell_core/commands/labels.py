@@ -8,11 +8,13 @@ import os
 import sys
 from pathlib import Path
 
+from dinocell_core.commands.shard_options import add_shard_options, shard_line
 from dinocell_core.labels.settings import METHODS, CellProfilerParams, LabelSettings
 from dinocell_core.measure.names import FEATURE_SETS
 
 #: options of ``jump label`` that are no settings field: what to read and write, and the machine's share (workers)
-LABEL_RUN_OPTIONS = frozenset({"root", "output", "from_dir", "param", "endpoint_url", "workers", "measure", "help"})
+LABEL_RUN_OPTIONS = frozenset({"root", "output", "from_dir", "param", "endpoint_url", "workers", "measure", "shard",
+                               "merge", "help"})
 
 
 def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
@@ -36,6 +38,7 @@ def add_jump_label(j_sub: argparse._SubParsersAction) -> None:
                     help="then measure every labelled field's cells (minimal: 17 per object; full: CellProfiler's "
                          "measurements by cp-measure) into LABELS/measurements/<set>/<plate folder>/<well>_sSS.parquet")
     jl.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_shard_options(jl, "LABELS.shards/shard-I-of-N (a labels store of its own)", "the labels store")
     jl.add_argument("--qc-fields", type=int, default=LabelSettings.model_fields["qc_fields"].default,
                     help="fields on the contact sheet (0: none)")
     jl.add_argument("--seed", type=int, default=LabelSettings.model_fields["seed"].default,
@@ -62,7 +65,8 @@ def add_models_report(md_sub: argparse._SubParsersAction) -> None:
 def _jump_label(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dinocell_core.labels.run import label_tree
+    from dinocell_core.io.shards import Shard
+    from dinocell_core.labels.run import label_tree, merge_label_shards
     from dinocell_core.labels.settings import parse_params
 
     params = parse_params([*args.param, *([] if args.illumination else ["illumination=false"])])
@@ -72,15 +76,24 @@ def _jump_label(args: argparse.Namespace) -> int:
         from dinocell_core.measure.cells import check_features
 
         check_features(args.measure)  # a missing cp-measure is said before any field is labelled
-    with tqdm(unit="field", desc=f"label ({args.method})") as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    shard = Shard.parse(args.shard) if args.shard else None
+    common = dict(method=args.method, params=params, from_dir=args.from_dir, qc_fields=args.qc_fields, seed=args.seed,
+                  endpoint_url=args.endpoint_url)
+    if args.merge:
+        summary = merge_label_shards(args.root, args.output, **common)
+    else:
+        with tqdm(unit="field", desc=f"label ({args.method}{f', shard {shard}' if shard else ''})") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
 
-        summary = label_tree(args.root, args.output, method=args.method, params=params, from_dir=args.from_dir,
-                             workers=args.workers, qc_fields=args.qc_fields, seed=args.seed, progress=progress,
-                             endpoint_url=args.endpoint_url)
+            summary = label_tree(args.root, args.output, workers=args.workers, progress=progress, shard=shard,
+                                 **common)
     print(summary.text())
+    if shard is not None:
+        print(shard_line(shard, summary.merged, summary.waiting, f"the labels store {args.output}"))
+        if not summary.merged:
+            return 0  # the store is measured by the shard that merges (the masks are in the parts until then)
     if args.measure is not None:
         from dinocell_core.labels.measure import MEASUREMENTS_DIR, measure_store
         from dinocell_core.labels.run import source_storage, tree_fields

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinocell_core.commands.shard_options import add_shard_options, shard_line
 from dinocell_core.commands.segment import add_inference_options
 from dinocell_core.measure.names import FEATURE_SETS
 
@@ -32,20 +33,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="minimal: 17 per object (area/shape, centre, 5 intensities per channel); full: CellProfiler's "
                          "measurements by cp-measure (shape, Zernike, Feret, intensity, texture, granularity, radial "
                          "distribution per channel, correlation per channel pair; pip install 'dinocell[measure]')")
+    add_shard_options(sp, "OUTPUT's per-field files (no plate table)", "the plate tables")
     sp.set_defaults(handler=_segment_plate)
 
 
 def _segment_plate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from dinocell_core.io.shards import Shard
     from dinocell_core.seg.plate import PlateRun
 
+    shard = Shard.parse(args.shard) if args.shard else None
     run = PlateRun(args.models, args.root, args.output, plates=args.plates, device=args.device,
                    batch_size=args.batch_size, cells_channel=args.cells_channel, features=args.features,
-                   precision=args.precision)
+                   precision=args.precision, shard=shard)
+    if args.merge:
+        for t in run.merge_shards():
+            print(f"plate table {t}")
+        return 0
     for obj, b in run.models.items():
         print(f"{obj:<7} {b.name} ({b.channel}) thresholds {b.metadata.get('thresholds')}")
-    with tqdm(desc="segment-plate", unit="field") as bar:
+    with tqdm(desc=f"segment-plate{f' shard {shard}' if shard else ''}", unit="field") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -56,6 +64,8 @@ def _segment_plate(args: argparse.Namespace) -> int:
           f"{res.total - res.done - len(res.failed)} left); network {res.network_s:.1f} s")
     for t in res.tables:
         print(f"plate table {t}")
+    if shard is not None:
+        print(shard_line(shard, res.merged, res.waiting, "the plate tables", res.shard_finished))
     if res.failed:
         for line in res.failed:
             print(f"failed: {line}", file=sys.stderr)

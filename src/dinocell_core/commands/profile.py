@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinocell_core.commands.shard_options import add_shard_options, shard_line
 from dinocell_core.config import PRECISIONS
 from dinocell_core.measure.names import FEATURE_SETS
 from dinocell_core.profiling.settings import (
     AGGREGATIONS,
     BORDERS,
+    CELLPROFILER,
     CENTRES,
     TOKENS,
     UNITS,
@@ -23,7 +26,7 @@ from dinocell_core.profiling.settings import (
 
 #: options that are no settings field: what to read and write, and how the command talks
 RUN_OPTIONS = frozenset({"profiles", "root", "inputs", "output", "quiet", "metadata", "no_metadata", "plates",
-                         "endpoint_url", "labels", "overrides", "help"})
+                         "endpoint_url", "labels", "overrides", "shard", "merge", "help"})
 
 
 def _option(g: Any, model: type, name: str, *flags: str, **kw: Any) -> None:
@@ -146,6 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _option(em, S, "chunk_sites", type=int, help="sites per resumable chunk")
     em.add_argument("--endpoint-url", default=None, help="S3 endpoint (mirror or test server)")
     em.add_argument("--quiet", action="store_true")
+    add_shard_options(em, "OUTPUT.parts (its chunks of --chunk-sites sites; --backbone cellprofiler: its wells)",
+                      "OUTPUT")
     em.set_defaults(handler=_embed)
 
     cp = sub.add_parser("compare", help="fraction retrieved and mean mAP per task for several backbones",
@@ -186,6 +191,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from dinocell_core.io.shards import Shard, torchrun_shard, unfinished
     from dinocell_core.jump.index import load_index
     from dinocell_core.profiling.embed import embed_profiles, find_metadata_dir
     from dinocell_core.profiling.table import ProfileError, info_path
@@ -195,6 +201,16 @@ def _embed(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ProfileError(f"--model-kwargs is not JSON ({exc})") from None
     s = settings_from_args(EmbedSettings, args, args.overrides, model_kwargs=kwargs)
+    shard = Shard.parse(args.shard) if args.shard else None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun: one shard per rank, each on its own GPU
+        if args.merge:
+            raise ProfileError("--merge runs in one process: start it without torchrun")
+        shard = torchrun_shard(shard)
+        if s.device in ("auto", "cuda") and s.backbone != CELLPROFILER:
+            import torch
+
+            if torch.cuda.is_available():
+                s = s.model_copy(update={"device": f"cuda:{os.environ.get('LOCAL_RANK', '0')}"})
     storage = None
     if args.root.startswith("s3://") or args.endpoint_url:
         from dinocell_core.io.storage import S3Storage
@@ -217,7 +233,12 @@ def _embed(args: argparse.Namespace) -> int:
     if args.plates:
         fields = [f for f in fields if f.plate in set(args.plates)]
     wells = embed_profiles(args.root, fields, args.output, s, metadata=metadata, storage=storage,
-                           progress=not args.quiet)
+                           progress=not args.quiet, shard=shard, merge=args.merge)
+    if shard is not None:
+        waiting = [] if wells is not None else [str(m) for m in unfinished(args.output, shard.count)]
+        print(shard_line(shard, wells is not None, waiting, str(args.output)))
+    if wells is None:  # a shard that left the merge to the last one
+        return 0
     n_feat = sum(not str(c).startswith("Metadata_") for c in wells.columns)
     info = json.loads(info_path(args.output).read_text())
     unit = f", {info['n_units']} cells" if s.units == "cells" or "n_features" in info else ""

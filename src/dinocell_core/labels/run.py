@@ -15,8 +15,9 @@ import logging
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,19 @@ import numpy as np
 from dinocell_core import __version__
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_write_bytes
+from dinocell_core.io.shards import Shard, ShardParts, digest
 from dinocell_core.io.tiffio import BadImageError, read_tiff, tiff_problem
 from dinocell_core.jump.index import Field, index_fields, load_index
 from dinocell_core.labels import qc
 from dinocell_core.labels.cellprofiler import BadFieldError, segment_field
 from dinocell_core.labels.settings import CellProfilerParams, LabelSettings
 from dinocell_core.labels.store import (
+    LABELS_CSV,
+    FieldKey,
     LabelsError,
     LabelStore,
     StoreLock,
+    field_key,
     orphan_temp_files,
     write_masks,
 )
@@ -54,6 +59,8 @@ class LabelSummary:
     seconds: float = 0.0
     relabelled: list[str] = field(default_factory=list)  # stored masks found unreadable, labelled again
     qc_rebuilt: int = 0  # qc.csv rows described again from their masks (missing after a kill, or unreadable)
+    merged: bool = False  # this call wrote the store from every shard's part
+    waiting: list[str] = field(default_factory=list)  # shards not finished yet (a shard that did not merge)
 
     def text(self) -> str:
         out = (f"{self.labelled} fields labelled, {self.resumed} already in the store, {len(self.skipped)} skipped, "
@@ -181,14 +188,58 @@ def _image_shape(path: str, storage: Any = None) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------------------------- driver
 
-def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = _DEFAULTS.method,
-               params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
-               workers: int = 1, qc_fields: int = _DEFAULTS.qc_fields, seed: int = _DEFAULTS.seed,
-               progress: Callable[[int, int], None] | None = None,
-               endpoint_url: str | None = None) -> LabelSummary:
-    """Label (or import masks for) every field of ``root`` (a folder, an index CSV or an ``s3://`` prefix, read
-    through ``endpoint_url`` when given) into the local store ``out``; see the module docstring."""
-    t0 = time.perf_counter()
+@dataclass
+class _Job:
+    """One ``jump label`` command's checked inputs: what every shard of it, and its merge, must share."""
+
+    root: str
+    out: Path
+    method: str
+    params: CellProfilerParams
+    from_dir: str | os.PathLike[str] | None
+    qc_fields: int
+    seed: int
+    endpoint_url: str | None
+    storage: Any
+    manifest: dict[str, Any]
+
+    @cached_property
+    def listing(self) -> tuple[list[Field], list[str]]:
+        """(fields having DNA and RNA, descriptions of fields missing one), listed once per command."""
+        fields, incomplete = tree_fields(self.root, self.storage)
+        if not fields:
+            raise LabelsError(f"{self.root}: no field with both DNA (ch5) and RNA (ch3) images found")
+        return fields, incomplete
+
+    @property
+    def source(self) -> str:
+        return "auto" if self.method == "cellprofiler" else "imported"
+
+    def shard_parts(self) -> ShardParts:
+        """``LABELS.shards``, keyed by everything a merged store depends on (settings, the tree's fields)."""
+        keys = "\n".join(f.key for f in self.listing[0])
+        return ShardParts(self.out, digest({"manifest": self.manifest, "qc_fields": self.qc_fields, "seed": self.seed,
+                                            "fields": digest(keys)}))
+
+    def open_store(self, folder: Path) -> LabelStore:
+        """The store (or a shard's part store) at ``folder``, refused when it was made with other settings."""
+        store = LabelStore.open_or_create(folder, self.manifest)
+        if store.manifest.get("method") != self.method or (self.method == "cellprofiler"
+                                                           and store.manifest.get("params") != _jsonable(self.params)):
+            raise LabelsError(f"{folder} was made by method {store.manifest.get('method')!r} with params "
+                              f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
+                              "new folder)")
+        return store
+
+    def contact_sheet(self, store: LabelStore) -> None:
+        if self.qc_fields > 0 and store.rows:
+            write_contact_sheet(store, self.root, self.out / qc.CONTACT_SHEET, n=self.qc_fields, seed=self.seed,
+                                storage=self.storage)
+
+
+def _job(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str, params: CellProfilerParams | None,
+         from_dir: str | os.PathLike[str] | None, qc_fields: int, seed: int, endpoint_url: str | None) -> _Job:
+    """Check the settings and the folders (nothing is written)."""
     root_s, out_p = os.fspath(root), Path(out)
     params = LabelSettings(method=method, params=params or CellProfilerParams(), qc_fields=qc_fields,
                            seed=seed).params  # checks every setting, naming a bad one
@@ -202,82 +253,178 @@ def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method
     if "://" in os.fspath(out):
         raise LabelsError(f"{out}: the labels store is a local folder (the source tree may be on S3, the store not)")
     storage = source_storage(root_s, endpoint_url)
-    _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
-    source = "auto" if method == "cellprofiler" else "imported"
     manifest = {"method": method, "params": _jsonable(params) if method == "cellprofiler" else
                 {"from": str(from_dir)}, "dinocell_version": __version__, "source_root": root_s}
-    # held for the whole run: a correction saved meanwhile would be overwritten by the run's next flush
-    with StoreLock(out_p, task="run"):
-        for tmp in orphan_temp_files(out_p):  # a writer killed mid-write (this lock's holder is the only writer)
-            tmp.unlink(missing_ok=True)
-        store = LabelStore.open_or_create(out_p, manifest)
-        if store.manifest.get("method") != method or (method == "cellprofiler"
-                                                      and store.manifest.get("params") != _jsonable(params)):
-            raise LabelsError(f"{out_p} was made by method {store.manifest.get('method')!r} with params "
-                              f"{store.manifest.get('params')}; resuming needs the same method and params (or use a "
-                              "new folder)")
-        fields_ok, incomplete = tree_fields(root_s, storage)
-        if not fields_ok:
-            raise LabelsError(f"{root_s}: no field with both DNA (ch5) and RNA (ch3) images found")
-        summary = LabelSummary(incomplete=incomplete)
-        done = set()
-        for key in store.keys():  # masks missing or cut short are relabelled, not trusted (corrections stay)
-            r = store.get(key, source)
-            if r is not None:
-                problems = [f"{out_p / p}: {why}" for p in (r.nuclei, r.cells, r.cytoplasm)
-                            if p and (why := tiff_problem(out_p / p)) is not None]
-                if not problems:
-                    done.add(key)
-                else:
-                    summary.relabelled.append(problems[0])
-                    store.remove(key, source)
-        todo = [f for f in fields_ok if (f.plate_folder, f.well, f.site) not in done]
-        summary.resumed = len(fields_ok) - len(todo)
-        if method == "import":
-            from dinocell_core.labels.importer import match_import_files
+    return _Job(root_s, out_p, method, params, from_dir, qc_fields, seed, endpoint_url, storage, manifest)
 
-            matched, unmatched = match_import_files(Path(from_dir), todo)  # type: ignore[arg-type]
-            summary.skipped.extend(unmatched)
-            tasks: list[Any] = [(root_s, str(out_p), f, paths, endpoint_url) for f, paths in matched]
-            worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
-        else:
-            tasks = [(root_s, str(out_p), f, params, endpoint_url) for f in todo]
-            worker = _label_cellprofiler
-        qc_rows = _kept_qc_rows(out_p, store)
-        last_flush = time.monotonic()
 
-        def record(result: tuple[str, Any, Any]) -> None:
-            nonlocal last_flush
-            kind, a, b = result
-            if kind == "ok":
-                if store.add(a, flush=False).source == a.source:  # under a correction, qc.csv keeps describing it
-                    qc_rows[(a.plate_folder, a.well, a.site)] = qc.qc_row(a, b)
-                summary.labelled += 1
-            else:
-                summary.skipped.append((a, b))
-            if progress is not None:
-                progress(summary.labelled + len(summary.skipped), len(tasks))
-            if time.monotonic() - last_flush > 5.0:
-                _flush(store, qc_rows, summary, out_p)
-                last_flush = time.monotonic()
+def label_tree(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = _DEFAULTS.method,
+               params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
+               workers: int = 1, qc_fields: int = _DEFAULTS.qc_fields, seed: int = _DEFAULTS.seed,
+               progress: Callable[[int, int], None] | None = None,
+               endpoint_url: str | None = None, shard: Shard | None = None) -> LabelSummary:
+    """Label (or import masks for) every field of ``root`` (a folder, an index CSV or an ``s3://`` prefix, read
+    through ``endpoint_url`` when given) into the local store ``out``; see the module docstring.
 
-        try:
-            if workers <= 1 or len(tasks) <= 1:
-                for task in tasks:
-                    record(worker(task))
-            else:
-                # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
-                ctx = mp.get_context("spawn")
-                with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-                    for result in pool.imap_unordered(worker, tasks, chunksize=1):
-                        record(result)
-            summary.qc_rebuilt = _rebuild_qc_rows(store, qc_rows)
-        finally:
-            summary.seconds = time.perf_counter() - t0
-            _flush(store, qc_rows, summary, out_p)
-        if qc_fields > 0 and store.rows:
-            write_contact_sheet(store, root_s, out_p / qc.CONTACT_SHEET, n=qc_fields, seed=seed, storage=storage)
+    ``shard``: only that shard's fields, into its own part store ``OUT.shards/shard-I-of-N`` (the store itself is
+    not written), then the merge when it is the last shard to finish (``summary.merged``): the store is then the
+    one a single run writes (:func:`merge_label_shards`)."""
+    t0 = time.perf_counter()
+    job = _job(root, out, method, params, from_dir, qc_fields, seed, endpoint_url)
+    _ILLUM.clear()  # per run: an earlier run in this process may have seen other files
+    if shard is None:
+        with StoreLock(job.out, task="run"):
+            summary = _label_into(job, job.out, None, set(), workers, progress, t0)
+            job.contact_sheet(LabelStore.open(job.out))
         return summary
+    parts = job.shard_parts()
+    parts.start(shard)
+    mine = [f for f in job.listing[0] if shard.owns(f.key)]
+    part_dir = parts.part(shard)
+    with StoreLock(part_dir, task="run"):
+        summary = _label_into(job, part_dir, mine, _done_in_store(job, mine), workers, progress, t0)
+    info = {"fields": len(mine), "labelled": summary.labelled, "resumed": summary.resumed,
+            "relabelled": summary.relabelled, "qc_rebuilt": summary.qc_rebuilt, "seconds": round(summary.seconds, 2)}
+    summary.merged = parts.finish_and_merge(shard, info, lambda markers: _merge(job, parts, markers)) is not None
+    summary.waiting = [str(s) for s in parts.missing(shard.count)] if not summary.merged else []
+    return summary
+
+
+def merge_label_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], method: str = _DEFAULTS.method,
+                       params: CellProfilerParams | None = None, from_dir: str | os.PathLike[str] | None = None,
+                       qc_fields: int = _DEFAULTS.qc_fields, seed: int = _DEFAULTS.seed,
+                       endpoint_url: str | None = None) -> LabelSummary:
+    """``jump label --merge``: join every finished shard's part store into ``out`` (the same options as the shards:
+    a part made with others, or a missing shard, is a ShardError naming it)."""
+    job = _job(root, out, method, params, from_dir, qc_fields, seed, endpoint_url)
+    parts = job.shard_parts()
+    return parts.merge(lambda markers: _merge(job, parts, markers))
+
+
+def _done_in_store(job: _Job, fields: Sequence[Field]) -> set[FieldKey]:
+    """Fields of ``fields`` the store already holds readable masks of (a shard labels the rest; it only reads the
+    store, which the merge alone writes)."""
+    if not (job.out / LABELS_CSV).is_file():
+        return set()
+    store = LabelStore.open(job.out)
+    done = set()
+    for f in fields:
+        r = store.get(field_key(f), job.source)
+        if r is not None and all(tiff_problem(job.out / p) is None for p in (r.nuclei, r.cells, r.cytoplasm) if p):
+            done.add(r.key)
+    return done
+
+
+def _label_into(job: _Job, folder: Path, fields: Sequence[Field] | None, done_elsewhere: set[FieldKey],
+                workers: int, progress: Callable[[int, int], None] | None, t0: float) -> LabelSummary:
+    """Label ``fields`` (None: the tree's) less those in ``done_elsewhere`` and those already in it into the store at
+    ``folder``, whose StoreLock the caller holds."""
+    for tmp in orphan_temp_files(folder):  # a writer killed mid-write (this lock's holder is the only writer)
+        tmp.unlink(missing_ok=True)
+    store = job.open_store(folder)
+    fields = job.listing[0] if fields is None else fields
+    summary = LabelSummary(incomplete=job.listing[1])
+    done = set(done_elsewhere)
+    for key in store.keys():  # masks missing or cut short are relabelled, not trusted (corrections stay)
+        r = store.get(key, job.source)
+        if r is not None:
+            problems = [f"{folder / p}: {why}" for p in (r.nuclei, r.cells, r.cytoplasm)
+                        if p and (why := tiff_problem(folder / p)) is not None]
+            if not problems:
+                done.add(key)
+            else:
+                summary.relabelled.append(problems[0])
+                store.remove(key, job.source)
+    todo = [f for f in fields if field_key(f) not in done]
+    summary.resumed = len(fields) - len(todo)
+    if job.method == "import":
+        from dinocell_core.labels.importer import match_import_files
+
+        matched, unmatched = match_import_files(Path(job.from_dir), todo) if todo else ([], [])  # type: ignore[arg-type]
+        summary.skipped.extend(unmatched)
+        tasks: list[Any] = [(job.root, str(folder), f, paths, job.endpoint_url) for f, paths in matched]
+        worker: Callable[[Any], tuple[str, Any, Any]] = _label_import
+    else:
+        tasks = [(job.root, str(folder), f, job.params, job.endpoint_url) for f in todo]
+        worker = _label_cellprofiler
+    qc_rows = _kept_qc_rows(folder, store)
+    last_flush = time.monotonic()
+
+    def record(result: tuple[str, Any, Any]) -> None:
+        nonlocal last_flush
+        kind, a, b = result
+        if kind == "ok":
+            if store.add(a, flush=False).source == a.source:  # under a correction, qc.csv keeps describing it
+                qc_rows[(a.plate_folder, a.well, a.site)] = qc.qc_row(a, b)
+            summary.labelled += 1
+        else:
+            summary.skipped.append((a, b))
+        if progress is not None:
+            progress(summary.labelled + len(summary.skipped), len(tasks))
+        if time.monotonic() - last_flush > 5.0:
+            _flush(store, qc_rows, summary, folder)
+            last_flush = time.monotonic()
+
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                record(worker(task))
+        else:
+            # spawn, not fork: a forked child inherits OpenCV's/OpenMP's thread pools mid-state and can hang
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+                for result in pool.imap_unordered(worker, tasks, chunksize=1):
+                    record(result)
+        summary.qc_rebuilt = _rebuild_qc_rows(store, qc_rows)
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        _flush(store, qc_rows, summary, folder)
+    return summary
+
+
+def _merge(job: _Job, parts: ShardParts, markers: dict[Shard, dict[str, Any]]) -> LabelSummary:
+    """Move every part store's masks into the store and write its labels.csv / qc.csv / skipped.csv / manifest /
+    contact sheet as one run would have (then remove the parts). Safe to repeat after a kill: a mask already moved
+    is found in the store."""
+    summary = LabelSummary(incomplete=job.listing[1])
+    with StoreLock(job.out, task="run"):
+        for tmp in orphan_temp_files(job.out):
+            tmp.unlink(missing_ok=True)
+        store = job.open_store(job.out)
+        qc_rows = _kept_qc_rows(job.out, store)
+        for shard, info in markers.items():
+            folder = parts.part(shard)
+            part = LabelStore.open(folder)
+            part_qc = {qc.qc_key(r): r for r in qc.read_qc_csv(folder / qc.QC_CSV)}
+            for row in part.rows:
+                for rel in row.files():
+                    src, dst = folder / rel, job.out / rel
+                    if src.is_file():
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(src, dst)
+                    elif not dst.is_file():
+                        raise LabelsError(f"{src}: listed in {folder / LABELS_CSV} but missing (and not in "
+                                          f"{job.out}); run shard {shard} again")
+                if store.add(row, flush=False).source == row.source and row.key in part_qc:
+                    qc_rows[row.key] = part_qc[row.key]
+            summary.skipped.extend(_read_skipped(folder / SKIPPED_CSV))
+            summary.labelled += int(info.get("labelled", 0))
+            summary.resumed += int(info.get("resumed", 0))
+            summary.relabelled.extend(info.get("relabelled", []))
+            summary.seconds += float(info.get("seconds", 0.0))
+        summary.qc_rebuilt = _rebuild_qc_rows(store, qc_rows)
+        _flush(store, qc_rows, summary, job.out)
+        job.contact_sheet(store)
+        parts.clear()
+    summary.merged = True
+    return summary
+
+
+def _read_skipped(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [(r["field"], r["reason"]) for r in csv.DictReader(fh)]
 
 
 def _kept_qc_rows(out: Path, store: LabelStore) -> dict[qc.FieldKey, dict[str, Any]]:
@@ -329,7 +476,7 @@ def _flush(store: LabelStore, qc_rows: dict, summary: LabelSummary, out: Path) -
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["field", "reason"])
-    w.writerows(summary.skipped)
+    w.writerows(sorted(summary.skipped))  # the workers' finishing order is no order: one run = its shards merged
     atomic_write_bytes(out / SKIPPED_CSV, buf.getvalue().encode("utf-8"))
 
 

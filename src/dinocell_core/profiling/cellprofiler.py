@@ -8,7 +8,8 @@ its cells** (pycytominer ``aggregate``, ``method: median``, as the CPJUMP1 profi
 on flat objects) is dropped and counted in ``OUT.json`` notes, since ``profile evaluate`` would drop the well.
 The table has the ViT tables' metadata (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site_Count``,
 ``Metadata_Cell_Count`` and the CPJUMP1 annotations), so ``profile evaluate`` / ``compare`` score both alike.
-Resumable per well: ``OUT.parts/well_<plate>_<well>.parquet``.
+Resumable per well: ``OUT.parts/well_<plate>_<well>.parquet``. Sharded (``--shard I/N``), a shard measures the wells
+whose ``plate/well`` hashes to it (a well's cells are aggregated together) and the last to finish writes the table.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.io.shards import Shard, ShardParts, digest
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import Field
 from dinocell_core.labels.store import LABELS_CSV, LabelStore, field_key
@@ -55,11 +57,12 @@ def _well_part(parts: Path, plate: str, well: str) -> Path:
     return parts / f"well_{plate}_{well}.parquet"
 
 
-def _open_parts(out: Path, s: EmbedSettings, store: LabelStore, fields: Sequence[Field]) -> Path:
+def _open_parts(out: Path, s: EmbedSettings, store: LabelStore, fields: Sequence[Field]) -> tuple[Path, str]:
+    """The parts folder (made, or checked against this run) and the digest every shard of the run shares."""
     parts = Path(f"{out}.parts")
-    digest = hashlib.sha256("\n".join(f.key for f in fields).encode()).hexdigest()[:16]
+    keys = hashlib.sha256("\n".join(f.key for f in fields).encode()).hexdigest()[:16]
     labels = hashlib.sha256((store.root / LABELS_CSV).read_bytes()).hexdigest()[:16]
-    manifest = {"kind": "cellprofiler", "features": s.features, "fields": digest, "labels": str(store.root.resolve()),
+    manifest = {"kind": "cellprofiler", "features": s.features, "fields": keys, "labels": str(store.root.resolve()),
                 "labels_csv": labels}
     path = parts / "manifest.json"
     if path.is_file():
@@ -69,17 +72,17 @@ def _open_parts(out: Path, s: EmbedSettings, store: LabelStore, fields: Sequence
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, manifest)
-    return parts
+    return parts, digest(manifest)
 
 
 def cellprofiler_profiles(root: str, fields: Sequence[Field], out: str | Path, s: EmbedSettings,
                           metadata: str | Path | None = None, storage: Any = None, progress: bool = True,
-                          report: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Measure every labelled field, median per well, annotate, write ``out`` and ``OUT.json`` (module docstring)."""
+                          report: Callable[[str], None] | None = None, shard: Shard | None = None,
+                          merge: bool = False) -> pd.DataFrame | None:
+    """Measure every labelled field, median per well, annotate, write ``out`` and ``OUT.json`` (module docstring);
+    ``shard`` and ``merge`` as for :func:`~dinocell_core.profiling.embed.embed_profiles`."""
     from dinocell_core.labels.measure import field_measurements
     from dinocell_core.measure.cells import check_features
-    from dinocell_core.profiling.metadata import annotate
-    from dinocell_core.profiling.table import write_profiles
 
     say = report or (lambda msg: print(msg, file=sys.stderr))
     if not s.labels:
@@ -96,14 +99,27 @@ def cellprofiler_profiles(root: str, fields: Sequence[Field], out: str | Path, s
     wells: dict[tuple[str, str], list[tuple[Field, Any]]] = {}
     for f, row in sorted(pairs, key=lambda p: (p[0].plate, p[0].well, p[0].site)):
         wells.setdefault((f.plate, f.well), []).append((f, row))
-    parts = _open_parts(Path(out), s, store, [f for f, _ in pairs])
+    parts, run_digest = _open_parts(Path(out), s, store, [f for f, _ in pairs])
+    shards = ShardParts(out, run_digest)
+
+    def assemble(_: object = None) -> pd.DataFrame:
+        table = _assemble(root, out, s, parts, wells, pairs, unlabelled, notes, metadata, say)
+        shards.clear()
+        return table
+
+    if merge:
+        return shards.merge(assemble)
+    if shard is not None:
+        shards.start(shard)
+    mine = {key: members for key, members in wells.items() if shard is None or shard.owns("/".join(key))}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(pairs), desc=f"measure ({s.features})", unit="field", dynamic_ncols=True)
+        bar = tqdm(total=sum(map(len, mine.values())), desc=f"measure ({s.features})", unit="field",
+                   dynamic_ncols=True)
     try:
-        for (plate, well), members in wells.items():
+        for (plate, well), members in mine.items():
             part = _well_part(parts, plate, well)
             if not part.is_file():
                 cells = pd.concat([field_measurements(store, row, root, f, s.features, storage=storage)
@@ -116,6 +132,18 @@ def cellprofiler_profiles(root: str, fields: Sequence[Field], out: str | Path, s
     finally:
         if bar is not None:
             bar.close()
+    if shard is None:
+        return assemble()
+    return shards.finish_and_merge(shard, {"wells": len(mine)}, assemble)
+
+
+def _assemble(root: str, out: str | Path, s: EmbedSettings, parts: Path, wells: dict[tuple[str, str], list[Any]],
+              pairs: Sequence[Any], unlabelled: Sequence[Field], notes: list[str], metadata: str | Path | None,
+              say: Callable[[str], None]) -> pd.DataFrame:
+    """Every well's part → the table (features undefined in some well dropped), annotated; ``OUT.json`` last."""
+    from dinocell_core.profiling.metadata import annotate
+    from dinocell_core.profiling.table import write_profiles
+
     done = [_well_part(parts, p, w) for p, w in wells]
     empty = [f"{p}/{w}" for (p, w), path in zip(wells, done) if not path.is_file()]
     if empty:

@@ -12,7 +12,9 @@ channel embedded separately and concatenated (the default for every ViT backbone
 hand-crafted baseline's default) or one channel; ``OUT.json`` records which (``readout``). Tokens: CLS, mean patch
 token, or both (settings: :mod:`dinocell_core.profiling.settings`). Sites are processed in fixed chunks written as
 ``OUT.parts/chunk_*.npz`` so a killed run continues where it stopped; the well table is assembled (and annotated
-with CPJUMP1 metadata) at the end.
+with CPJUMP1 metadata) at the end. Sharded (``--shard I/N``, or one shard per torchrun rank), each shard embeds the
+chunks whose name hashes to it and the last to finish assembles the table: a chunk is embedded (its units batched)
+exactly as in one run, so the table is the same bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.io.shards import Shard, ShardParts, digest
 from dinocell_core.jump.channels import FLUORESCENT, channel_number
 from dinocell_core.jump.index import SOURCE_PREFIX, Field
 from dinocell_core.profiling.cells import CellSource, crop_stack
@@ -312,7 +315,8 @@ def _fields_digest(fields: Sequence[Field]) -> str:
 
 
 def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Sequence[Field],
-                cells: CellSource | None = None) -> Path:
+                cells: CellSource | None = None) -> tuple[Path, str]:
+    """The parts folder (made, or checked against this run) and the digest every shard of the run shares."""
     parts = parts_dir(out)
     manifest = {"settings": s.fingerprint(), "fields": _fields_digest(fields), "n_fields": len(fields),
                 "chunk_sites": s.chunk_sites, "embedder": embedder.describe(),
@@ -328,7 +332,7 @@ def _open_parts(out: Path, s: EmbedSettings, embedder: TileEmbedder, fields: Seq
     else:
         parts.mkdir(parents=True, exist_ok=True)
         atomic_write_json(mpath, manifest)
-    return parts
+    return parts, digest({k: manifest[k] for k in ("settings", "fields", "chunk_sites", "embedder", "labels")})
 
 
 def _chunk_path(parts: Path, i: int) -> Path:
@@ -366,22 +370,21 @@ def _write_field_table(path: Path, sites: pd.DataFrame, unlabelled: Sequence[Fie
 
 def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[str], s: EmbedSettings,
                    metadata: str | os.PathLike[str] | None = None, storage: Any = None, progress: bool = True,
-                   embedder: TileEmbedder | None = None, report: Callable[[str], None] | None = None
-                   ) -> pd.DataFrame:
+                   embedder: TileEmbedder | None = None, report: Callable[[str], None] | None = None,
+                   shard: Shard | None = None, merge: bool = False) -> pd.DataFrame | None:
     """Embed every field (resuming from ``OUT.parts``), aggregate to wells, annotate, write ``out``.
 
     Fields left out (no labels; no cells in the mask; wells with no embedded site) are passed to ``report``
-    (default: printed to stderr), listed in ``OUT.json`` ``notes`` and, per field, in ``OUT.fields.csv``."""
-    from dinocell_core.profiling.metadata import annotate
-    from dinocell_core.profiling.table import write_profiles
-
+    (default: printed to stderr), listed in ``OUT.json`` ``notes`` and, per field, in ``OUT.fields.csv``.
+    ``shard``: embed that shard's chunks only and return None, unless it finishes last: then write and return the
+    table as one run does. ``merge``: only assemble the finished shards' chunks (a missing shard is a ShardError)."""
     say = report or (lambda msg: print(msg, file=sys.stderr))
     if not fields:
         raise ProfileError(f"no complete fields under {root}")
     if s.backbone == CELLPROFILER and embedder is None:
         from dinocell_core.profiling.cellprofiler import cellprofiler_profiles
 
-        return cellprofiler_profiles(root, fields, out, s, metadata, storage, progress, say)
+        return cellprofiler_profiles(root, fields, out, s, metadata, storage, progress, say, shard, merge)
     fields = sorted(fields, key=lambda f: (f.plate, f.well, f.site, f.plate_folder, f.sk))
     cells, unlabelled, notes = None, [], []
     if s.units == "cells":
@@ -391,25 +394,50 @@ def embed_profiles(root: str, fields: Sequence[Field], out: str | os.PathLike[st
             notes.append(f"{len(unlabelled)} field(s) skipped: no labels in {s.labels} ({_examples(unlabelled)})")
             say(notes[-1])
     embedder = embedder or make_embedder(s)
-    names = feature_names(s, embedder)
-    parts = _open_parts(Path(out), s, embedder, fields, cells)
+    parts, run_digest = _open_parts(Path(out), s, embedder, fields, cells)
     n_chunks = -(-len(fields) // s.chunk_sites)
-    done = {i for i in range(n_chunks) if _chunk_path(parts, i).is_file()}
+    shards = ShardParts(out, run_digest)
+
+    def assemble(_: object = None) -> pd.DataFrame:
+        wells = _assemble(root, fields, unlabelled, notes, out, s, embedder, parts, n_chunks, metadata, say)
+        shards.clear()
+        return wells
+
+    if merge:
+        return shards.merge(assemble)
+    if shard is not None:
+        shards.start(shard)
+    mine = {i for i in range(n_chunks) if shard is None or shard.owns(_chunk_path(parts, i).name)}
+    todo = {i for i in mine if not _chunk_path(parts, i).is_file()}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        done_sites = sum(len(fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]) for i in done)
-        bar = tqdm(total=len(fields), initial=done_sites, desc="embed", unit="field", dynamic_ncols=True)
+        n_sites = lambda chunks: sum(len(fields[i * s.chunk_sites:(i + 1) * s.chunk_sites]) for i in chunks)
+        bar = tqdm(total=n_sites(mine), initial=n_sites(mine - todo), unit="field", dynamic_ncols=True,
+                   desc="embed" if shard is None else f"embed shard {shard}")
     reader = FieldReader(root, s, storage, cells, embedder_planes(embedder))
     try:
-        for i, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s, skip=lambda i: i in done):
+        for i, chunk, sites, counts in iter_site_chunks(fields, reader, embedder, s, skip=lambda i: i not in todo):
             _save_chunk(_chunk_path(parts, i), sites, counts)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
+    if shard is None:
+        return assemble()
+    return shards.finish_and_merge(shard, {"chunks": len(mine)}, assemble)
+
+
+def _assemble(root: str, fields: Sequence[Field], unlabelled: Sequence[Field], notes: list[str],
+              out: str | os.PathLike[str], s: EmbedSettings, embedder: TileEmbedder, parts: Path, n_chunks: int,
+              metadata: str | os.PathLike[str] | None, say: Callable[[str], None]) -> pd.DataFrame:
+    """Every chunk's sites → the well table, ``OUT.fields.csv`` and ``OUT.json`` (written last)."""
+    from dinocell_core.profiling.metadata import annotate
+    from dinocell_core.profiling.table import write_profiles
+
+    names = feature_names(s, embedder)
     frames = []
     for i in range(n_chunks):
         with np.load(_chunk_path(parts, i), allow_pickle=False) as z:

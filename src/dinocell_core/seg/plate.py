@@ -14,6 +14,10 @@ killed (or cancelled) run picks up at the next field. ``dinocell-core segment-pl
 well/plate → disk" are both callers of :class:`PlateRun` (napari through :meth:`PlateRun.iter_run`, whose yields
 are its progress and cancel points). Bounded memory: one field is read ahead, one is in the network, one is in
 post-processing/measurement/writing (a thread, overlapping the next field's network pass).
+
+Sharded (``shard``, ``--shard I/N``): each shard segments its fields (split by a hash of the field key) into the same
+per-field files, writes no plate table and records itself in ``OUT.shards/``; the last to finish (or ``--merge``)
+writes the plate tables, the same bytes as one run's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pandas as pd
 
 from dinocell_core.errors import DinocellError
 from dinocell_core.io.fsutil import atomic_path, atomic_write_json
+from dinocell_core.io.shards import Shard, ShardParts, digest
 from dinocell_core.jump.channels import CHANNELS, FLUORESCENT, channel_number
 from dinocell_core.jump.index import check_folder_name, check_well_name
 from dinocell_core.seg.bundle import (
@@ -166,6 +171,9 @@ class PlateResult:
     tables: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     network_s: float = 0.0
+    shard_finished: bool = False  # a sharded run that tried every field of its shard and recorded itself
+    merged: bool = False  # a sharded run that found every shard finished and wrote the plate tables
+    waiting: list[str] = field(default_factory=list)  # shards not finished yet (a shard that did not merge)
 
 
 def columns_for(objects: Sequence[str], channels: Sequence[str], features: str = "minimal") -> list[str]:
@@ -183,7 +191,7 @@ class PlateRun:
                  measure_channels: Sequence[int] = FLUORESCENT, wells: Sequence[str] | None = None,
                  tile_size: int | None = None, thresholds: Mapping[str, Mapping[str, Any]] | None = None,
                  model_channels: Mapping[str, int] | None = None, features: str = "minimal",
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", shard: Shard | None = None) -> None:
         """``models_dir`` is a models folder (bundles chosen by channel, :func:`choose_models`) or an explicit
         ``{"Nuclei"/"Cells": bundle path}``. ``wells`` limits the run to those wells (the plate table is written
         once every field of the plate is done, by this run or another into the same folder); ``tile_size``,
@@ -191,7 +199,8 @@ class PlateRun:
         (per object: the channel its model reads, default the bundle's) override the bundles'. ``features``:
         ``minimal`` (17 per object and channel set) or ``full`` (CellProfiler's by cp-measure, the ``measure``
         extra; refused here, before any field, when it is not installed). ``batch_size`` (None: the Segmenter's
-        default) and ``precision`` (auto | fp32 | bf16) are the :class:`~dinocell_core.seg.inference.Segmenter`'s."""
+        default) and ``precision`` (auto | fp32 | bf16) are the :class:`~dinocell_core.seg.inference.Segmenter`'s.
+        ``shard``: this shard's fields only (see the module docstring)."""
         from dinocell_core.jump.index import load_index
         from dinocell_core.seg.distance import resolve_thresholds
 
@@ -219,7 +228,9 @@ class PlateRun:
             problem = check_folder_name(f.plate_folder) or check_well_name(f.well)
             if problem is not None:
                 raise PlateError(f"{root}: field {f.key}: {problem}; its files would be written outside {out}")
-        self.fields = fields
+        self.selected = fields  # every shard's fields
+        self.shard = shard
+        self.fields = fields if shard is None else [f for f in fields if shard.owns(f.key)]
         self.device = device
         self.batch_size = batch_size
         self.precision = precision
@@ -313,6 +324,8 @@ class PlateRun:
         from dinocell_core.seg.inference import Segmenter
 
         self._check_manifest()
+        if self.shard is not None:
+            self.shard_parts().start(self.shard)
         todo = self.pending()
         res = PlateResult(total=len(self.fields), done_before=len(self.fields) - len(todo))
         self.result = None
@@ -368,10 +381,51 @@ class PlateRun:
             for seg in segs.values():
                 seg.release()
         res.done = done
-        res.tables = self.write_plate_tables()
+        if self.shard is None:
+            res.tables = self.write_plate_tables()
+        else:
+            self._finish_shard(res)
         res.seconds = time.perf_counter() - t0
         self.result = res
         return res
+
+    def shard_parts(self) -> ShardParts:
+        """``OUT.shards``, keyed by what the plate tables depend on (models, thresholds, features, the tree)."""
+        return ShardParts(self.layout.root, digest({"manifest": self.manifest(),
+                                                    "fields": digest([f.key for f in self.selected])}))
+
+    def _finish_shard(self, res: PlateResult) -> None:
+        """Mark the shard finished once every field of it was tried (not when ``max_fields`` stopped it), then
+        merge when it was the last."""
+        assert self.shard is not None
+        failed = {line.split(": ", 1)[0] for line in res.failed}
+        if any(f.key not in failed for f in self.pending()):
+            return
+        parts = self.shard_parts()
+        tables = parts.finish_and_merge(self.shard, {"fields": len(self.fields), "failed": res.failed},
+                                        lambda markers: self._merge(parts, markers))
+        res.shard_finished = True
+        res.merged = tables is not None
+        res.tables = tables or []
+        res.waiting = [] if res.merged else [str(s) for s in parts.missing(self.shard.count)]
+
+    def merge_shards(self) -> list[Path]:
+        """``segment-plate --merge``: the plate tables from every finished shard's fields (refused, naming them,
+        while a shard is missing or was run with other options)."""
+        parts = self.shard_parts()
+        return parts.merge(lambda markers: self._merge(parts, markers))
+
+    def _merge(self, parts: ShardParts, markers: dict[Shard, dict[str, Any]]) -> list[Path]:
+        """The plate tables of every finished plate; the markers go once every selected field is done (a shard with
+        failed fields is run again to retry them, and merges again)."""
+        tables = self.write_plate_tables()
+        failed = [line for info in markers.values() for line in info.get("failed", [])]
+        if failed:
+            log.warning("%d field(s) failed in the shards (e.g. %s); their plates have no table until those shards "
+                        "run again", len(failed), failed[0])
+        if all(self.layout.part(f).is_file() for f in self.selected):
+            parts.clear()
+        return tables
 
     def objects(self) -> int:
         """Cells (or nuclei, in a nuclei-only run) in the finished measurement parts of this run's fields."""
