@@ -1,9 +1,10 @@
 """GPU check of the A100 recipe, unattended: is the GPU usable, and how fast is the step the run will spend its
-hours in; then segmentation on the GPU (``segment-plate`` fields/s, benchmarks/segment.py).
+hours in; then segmentation on the GPU (``segment-plate`` fields/s, benchmarks/segment.py) and inference precision
+(fp32 vs bf16 autocast of the segmentation network and the profile embedder: throughput and agreement).
 
     python benchmarks/gpu_check.py [--out FILE.json] [--steps 200] [--warmup 10] [--batch 48] [--data ROOT]
                                    [--workers N] [--compile on,off] [--override key=value ...]
-                                   [--fixture-size 1080 --fixture-fields 32] [--only pretrain,segment]
+                                   [--fixture-size 1080 --fixture-fields 32] [--only pretrain,segment,precision]
                                    [--seg-batch 32] [--seg-fields 8]
 
 First the GPU probe: a GPU that is visible but unusable (an NVIDIA driver too old for this torch build, a CPU-only
@@ -59,7 +60,7 @@ PEAK_BF16_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, 
 
 
 def sibling(name: str) -> Any:
-    """A module of benchmarks/ (segment), loaded from its file."""
+    """A module of benchmarks/ (segment, profile), loaded from its file."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -310,6 +311,15 @@ def check_segmentation(args: argparse.Namespace) -> None:
                                           device="cuda", fields=4))
 
 
+def check_precision() -> None:
+    """What ``precision: auto`` buys on this GPU: the segmentation network (ViT-S/8 + decoder, random weights, one
+    1080² field, the Segmenter's default batch) and the profile embedder (ViT-S/8, 224-px tiles) in fp32 (TF32
+    matmuls) and under bf16 autocast — throughput of each, the distance maps' |Δ| and the embeddings' cosine."""
+    sibling("segment").bench_precision("vit_small", 8, 256, 32, None, "cuda", 1080, 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        sibling("profile").bench_precision("vit_small", 8, "cuda", Path(tmp), repeats=5)
+
+
 def write_report(path: Path | None, probe: GpuProbe, pretrain: list[dict[str, Any]]) -> None:
     if path is None:
         return
@@ -331,7 +341,7 @@ def main(argv: list[str] | None = None, probe: Callable[[], GpuProbe] = probe_gp
     ap.add_argument("--fixture-size", type=int, default=1080)
     ap.add_argument("--fixture-fields", type=int, default=32)
     ap.add_argument("--override", action="append", default=[], help="extra recipe overrides (key=value)")
-    ap.add_argument("--only", default="pretrain,segment", help="comma list: pretrain, segment")
+    ap.add_argument("--only", default="pretrain,segment,precision", help="comma list: pretrain, segment, precision")
     ap.add_argument("--seg-batch", type=int, default=32, help="tiles per network batch in the segment part")
     ap.add_argument("--seg-fields", type=int, default=8, help="1080² fields per segment-plate run")
     args = ap.parse_args(argv)
@@ -353,6 +363,8 @@ def main(argv: list[str] | None = None, probe: Callable[[], GpuProbe] = probe_gp
     write_report(args.out, found, rows)
     if "segment" in parts:
         check_segmentation(args)
+    if "precision" in parts:
+        check_precision()
     return 0
 
 

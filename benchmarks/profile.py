@@ -4,6 +4,7 @@
     python benchmarks/profile.py --skip-vit-s8       # without the slowest backbone
     python benchmarks/profile.py --device cuda       # embedding on a GPU
     python benchmarks/profile.py --skip-tiles --skip-evaluate   # per-cell figures only
+    python benchmarks/profile.py --precision --skip-embed --skip-evaluate   # fp32 vs bf16 embedding only
 
 Embedding: 1080×1080 fixture fields, Kim et al.'s 224-px tiles (16 per field), fluorescent mean, CLS; the figure is
 fields/s through the whole ``profile embed`` path (TIFF decode, normalisation, tiling, network, aggregation) for
@@ -12,7 +13,9 @@ release's geometry, as Kim et al.) and ViT-S/8 (the DINOCell backbone; random in
 weights). Per-cell units (``--units cells``): the same fields with their ground-truth labels store, one 96-px
 crop per nucleus (DeepProfiler's CPJUMP1 box; a 1080² fixture field holds several hundred cells), reported as
 cells/s and fields/s. Evaluate: planted profiles of 40 plates × 384 wells (64 DMSO + 320 compounds per plate, 384 features, as
-CPJUMP1's benchmark set), CPJUMP1 settings (negcon_mad, null size 100 000), wall time of each stage.
+CPJUMP1's benchmark set), CPJUMP1 settings (negcon_mad, null size 100 000), wall time of each stage. Precision
+(``--precision``): the backbone alone on one field's tiles in fp32 and under bf16 autocast — units/s of each and the
+cosine of each unit's bf16 vector to its fp32 one, raw and after subtracting the mean unit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dinocell_core.jump.index import load_index  # noqa: E402
@@ -81,6 +85,43 @@ def bench_cells(args: argparse.Namespace, root: Path, fields: list, work: Path) 
               f"{len(fs)} field(s))")
 
 
+def bench_precision(arch: str, patch: int, device: str, work: Path, size: int = 1080,
+                    repeats: int = 2) -> dict[str, float]:
+    """A random-init backbone (LayerScale 1, so its blocks shape the vectors as trained ones do) on one
+    ``size``² fixture field's 224-px tiles, every fluorescent channel: units/s in fp32 and under bf16 autocast (after
+    a warm-up call), and the least cosine of a unit's bf16 vector to its fp32 one, raw and centred."""
+    from dinocell_core.profiling.embed import FieldReader, make_embedder
+
+    root = make_jump_fixture(work / f"fx_precision_{size}", plates=1, wells=1, sites=1, size=size, seed=0,
+                             edge_cases=False).root
+    field = load_index(str(root))[0]
+
+    def settings(precision: str) -> EmbedSettings:
+        return EmbedSettings(backbone="random", arch=arch, patch_size=patch, model_kwargs={"init_values": 1.0},
+                             tokens="cls+mean_patch", device=device, precision=precision)
+
+    units = np.concatenate(list(FieldReader(str(root), settings("fp32"))(field).values()))
+    out: dict[str, float] = {}
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        embedder = make_embedder(settings(precision))
+        embedder(units[:2])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            vectors[precision] = embedder(units)
+        out[f"{precision}_units_per_s"] = repeats * len(units) / (time.perf_counter() - t0)
+    a, b = vectors["fp32"], vectors["bf16"]
+    for key, (x, y) in (("min_cosine", (a, b)), ("min_centred_cosine", (a - a.mean(0), b - a.mean(0)))):
+        out[key] = float(((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min())
+    out["bf16_speedup"] = out["bf16_units_per_s"] / out["fp32_units_per_s"]
+    print(f"precision: random {arch}/{patch} (LayerScale 1), CLS + mean patch, {len(units)} 224-px units of one "
+          f"{size}² field (5 channels), device {device}, torch threads {torch.get_num_threads()}")
+    print(f"  fp32 {out['fp32_units_per_s']:8.2f} units/s · bf16 {out['bf16_units_per_s']:8.2f} units/s "
+          f"({out['bf16_speedup']:.2f}×) · cosine bf16 to fp32 ≥ {out['min_cosine']:.5f} raw, "
+          f"≥ {out['min_centred_cosine']:.5f} centred")
+    return out
+
+
 def bench_evaluate(args: argparse.Namespace) -> None:
     from dinocell_core.profiling.evaluate import (
         EvalSettings,
@@ -116,6 +157,9 @@ def main() -> None:
     ap.add_argument("--skip-tiles", action="store_true", help="no tile figures")
     ap.add_argument("--skip-cells", action="store_true", help="no per-cell figures")
     ap.add_argument("--skip-evaluate", action="store_true")
+    ap.add_argument("--precision", action="store_true", help="also fp32 vs bf16 embedding (ViT-S at --precision-patch)")
+    ap.add_argument("--precision-patch", type=int, default=16)
+    ap.add_argument("--precision-size", type=int, default=1080, help="field size of the precision figures")
     ap.add_argument("--crop", type=int, default=96, help="per-cell crop size in px")
     ap.add_argument("--null-size", type=int, default=100_000)
     ap.add_argument("--normalize", nargs="+", default=["negcon_mad", "spherize_mad"])
@@ -123,6 +167,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_embed:
             bench_embed(args, Path(tmp))
+        if args.precision:
+            bench_precision("vit_small", args.precision_patch, args.device, Path(tmp), args.precision_size)
         if not args.skip_evaluate:
             bench_evaluate(args)
 

@@ -9,13 +9,16 @@ for the tiny and the real ViT-S/8 architecture (random weights), and peak memory
     python benchmarks/segment.py --only postprocessing
     python benchmarks/segment.py --only search     # threshold search: growth slope fixed vs searched
     python benchmarks/segment.py --only plate --plate-archs vit_test,vit_small --plate-fields 2
+    python benchmarks/segment.py --only precision [--bundle TRAINED.safetensors]   # fp32 vs bf16 network
 
 Per field: preprocessing (channel + percentile normalisation), network (tile batches through backbone +
 decoder), blending (tiling, weighting, accumulation) and post-processing (watershed on a realistic distance map —
 the per-cell target of a fixture field, since an untrained network's map is noise). Goals: post-processing ≤
 150 ms on one core; everything but the network ≤ 20 % of network time. The 8000² memory figure runs the whole
 tiling/blending path with a pass-through network (network memory is bounded by one batch of tiles whatever the
-image size; measured separately as the network's own peak).
+image size; measured separately as the network's own peak). ``precision`` (not in the default parts: bf16 on a CPU
+without AVX512-BF16 runs reference kernels, ~5–10× slower than fp32) times the network in fp32 and under bf16 autocast
+on one field and compares the distance maps, and with ``--bundle`` (a trained model) their labels.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dinocell_core.backbones.vit import load_backbone  # noqa: E402
+from dinocell_core.backbones.loading import load_backbone  # noqa: E402
 from dinocell_core.seg.bundle import save_bundle  # noqa: E402
 from dinocell_core.seg.decoder import DistanceDecoder  # noqa: E402
 from dinocell_core.seg.distance import (  # noqa: E402
@@ -158,6 +161,48 @@ def bench_plate(archs: list[str], patch: int, tile: int, overlap: int, batch: in
                       f"the rest overlaps it or is reading/writing{mem})", flush=True)
 
 
+def bench_precision(arch: str, patch: int, tile: int, overlap: int, batch: int | None, device: str, size: int,
+                    fields: int, bundle: Path | None = None) -> dict[str, float]:
+    """The network in fp32 and under bf16 autocast on one ``size``² fixture DNA field: tiles/s of each (after a
+    warm-up pass), the bf16 map's max and mean |Δ| against fp32's, and with a trained ``bundle`` the F1 of its
+    labels matched to fp32's (IoU 0.5 and 0.9). Random weights give maps of noise: their labels are not compared."""
+    from dinocell_core.seg.metrics import f1_score
+
+    dna = make_field(size, seed=0, phenotype="punctate")[0][4]
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bundle if bundle is not None else make_bundle(Path(tmp), arch, patch, tile, overlap)
+        maps, segs = {}, {}
+        for precision in ("fp32", "bf16"):
+            seg = Segmenter(path, device=device, tile_size=tile, overlap=overlap, batch_size=batch,
+                            precision=precision)
+            seg.predict_distance(dna)  # warm-up (kernel selection, allocator)
+            seg.timings.clear()
+            for _ in range(fields):
+                maps[precision] = seg.predict_distance(dna)  # ends in a host copy: the GPU work is done
+            tiles = seg.n_tiles(dna.shape) * fields
+            out[f"{precision}_tiles_per_s"] = tiles / seg.timings["network"]
+            segs[precision] = seg
+        name = bundle.name if bundle is not None else f"{arch}/{patch}, random weights"
+        print(f"precision on {device} ({torch.get_num_threads()} torch threads), {name}, tile {tile}, overlap "
+              f"{overlap}, batch {segs['fp32'].batch_size}, one {size}² field × {fields}:")
+        for precision in ("fp32", "bf16"):
+            print(f"  {precision}: {out[f'{precision}_tiles_per_s']:8.2f} tiles/s")
+        delta = np.abs(maps["bf16"] - maps["fp32"])
+        out |= {"bf16_speedup": out["bf16_tiles_per_s"] / out["fp32_tiles_per_s"],
+                "max_abs_delta": float(delta.max()), "mean_abs_delta": float(delta.mean())}
+        print(f"  bf16 / fp32 speed {out['bf16_speedup']:.2f}×; distance map |Δ| max {out['max_abs_delta']:.4f}, "
+              f"mean {out['mean_abs_delta']:.5f}")
+        if bundle is not None:
+            lab = {p: segs[p].labels(maps[p]) for p in ("fp32", "bf16")}
+            out["label_f1_iou50"], out["label_f1_iou90"] = f1_score(lab["fp32"], lab["bf16"], (0.5, 0.9))
+            print(f"  labels: {int(lab['fp32'].max())} objects fp32, {int(lab['bf16'].max())} bf16; F1 of bf16 "
+                  f"matched to fp32 {out['label_f1_iou50']:.3f} at IoU 0.5, {out['label_f1_iou90']:.3f} at IoU 0.9")
+        for seg in segs.values():
+            seg.release()
+    return out
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -169,6 +214,11 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision-batch", type=int, default=None,
+                    help="tiles per call of the precision part (default: the Segmenter's, 4 on CPU, more on CUDA)")
+    ap.add_argument("--precision-size", type=int, default=512, help="field size of the precision part")
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="a trained bundle for the precision part (labels compared); default: random weights")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fields", type=int, default=2, help="timed fields (after one warm-up)")
     ap.add_argument("--big", type=int, default=8000, help="side of the memory-test image")
@@ -177,7 +227,8 @@ def main() -> None:
     ap.add_argument("--plate-archs", default="vit_test,vit_small",
                     help="comma-separated backbones of the segment-plate benchmark (patch --patch)")
     ap.add_argument("--only", default="pipeline,postprocessing,search,plate,memory",
-                    help="comma-separated parts to run: pipeline, postprocessing, search, plate, memory")
+                    help="comma-separated parts to run: pipeline, postprocessing, search, plate, memory, "
+                         "precision")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if "postprocessing" in parts:
@@ -191,6 +242,9 @@ def main() -> None:
         bench_pipeline(args)
     if "memory" in parts:
         bench_memory(args)
+    if "precision" in parts:
+        bench_precision(args.arch, args.patch, args.tile, args.overlap, args.precision_batch, args.device,
+                        args.precision_size, args.fields, args.bundle)
 
 
 def bench_pipeline(args: argparse.Namespace) -> None:
