@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     display = ensure_display()
     os.environ.pop("QT_QPA_PLATFORM", None)
+    import napari_dinocell  # noqa: F401 (its OpenMP setting applies before torch loads, as in napari)
     from napari.qt import get_qapp
 
     with tempfile.TemporaryDirectory() as tmp:

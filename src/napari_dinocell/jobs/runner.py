@@ -11,10 +11,12 @@ Two things superqt's worker does not do for us, done here:
   ``LaunchError``, ``CheckpointError``, CUDA out-of-memory…) as "the Qt object was deleted" and emits neither
   ``errored`` nor ``finished``, leaving the widget busy for good. The job is wrapped so that any exception is
   returned as a :class:`JobFailed` value, which :func:`start_job` turns into a notification and a failed status.
-- **Shared lazy state is loaded on the GUI thread first.** pint's application registry (napari's units) loads its
-  definitions on first use, and that load is not thread-safe: a worker that first touches it while the GUI thread
-  adds a layer leaves a registry without ``pixel`` (every later ``add_image`` fails). It is loaded before the first
-  worker starts (:func:`_load_shared_state`).
+- **Shared lazy state is ready before a job starts.** pint's application registry (napari's units) parses its
+  definitions on first use (0.6–0.9 s), and that load is not thread-safe: a worker that first touches it while the
+  GUI thread adds a layer leaves a registry without ``pixel`` (every later ``add_image`` fails). A complete registry
+  is built in a worker of its own, installed on the GUI thread, and jobs asked for meanwhile start after it
+  (:class:`_UnitRegistry`); triton's native library is opened safely before a job can import torch
+  (:func:`~napari_dinocell._triton.isolate_triton`).
 - **Progress is throttled at the source.** Each delivered progress update costs GUI-thread work (a repaint; on
   software OpenGL or a remote desktop napari's progress bar cost seconds per update); jobs yield one per tile
   batch. Updates closer than :data:`PROGRESS_INTERVAL_S` are dropped in the worker (the last one always passes).
@@ -31,6 +33,7 @@ from typing import Any
 
 from superqt.utils import WorkerBase, create_worker
 
+from napari_dinocell._triton import isolate_triton
 from napari_dinocell.notify import show_error
 from napari_dinocell.status import JobStatus
 
@@ -59,6 +62,7 @@ def deliver_errors(func: Callable[..., Any], interval_s: float = PROGRESS_INTERV
         @functools.wraps(func)
         def generator(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
             try:
+                isolate_triton()
                 return (yield from throttled(func(*args, **kwargs), interval_s))
             except Exception as exc:  # noqa: BLE001 (every error must reach the user)
                 return JobFailed(exc)
@@ -68,6 +72,7 @@ def deliver_errors(func: Callable[..., Any], interval_s: float = PROGRESS_INTERV
     @functools.wraps(func)
     def plain(*args: Any, **kwargs: Any) -> Any:
         try:
+            isolate_triton()
             return func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             return JobFailed(exc)
@@ -92,11 +97,59 @@ def throttled(gen: Generator[Any, None, Any], interval_s: float) -> Generator[An
         yield item
 
 
-@functools.cache
-def _load_shared_state() -> None:
+class _UnitRegistry:
+    """pint's application registry, made complete off the GUI thread before any job runs (module docstring)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.waiting: list[WorkerBase] = []
+        self.loader: WorkerBase | None = None
+
+    def start_after(self, worker: WorkerBase) -> None:
+        """Start ``worker`` now if the registry is complete, else when it is."""
+        if self.ready or self._loaded():
+            self.ready = True
+            worker.start()
+            return
+        self.waiting.append(worker)
+        if self.loader is None:
+            self.loader = create_worker(deliver_errors(_build_registry), _start_thread=False,
+                                        _connect={"returned": self._install})
+            self.loader.start()
+
+    @staticmethod
+    def _loaded() -> bool:
+        import pint
+        from pint.registry import LazyRegistry
+
+        return not isinstance(pint.get_application_registry().get(), LazyRegistry)
+
+    def _install(self, registry: Any) -> None:
+        """On the GUI thread. If building it failed, the lazy registry is loaded here instead (where its error, if
+        it has one, surfaces as in napari itself)."""
+        import pint
+
+        if isinstance(registry, JobFailed):
+            pint.get_application_registry().pixel  # noqa: B018 (the attribute access loads the definitions)
+        elif not self._loaded():  # the GUI thread may have loaded it meanwhile (a layer added): keep that one
+            pint.set_application_registry(registry)
+        self._release()
+
+    def _release(self) -> None:
+        self.ready, self.loader = True, None
+        waiting, self.waiting = self.waiting, []
+        for worker in waiting:
+            worker.start()
+
+
+def _build_registry() -> Any:
+    """A complete registry like the one pint's lazy application registry would load."""
     import pint
 
-    pint.get_application_registry().pixel  # noqa: B018 (the attribute access loads the definitions)
+    return pint.UnitRegistry(on_redefinition="raise")
+
+
+_UNITS = _UnitRegistry()
 
 
 def start_job(
@@ -148,7 +201,6 @@ def start_job(
         if on_finished is not None:
             on_finished()
 
-    _load_shared_state()
     worker = create_worker(
         deliver_errors(func),
         *args,
@@ -159,5 +211,5 @@ def start_job(
     if hasattr(worker, "yielded"):
         worker.yielded.connect(yielded)
     status.start(f"{title}…")
-    worker.start()
+    _UNITS.start_after(worker)
     return worker

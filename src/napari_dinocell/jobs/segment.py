@@ -7,15 +7,17 @@ Labels always come from :meth:`dinocell_core.seg.inference.Segmenter.labels` + `
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_dinocell.jobs.model_cache import MODELS
 from napari_dinocell.jobs.runner import Progress
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ class SegmentTask:
 @dataclass
 class SegmentResult:
     task: SegmentTask
-    segmenter: Segmenter  # released: its labels() is the thresholding step, as in the CLI
+    segmenter: Segmenter  # without its network: its labels() is the thresholding step, as in the CLI
     distance: np.ndarray
     labels: np.ndarray
     labels_layer: Labels  # built in the worker: napari's Labels constructor scans the whole array
@@ -48,31 +50,25 @@ def segment_job(
 ) -> Generator[Progress, None, list[SegmentResult]]:
     """Run each task's model over its image; yields tile progress (cancel points) and returns the results.
 
-    The model is released (GPU memory freed) after each task, also when cancelled or failed.
+    Models come loaded from :data:`~napari_dinocell.jobs.model_cache.MODELS` (read once per file and device).
     """
-    from dinocell_core.seg.bundle import load_bundle
-    from dinocell_core.seg.inference import Segmenter
-
     warm_first_labels_layer()
     results: list[SegmentResult] = []
     for n, task in enumerate(tasks):
-        segmenter = Segmenter(load_bundle(task.bundle_path), device=device, tile_size=tile_size,
-                              channel=task.channel)
-        try:
-            distance = None
-            for item in segmenter.iter_distance(task.image):
-                if isinstance(item, np.ndarray):
-                    distance = item
-                else:
-                    done, total = item
-                    yield Progress(done, total, f"image {n + 1}/{len(tasks)}: {task.bundle_path.stem}")
-            if distance is None:
-                raise RuntimeError(f"{task.bundle_path.name}: inference produced no distance map")
-        finally:
-            segmenter.release()
-            # the widget keeps this Segmenter for re-thresholding (labels() needs only the thresholds): drop the
-            # bundle's weights too, or each result would hold a copy of its model in memory
-            segmenter.bundle = replace(segmenter.bundle, state_dict={})
+        segmenter = MODELS.segmenter(task.bundle_path, device, tile_size, task.channel)
+        distance = None
+        for item in segmenter.iter_distance(task.image):
+            if isinstance(item, np.ndarray):
+                distance = item
+            else:
+                done, total = item
+                yield Progress(done, total, f"image {n + 1}/{len(tasks)}: {task.bundle_path.stem}")
+        if distance is None:
+            raise RuntimeError(f"{task.bundle_path.name}: inference produced no distance map")
+        # the widget keeps a Segmenter per result for re-thresholding (labels() needs only the thresholds): a copy
+        # without the network, so a result never keeps a model alive after the cache dropped it
+        segmenter = copy.copy(segmenter)
+        segmenter.model = None
         labels = threshold_job(segmenter, distance, peak, fill, min_size)
         results.append(SegmentResult(task, segmenter, distance, labels, Labels(labels)))
     return results

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabe
 from superqt.utils import WorkerBase
 
 from dinocell_core.jump.channels import CHANNELS
+from napari_dinocell.jobs.model_cache import preload_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job, warm_segmentation
 from napari_dinocell.jobs.segment_disk import BatchResult, SaveWhat, save_job, segment_fields_job
@@ -56,6 +57,7 @@ class SegmentWidget(QWidget):
         self.status = JobStatus()
         self.rethreshold_status = JobStatus()
         self.save_status = JobStatus()
+        self.preload_status = JobStatus()
         self.worker: WorkerBase | None = None
         self._thresholding = False
         self._threshold_again = False
@@ -93,6 +95,7 @@ class SegmentWidget(QWidget):
         self.tile.setToolTip("tile size in px (the model's recorded tile by default, as in `dinocell-core segment`)")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.currentTextChanged.connect(lambda _: self._preload())
         self.show_distance = QCheckBox("show distance map")
         self.show_distance.toggled.connect(self.outputs.show_distance)
         self.outlines = QCheckBox("outlines only")
@@ -135,9 +138,18 @@ class SegmentWidget(QWidget):
         return str(root) if root else None
 
     def _model_changed(self, info: BundleInfo) -> None:
-        """Start from the model's recorded thresholds, min_size and tile."""
+        """Start from the model's recorded thresholds, min_size and tile, and load the model in the background."""
         self.thresholds.set_values(info.metadata.get("thresholds", {}))
         self.tile.setValue(int(info.metadata.get("tile_size", 0)))
+        self._preload()
+
+    def _preload(self) -> None:
+        """Load the chosen model on the chosen device in a worker, so the Segment click runs only the network."""
+        info = self.picker.current_bundle()
+        if info is None or info.problem:
+            return
+        start_job(preload_job, Path(info.path), self.device.currentText(), status=self.preload_status,
+                  title=f"Loading {info.name}", show_progress=False)
 
     # ------------------------------------------------------------------------- segmentation
     def _tile_size(self) -> int | None:
