@@ -149,8 +149,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _option(em, S, "chunk_sites", type=int, help="sites per resumable chunk")
     em.add_argument("--endpoint-url", default=None, help="S3 endpoint (mirror or test server)")
     em.add_argument("--quiet", action="store_true")
-    add_shard_options(em, "OUTPUT.parts (its chunks of --chunk-sites sites; --backbone cellprofiler: its wells)",
-                      "OUTPUT")
+    add_shard_options(em, "OUTPUT.parts", "OUTPUT", split="chunks of --chunk-sites sites split by a hash of their name; "
+                      "--backbone cellprofiler: wells", extra=". Under torchrun each rank runs its own shard (of I/N "
+                      "when given) on its own GPU")
     em.set_defaults(handler=_embed)
 
     cp = sub.add_parser("compare", help="fraction retrieved and mean mAP per task for several backbones",

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from dinocell_core.io.shards import Shard
 
 
-def add_shard_options(p: argparse.ArgumentParser, part: str, output: str) -> None:
-    """The two options; ``part``: where a shard writes, ``output``: what the merge writes."""
+def add_shard_options(p: argparse.ArgumentParser, part: str, output: str,
+                      split: str = "fields split by a hash of their key", extra: str = "") -> None:
+    """The two options; ``part``: where a shard writes, ``output``: what the merge writes, ``split``: what is split."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shard", default=None, metavar="I/N",
-                   help=f"do shard I of N only (numbered 1..N; fields split by a hash of their key) into {part}; the "
-                        f"shard that finishes last merges every part into {output}, the same bytes one run writes. "
-                        "Slurm: --array=1-N and --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+                   help=f"do shard I of N only (numbered 1..N; {split}) into {part}; the shard that finishes last "
+                        f"merges every part into {output}, the same bytes one run writes. Slurm: --array=1-N and "
+                        f"--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT{extra}")
     g.add_argument("--merge", action="store_true",
                    help=f"only merge the finished shards' parts into {output} (give the shards' options); refused, "
                         "naming them, while a shard is missing or was run with other options")

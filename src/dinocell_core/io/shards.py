@@ -1,10 +1,11 @@
 """Sharded plate-scale jobs (``--shard I/N``): one Slurm array task (or torchrun rank) per shard, then one merge.
 
-``jump label``, ``segment-plate`` and ``profile embed`` each split their fields into N shards by a hash of each
-field's identity (its key, never its position in a listing, so every task computes the same split from the same
-tree), write only their own parts, and record a finished shard as ``OUT.shards/shard-I-of-N.json`` holding a
-digest of the settings and inputs. The merge (``--merge``, or automatically in whichever shard finishes last)
-refuses missing shards and parts of other settings, and writes exactly the files a single run writes.
+``jump label``, ``segment-plate`` and ``profile embed`` each split their work into N shards by a hash of each item's
+identity (a field's key; ``profile embed``: a chunk's name, or a well), never its position in a listing, so every
+task computes the same split from the same tree; each shard writes only its own parts and records itself, once
+finished, as ``OUT.shards/shard-I-of-N.json`` holding a digest of the settings and inputs. The merge (``--merge``,
+or automatically in whichever shard finishes last) refuses missing shards and parts of other settings, and writes
+exactly the files a single run writes.
 
 Shards are numbered **1 to N** (``--array=1-N`` in Slurm: ``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``);
 a torchrun rank R of W under shard I/N runs shard ``(I-1)·W + R + 1`` of ``N·W``.
