@@ -60,6 +60,34 @@ def test_sinkhorn_matches_official_iterations_and_is_stable():
     assert sinkhorn_knopp(torch.zeros(0, 8), 0.04).shape == (0, 8)
 
 
+SPLITS = ((7, 13), (0, 20))  # rows of rank 0 and rank 1: uneven, and a rank without rows
+
+
+def _split_logits() -> torch.Tensor:
+    return torch.randn(20, 24, generator=torch.Generator().manual_seed(5)) * 6
+
+
+def _sinkhorn_on_rank(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    logits = _split_logits()
+    for i, rows in enumerate(SPLITS):
+        start = rows[0] if rank else 0
+        torch.save(sinkhorn_knopp(logits[start : start + rows[rank]], 0.04), f"{out}.{i}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sinkhorn_across_ranks_is_one_process_on_all_rows(tmp_path):
+    """Rows split over 2 gloo ranks: column maxima and sums run over both, so the targets are those of one process
+    on every row."""
+    torch.multiprocessing.spawn(_sinkhorn_on_rank, args=(str(tmp_path / "store"), str(tmp_path / "q")), nprocs=2)
+    want = sinkhorn_knopp(_split_logits(), 0.04)
+    for i in range(len(SPLITS)):
+        got = torch.cat([torch.load(tmp_path / f"q.{i}.{rank}") for rank in (0, 1)])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_dino_loss_hand_computed():
     s = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]])  # 2 student crops, B=1, K=2
     t = torch.tensor([[[0.75, 0.25]], [[0.1, 0.9]]])  # 2 teacher crops

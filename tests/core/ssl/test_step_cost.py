@@ -141,11 +141,13 @@ def test_bf16_parameter_copies_keep_the_stream_bf16_and_track_fp32(fixture_root)
 
 def test_counted_cost_is_linear_in_the_batch_and_the_plan_uses_it(fixture_root):
     cfg = tiny_config(fixture_root, 10, **{"model.drop_path_rate": 0.0})
-    c4, c8, c12 = (count_trainer_step(cfg, b) for b in (4, 8, 12))
+    # the peak is the largest live total over the step, linear in the batch once one point of the step holds it
+    # (at batch 4 of this tiny config a point that grows more slowly does)
+    c8, c12, c16 = (count_trainer_step(cfg, b) for b in (8, 12, 16))
     for attr in ("flops", "bytes", "peak_bytes"):
-        a, b, c = getattr(c4, attr), getattr(c8, attr), getattr(c12, attr)
+        a, b, c = getattr(c8, attr), getattr(c12, attr), getattr(c16, attr)
         assert b > a > 0 and (c - b) == pytest.approx(b - a, rel=0.05), attr
-    assert c8.flops > 0 and c8.syncs == c4.syncs
+    assert c8.flops > 0 and c12.syncs == c8.syncs
     plan = hardware_plan(cfg)
     assert set(plan) == {"peak_memory_gb", "step_s", "hardware"} and set(plan["step_s"]) == set(GPUS)
     direct = count_trainer_step(cfg, cfg.train.batch_size)
