@@ -114,6 +114,27 @@ def test_ibot_loss_hand_computed():
         ibot_loss(s[:1], t[:1], masks, tau)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ibot_loss_gradient_is_autograds(dtype):
+    """The hand-written backward (written into the log-softmax buffer) gives autograd's gradient of the plain
+    formula, for targets whose rows do not sum to 1 too, and bf16 logits get a bf16 gradient."""
+    g = torch.Generator().manual_seed(2)
+    masks = torch.rand(3, 10, generator=g) < 0.5
+    m = int(masks.sum())
+    logits = (torch.randn(m, 16, generator=g) * 3).to(dtype).requires_grad_()
+    t = torch.rand(m, 16, generator=g)
+    w = torch.rand(m, generator=g)
+    ibot_loss(logits, t, masks, 0.1, w).backward()
+    ref = logits.detach().float().requires_grad_()
+    plain = -((t * F.log_softmax(ref / 0.1, dim=-1)).sum(-1) * w).sum() / masks.shape[0]
+    plain.backward()
+    assert logits.grad.dtype == dtype
+    torch.testing.assert_close(logits.grad.float(), ref.grad, rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                               atol=1e-5 if dtype == torch.float32 else 1e-2)
+    with torch.no_grad():
+        assert float(ibot_loss(logits, t, masks, 0.1, w)) == pytest.approx(float(plain), rel=1e-5)
+
+
 def test_koleo_hand_computed_and_guard():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     d = math.sqrt((1 - 1 / math.sqrt(2)) ** 2 + 0.5)  # every point's nearest neighbour is at this distance
