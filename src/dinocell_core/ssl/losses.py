@@ -23,7 +23,8 @@ def _fp32_over(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int = 3,
+                   n_targets: int | None = None) -> torch.Tensor:
     """Teacher targets [N, K] from logits [N, K]: rows are distributions, prototypes used equally over the batch.
 
     The official iterations (normalise the total, then ``n_iterations`` × (prototype columns → 1/K, sample rows
@@ -43,8 +44,9 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int =
     scaling vector) took 2t of them: ~7× this function's CPU time. On a GPU, where it is memory-bound (iBOT:
     N ≈ 11,000 masked patches × K = 65,536), it reads and writes the scores 18 times for t = 3.
 
-    Distributed-aware: the column maxima and sums run over every rank when a process group with more than one rank
-    exists (ranks may hold different numbers of rows)."""
+    ``n_targets``: the targets of the first rows only (the others, a :class:`TeacherQueue`'s, only shape the
+    normalisation; the last step then skips them). Distributed-aware: the column maxima and sums run over every
+    rank when a process group with more than one rank exists (ranks may hold different numbers of rows)."""
     if n_iterations < 1:
         raise ValueError(f"Sinkhorn-Knopp needs at least one iteration, got {n_iterations}")
     n, k = logits.shape
@@ -59,6 +61,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, n_iterations: int =
         u = all_reduce_(v @ e, "sum").reciprocal_()  # prototypes: equal total weight
         if i < n_iterations - 1:
             v = (e @ u).reciprocal_()  # samples: equal total weight
+    e = e[:n_targets]
     rows = e @ u
     return e.mul_(u).div_(rows.unsqueeze(1))  # the last sample step, scaled by N: every row sums to 1
 
@@ -90,7 +93,7 @@ class TeacherQueue:
         if self.rows is not None:
             queued = self.score(self.rows.to(rows.device)).float()
             rows = torch.cat([rows, queued])
-        return sinkhorn_knopp(rows, temperature, n_iterations)[: logits.shape[0]]
+        return sinkhorn_knopp(rows, temperature, n_iterations, n_targets=logits.shape[0])
 
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor) -> None:
