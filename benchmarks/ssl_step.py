@@ -1,6 +1,6 @@
 """SSL step benchmark: this project's DINOv3 training step against the official trainer's, counted and timed.
 
-    python benchmarks/ssl_step.py [--official PATH] [--batch 48] [--time-batch 2] [--steps 3]
+    python benchmarks/ssl_step.py [--official PATH] [--batch 48] [--time-batch 2] [--steps 10]
                                   [--time-override key=value ...] [--time-precision fp32|bf16] [--compile]
                                   [--split] [--cuda-steps 20] [--cuda-batch 48] [--cuda-override key=value ...]
 
@@ -9,9 +9,10 @@
    (tensors read + written per op), peak live memory, host syncs per step, and the modelled step
    (FLOPs / peak + bytes / bandwidth) on A100-40, A100-80 and H100 — for both trainers, with the ratios.
 2. Timed on this CPU, side by side in one process on the same batches (same crops, masks and step values):
-   ``--steps`` steps of each after one warm-up, interleaved so both see the same machine load, at ``--time-batch``
-   with the recipe's shapes (``--time-override`` shrinks them) in ``--time-precision`` (fp32 by default: a CPU
-   without bf16 units emulates bf16). Eager unless ``--compile`` (then both compile as they do on a GPU).
+   ``--steps`` rounds of one step each after a warm-up round, in alternating order so both see the same machine
+   load, at ``--time-batch`` with the recipe's shapes (``--time-override`` shrinks them) in ``--time-precision``
+   (fp32 by default: a CPU without bf16 units emulates bf16). Eager unless ``--compile`` (then both compile as
+   they do on a GPU). The ratio is the median of the rounds' paired ratios with a distribution-free interval.
 3. ``--split``: the tiny CPU config's step split into data / forward / backward / optimizer / EMA.
 4. On CUDA: the recipe's step time, MFU from the counted FLOPs and bandwidth from the counted bytes.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import math
 import statistics
 import sys
 import tempfile
@@ -142,6 +144,22 @@ def real_batch(cfg: PretrainConfig, batch: int, seed: int = 0) -> dict[str, Any]
             "masks": masks, "fields": fields, "n_failed": 0, "failures": [], **step_index_tensors(masks, fields)}
 
 
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Median, and the interval between order statistics that holds it with probability ≥ ``level`` (or the widest
+    the count allows): (median, low, high, coverage). Distribution-free: a shared machine's step times are not
+    normal."""
+    x = sorted(values)
+    n = len(x)
+
+    def below(j: int) -> float:  # P(Binomial(n, ½) < j)
+        return sum(math.comb(n, i) for i in range(j)) / 2**n
+
+    k = 1  # the interval is the k-th smallest to the k-th largest
+    while k < n // 2 and 2 * below(k + 1) <= 1 - level:
+        k += 1
+    return statistics.median(x), x[k - 1], x[n - k], 1 - 2 * below(k)
+
+
 def time_side_by_side(args: argparse.Namespace, official: Any) -> None:
     cpu = torch.device("cpu")
     cfg = recipe_config(args.time_batch, [f"train.precision={args.time_precision}", "train.device=cpu",
@@ -150,45 +168,51 @@ def time_side_by_side(args: argparse.Namespace, official: Any) -> None:
                                           *args.time_override])
     torch._dynamo.config.disable = not args.compile  # the official iBOT Sinkhorn compiles itself otherwise
     ours = Trainer(cfg, cpu, DistInfo(), load_weights=False)
+    if ours.queue is not None:  # steady state, as counted: the queue fills by only 2·batch rows a step
+        rows = torch.randn(ours.queue.size, cfg.heads.bottleneck_dim, generator=torch.Generator().manual_seed(1))
+        ours.queue.load(torch.nn.functional.normalize(rows, dim=-1))
     batch = real_batch(cfg, args.time_batch)
     it = cfg.train.steps_per_epoch * 10  # unfrozen backbone, past every warm-up
     times: dict[str, list[float]] = {"this project": [], "official": []}  # CPU seconds of this process
     walls: dict[str, list[float]] = {"this project": [], "official": []}
     losses: dict[str, float] = {}
     with official.single_rank(cpu) if official is not None else contextlib.nullcontext():
-        theirs = None
+        steps: dict[str, Any] = {"this project": lambda i: ours.train_step(batch, it + i)[0]["loss_total"]}
         if official is not None:
             theirs = official.OfficialStep(cfg, args.time_batch, cpu, compile_=args.compile)
             data = official.official_batch(prepare_batch(batch, cpu, ours.student.backbone.normalize_input),
                                            args.time_batch, theirs.input_dtype)
-        def timed(name: str, i: int, run: Any) -> Any:
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = run()
-            if i:  # step 0 warms up
-                walls[name].append(time.perf_counter() - t0)
-                times[name].append(time.process_time() - c0)
-            return out
-
-        for i in range(args.steps + 1):
-            terms, _, _ = timed("this project", i, lambda: ours.train_step(batch, it + i))
-            losses["this project"] = float(terms["loss_total"])
-            if theirs is not None:
-                losses["official"] = float(timed("official", i, lambda: theirs.step(data, it + i)))
+            steps["official"] = lambda i: theirs.step(data, it + i)
+        for i in range(args.steps + 1):  # round 0 warms up; the order alternates, so neither always goes first
+            for name in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
+                t0, c0 = time.perf_counter(), time.process_time()
+                losses[name] = float(steps[name](i))
+                if i:
+                    walls[name].append(time.perf_counter() - t0)
+                    times[name].append(time.process_time() - c0)
     d = cfg.data
-    print(f"\n== timed on this CPU ({torch.get_num_threads()} threads), same batches, interleaved: batch "
+    print(f"\n== timed on this CPU ({torch.get_num_threads()} threads), same batches, alternating order: batch "
           f"{args.time_batch}, {d.n_global}×{d.global_size} + {d.n_local}×{d.local_size} px, heads "
           f"{cfg.heads.out_dim}/{cfg.heads.ibot_out_dim}, {args.time_precision}, "
-          f"{'compiled' if args.compile else 'eager'}, median of {args.steps} steps after 1 warm-up; CPU time of this "
-          f"process (a shared machine's load inflates wall time, not CPU time) ==")
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    for k, v in med.items():
-        print(f"  {k:<14} {1000 * v:9.0f} CPU-ms/step  (steps {', '.join(f'{1000 * t:.0f}' for t in times[k])}; wall "
-              f"median {1000 * statistics.median(walls[k]):.0f} ms; last loss {losses[k]:.3f})")
-    if "official" in med:
-        print(f"  ratio this project / official: {med['this project'] / med['official']:.3f} CPU time, "
-              f"{statistics.median(walls['this project']) / statistics.median(walls['official']):.3f} wall")
+          f"{'compiled' if args.compile else 'eager'}, {args.steps} rounds after 1 warm-up; CPU time of this "
+          f"process (a shared machine's load inflates wall time more than CPU time) ==")
+    for k, v in times.items():
+        if v:
+            print(f"  {k:<14} {1000 * statistics.median(v):9.0f} CPU-ms/step median (range {1000 * min(v):.0f}–"
+                  f"{1000 * max(v):.0f}; wall median {1000 * statistics.median(walls[k]):.0f} ms; last loss "
+                  f"{losses[k]:.3f})")
+    if times["official"]:
+        for label, series in (("CPU time", times), ("wall", walls)):
+            ratios = [a / b for a, b in zip(series["this project"], series["official"])]
+            med, lo, hi, cov = median_interval(ratios)
+            print(f"  ratio this project / official, {label}: {med:.3f} (median of {len(ratios)} paired rounds; "
+                  f"{100 * cov:.1f} % interval {lo:.3f}–{hi:.3f})")
     else:
         print("  official: not timed (no --official checkout)")
+    if ours.queue is not None:
+        print(f"  this project's step includes its Sinkhorn queue ({ours.queue.size:,} embeddings re-scored against "
+              f"{cfg.heads.out_dim:,} prototypes and normalised each step, whatever the batch; the official has none): "
+              "--time-override loss.sinkhorn_queue=0 times the same algorithm")
 
 
 # ------------------------------------------------------------------------------------------------- 3. split
@@ -260,7 +284,8 @@ def main() -> None:
     ap.add_argument("--official", default=None, help="folder of a facebookresearch/dinov3 checkout")
     ap.add_argument("--batch", type=int, default=48, help="batch of the counted step (0: no count)")
     ap.add_argument("--time-batch", type=int, default=2, help="batch of the CPU-timed steps")
-    ap.add_argument("--steps", type=int, default=3, help="CPU-timed steps of each trainer (0: no timing)")
+    ap.add_argument("--steps", type=int, default=10,
+                    help="CPU-timed rounds (one step of each trainer; 0: no timing; ≥ 6 for a 95 %% interval)")
     ap.add_argument("--time-override", action="append", default=[], help="recipe overrides for the timed steps")
     ap.add_argument("--time-precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--compile", action="store_true", help="time both trainers compiled")
