@@ -90,3 +90,54 @@ def test_features_widget_given_a_decoder_bundle_is_usable_again(make_napari_view
     assert widget.status.state == JobState.FAILED
     assert widget.run_btn.isEnabled() and not widget.progress.cancel_btn.isEnabled()
     assert any("Backbone features failed" in m for m in notifications), notifications
+
+
+def test_a_closed_widget_is_not_called_back_and_no_false_failure(qtbot, notifications):
+    """A dock closed while its job runs: its result handler is skipped instead of failing on the deleted widget."""
+    import threading
+
+    from qtpy.QtWidgets import QLineEdit, QWidget
+
+    class Dock(QWidget):
+        def __init__(self) -> None:
+            super().__init__()
+            self.edit = QLineEdit(self)
+            self.results: list[str] = []
+
+        def listed(self, value: str) -> None:
+            self.results.append(value)
+            self.edit.setText(value)  # raises on a deleted widget
+
+    release = threading.Event()
+
+    def job() -> str:
+        release.wait(10)
+        return "listing"
+
+    dock = Dock()
+    results = dock.results
+    finished: list[bool] = []
+    status = JobStatus()
+    worker = start_job(job, status=status, title="Scanning models", on_returned=dock.listed,
+                       on_finished=lambda: finished.append(True))
+    dock.deleteLater()
+    qtbot.waitUntil(lambda: not _alive_widget(dock), timeout=5_000)
+    release.set()
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert results == []
+    assert not [m for m in notifications if "failed" in m], notifications
+    assert status.state != JobState.FAILED
+
+    live = Dock()
+    start_job(lambda: "again", status=JobStatus(), title="Scanning models", on_returned=live.listed)
+    qtbot.waitUntil(lambda: live.results == ["again"], timeout=10_000)
+    assert live.edit.text() == "again"
+    del worker
+
+
+def _alive_widget(widget) -> bool:
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True

@@ -20,6 +20,10 @@ Two things superqt's worker does not do for us, done here:
 - **Progress is throttled at the source.** Each delivered progress update costs GUI-thread work (a repaint; on
   software OpenGL or a remote desktop napari's progress bar cost seconds per update); jobs yield one per tile
   batch. Updates closer than :data:`PROGRESS_INTERVAL_S` are dropped in the worker (the last one always passes).
+- **A closed widget is not called back.** A dock closed while its job runs leaves bound-method callbacks on a
+  deleted Qt object; calling one raises "wrapped C/C++ object … has been deleted", which used to surface as a false
+  "<title> failed" toast. Callbacks whose owner is a deleted ``QObject`` are skipped (:func:`_alive`); the job's own
+  errors are still shown.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from qtpy.QtCore import QObject
 from superqt.utils import WorkerBase, create_worker
 
 from napari_dinocell._triton import isolate_triton
@@ -152,6 +157,20 @@ def _build_registry() -> Any:
 _UNITS = _UnitRegistry()
 
 
+def _alive(callback: Callable[..., Any] | None) -> bool:
+    """False for a missing callback or a bound method of a Qt object whose C++ side was deleted."""
+    if callback is None:
+        return False
+    owner = getattr(callback, "__self__", None)
+    if not isinstance(owner, QObject):
+        return True
+    try:
+        owner.objectName()
+    except RuntimeError:  # PyQt/PySide: the wrapped C++ object has been deleted
+        return False
+    return True
+
+
 def start_job(
     func: Callable[..., Any],
     *args: Any,
@@ -174,7 +193,7 @@ def start_job(
     def yielded(value: Any) -> None:
         if isinstance(value, Progress) and show_progress:
             status.progress(value.done, value.total, value.message or None)
-        if on_yielded is not None:
+        if _alive(on_yielded):
             on_yielded(value)
 
     def returned(value: Any) -> None:
@@ -182,7 +201,7 @@ def start_job(
             errored(value.error)
             return
         try:
-            if on_returned is not None:
+            if _alive(on_returned):
                 on_returned(value)
         except Exception as exc:  # noqa: BLE001 (a failing result handler must not take the viewer down)
             errored(exc)
@@ -198,7 +217,7 @@ def start_job(
     def finished() -> None:
         if status.busy:  # aborted without returning
             status.cancel(f"{title}: cancelled")
-        if on_finished is not None:
+        if _alive(on_finished):
             on_finished()
 
     worker = create_worker(
