@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dinocell_core import __version__
 from dinocell_core.config import ConfigError
 from dinocell_core.errors import DinocellError
+from dinocell_core.io.shards import AlreadyMerged
 
 COMMAND_MODULES = [
     "dinocell_core.commands.data",
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dinocell-core: configuration error: {exc}", file=sys.stderr)
         return 2
+    except AlreadyMerged as exc:
+        print(f"dinocell-core: {exc}")
+        return 0
     except (DinocellError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as exc:
         logging.getLogger("dinocell_core").debug("command failed", exc_info=True)
         print(f"dinocell-core: error: {exc}", file=sys.stderr)

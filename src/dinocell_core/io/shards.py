@@ -38,6 +38,11 @@ class ShardError(DinocellError, ValueError):
     """A bad ``--shard`` value, missing shards at a merge, or parts made with other settings (says which)."""
 
 
+class AlreadyMerged(DinocellError):
+    """``--merge`` with nothing left to merge and the output there: the last shard merged already. Not a failure
+    (the CLI exits 0), so a Slurm merge step queued after the array succeeds whichever of them merged."""
+
+
 @dataclass(frozen=True)
 class Shard:
     """Shard ``index`` of ``count`` (1-based: the first of four is 1/4)."""
@@ -189,7 +194,9 @@ class ShardParts:
 
     def merge(self, merge: Callable[[dict[Shard, dict[str, Any]]], T]) -> T:
         """``--merge``: ``merge`` under the merge lock; a ShardError while a shard is missing, was made with other
-        settings, or another process merges."""
+        settings, or another process merges; :class:`AlreadyMerged` when the output is there and no part is left."""
+        if self.out.exists() and not self.folder.exists():
+            raise AlreadyMerged(f"{self.out}: already merged, nothing left to merge (no shard parts in {self.folder})")
         try:
             with self._lock(required=True):
                 return merge(self.complete())

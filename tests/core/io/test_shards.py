@@ -7,7 +7,15 @@ import random
 
 import pytest
 
-from dinocell_core.io.shards import Shard, ShardError, ShardParts, shards_dir, torchrun_shard, unfinished
+from dinocell_core.io.shards import (
+    AlreadyMerged,
+    Shard,
+    ShardError,
+    ShardParts,
+    shards_dir,
+    torchrun_shard,
+    unfinished,
+)
 
 
 @pytest.mark.parametrize("text", ["0/4", "5/4", "x", "3", "1/0", "-1/4", "1/4/2", ""])
@@ -76,3 +84,7 @@ def test_markers_missing_shards_other_settings_and_the_merge_lock(tmp_path) -> N
     with pytest.raises(ShardError, match="nothing to merge"):
         parts.merge(merge)
     assert not shards_dir(out).exists()  # a refused merge leaves nothing behind
+    out.write_text("merged table")  # what the last shard's merge wrote: a later --merge has nothing left to do
+    with pytest.raises(AlreadyMerged, match="already merged"):
+        parts.merge(merge)
+    assert not shards_dir(out).exists()

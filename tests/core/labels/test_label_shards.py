@@ -66,6 +66,10 @@ def test_three_shards_merged_equal_one_run_bit_for_bit(tmp_path, capsys) -> None
     assert last.returncode == 0, last.stderr
     assert "every shard finished: merged" in last.stdout
     assert not shards_dir(sharded).exists()
+    capsys.readouterr()
+    assert main(["jump", "label", str(fx.root), "-o", str(sharded), "--merge", *OPTIONS]) == 0  # a queued merge step
+    assert "already merged" in capsys.readouterr().out
+    assert not shards_dir(sharded).exists()
 
     a, b = store_files(one), store_files(sharded)
     assert sorted(a) == sorted(b)
