@@ -19,7 +19,8 @@ def add_shard_options(p: argparse.ArgumentParser, part: str, output: str,
                         f"--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT{extra}")
     g.add_argument("--merge", action="store_true",
                    help=f"only merge the finished shards' parts into {output} (give the shards' options); refused, "
-                        "naming them, while a shard is missing or was run with other options")
+                        "naming them, while a shard is missing or was run with other options; 'already merged' "
+                        "(exit 0) when the last shard merged them")
 
 
 def shard_line(shard: Shard, merged: bool, waiting: Sequence[str], output: str, finished: bool = True) -> str:
