@@ -5,7 +5,7 @@ A job function is a plain function or a generator that yields :class:`Progress` 
 steps) and returns its result. :func:`start_job` wires it to a :class:`JobStatus` and error notifications; widgets
 only pass callbacks for the result and show the status (bar, ETA, Cancel) themselves.
 
-Two things superqt's worker does not do for us, done here:
+What superqt's worker does not do for us, done here:
 
 - **Every exception reaches the GUI.** superqt treats a job that ends in a ``RuntimeError`` (or a subclass:
   ``LaunchError``, ``CheckpointError``, CUDA out-of-memory…) as "the Qt object was deleted" and emits neither
