@@ -120,8 +120,8 @@ def test_a_closed_widget_is_not_called_back_and_no_false_failure(qtbot, notifica
     status = JobStatus()
     worker = start_job(job, status=status, title="Scanning models", on_returned=dock.listed,
                        on_finished=lambda: finished.append(True))
-    dock.deleteLater()
-    qtbot.waitUntil(lambda: not _alive_widget(dock), timeout=5_000)
+    with qtbot.waitSignal(dock.destroyed, timeout=5_000):
+        dock.deleteLater()
     release.set()
     qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
     assert results == []
@@ -133,11 +133,3 @@ def test_a_closed_widget_is_not_called_back_and_no_false_failure(qtbot, notifica
     qtbot.waitUntil(lambda: live.results == ["again"], timeout=10_000)
     assert live.edit.text() == "again"
     del worker
-
-
-def _alive_widget(widget) -> bool:
-    try:
-        widget.objectName()
-    except RuntimeError:
-        return False
-    return True
