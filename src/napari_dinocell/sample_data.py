@@ -57,10 +57,14 @@ def open_sample_field() -> list[LayerData]:
 def _add(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], kind: str) -> None:
     if viewer.window is None or kwargs["name"] in viewer.layers:
         return
-    index = None if kind == "labels" else _channel_index(viewer, kwargs)
-    layer = viewer.add_image(data, **kwargs) if kind == "image" else viewer.add_labels(data, **kwargs)
-    if index is not None:
-        viewer.layers.move(viewer.layers.index(layer), index)
+    if kind == "labels":  # its editing overlays over the next turns (UiSteps.add_layer)
+        from napari.layers import Labels
+
+        _steps[0].add_layer(viewer, Labels(data, **kwargs), show=kwargs.get("visible", True))
+        return
+    index = _channel_index(viewer, kwargs)
+    layer = viewer.add_image(data, **kwargs)
+    viewer.layers.move(viewer.layers.index(layer), index)
 
 
 def _channel_index(viewer: Any, kwargs: dict[str, Any]) -> int:

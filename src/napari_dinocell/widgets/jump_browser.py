@@ -345,8 +345,8 @@ class JumpBrowserWidget(QWidget):
         self._ui.push(partial(self._labels_shown, result))
 
     def _show_labels(self, result: FieldLabels, name: str) -> None:
-        """One labels layer: its data replaced in place, or the layer built in the worker added (hidden, shown on
-        the next turn), on top of the channels."""
+        """One labels layer: its data replaced in place, or the layer built in the worker added (hidden, finished
+        and shown over the next turns), on top of the channels."""
         if result.field != self.current:
             return
         meta = {layer_meta.FIELD: result.field.key, layer_meta.LABELS_SOURCE: result.source}
@@ -359,11 +359,9 @@ class JumpBrowserWidget(QWidget):
                 layer.metadata = {**layer.metadata, **meta}
             else:
                 new.metadata = {**meta, layer_meta.OWNER: OWNER, layer_meta.LAYER: name}
-                new.visible = False
-                self.viewer.add_layer(new)
+                self._ui.add_layer(self.viewer, new)
                 new.events.paint.connect(self._labels_edited)  # brush, fill, erase, polygon
                 new.events.data.connect(self._labels_edited)  # data replaced (a script, a plugin)
-                self._ui.show_next(new)
         finally:
             self._placing_labels = False
         self._labels_on_top()
