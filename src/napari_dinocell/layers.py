@@ -8,6 +8,7 @@ data's) is never overwritten, whatever its name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,8 +65,10 @@ def owned_layer(viewer: Any, owner: str, key: str) -> Any:
                  if layer.metadata.get(OWNER) == owner and layer.metadata.get(LAYER) == key), None)
 
 
-def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: str = "dinocell") -> Any:
-    """Replace the data of the image layer ``owner`` added as ``kwargs["name"]`` in place, or add it.
+def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: str = "dinocell",
+                 add: Callable[[Any], None] | None = None) -> Any:
+    """Replace the data of the image layer ``owner`` added as ``kwargs["name"]`` in place, or add it (with ``add``
+    when given, e.g. :meth:`UiSteps.add_layer`, else ``viewer.add_layer``).
 
     An updated layer keeps its contrast limits (the user's per-channel setting survives a site change). A new
     layer takes the name if it is free; napari suffixes it (" [1]") if the user already has a layer of that name.
@@ -81,5 +84,8 @@ def upsert_image(viewer: Any, data: np.ndarray, kwargs: dict[str, Any], owner: s
         layer.contrast_limits = limits
         layer.metadata = {**layer.metadata, **kwargs.get("metadata", {})}
         return layer
-    meta = {**kwargs.get("metadata", {}), OWNER: owner, LAYER: key}
-    return viewer.add_image(data, **{**kwargs, "metadata": meta})
+    from napari.layers import Image
+
+    layer = Image(data, **{**kwargs, "metadata": {**kwargs.get("metadata", {}), OWNER: owner, LAYER: key}})
+    (add or viewer.add_layer)(layer)
+    return layer

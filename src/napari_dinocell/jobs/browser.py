@@ -10,6 +10,7 @@ import numpy as np
 from dinocell_core.jump.channels import ALL_CHANNELS, FLUORESCENT
 from dinocell_core.jump.index import Field
 from dinocell_core.labels.store import LabelRow, LabelStore, field_key
+from napari_dinocell.jobs.imports import warm_first_labels_layer
 
 if TYPE_CHECKING:
     from napari.layers import Labels
@@ -41,9 +42,11 @@ def read_field_job(root: str, field: Field, fluor_mean: bool) -> tuple[Field, np
 
 def read_labels_job(store_root: str, field: Field, shape: tuple[int, int]) -> FieldLabels:
     """The field's preferred masks from the store (empty ``shape`` masks, source "none", when it has none), as
-    Labels layers: napari's Labels constructor scans the whole array, which is done here, off the GUI thread."""
+    Labels layers: napari's Labels constructor scans the whole array, which is done here, off the GUI thread, with
+    napari's one-time work for a session's first Labels layer."""
     from napari.layers import Labels
 
+    warm_first_labels_layer()
     store = LabelStore.open(store_root)
     row = store.best(field_key(field))
     if row is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_dinocell.jobs.imports import warm_first_labels_layer
 from napari_dinocell.jobs.model_cache import MODELS
 from napari_dinocell.jobs.runner import Progress
 
@@ -90,15 +91,3 @@ def warm_segmentation() -> None:
     import dinocell_core.seg.inference  # noqa: F401
 
     warm_first_labels_layer()
-
-
-def warm_first_labels_layer() -> None:
-    """Do here, in the worker, the one-time work napari would do on the GUI thread when the session's first Labels
-    layer is added: lazy imports (pandas alone takes ~0.2 s) and vispy's dash-pattern cache, which the first
-    anti-aliased line (the layer's polygon-tool overlay) fills in ~80 ms of Python loops."""
-    import napari._qt.layer_controls.qt_labels_controls  # noqa: F401
-    import napari._vispy.layers.labels  # noqa: F401
-    import pandas  # noqa: F401
-    from vispy.visuals.line.dash_atlas import DashAtlas
-
-    DashAtlas()
