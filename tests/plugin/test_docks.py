@@ -3,6 +3,7 @@ remembered between sessions (QSettings)."""
 
 from __future__ import annotations
 
+from qtpy.QtCore import QThreadPool
 from qtpy.QtWidgets import QScrollArea
 
 DOCKS = ("Pretrain", "Train decoder", "Runs", "JUMP browser", "Segment", "Backbone features")
@@ -45,3 +46,24 @@ def test_folders_are_remembered_between_sessions(make_napari_viewer, tmp_path):
     assert seg2.picker.models_dir.text() == str(tmp_path / "models")
     assert seg2.export.folder.text() == str(tmp_path / "results")
     assert PretrainWidget(viewer).out_dir.get() == str(tmp_path / "runs")
+
+
+def test_segment_dock_warms_up_once_after_it_is_first_shown(make_napari_viewer, qtbot, monkeypatch):
+    """The warm-up (torch, the model code, napari's first-Labels work) holds the GIL for ~0.5 s: it starts after
+    the dock is first shown and painted, once, not while napari builds and paints the dock."""
+    import napari_dinocell.widgets.segment.dock as dock_module
+
+    calls: list[str] = []
+    real = dock_module.warm_segmentation
+    monkeypatch.setattr(dock_module, "warm_segmentation", lambda: (real(), calls.append("warm"))[0])
+    viewer = make_napari_viewer()  # hidden: a dock in it is never shown
+    _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
+    qtbot.wait(100)
+    assert calls == []
+    viewer.window.show()
+    qtbot.waitUntil(lambda: calls == ["warm"], timeout=30_000)
+    widget.hide()
+    widget.show()
+    qtbot.wait(100)
+    assert calls == ["warm"]
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)

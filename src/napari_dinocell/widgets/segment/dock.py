@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QShowEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget
 from superqt.utils import WorkerBase
 
@@ -83,8 +84,17 @@ class SegmentWidget(QWidget):
         self.status.events.state.connect(lambda _: self._update_enabled())
         self.save_status.events.message.connect(lambda text: self.message.setText(str(text)))
         self._update_enabled()
-        # torch, the model code and napari's first-Labels work load in the background: the dock opens at once
-        start_job(warm_segmentation, status=JobStatus(), title="Preparing segmentation", show_progress=False)
+        self._warmed = False
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt's name)
+        """Once the dock is first shown, load torch, the model code and napari's first-Labels work in the
+        background; a zero timer starts it after the dock has painted (importing torch holds the GIL for ~0.5 s,
+        which would hold back the dock's own first paint)."""
+        super().showEvent(event)
+        if not self._warmed:
+            self._warmed = True
+            QTimer.singleShot(0, lambda: start_job(warm_segmentation, status=JobStatus(),
+                                                   title="Preparing segmentation", show_progress=False))
 
     def _add_run_controls(self) -> None:
         """How to run the model (tile, device), what to show, the Segment buttons and the job's progress."""
