@@ -48,23 +48,18 @@ class UiSteps(QObject):
         not add to the cost of adding it."""
         self.push_next(partial(setattr, layer, "visible", True))
 
-    def add_layer(self, viewer: Any, layer: Any, show: bool = True, select: bool = True) -> None:
+    def add_layer(self, viewer: Any, layer: Any, show: bool = True) -> None:
         """Add ``layer`` now, hidden, and finish it over the next turns: a Labels layer's editing overlays (polygon,
         brush outline: vispy lines, markers and a polygon, ~40 % of napari's ~0.2–0.5 s per Labels layer) are
-        attached one per turn, then it is selected (napari's layer controls switch) and shown (its first texture
-        upload). Nothing can use the overlays before they are back: the layer is hidden, not selected (key bindings
-        and mode buttons act on the selected layer) and in pan/zoom mode, the one mode that never touches them."""
-        detached = [(key, layer._overlays.pop(key)) for key in EDITING_OVERLAYS if key in layer._overlays]
+        attached one per turn, then the layer is shown (its first texture upload). Nothing uses the overlays before
+        they are back: the layer is hidden and in pan/zoom mode, the one mode that never touches them. (A napari
+        without ``Layer._overlays`` gets the plain add.)"""
+        overlays = getattr(layer, "_overlays", None)
+        keys = [key for key in EDITING_OVERLAYS if overlays is not None and key in overlays]
+        detached = [(key, overlays.pop(key)) for key in keys]
         layer.visible = False
-        layers = viewer.layers
-        activate, layers._activate_on_insert = layers._activate_on_insert, False  # selecting it is a later step
-        try:
-            viewer.add_layer(layer)
-        finally:
-            layers._activate_on_insert = activate
-        steps = [partial(layer._overlays.__setitem__, key, overlay) for key, overlay in detached]
-        if select:
-            steps.append(partial(select_layer, layers, layer))
+        viewer.add_layer(layer)
+        steps = [partial(overlays.__setitem__, key, overlay) for key, overlay in detached]
         if show:
             steps.append(partial(setattr, layer, "visible", True))
         for step in reversed(steps):
@@ -79,8 +74,3 @@ class UiSteps(QObject):
                 if self._steps:
                     self._timer.start()
 
-
-def select_layer(layers: Any, layer: Any) -> None:
-    """Make ``layer`` the selected layer, as napari does when a layer is added (unless it was removed since)."""
-    if layer in layers:
-        layers.selection.active = layer

@@ -48,22 +48,29 @@ def test_folders_are_remembered_between_sessions(make_napari_viewer, tmp_path):
     assert PretrainWidget(viewer).out_dir.get() == str(tmp_path / "runs")
 
 
-def test_segment_dock_warms_up_once_after_it_is_first_shown(make_napari_viewer, qtbot, monkeypatch):
-    """The warm-up (torch, the model code, napari's first-Labels work) holds the GIL for ~0.5 s: it starts after
-    the dock is first shown and painted, once, not while napari builds and paints the dock."""
+def test_segment_dock_warms_up_once_after_it_is_first_shown(make_napari_viewer, qtbot, monkeypatch, models_dir):
+    """The warm-up (torch, the model code, napari's first-Labels work) and the remembered models folder's listing
+    (whose model is then preloaded: torch again) hold the GIL for ~0.5 s: they start after the dock is first shown
+    and painted, once, not while napari builds and paints the dock."""
     import napari_dinocell.widgets.segment.dock as dock_module
+    from napari_dinocell.widgets.common import remember
 
+    remember("segment/models_folder", str(models_dir))
     calls: list[str] = []
     real = dock_module.warm_segmentation
     monkeypatch.setattr(dock_module, "warm_segmentation", lambda: (real(), calls.append("warm"))[0])
     viewer = make_napari_viewer()  # hidden: a dock in it is never shown
     _, widget = viewer.window.add_plugin_dock_widget("dinocell", "Segment")
     qtbot.wait(100)
-    assert calls == []
+    assert calls == [] and widget.picker.listing is None
+    assert widget.picker.models_dir.text() == str(models_dir)
     viewer.window.show()
     qtbot.waitUntil(lambda: calls == ["warm"], timeout=30_000)
+    qtbot.waitUntil(lambda: widget.picker.model_combo.count() == 2, timeout=30_000)  # the remembered folder listed
     widget.hide()
     widget.show()
     qtbot.wait(100)
     assert calls == ["warm"]
+    # the listed model's preload, then nothing left running when the viewer closes
+    qtbot.waitUntil(lambda: widget.preload_status.state.name == "DONE", timeout=30_000)
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)

@@ -420,11 +420,10 @@ class JumpBrowserWidget(QWidget):
 
     def _place(self, data: np.ndarray, kwargs: dict[str, Any]) -> None:
         """One channel: in place, or a new layer added hidden and shown on the next turn (napari's layer set-up and
-        its first draw then freeze the viewer separately, not 8 layers' worth at once). New channel layers leave
-        the user's layer selection alone (napari would select each in turn, rebuilding its controls 8 times)."""
+        its first draw then freeze the viewer separately, not 8 layers' worth at once)."""
         new = owned_layer(self.viewer, OWNER, kwargs["name"]) is None
         upsert_image(self.viewer, data, kwargs, owner=OWNER,
-                     add=partial(self._ui.add_layer, self.viewer, show=kwargs.get("visible", True), select=False))
+                     add=partial(self._ui.add_layer, self.viewer, show=kwargs.get("visible", True)))
         if new:
             self._labels_on_top()
 

@@ -87,14 +87,17 @@ class SegmentWidget(QWidget):
         self._warmed = False
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt's name)
-        """Once the dock is first shown, load torch, the model code and napari's first-Labels work in the
-        background; a zero timer starts it after the dock has painted (importing torch holds the GIL for ~0.5 s,
-        which would hold back the dock's own first paint)."""
+        """Once the dock is first shown and has painted (a zero timer), list the remembered models folder and load
+        torch, the model code and napari's first-Labels work in the background: importing torch (here, or when the
+        listed model is preloaded) holds the GIL for ~0.5 s, which would hold back the dock's own first paint."""
         super().showEvent(event)
         if not self._warmed:
             self._warmed = True
-            QTimer.singleShot(0, lambda: start_job(warm_segmentation, status=JobStatus(),
-                                                   title="Preparing segmentation", show_progress=False))
+            QTimer.singleShot(0, self._first_shown)
+
+    def _first_shown(self) -> None:
+        self.picker.scan_remembered()
+        start_job(warm_segmentation, status=JobStatus(), title="Preparing segmentation", show_progress=False)
 
     def _add_run_controls(self) -> None:
         """How to run the model (tile, device), what to show, the Segment buttons and the job's progress."""

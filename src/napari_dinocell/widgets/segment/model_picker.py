@@ -129,8 +129,11 @@ class ModelPicker(QWidget):
         viewer.layers.selection.events.active.connect(self._follow_selection)
         self._follow_selection()
         self._layer_changed()
+
+    def scan_remembered(self) -> None:
+        """List the models folder remembered from the last session, if it still exists."""
         if self.models_dir.text() and Path(self.models_dir.text()).expanduser().is_dir():
-            self.scan_models()  # the folder remembered from the last session
+            self.scan_models()
 
     # ------------------------------------------------------------------------- models
     def scan_models(self, folder: str | None = None) -> None:

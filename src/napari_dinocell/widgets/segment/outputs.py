@@ -123,7 +123,7 @@ class ResultLayers(QObject):
         """Update a previous result layer in place (re-run), or add one aligned with its source.
 
         A new layer is added hidden and shown on a later event-loop turn (a Labels layer's editing overlays attached
-        and the layer selected in between, :meth:`UiSteps.add_layer`), so napari's layer set-up and the first
+        in between, :meth:`UiSteps.add_layer`), so napari's layer set-up and the first
         texture upload are short freezes instead of one long one. A layer built in the worker is only named and
         placed here. (Adding the layer when Segment is pressed, to overlap napari's set-up with the network, was
         measured slower: the two contend for the GIL, 0.4 s freezes at the click and no shorter wall time.)
