@@ -73,4 +73,3 @@ class UiSteps(QObject):
             finally:
                 if self._steps:
                     self._timer.start()
-
