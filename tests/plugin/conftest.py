@@ -13,3 +13,13 @@ def _triton_isolated() -> None:
     from napari_dinocell._triton import isolate_triton
 
     isolate_triton()
+
+
+@pytest.fixture(autouse=True)
+def _thawed_after_each_test():
+    """A DINOCell dock makes the process freeze live objects after full collections (napari_dinocell.gc_pauses);
+    a viewer without one that a test closed would stay frozen and fail napari's leak check in the next test."""
+    yield
+    import gc
+
+    gc.unfreeze()

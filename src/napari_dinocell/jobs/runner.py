@@ -155,6 +155,12 @@ def _build_registry() -> Any:
 
 
 _UNITS = _UnitRegistry()
+_IN_FLIGHT = [0]
+
+
+def jobs_in_flight() -> int:
+    """Jobs started and not yet finished on the GUI thread (their callbacks included)."""
+    return _IN_FLIGHT[0]
 
 
 def _alive(callback: Callable[..., Any] | None) -> bool:
@@ -215,6 +221,7 @@ def start_job(
         show_error(message)
 
     def finished() -> None:
+        _IN_FLIGHT[0] -= 1
         if status.busy:  # aborted without returning
             status.cancel(f"{title}: cancelled")
         if _alive(on_finished):
@@ -230,5 +237,6 @@ def start_job(
     if hasattr(worker, "yielded"):
         worker.yielded.connect(yielded)
     status.start(f"{title}…")
+    _IN_FLIGHT[0] += 1
     _UNITS.start_after(worker)
     return worker

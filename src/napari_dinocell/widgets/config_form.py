@@ -42,6 +42,7 @@ from napari_dinocell.config_dict import (
     prune_empty,
     set_nested,
 )
+from napari_dinocell.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.run_controls import RunControls
 from napari_dinocell.widgets.value_editor import FormKey, ValueEditor
@@ -58,6 +59,7 @@ class ConfigLaunchForm(QWidget):
     def __init__(self, napari_viewer: Any, config_cls: type[BaseModel]) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_gc_pauses(napari_viewer, self)
         self.config_cls = config_cls
 
         self.defaults_combo = QComboBox()

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import WorkerBase
 
+from napari_dinocell.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.features import features_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layer_meta import SOURCE_LAYER
@@ -43,6 +44,7 @@ class FeaturesWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_gc_pauses(napari_viewer, self)
         self.status = JobStatus()
         self.worker: WorkerBase | None = None
         self._pca: dict[tuple[int, str], Any] = {}  # (id(source layer), checkpoint tag) → PCA layer

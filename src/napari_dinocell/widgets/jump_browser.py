@@ -34,6 +34,7 @@ from dinocell_core.jump.channels import ALL_CHANNELS
 from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.labels.store import LabelRow
 from napari_dinocell import layer_meta
+from napari_dinocell.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.browser import (
     LABEL_LAYERS,
     FieldLabels,
@@ -74,6 +75,7 @@ class JumpBrowserWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_gc_pauses(napari_viewer, self)
         self.index_status = JobStatus()
         self.read_status = JobStatus()
         self.fields: list[Field] = []

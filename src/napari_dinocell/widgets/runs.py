@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from dinocell_core.runs.launch import LaunchError, resume_run, stop_run
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo
+from napari_dinocell.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.run_watcher import shared_watcher
 from napari_dinocell.jobs.runs import RunDetails, RunPoll, run_ended
 from napari_dinocell.notify import show_error, show_info
@@ -59,6 +60,7 @@ class RunsWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_gc_pauses(napari_viewer, self)
         self.watcher = shared_watcher()
         self.folder: Path | None = None
         self.selected: Path | None = None

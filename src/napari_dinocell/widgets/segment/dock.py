@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabe
 from superqt.utils import WorkerBase
 
 from dinocell_core.jump.channels import CHANNELS
+from napari_dinocell.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.model_cache import preload_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job, warm_segmentation
@@ -55,6 +56,7 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        watch_gc_pauses(napari_viewer, self)
         self.status = JobStatus()
         self.rethreshold_status = JobStatus()
         self.save_status = JobStatus()
