@@ -10,12 +10,15 @@
 - **docks**: how long opening each dock takes (``add_plugin_dock_widget``, the first dock of a fresh napari
   process, so imports count). Goal ≤ 1 s.
 
+Each phase also counts Python's full garbage collections and the longest (``--gc-freeze off`` runs without the
+plugin's freezing of long-lived objects, ``napari_dinocell.gc_pauses``, to compare).
+
 Everything runs idle and then with ``--busy N`` CPU-bound background processes (default: 0 and 2), as on a busy
 login node or remote desktop. The machine's load average is printed with each set of figures: on a shared
 machine report the figures with the load they were measured under.
 
     python benchmarks/ui_stall.py [--sizes 384 1080] [--tiles 64 256] [--busy 0 2] [--arch vit_test]
-                                  [--skip-docks] [--skip-browse]
+                                  [--skip-docks] [--skip-browse] [--gc-freeze on|off]
 
 Needs a display: uses $DISPLAY, or starts Xvfb through pyvirtualdisplay.
 """
@@ -23,6 +26,7 @@ Needs a display: uses $DISPLAY, or starts Xvfb through pyvirtualdisplay.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -41,7 +45,8 @@ DOCKS = ("Segment", "JUMP browser", "Runs", "Profiles", "Backbone features", "Pr
 
 
 class StallMeter:
-    """Records the gaps between ticks of a fast QTimer on the GUI thread."""
+    """Records the gaps between ticks of a fast QTimer on the GUI thread, and Python's full garbage collections
+    (each holds the GIL: the viewer cannot react during one, whichever thread ran it)."""
 
     def __init__(self, interval_ms: int = 5) -> None:
         from qtpy.QtCore import QTimer
@@ -50,24 +55,38 @@ class StallMeter:
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
         self.gaps: list[float] = []
+        self.full_collections: list[float] = []
         self._last = 0.0
+        self._gc_start = 0.0
 
     def _tick(self) -> None:
         now = time.perf_counter()
         self.gaps.append(now - self._last)
         self._last = now
 
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.full_collections.append(time.perf_counter() - self._gc_start)
+
     def start(self) -> None:
         self.gaps.clear()
+        self.full_collections.clear()
+        gc.callbacks.insert(0, self._collected)
         self._last = time.perf_counter()
         self.timer.start()
 
     def stop(self) -> dict[str, float]:
         self.timer.stop()
         self._tick()
+        gc.callbacks.remove(self._collected)
         gaps_ms = np.asarray(self.gaps) * 1000.0
         return {"max_ms": float(gaps_ms.max()), "p99_ms": float(np.percentile(gaps_ms, 99)),
-                "over_100ms": int((gaps_ms > 100).sum()), "ticks": len(gaps_ms)}
+                "over_100ms": int((gaps_ms > 100).sum()), "ticks": len(gaps_ms),
+                "full_gc": len(self.full_collections), "full_gc_max_ms": 1000.0 * max(self.full_collections, default=0)}
 
 
 def wait_until(app, predicate, timeout: float, check_ms: int = 10) -> None:
@@ -345,12 +364,13 @@ def report(busy: int, load: float, button: list[dict], other: list[dict], docks:
             each = f" (runs in order: {', '.join(map(str, r['stalls_in_order']))} ms)" if len(r["ratios"]) > 1 else ""
             print(f"  Segment button {r['size']}² tile {r['tile']:>3} ({r['tiles']:>4} tiles): button "
                   f"{r['button_s']:6.2f} s vs model {r['direct_s']:6.2f} s → {r['ratio']:.2f}×{more} "
-                  f"(goal ≤ 1.25×: {'met' if r['ratio'] <= 1.25 else 'NOT met'}) | longest stall {r['max_ms']:5.0f} ms{each}")
+                  f"(goal ≤ 1.25×: {'met' if r['ratio'] <= 1.25 else 'NOT met'}) | longest stall {r['max_ms']:5.0f} ms{each}"
+                  f" | full GCs: {r['full_gc']}")
     for r in [b for b in button if "phase" in b] + other:
         where = f"{r['size']}² " if "size" in r else ""
         wall = f"wall {r['wall_s']:5.2f} s | " if "wall_s" in r else ""
         print(f"  {where + r['phase']:28s} {wall}longest stall {r['max_ms']:5.0f} ms | p99 {r['p99_ms']:4.0f} ms"
-              f" | stalls > 100 ms: {r['over_100ms']}")
+              f" | stalls > 100 ms: {r['over_100ms']} | full GCs: {r['full_gc']} (longest {r['full_gc_max_ms']:.0f} ms)")
     for r in docks:
         print(f"  open {r['dock']:18s} {r['open_s']:5.2f} s" + (f"  ({r['error']})" if "error" in r else ""))
     ratios = [r["ratio"] for r in button if "ratio" in r]
@@ -370,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--field-size", type=int, default=1080, help="JUMP fixture field size for the browser")
     parser.add_argument("--skip-docks", action="store_true")
     parser.add_argument("--skip-browse", action="store_true")
+    parser.add_argument("--gc-freeze", choices=("on", "off"), default="on",
+                        help="off: CPython's own full collections (napari_dinocell.gc_pauses stopped), to compare")
     args = parser.parse_args(argv)
 
     display = ensure_display()
@@ -377,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     import napari_dinocell  # noqa: F401 (its OpenMP setting applies before torch loads, as in napari)
     from napari.qt import get_qapp
 
+    from napari_dinocell.gc_pauses import gc_pauses
+
+    if args.gc_freeze == "off":
+        gc_pauses().stop()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "models").mkdir()

@@ -56,6 +56,12 @@ class GcPauses(QObject):
             viewer.layers.events.removed.connect(self._layer_removed)
         dock.destroyed.connect(thaw)
 
+    def stop(self) -> None:
+        """Back to CPython's own collections for good (benchmarks/ui_stall.py compares the two)."""
+        if self._collected in gc.callbacks:
+            gc.callbacks.remove(self._collected)
+        gc.unfreeze()
+
     def _layer_removed(self, event: Any) -> None:
         self._removed.append(weakref.ref(event.value))
 

@@ -8,6 +8,7 @@ import tifffile
 
 from dinocell_core.jump.channels import CHANNELS
 from dinocell_core.synthetic.fixture import make_jump_fixture
+from napari_dinocell.layers import contrast_limits
 
 NAMES = ["Mito", "AGP", "RNA", "ER", "DNA", "HighZBF", "LowZBF", "Brightfield"]
 
@@ -173,8 +174,11 @@ def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")
-    assert [layer.name for layer in viewer.layers] == ["DNA"]  # at once; the rest follow
+    assert [layer.name for layer in viewer.layers] == ["DNA"]  # at once, empty; the field is made in a job
+    assert not viewer.layers["DNA"].data.any() and sample_pending()
     qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
+    dna = viewer.layers["DNA"]
+    assert dna.data.max() > 0 and dna.contrast_limits == list(contrast_limits(dna.data))  # filled, with its limits
     names = [layer.name for layer in viewer.layers]
     assert names[:8] == [CHANNELS[c] for c in range(1, 9)]
     assert "nuclei (ground truth)" in names and "cells (ground truth)" in names
