@@ -80,14 +80,16 @@ class GcPauses(QObject):
     def _thaw_for_removed(self) -> bool:
         """Thaw when a removed layer outlived a full collection while frozen. Each removed layer is checked once:
         one that outlives the thawed collection after is held by something else, and thawing again would not help."""
-        alive = [ref for ref in self._removed if ref() is not None]
+        removed = self._removed  # a layer removed meanwhile on the GUI thread lands in one list or the other
         self._removed = []
+        alive = [ref for ref in removed if ref() is not None]
         if alive and gc.get_freeze_count():
             gc.unfreeze()
             return True
         return False
 
     def _settle(self) -> None:
+        """A full collection of the small rest right after a big freeze (CPython schedules its next one by it)."""
         if jobs_in_flight() == 0 and gc.get_freeze_count():
             self._settling = True
             try:
