@@ -11,7 +11,7 @@
   process, so imports count). Goal ≤ 1 s.
 
 Each phase also counts Python's full garbage collections and the longest (``--gc-freeze off`` runs without the
-plugin's freezing of long-lived objects, ``napari_dinocell.gc_pauses``, to compare).
+plugin's freezing of long-lived objects, ``napari_dinocell.jobs.gc_pauses``, to compare).
 
 Everything runs idle and then with ``--busy N`` CPU-bound background processes (default: 0 and 2), as on a busy
 login node or remote desktop. The machine's load average is printed with each set of figures: on a shared
@@ -290,7 +290,7 @@ def measure_browse(app, work: Path, field_size: int) -> list[dict]:
 def measure_sample(app) -> list[dict]:
     import napari
 
-    from napari_dinocell.sample_data import sample_pending
+    from napari_dinocell.widgets.sample_layers import sample_pending
 
     viewer = napari.Viewer(show=True)
     settle(app, 20)
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-docks", action="store_true")
     parser.add_argument("--skip-browse", action="store_true")
     parser.add_argument("--gc-freeze", choices=("on", "off"), default="on",
-                        help="off: CPython's own full collections (napari_dinocell.gc_pauses stopped), to compare")
+                        help="off: CPython's own full collections (napari_dinocell.jobs.gc_pauses stopped), to compare")
     args = parser.parse_args(argv)
 
     display = ensure_display()
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari_dinocell  # noqa: F401 (its OpenMP setting applies before torch loads, as in napari)
     from napari.qt import get_qapp
 
-    from napari_dinocell.gc_pauses import gc_pauses
+    from napari_dinocell.jobs.gc_pauses import gc_pauses
 
     if args.gc_freeze == "off":
         gc_pauses().stop()

@@ -62,7 +62,7 @@ def new_viewer(title: str):
 
 def open_sample(viewer) -> None:
     """The sample field; its layers after the first two arrive one per event-loop turn."""
-    from napari_dinocell.sample_data import sample_pending
+    from napari_dinocell.widgets.sample_layers import sample_pending
 
     viewer.open_sample("dinocell", "cell_painting_field")
     wait_until(lambda: not sample_pending(), 60, "the sample layers")

@@ -17,7 +17,7 @@ def _triton_isolated() -> None:
 
 @pytest.fixture(autouse=True)
 def _thawed_after_each_test():
-    """A DINOCell dock makes the process freeze live objects after full collections (napari_dinocell.gc_pauses);
+    """A DINOCell dock makes the process freeze live objects after full collections (napari_dinocell.jobs.gc_pauses);
     a viewer without one that a test closed would stay frozen and fail napari's leak check in the next test."""
     yield
     import gc

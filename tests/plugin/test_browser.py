@@ -136,7 +136,7 @@ def test_reader_labels_field_selection_and_jump_folders(make_napari_viewer, qtbo
 def test_browser_never_clobbers_user_layers_and_keeps_contrast(make_napari_viewer, qtbot, jump_root):
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")  # the sample's own "DNA" etc. and ground truth
-    from napari_dinocell.sample_data import sample_pending
+    from napari_dinocell.widgets.sample_layers import sample_pending
 
     qtbot.waitUntil(lambda: not sample_pending() and len(viewer.layers) == 10, timeout=20_000)
     sample_dna = viewer.layers["DNA"]
@@ -170,7 +170,7 @@ def test_browser_never_clobbers_user_layers_and_keeps_contrast(make_napari_viewe
 
 
 def test_sample_data_field_with_labels(make_napari_viewer, qtbot):
-    from napari_dinocell.sample_data import sample_pending
+    from napari_dinocell.widgets.sample_layers import sample_pending
 
     viewer = make_napari_viewer()
     viewer.open_sample("dinocell", "cell_painting_field")

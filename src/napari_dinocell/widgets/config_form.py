@@ -42,7 +42,7 @@ from napari_dinocell.config_dict import (
     prune_empty,
     set_nested,
 )
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.widgets.common import scroll_layout
 from napari_dinocell.widgets.run_controls import RunControls
 from napari_dinocell.widgets.value_editor import FormKey, ValueEditor

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import WorkerBase
 
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.features import features_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.layer_meta import SOURCE_LAYER

@@ -34,7 +34,7 @@ from dinocell_core.jump.channels import ALL_CHANNELS
 from dinocell_core.jump.index import Field, barcode_of, load_index
 from dinocell_core.labels.store import LabelRow
 from napari_dinocell import layer_meta
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.browser import (
     LABEL_LAYERS,
     FieldLabels,

@@ -30,7 +30,7 @@ from superqt.utils import WorkerBase
 from dinocell_core.profiling.normalize import NEGCON_FLAG, NORMALIZATIONS
 from dinocell_core.profiling.settings import QUICK_NULL_SIZE, EvalSettings
 from dinocell_core.profiling.table import readout_text
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.profiles import well_map_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.notify import show_error, show_info

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from dinocell_core.runs.launch import LaunchError, resume_run, stop_run
 from dinocell_core.runs.rundir import MetricsTail, RunDir, RunInfo
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.run_watcher import shared_watcher
 from napari_dinocell.jobs.runs import RunDetails, RunPoll, run_ended
 from napari_dinocell.notify import show_error, show_info

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabe
 from superqt.utils import WorkerBase
 
 from dinocell_core.jump.channels import CHANNELS
-from napari_dinocell.gc_pauses import watch as watch_gc_pauses
+from napari_dinocell.jobs.gc_pauses import watch as watch_gc_pauses
 from napari_dinocell.jobs.model_cache import preload_job
 from napari_dinocell.jobs.runner import start_job
 from napari_dinocell.jobs.segment import SegmentResult, SegmentTask, segment_job, threshold_job, warm_segmentation

@@ -49,12 +49,13 @@ class GcPauses(QObject):
         """How many objects full collections skip."""
         return gc.get_freeze_count()
 
-    def watch(self, viewer: Any, dock: QWidget) -> None:
-        """Check the layers that leave ``viewer``; thaw when ``dock`` is destroyed (its viewer closing)."""
+    def watch(self, viewer: Any, dock: QWidget | None = None) -> None:
+        """Check the layers that leave ``viewer`` (all do when it closes); thaw when ``dock`` is destroyed."""
         if viewer not in self._viewers:
             self._viewers.add(viewer)
             viewer.layers.events.removed.connect(self._layer_removed)
-        dock.destroyed.connect(thaw)
+        if dock is not None:
+            dock.destroyed.connect(thaw)
 
     def stop(self) -> None:
         """Back to CPython's own collections for good (benchmarks/ui_stall.py compares the two)."""
@@ -109,6 +110,6 @@ def gc_pauses() -> GcPauses:
     return GcPauses()
 
 
-def watch(viewer: Any, dock: QWidget) -> None:
-    """Keep full collections short in ``viewer``'s process, from the first DINOCell dock on."""
+def watch(viewer: Any, dock: QWidget | None = None) -> None:
+    """Keep full collections short in ``viewer``'s process, from the first DINOCell dock (or sample) on."""
     gc_pauses().watch(viewer, dock)
