@@ -7,6 +7,8 @@
 - **stalls**: a QTimer fires every 5 ms on the GUI thread and records the gaps between ticks; the longest gap is
   the longest time the viewer could not react. Printed for the button run, a slider move (re-threshold), the JUMP
   browser (first 1080² field, next site, the labels overlay appearing) and the sample data. Goal ≤ 100 ms.
+- **session**: one viewer, the JUMP browser with its labels overlay, ``--session`` site changes back and forth:
+  the longest stall and the full garbage collections over a stretch of ordinary work.
 - **docks**: how long opening each dock takes (``add_plugin_dock_widget``, the first dock of a fresh napari
   process, so imports count). Goal ≤ 1 s.
 
@@ -253,16 +255,9 @@ def measure_browse(app, work: Path, field_size: int) -> list[dict]:
     """JUMP browser on real-size fields: the first field (8 new layers), the next site, the labels overlay."""
     import napari
 
-    from dinocell_core.labels.run import label_tree
-    from dinocell_core.synthetic.fixture import make_jump_fixture
     from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
 
-    root = work / f"jump{field_size}"
-    store = work / f"jump{field_size}_LABELS"  # beside the tree: `jump label` never writes into its source
-    if not root.exists():
-        info = make_jump_fixture(root, plates=1, wells=1, sites=2, size=field_size, seed=1, edge_cases=False)
-        label_tree(info.root, store, qc_fields=0)
-    source = next(p for p in root.iterdir() if p.is_dir())
+    source, store = jump_fixture(work, field_size)
     viewer = napari.Viewer(show=True)
     widget = JumpBrowserWidget(viewer)
     viewer.window.add_dock_widget(widget, name="JUMP browser")
@@ -285,6 +280,49 @@ def measure_browse(app, work: Path, field_size: int) -> list[dict]:
         rows.append({"phase": name, "wall_s": wall, **meter.stop()})
     viewer.close()
     return rows
+
+
+def measure_session(app, work: Path, field_size: int, site_changes: int) -> list[dict]:
+    """A working session in one viewer: the JUMP browser with its labels overlay, ``site_changes`` moves between two
+    sites. Started right after a full collection (as a viewer is after its first minutes), so the full collections
+    counted are the ones the session's own work sets off."""
+    import napari
+
+    from napari_dinocell.widgets.jump_browser import JumpBrowserWidget
+
+    source, store = jump_fixture(work, field_size)
+    viewer = napari.Viewer(show=True)
+    widget = JumpBrowserWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="JUMP browser")
+    widget.labels_store.setText(str(store))
+    widget.load_root(str(source))
+    wait_until(app, lambda: widget.current is not None and "Cells" in viewer.layers and not widget.busy, 600)
+    settle(app)
+    gc.collect()
+    meter = StallMeter()
+    meter.start()
+    t0 = time.perf_counter()
+    for i in range(site_changes):
+        site = 2 if i % 2 == 0 else 1
+        (widget.next_btn if site == 2 else widget.prev_btn).click()
+        wait_until(app, lambda s=site: widget.current.site == s and not widget.busy, 600)
+        settle(app, 10)
+    row = {"phase": f"session: {site_changes} site changes", "wall_s": time.perf_counter() - t0, **meter.stop()}
+    viewer.close()
+    return [row]
+
+
+def jump_fixture(work: Path, field_size: int) -> tuple[Path, Path]:
+    """The JUMP fixture's source folder (one well, 2 sites of ``field_size``²) and its labels store."""
+    from dinocell_core.labels.run import label_tree
+    from dinocell_core.synthetic.fixture import make_jump_fixture
+
+    root = work / f"jump{field_size}"
+    store = work / f"jump{field_size}_LABELS"  # beside the tree: `jump label` never writes into its source
+    if not root.exists():
+        info = make_jump_fixture(root, plates=1, wells=1, sites=2, size=field_size, seed=1, edge_cases=False)
+        label_tree(info.root, store, qc_fields=0)
+    return next(p for p in root.iterdir() if p.is_dir()), store
 
 
 def measure_sample(app) -> list[dict]:
@@ -382,7 +420,7 @@ def report(busy: int, load: float, button: list[dict], other: list[dict], docks:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[384, 1080])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[384, 1080], help="none: no button runs")
     parser.add_argument("--tiles", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--busy", type=int, nargs="+", default=[0, 2], help="CPU-bound background processes")
     parser.add_argument("--arch", default="vit_test", help="backbone of the throw-away bundle")
@@ -390,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--field-size", type=int, default=1080, help="JUMP fixture field size for the browser")
     parser.add_argument("--skip-docks", action="store_true")
     parser.add_argument("--skip-browse", action="store_true")
+    parser.add_argument("--session", type=int, default=30, help="site changes of the working session (0: none)")
     parser.add_argument("--gc-freeze", choices=("on", "off"), default="on",
                         help="off: CPython's own full collections (napari_dinocell.jobs.gc_pauses stopped), to compare")
     args = parser.parse_args(argv)
@@ -403,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gc_freeze == "off":
         gc_pauses().stop()
+    whole_run = StallMeter()  # its garbage-collection tally, over every phase and what happens between them
+    gc.callbacks.insert(0, whole_run._collected)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "models").mkdir()
@@ -413,8 +454,15 @@ def main(argv: list[str] | None = None) -> int:
                 load = load_average()
                 button = measure_button(app, bundle, args.sizes, args.tiles, args.repeats)
                 other = [] if args.skip_browse else measure_browse(app, work, args.field_size) + measure_sample(app)
+                if args.session:
+                    other += measure_session(app, work, args.field_size, args.session)
                 docks = [] if args.skip_docks else measure_docks()
                 report(busy, max(load, load_average()), button, other, docks)
+    gc.callbacks.remove(whole_run._collected)
+    durations = [round(1000 * d) for d in whole_run.full_collections]
+    print(f"\nfull garbage collections over the whole run (gc-freeze {args.gc_freeze}): {len(durations)}, "
+          f"longest {max(durations, default=0)} ms, over 100 ms: {sum(d > 100 for d in durations)}; "
+          f"in order (ms): {durations}")
     if display is not None:
         display.stop()
     return 0
