@@ -46,9 +46,32 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 DOCKS = ("Segment", "JUMP browser", "Runs", "Profiles", "Backbone features", "Pretrain", "Train decoder")
 
 
+class FullCollections:
+    """Times Python's full garbage collections (each holds the GIL: the viewer cannot react during one, whichever
+    thread ran it)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds.append(time.perf_counter() - self._started)
+
+    def start(self) -> None:
+        self.seconds.clear()
+        gc.callbacks.insert(0, self._collected)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._collected)
+
+
 class StallMeter:
-    """Records the gaps between ticks of a fast QTimer on the GUI thread, and Python's full garbage collections
-    (each holds the GIL: the viewer cannot react during one, whichever thread ran it)."""
+    """Records the gaps between ticks of a fast QTimer on the GUI thread, and the full garbage collections."""
 
     def __init__(self, interval_ms: int = 5) -> None:
         from qtpy.QtCore import QTimer
@@ -57,38 +80,29 @@ class StallMeter:
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self._tick)
         self.gaps: list[float] = []
-        self.full_collections: list[float] = []
+        self.collections = FullCollections()
         self._last = 0.0
-        self._gc_start = 0.0
 
     def _tick(self) -> None:
         now = time.perf_counter()
         self.gaps.append(now - self._last)
         self._last = now
 
-    def _collected(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self.full_collections.append(time.perf_counter() - self._gc_start)
-
     def start(self) -> None:
         self.gaps.clear()
-        self.full_collections.clear()
-        gc.callbacks.insert(0, self._collected)
+        self.collections.start()
         self._last = time.perf_counter()
         self.timer.start()
 
     def stop(self) -> dict[str, float]:
         self.timer.stop()
         self._tick()
-        gc.callbacks.remove(self._collected)
+        self.collections.stop()
         gaps_ms = np.asarray(self.gaps) * 1000.0
+        full = self.collections.seconds
         return {"max_ms": float(gaps_ms.max()), "p99_ms": float(np.percentile(gaps_ms, 99)),
                 "over_100ms": int((gaps_ms > 100).sum()), "ticks": len(gaps_ms),
-                "full_gc": len(self.full_collections), "full_gc_max_ms": 1000.0 * max(self.full_collections, default=0)}
+                "full_gc": len(full), "full_gc_max_ms": 1000.0 * max(full, default=0)}
 
 
 def wait_until(app, predicate, timeout: float, check_ms: int = 10) -> None:
@@ -442,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gc_freeze == "off":
         gc_pauses().stop()
-    whole_run = StallMeter()  # its garbage-collection tally, over every phase and what happens between them
-    gc.callbacks.insert(0, whole_run._collected)
+    whole_run = FullCollections()  # over every phase and what happens between them
+    whole_run.start()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "models").mkdir()
@@ -458,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                     other += measure_session(app, work, args.field_size, args.session)
                 docks = [] if args.skip_docks else measure_docks()
                 report(busy, max(load, load_average()), button, other, docks)
-    gc.callbacks.remove(whole_run._collected)
-    durations = [round(1000 * d) for d in whole_run.full_collections]
+    whole_run.stop()
+    durations = [round(1000 * d) for d in whole_run.seconds]
     print(f"\nfull garbage collections over the whole run (gc-freeze {args.gc_freeze}): {len(durations)}, "
           f"longest {max(durations, default=0)} ms, over 100 ms: {sum(d > 100 for d in durations)}; "
           f"in order (ms): {durations}")

@@ -44,11 +44,6 @@ class GcPauses(QObject):
         self._settle_requested.connect(self._settle, Qt.ConnectionType.QueuedConnection)
         gc.callbacks.append(self._collected)
 
-    @property
-    def frozen(self) -> int:
-        """How many objects full collections skip."""
-        return gc.get_freeze_count()
-
     def watch(self, viewer: Any, dock: QWidget | None = None) -> None:
         """Check the layers that leave ``viewer`` (all do when it closes); thaw when ``dock`` is destroyed."""
         if viewer not in self._viewers:
